@@ -1,0 +1,28 @@
+//! Types shared by tracer's kernel programs (`tracer-ebpf`) and its userspace loader (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into maps and ring
+//! buffers, the userspace side reads the same bytes back. One module per tool, plus the pieces
+//! several tools share (task offsets, comm filters, statistics slots).
+#![no_std]
+
+pub mod comm;
+pub mod forksnoop;
+pub mod probe;
+pub mod stats;
+pub mod task;
+
+/// Length of `task_struct::comm`, NUL included.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Marks shared types as plain old data for aya's map and global APIs (userspace only).
+macro_rules! user_pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is #[repr(C)], Copy, holds only integers and byte arrays, and
+            // has no padding the kernel could leave uninitialised that we would read as data.
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+pub(crate) use user_pod;

@@ -1,0 +1,13 @@
+//! Slots of the per-CPU `STATS` array every tool's kernel side keeps, so that nothing is dropped
+//! silently: the loader sums them over CPUs and reports them to the user.
+
+/// Events the programs saw and accepted (after filters).
+pub const STAT_EVENTS: u32 = 0;
+/// Events that could not be sent because the ring buffer was full.
+pub const STAT_LOST: u32 = 1;
+/// Updates that failed because an aggregation map was full.
+pub const STAT_MAP_FULL: u32 = 2;
+/// Reads of kernel memory that failed (a probe_read error).
+pub const STAT_READ_ERRORS: u32 = 3;
+/// Number of slots in `STATS`.
+pub const STAT_SLOTS: u32 = 4;

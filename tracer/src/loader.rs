@@ -1,0 +1,66 @@
+//! Loading a tool's eBPF object (embedded in the binary at build time) with its globals, and
+//! reading the shared `STATS` counters back.
+
+use anyhow::{Result, anyhow};
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, PerCpuArray},
+};
+use tracer_common::stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRORS};
+
+/// The eBPF objects built from `tracer-ebpf`, one per tool.
+pub mod objects {
+    pub static FORKSNOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forksnoop"));
+    pub static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+}
+
+/// Loads `object` after `configure` set its globals; turns failures into one line.
+pub fn load<'a>(object: &[u8], configure: impl FnOnce(&mut EbpfLoader<'a>)) -> Result<Ebpf> {
+    crate::privileges::require_bpf()?;
+    crate::privileges::raise_memlock();
+    let mut loader = EbpfLoader::new();
+    configure(&mut loader);
+    loader.load(object).map_err(load_error)
+}
+
+fn load_error(err: EbpfError) -> anyhow::Error {
+    match crate::attach::errno(&err) {
+        Some(libc::EPERM) | Some(libc::EACCES) => anyhow!(
+            "permission denied creating BPF maps or programs: run as root (or with CAP_BPF + CAP_PERFMON)"
+        ),
+        _ => anyhow!("cannot load the BPF object: {err}"),
+    }
+}
+
+/// The shared per-CPU counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub lost: u64,
+    pub map_full: u64,
+    pub read_errors: u64,
+}
+
+/// Reads a tool's `STATS` map.
+pub struct StatsReader {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl StatsReader {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf.take_map("STATS").ok_or_else(|| anyhow!("STATS map missing (build bug)"))?;
+        Ok(Self { map: PerCpuArray::try_from(map)? })
+    }
+
+    pub fn read(&self) -> Stats {
+        let slot = |i: u32| -> u64 {
+            self.map.get(&i, 0).map(|values| values.iter().sum()).unwrap_or(0)
+        };
+        Stats {
+            events: slot(STAT_EVENTS),
+            lost: slot(STAT_LOST),
+            map_full: slot(STAT_MAP_FULL),
+            read_errors: slot(STAT_READ_ERRORS),
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! forksnoop: every fork (sched_process_fork) with parent and child, thread/process and
+//! kernel-thread flags; or, with `--summary`, fork counts per parent aggregated in the kernel.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Result, anyhow, bail};
+use aya::maps::{MapData, PerCpuHashMap, RingBuf};
+use clap::Args;
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tracer_common::{
+    forksnoop::{
+        FORK_KTHREAD, FORK_TGID_UNKNOWN, FORK_THREAD, ForkConfig, ForkEvent, KIND_ALL,
+        KIND_PROCESSES, KIND_THREADS, ParentCounts, ParentKey,
+    },
+    task::TaskOffsets,
+};
+
+use crate::{
+    attach::{self, Mechanism, Rung, Target},
+    btf::KernelBtf,
+    filters,
+    loader::{self, Stats, StatsReader, objects},
+    output::{Clock, Out, comm_str, hms, hms_now, with_schema},
+    session::{self, IntervalArgs},
+    tools::CommonArgs,
+    tracefs,
+};
+
+const TOOL: &str = "forksnoop";
+
+/// Trace fork() and clone(): who forks what, processes vs threads vs kernel threads.
+#[derive(Args, Clone, Debug)]
+#[command(after_help = "Examples:\n  \
+    forksnoop                       every fork on the system\n  \
+    forksnoop -p 1234 --no-threads  processes forked by PID 1234\n  \
+    forksnoop --kthreads            new kernel threads (kworkers...)\n  \
+    forksnoop --summary 1 5         top forking parents, every second, 5 times\n  \
+    forksnoop --json -d 10          JSON lines for 10 seconds")]
+pub struct ForksnoopArgs {
+    /// Only forks made by this process (the parent's PID, i.e. its thread group id).
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only forks made by tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only new threads (clone with CLONE_THREAD).
+    #[arg(long, conflicts_with = "no_threads")]
+    pub threads: bool,
+    /// Only new processes (no threads).
+    #[arg(long)]
+    pub no_threads: bool,
+    /// Only new kernel threads (PF_KTHREAD, or forked by kthreadd).
+    #[arg(long)]
+    pub kthreads: bool,
+    /// Count forks per parent in the kernel and print the top parents instead of events.
+    #[arg(short = 's', long)]
+    pub summary: bool,
+    /// With --summary: how many parents to print per interval.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub async fn run(args: ForksnoopArgs) -> Result<()> {
+    if args.interval.interval.is_some() && !args.summary {
+        bail!("INTERVAL and COUNT apply to --summary (e.g. 'forksnoop --summary 1 5')");
+    }
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    let config = ForkConfig {
+        parent_tgid: args.pid.unwrap_or(0),
+        tp_child_pid_offset: 0,
+        kind: match (args.threads, args.no_threads) {
+            (true, _) => KIND_THREADS,
+            (_, true) => KIND_PROCESSES,
+            _ => KIND_ALL,
+        },
+        kthreads_only: args.kthreads.into(),
+        emit_events: (!args.summary).into(),
+        count_parents: args.summary.into(),
+        _reserved: [0; 4],
+        comm: filters::comm_filter(args.comm.as_deref())?,
+    };
+
+    let btf = KernelBtf::new();
+    // tp_btf and raw_tp read the child's task_struct, which needs BTF offsets; the classic
+    // tracepoint needs the record layout from tracefs. Offer whichever rungs we can feed.
+    let offsets = btf.task_offsets();
+    let tp_offset = tracefs::field_offset("sched", "sched_process_fork", "child_pid");
+    let mut rungs = Vec::new();
+    if offsets.is_ok() {
+        rungs.push(Rung { mechanism: Mechanism::TpBtf, program: "forksnoop_tp_btf" });
+        rungs.push(Rung { mechanism: Mechanism::RawTp, program: "forksnoop_raw_tp" });
+    }
+    if tp_offset.is_ok() {
+        rungs.push(Rung { mechanism: Mechanism::Tracepoint, program: "forksnoop_tp" });
+    }
+    if rungs.is_empty() {
+        let why = offsets.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let tp_why = tp_offset.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        bail!("cannot trace forks here: {why}; {tp_why}");
+    }
+    let config = ForkConfig { tp_child_pid_offset: *tp_offset.as_ref().unwrap_or(&0), ..config };
+    let offsets: TaskOffsets = offsets.unwrap_or_default();
+
+    let mut ebpf = loader::load(objects::FORKSNOOP, |l| {
+        l.override_global("CONFIG", &config, true);
+        l.override_global("TASK_OFFSETS", &offsets, false);
+    })?;
+    let target = Target::Tracepoint { category: "sched", event: "sched_process_fork" };
+    let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
+    if args.common.verbose {
+        eprintln!("{TOOL}: {}", attachment.summary());
+    }
+    let stats = StatsReader::take(&mut ebpf)?;
+
+    let mut out = Out::new();
+    if args.summary {
+        let counts: PerCpuHashMap<MapData, ParentKey, ParentCounts> = PerCpuHashMap::try_from(
+            ebpf.take_map("PARENT_COUNTS").ok_or_else(|| anyhow!("PARENT_COUNTS map missing"))?,
+        )?;
+        eprintln!("Counting forks per parent ({})... Hit Ctrl-C to end.", attachment.mechanism);
+        summarize(&args, &counts, &stats, &mut out).await?;
+    } else {
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS map missing"))?,
+        )?;
+        eprintln!("Tracing forks ({})... Hit Ctrl-C to end.", attachment.mechanism);
+        stream(&args, ring, &stats, &mut out).await?;
+    }
+    let end = stats.read();
+    report_drops(&end, &mut 0);
+    if args.common.output.json {
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "end", "events": end.events, "lost": end.lost, "map_full": end.map_full,
+                   "read_errors": end.read_errors, "attach": attachment.mechanism}),
+        ));
+    }
+    out.flush();
+    drop(ebpf);
+    Ok(())
+}
+
+/// One line per fork, read from the ring buffer as it fills.
+async fn stream(args: &ForksnoopArgs, ring: RingBuf<aya::maps::MapData>, stats: &StatsReader, out: &mut Out) -> Result<()> {
+    let clock = Clock::new();
+    let json = args.common.output.json;
+    let timestamp = args.common.output.timestamp;
+    if !json {
+        let mut header = String::new();
+        if timestamp {
+            header.push_str("TIME     ");
+        }
+        header.push_str(&format!(
+            "{:<16} {:>7} {:>7} {:>7} {:>7} {:<8} {:>3}",
+            "PCOMM", "PID", "TID", "CPID", "CTID", "KIND", "CPU"
+        ));
+        out.line(&header);
+    }
+    // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow!("cannot poll the ring buffer: {e}"))?;
+    let stop = session::stop_requested(args.common.duration.duration);
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported_lost = 0;
+    let print = |event: &ForkEvent, out: &mut Out| {
+        if json {
+            out.json(&event_json(event, &clock));
+        } else {
+            out.line(&event_text(event, timestamp.then(|| hms(clock.unix_ns(event.ts_ns)))));
+        }
+    };
+    loop {
+        tokio::select! {
+            reason = &mut stop => { reason?; break; }
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    print(&read_event(&item)?, out);
+                }
+                guard.clear_ready();
+                out.flush();
+                if out.closed() { break; }
+            }
+            _ = tick.tick() => report_drops(&stats.read(), &mut reported_lost),
+        }
+    }
+    // Events already in the ring when the stop came are still printed.
+    let ring = ring.get_mut();
+    while let Some(item) = ring.next() {
+        print(&read_event(&item)?, out);
+    }
+    Ok(())
+}
+
+fn read_event(bytes: &[u8]) -> Result<ForkEvent> {
+    if bytes.len() < size_of::<ForkEvent>() {
+        bail!("short ring buffer record ({} bytes)", bytes.len());
+    }
+    // SAFETY: length checked; ForkEvent is plain data, read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ForkEvent>()) })
+}
+
+fn kind(event: &ForkEvent) -> &'static str {
+    if event.flags & FORK_KTHREAD != 0 {
+        "kthread"
+    } else if event.flags & FORK_TGID_UNKNOWN != 0 {
+        "task"
+    } else if event.flags & FORK_THREAD != 0 {
+        "thread"
+    } else {
+        "process"
+    }
+}
+
+fn event_text(event: &ForkEvent, time: Option<String>) -> String {
+    let mut line = time.map(|t| format!("{t} ")).unwrap_or_default();
+    let child_tgid = if event.flags & FORK_TGID_UNKNOWN != 0 {
+        "?".to_string()
+    } else {
+        event.child_tgid.to_string()
+    };
+    line.push_str(&format!(
+        "{:<16} {:>7} {:>7} {:>7} {:>7} {:<8} {:>3}",
+        comm_str(&event.parent_comm),
+        event.parent_tgid,
+        event.parent_pid,
+        child_tgid,
+        event.child_pid,
+        kind(event),
+        event.cpu
+    ));
+    line
+}
+
+fn event_json(event: &ForkEvent, clock: &Clock) -> serde_json::Value {
+    let known = event.flags & FORK_TGID_UNKNOWN == 0;
+    let comm = comm_str(&event.parent_comm);
+    with_schema(
+        TOOL,
+        json!({
+            "type": "fork",
+            "ts": clock.unix_secs(event.ts_ns),
+            "cpu": event.cpu,
+            "parent": {"pid": event.parent_tgid, "tid": event.parent_pid, "comm": comm},
+            // Until it execs, the child runs under its parent's comm.
+            "child": {"pid": known.then_some(event.child_tgid), "tid": event.child_pid, "comm": comm},
+            "kind": kind(event),
+            "thread": known.then_some(event.flags & FORK_THREAD != 0),
+            "kthread": event.flags & FORK_KTHREAD != 0,
+        }),
+    )
+}
+
+fn report_drops(stats: &Stats, reported_lost: &mut u64) {
+    if stats.lost > *reported_lost {
+        eprintln!(
+            "{TOOL}: lost {} events so far (ring buffer full; --summary counts exactly)",
+            stats.lost
+        );
+        *reported_lost = stats.lost;
+    }
+    if stats.map_full > 0 {
+        eprintln!("{TOOL}: {} forks not counted: per-parent map full", stats.map_full);
+    }
+}
+
+type Totals = HashMap<ParentKey, ParentCounts>;
+
+fn snapshot(counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>) -> Totals {
+    let mut totals = Totals::new();
+    for entry in counts.iter().flatten() {
+        let (key, per_cpu) = entry;
+        let total = totals.entry(key).or_default();
+        for c in per_cpu.iter() {
+            total.processes += c.processes;
+            total.threads += c.threads;
+        }
+    }
+    totals
+}
+
+/// Per-parent counts: the kernel keeps running totals, we print the change per interval,
+/// so nothing is lost between reading and clearing.
+async fn summarize(
+    args: &ForksnoopArgs,
+    counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>,
+    stats: &StatsReader,
+    out: &mut Out,
+) -> Result<()> {
+    let stop = session::stop_requested(args.common.duration.duration);
+    tokio::pin!(stop);
+    let mut previous = Totals::new();
+    let mut printed = 0u64;
+    let mut reported_lost = 0;
+    let mut ticker = args.interval.interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let stopped = tokio::select! {
+            reason = &mut stop => { reason?; true }
+            _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
+        };
+        let current = snapshot(counts);
+        print_summary(args, &current, &previous, out);
+        report_drops(&stats.read(), &mut reported_lost);
+        previous = current;
+        printed += 1;
+        if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
+            return Ok(());
+        }
+    }
+}
+
+fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out: &mut Out) {
+    let mut rows: Vec<(ParentKey, u64, u64)> = current
+        .iter()
+        .filter_map(|(key, now)| {
+            let before = previous.get(key).copied().unwrap_or_default();
+            let processes = now.processes - before.processes;
+            let threads = now.threads - before.threads;
+            (processes + threads > 0).then_some((*key, processes, threads))
+        })
+        .collect();
+    rows.sort_by(|a, b| (b.1 + b.2).cmp(&(a.1 + a.2)).then(a.0.tgid.cmp(&b.0.tgid)));
+    let total: u64 = rows.iter().map(|r| r.1 + r.2).sum();
+    let shown = rows.len().min(args.top);
+    if args.common.output.json {
+        let parents: Vec<_> = rows[..shown]
+            .iter()
+            .map(|(key, processes, threads)| {
+                json!({"pid": key.tgid, "comm": comm_str(&key.comm), "forks": processes + threads,
+                       "processes": processes, "threads": threads})
+            })
+            .collect();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "summary", "time": hms_now(), "total": total,
+                   "parents_total": rows.len(), "parents": parents}),
+        ));
+    } else {
+        if args.interval.interval.is_some() || args.common.output.timestamp {
+            out.line(&hms_now());
+        }
+        out.line(&format!("{:<16} {:>7} {:>9} {:>9} {:>9}", "PCOMM", "PID", "FORKS", "PROCESSES", "THREADS"));
+        for (key, processes, threads) in &rows[..shown] {
+            out.line(&format!(
+                "{:<16} {:>7} {:>9} {:>9} {:>9}",
+                comm_str(&key.comm),
+                key.tgid,
+                processes + threads,
+                processes,
+                threads
+            ));
+        }
+        if rows.len() > shown {
+            out.line(&format!("... {} more parents (--top to show more)", rows.len() - shown));
+        }
+        out.line("");
+    }
+    out.flush();
+}
