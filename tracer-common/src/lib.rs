@@ -7,6 +7,7 @@
 
 pub mod comm;
 pub mod forksnoop;
+pub mod hist;
 pub mod probe;
 pub mod stats;
 pub mod task;

@@ -12,6 +12,11 @@ use tracer_common::stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRO
 pub mod objects {
     pub static FORKSNOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forksnoop"));
     pub static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+    pub static SOFTIRQ_TOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/softirq_top"));
+    pub static PROFILE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile"));
+    pub static OFFCPUTIME: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcputime"));
+    pub static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probes"));
+    pub static SCHED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

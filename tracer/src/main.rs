@@ -4,6 +4,7 @@
 mod attach;
 mod btf;
 mod filters;
+mod hist;
 mod loader;
 mod output;
 mod privileges;
@@ -36,6 +37,36 @@ enum Tool {
     Forksnoop(tools::forksnoop::ForksnoopArgs),
     /// Show what this kernel allows (BTF, tracepoints, kprobes, fentry, uprobes, ...).
     Doctor(tools::doctor::DoctorArgs),
+    /// Live per-CPU × softirq-vector time and counts, ksoftirqd vs inline, NET_RX drill-down, hot stacks.
+    SoftirqTop(tools::softirq_top::SoftirqTopArgs),
+    /// Sample on-CPU stacks (kernel and user) at a frequency, counted in the kernel; flame graphs.
+    Profile(tools::profile::ProfileArgs),
+    /// Hot kernel stacks of kernel threads (ksoftirqd, kworker, kswapd0, ...), grouped per thread.
+    Kstacks(tools::profile::KstacksArgs),
+    /// Off-CPU (blocked) time by stack and task, from sched_switch.
+    Offcputime(tools::offcputime::OffcputimeArgs),
+    /// Count calls to uprobes, kernel functions or tracepoints, per interval.
+    Funccount(tools::funccount::FunccountArgs),
+    /// Entry-to-return latency of a function as a log2 histogram.
+    Funclatency(tools::funclatency::FunclatencyArgs),
+    /// Histogram or frequency count of a probe argument or return value.
+    Argdist(tools::argdist::ArgdistArgs),
+    /// Print one line per probe hit, with a format and an optional filter.
+    Trace(tools::trace::TraceArgs),
+    /// List tracepoints (and their fields), kernel functions, and a binary's probe-able symbols.
+    Tplist(tools::tplist::TplistArgs),
+    /// Count the stacks that lead to a probe.
+    Stackcount(tools::stackcount::StackcountArgs),
+    /// Top-like view of threads by on-CPU time measured from sched_switch; kernel-thread roles.
+    Ktop(tools::ktop::KtopArgs),
+    /// Run-queue latency (wakeup to run) as a log2 histogram.
+    Runqlat(tools::runqlat::RunqlatArgs),
+    /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
+    Cpudist(tools::cpudist::CpudistArgs),
+    /// List kernel threads under kthreadd with role, CPU binding, state and CPU time.
+    Kthreads(tools::kthreads::KthreadsArgs),
+    /// Expose in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
+    Serve(tools::serve::ServeArgs),
     /// Write man pages for tracer and every tool into a directory.
     #[command(hide = true)]
     Man {
@@ -45,10 +76,15 @@ enum Tool {
     /// Print a shell completion script.
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+    /// Print the tool names (for the busybox-style symlinks).
+    #[command(hide = true)]
+    ListTools,
 }
 
 /// Tool names reachable through argv[0].
-const TOOL_NAMES: &[&str] = &["forksnoop", "doctor"];
+const TOOL_NAMES: &[&str] = &[
+    "forksnoop", "doctor", "softirq-top", "profile", "kstacks", "offcputime", "funccount", "funclatency", "argdist", "trace", "tplist", "stackcount", "ktop", "runqlat", "cpudist", "kthreads", "serve",
+];
 
 /// `forksnoop -p 1` run through a symlink becomes `tracer forksnoop -p 1`.
 fn argv() -> Vec<OsString> {
@@ -69,8 +105,24 @@ fn main() -> ExitCode {
     let tool = match &cli.tool {
         Tool::Forksnoop(_) => "forksnoop",
         Tool::Doctor(_) => "doctor",
+        Tool::SoftirqTop(_) => "softirq-top",
+        Tool::Profile(_) => "profile",
+        Tool::Kstacks(_) => "kstacks",
+        Tool::Offcputime(_) => "offcputime",
+        Tool::Funccount(_) => "funccount",
+        Tool::Funclatency(_) => "funclatency",
+        Tool::Argdist(_) => "argdist",
+        Tool::Trace(_) => "trace",
+        Tool::Tplist(_) => "tplist",
+        Tool::Stackcount(_) => "stackcount",
+        Tool::Ktop(_) => "ktop",
+        Tool::Runqlat(_) => "runqlat",
+        Tool::Cpudist(_) => "cpudist",
+        Tool::Kthreads(_) => "kthreads",
+        Tool::Serve(_) => "serve",
         Tool::Man { .. } => "man",
         Tool::Completions { .. } => "completions",
+        Tool::ListTools => "list-tools",
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +138,26 @@ fn run(cli: Cli) -> Result<()> {
     match cli.tool {
         Tool::Doctor(args) => tools::doctor::run(args),
         Tool::Forksnoop(args) => runtime()?.block_on(tools::forksnoop::run(args)),
+        Tool::SoftirqTop(args) => runtime()?.block_on(tools::softirq_top::run(args)),
+        Tool::Profile(args) => runtime()?.block_on(tools::profile::run(args)),
+        Tool::Offcputime(args) => runtime()?.block_on(tools::offcputime::run(args)),
+        Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),
+        Tool::Funclatency(args) => runtime()?.block_on(tools::funclatency::run(args)),
+        Tool::Argdist(args) => runtime()?.block_on(tools::argdist::run(args)),
+        Tool::Trace(args) => runtime()?.block_on(tools::trace::run(args)),
+        Tool::Tplist(args) => runtime()?.block_on(tools::tplist::run(args)),
+        Tool::Stackcount(args) => runtime()?.block_on(tools::stackcount::run(args)),
+        Tool::Ktop(args) => runtime()?.block_on(tools::ktop::run(args)),
+        Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
+        Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
+        Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
+        Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
+        Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),
         Tool::Man { out_dir } => write_man_pages(&out_dir),
+        Tool::ListTools => {
+            println!("{}", TOOL_NAMES.join("\n"));
+            Ok(())
+        }
         Tool::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tracer", &mut std::io::stdout());
             Ok(())

@@ -1,7 +1,22 @@
 //! One module per tool: its command-line arguments, how it loads and attaches, and its output.
+//! Tools are registered in `main.rs` (`Tool` enum and `TOOL_NAMES`).
 
+pub mod argdist;
+pub mod cpudist;
 pub mod doctor;
 pub mod forksnoop;
+pub mod funccount;
+pub mod funclatency;
+pub mod kthreads;
+pub mod ktop;
+pub mod offcputime;
+pub mod profile;
+pub mod runqlat;
+pub mod serve;
+pub mod softirq_top;
+pub mod stackcount;
+pub mod tplist;
+pub mod trace;
 
 use clap::Args;
 

@@ -1,0 +1,108 @@
+//! tracer-workload: generates known amounts of kernel activity so that tests (and users checking
+//! a tool) can compare what a tool reports with what really happened.
+//!
+//! `tracer-workload [--wait] COMMAND...` where COMMAND is one of
+//!   fork N          fork N child processes, one after another (each exits at once)
+//!   threads N       start N threads, one after another (each exits at once)
+//!   spin SECS [PCT] burn CPU for SECS seconds at PCT % duty cycle (default 100)
+//!   hot SECS        spin inside `tracer_workload_hot_function` (for profile tests)
+//!   sleep SECS      sleep SECS seconds in nanosleep (for offcputime tests)
+//! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
+//! starting, so a tracer can attach with `-p PID` first.
+
+use std::{
+    io::BufRead as _,
+    time::{Duration, Instant},
+};
+
+fn fork_children(n: u64) {
+    for _ in 0..n {
+        // SAFETY: the child only calls _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            -1 => {
+                eprintln!("tracer-workload: fork failed: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        }
+    }
+}
+
+fn start_threads(n: u64) {
+    for _ in 0..n {
+        std::thread::spawn(|| {}).join().expect("thread");
+    }
+}
+
+fn spin(secs: f64, duty_pct: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let period = Duration::from_millis(10);
+    while Instant::now() < end {
+        let busy_until = Instant::now() + period.mul_f64(duty_pct / 100.0);
+        while Instant::now() < busy_until {
+            std::hint::black_box(0u64);
+        }
+        if duty_pct < 100.0 {
+            std::thread::sleep(period.mul_f64(1.0 - duty_pct / 100.0));
+        }
+    }
+}
+
+/// A function with a known name for profile tests to find on top of user stacks.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_hot_function(deadline: &Instant) -> u64 {
+    let mut x = 0u64;
+    while Instant::now() < *deadline {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    x
+}
+
+fn number(args: &[String], i: usize, what: &str) -> f64 {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("tracer-workload: {what} needs a number");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--wait") {
+        args.remove(0);
+        println!("{}", std::process::id());
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "fork" => fork_children(number(&args, i + 1, "fork") as u64),
+            "threads" => start_threads(number(&args, i + 1, "threads") as u64),
+            "spin" => {
+                let pct = args.get(i + 2).and_then(|a| a.parse().ok());
+                spin(number(&args, i + 1, "spin"), pct.unwrap_or(100.0));
+                if pct.is_some() {
+                    i += 1;
+                }
+            }
+            "hot" => {
+                let deadline = Instant::now() + Duration::from_secs_f64(number(&args, i + 1, "hot"));
+                std::hint::black_box(tracer_workload_hot_function(&deadline));
+            }
+            "sleep" => std::thread::sleep(Duration::from_secs_f64(number(&args, i + 1, "sleep"))),
+            other => {
+                eprintln!("tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep)");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+}

@@ -1,0 +1,30 @@
+//! tracer's integration tests: real programs loaded into the running kernel, real workloads,
+//! results compared with ground truth. A test that cannot run on this kernel reports itself
+//! as ignored with the reason (libtest-mimic), never as passed.
+//!
+//! Run through `cargo xtask test` (which also runs them in qemu on other kernels), or
+//! `cargo test --release -p tracer --test integration -- --test-threads 1` as root.
+
+mod cli;
+mod common;
+mod doctor;
+mod forksnoop;
+mod probes;
+mod profile;
+mod sched;
+mod serve;
+mod softirq_top;
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let mut trials = Vec::new();
+    trials.extend(cli::tests());
+    trials.extend(doctor::tests());
+    trials.extend(forksnoop::tests());
+    trials.extend(softirq_top::tests());
+    trials.extend(profile::tests());
+    trials.extend(probes::tests());
+    trials.extend(sched::tests());
+    trials.extend(serve::tests());
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -1,0 +1,7 @@
+//! softirq_top integration tests (none yet).
+
+use libtest_mimic::Trial;
+
+pub fn tests() -> Vec<Trial> {
+    vec![]
+}

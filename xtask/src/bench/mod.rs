@@ -1,0 +1,33 @@
+//! Benchmarks: each compares tracer with the peers (libbpf-tools, bpftrace) in one run and
+//! prints a table. Never run by the tests; targets are recorded in the README.
+
+mod forksnoop;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct BenchArgs {
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched.
+    pub names: Vec<String>,
+}
+
+type BenchFn = fn() -> Result<()>;
+
+const BENCHES: &[(&str, BenchFn)] = &[("forksnoop", forksnoop::run)];
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    for name in &args.names {
+        if !BENCHES.iter().any(|(n, _)| n == name) {
+            let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+            bail!("unknown benchmark '{name}' (known: {})", known.join(", "));
+        }
+    }
+    for (name, run) in BENCHES {
+        if args.names.is_empty() || args.names.iter().any(|n| n == name) {
+            println!("== bench {name}");
+            run()?;
+        }
+    }
+    Ok(())
+}
