@@ -2,6 +2,10 @@
 //! prints a table. Never run by the tests; targets are recorded in the README.
 
 mod forksnoop;
+mod probes;
+mod profile;
+mod sched;
+mod softirq;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -14,7 +18,13 @@ pub struct BenchArgs {
 
 type BenchFn = fn() -> Result<()>;
 
-const BENCHES: &[(&str, BenchFn)] = &[("forksnoop", forksnoop::run)];
+const BENCHES: &[(&str, BenchFn)] = &[
+    ("forksnoop", forksnoop::run),
+    ("softirq", softirq::run),
+    ("profile", profile::run),
+    ("probes", probes::run),
+    ("sched", sched::run),
+];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     for name in &args.names {

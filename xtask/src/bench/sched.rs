@@ -1,0 +1,6 @@
+//! sched benchmark (not implemented yet).
+
+pub fn run() -> anyhow::Result<()> {
+    println!("not implemented yet");
+    Ok(())
+}
