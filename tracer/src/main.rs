@@ -101,7 +101,17 @@ fn argv() -> Vec<OsString> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(argv());
+    let cli = match Cli::try_parse_from(argv()) {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // One line, as for every other error: clap's first line names the problem.
+            let text = err.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
+            eprintln!("tracer: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let tool = match &cli.tool {
         Tool::Forksnoop(_) => "forksnoop",
         Tool::Doctor(_) => "doctor",
