@@ -28,7 +28,7 @@ tracer_ebpf::stats_map!();
 static CONFIG: Global<ForkConfig> = Global::new(ForkConfig::DEFAULT);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 #[map]
 static PARENT_COUNTS: PerCpuHashMap<ParentKey, ParentCounts> =

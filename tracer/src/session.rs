@@ -1,11 +1,11 @@
 //! How a tool run ends: Ctrl-C, SIGTERM, a duration (`-d`), or `[interval] [count]` running out.
 //! Dropping the `aya::Ebpf` afterwards detaches and unloads everything (nothing is pinned).
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// `-d SECS`: stop by itself.
 #[derive(Args, Clone, Debug, Default)]
@@ -52,11 +52,51 @@ pub enum StopReason {
     DurationElapsed,
 }
 
+/// SIGINT, SIGTERM and SIGHUP listeners, registered once when the runtime starts (see
+/// `install_signal_handlers`): a Ctrl-C that arrives between "Hit Ctrl-C to end." and the
+/// first poll of `stop_requested` is then still seen, instead of killing the process.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+static SIGNALS: Mutex<Option<Signals>> = Mutex::new(None);
+
+/// Registers the stop signals; call inside the tokio runtime, before loading anything.
+pub fn install_signal_handlers() -> Result<()> {
+    let signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+        hup: signal(SignalKind::hangup())?,
+    };
+    *SIGNALS.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals);
+    Ok(())
+}
+
+/// Puts the listeners back when a wait ends or is cancelled (e.g. lost a `select!`).
+struct Borrowed(Option<Signals>);
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(signals) = self.0.take() {
+            *SIGNALS.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals);
+        }
+    }
+}
+
 /// Resolves when the run should stop.
 pub async fn stop_requested(duration: Option<Duration>) -> Result<StopReason> {
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let taken = SIGNALS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut signals = Borrowed(Some(match taken {
+        Some(s) => s,
+        None => Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        },
+    }));
+    let s = signals.0.as_mut().expect("signals present");
     let sleep = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -64,9 +104,9 @@ pub async fn stop_requested(duration: Option<Duration>) -> Result<StopReason> {
         }
     };
     Ok(tokio::select! {
-        _ = int.recv() => StopReason::Interrupted,
-        _ = term.recv() => StopReason::Terminated,
-        _ = hup.recv() => StopReason::Terminated,
+        _ = s.int.recv() => StopReason::Interrupted,
+        _ = s.term.recv() => StopReason::Terminated,
+        _ = s.hup.recv() => StopReason::Terminated,
         _ = sleep => StopReason::DurationElapsed,
     })
 }
