@@ -49,7 +49,7 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Release build of the tracer binaries, then one symlink per tool (busybox style).
+/// Release build of the tracer binaries, one symlink per tool (busybox style), man pages.
 pub fn build_release() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "tracer", "--bins"]))?;
     let tracer = release_bin("tracer");
@@ -60,7 +60,8 @@ pub fn build_release() -> Result<()> {
         std::os::unix::fs::symlink("tracer", &link)
             .with_context(|| format!("cannot create {}", link.display()))?;
     }
-    Ok(())
+    run(Command::new(&tracer).arg("man").arg("--out-dir").arg(target_dir().join("release/man")))
+}
 }
 
 /// Replaces xtask with `tracer ARGS...`.
