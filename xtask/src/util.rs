@@ -62,7 +62,6 @@ pub fn build_release() -> Result<()> {
     }
     run(Command::new(&tracer).arg("man").arg("--out-dir").arg(target_dir().join("release/man")))
 }
-}
 
 /// Replaces xtask with `tracer ARGS...`.
 pub fn exec_tracer(args: &[String]) -> Result<()> {
