@@ -29,7 +29,12 @@ impl KernelBtf {
         if let Some(btf) = self.parsed.get() {
             return Ok(btf);
         }
-        let btf = Btf::from_file(&self.path).map_err(|e| {
+        // Mmap reads only the types we look up (smaller and faster than parsing all of
+        // vmlinux's BTF up front); sysfs BTF is mmap-able since Linux 6.x, older kernels get
+        // the full parse.
+        let btf = Btf::from_file_with_backend(&self.path, btf_rs::Backend::Mmap)
+            .or_else(|_| Btf::from_file(&self.path))
+            .map_err(|e| {
             anyhow!(
                 "cannot read kernel BTF from {} ({e}); this kernel needs CONFIG_DEBUG_INFO_BTF=y",
                 self.path.display()
