@@ -9,6 +9,12 @@ pub mod comm;
 pub mod forksnoop;
 pub mod hist;
 pub mod probe;
+pub mod probes;
+pub mod offcputime;
+pub mod profile;
+pub mod sched;
+pub mod softirq_top;
+pub mod stacks;
 pub mod stats;
 pub mod task;
 

@@ -9,5 +9,11 @@ pub const STAT_LOST: u32 = 1;
 pub const STAT_MAP_FULL: u32 = 2;
 /// Reads of kernel memory that failed (a probe_read error).
 pub const STAT_READ_ERRORS: u32 = 3;
+/// Stacks that `bpf_get_stackid` could not store: stack map full (ENOMEM) or the walk failed
+/// (EFAULT). The sample is still counted, under a `[lost: ...]` stack.
+pub const STAT_STACK_LOST: u32 = 4;
+/// Stacks that hashed to a bucket holding a different stack (EEXIST). Counted like STAT_STACK_LOST;
+/// a bigger stack map makes them rarer.
+pub const STAT_STACK_COLLISIONS: u32 = 5;
 /// Number of slots in `STATS`.
-pub const STAT_SLOTS: u32 = 4;
+pub const STAT_SLOTS: u32 = 6;

@@ -44,4 +44,17 @@ impl Task {
     pub fn flags(self) -> Option<u32> {
         self.read(TASK_OFFSETS.load().flags)
     }
+
+    /// `task_struct::comm` (NUL-padded).
+    #[inline(always)]
+    pub fn comm(self) -> Option<[u8; tracer_common::TASK_COMM_LEN]> {
+        self.read(TASK_OFFSETS.load().comm)
+    }
+
+    /// `task_struct::__state` (0 = TASK_RUNNING); its offset is not in `TaskOffsets`, so the
+    /// caller passes the one it resolved from BTF.
+    #[inline(always)]
+    pub fn state(self, state_offset: u32) -> Option<u32> {
+        self.read(state_offset)
+    }
 }

@@ -57,6 +57,11 @@ impl StatsReader {
         Ok(Self { map: PerCpuArray::try_from(map)? })
     }
 
+    /// One `tracer_common::stats` slot summed over CPUs (for slots `Stats` does not name).
+    pub fn slot(&self, slot: u32) -> u64 {
+        self.map.get(&slot, 0).map(|values| values.iter().sum()).unwrap_or(0)
+    }
+
     pub fn read(&self) -> Stats {
         let slot = |i: u32| -> u64 {
             self.map.get(&i, 0).map(|values| values.iter().sum()).unwrap_or(0)

@@ -5,10 +5,14 @@ mod attach;
 mod btf;
 mod filters;
 mod hist;
+mod kthread_roles;
 mod loader;
 mod output;
 mod privileges;
+mod probe_attach;
+mod probe_spec;
 mod session;
+mod stacks;
 mod tools;
 mod tracefs;
 
@@ -177,10 +181,14 @@ fn run(cli: Cli) -> Result<()> {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     // One thread is plenty: the work is reading maps and ring buffers, not computing.
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let _guard = runtime.enter();
+    session::install_signal_handlers().context("cannot install signal handlers")?;
+    drop(_guard);
+    Ok(runtime)
 }
 
 fn write_man_pages(dir: &std::path::Path) -> Result<()> {
@@ -198,4 +206,47 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
         write(format!("tracer-{name}"), sub.clone().name(format!("tracer-{name}").leak() as &str))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift: deterministic, dependency-free randomness for the parser fuzz below.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Random command lines from a vocabulary of real and hostile tokens: parsing and the
+    /// value parsers must never panic, whatever comes in.
+    #[test]
+    fn cli_parser_never_panics() {
+        let mut vocabulary: Vec<String> = TOOL_NAMES.iter().map(|s| s.to_string()).collect();
+        vocabulary.extend(
+            [
+                "-p", "-t", "-C", "-d", "-F", "-T", "-v", "-s", "--json", "--summary", "--comm", "--attach",
+                "--threads", "--no-threads", "--kthreads", "--top", "--folded", "--svg", "--vec", "-m", "-u",
+                "0", "1", "-1", "0.5", "1e9", "NaN", "inf", "99999999999999999999", "", " ", "*", "kworker/*",
+                "a*b", "é", "\u{0}", "tp-btf", "kprobe", "u:/usr/sbin/nginx:ngx_http_*", "t:sched:sched_switch",
+                "k:", "u::", "--", "--help=x", "-pp", "/dev/null",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let len = (next(&mut state) % 7) as usize;
+            let mut argv = vec!["tracer".to_string()];
+            for _ in 0..len {
+                argv.push(vocabulary[(next(&mut state) % vocabulary.len() as u64) as usize].clone());
+            }
+            let _ = Cli::try_parse_from(&argv);
+            let token = &argv[argv.len() - 1];
+            let _ = session::parse_seconds(token);
+            let _ = filters::comm_filter(Some(token));
+        }
+    }
 }

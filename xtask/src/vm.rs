@@ -1,17 +1,424 @@
-//! Integration tests inside qemu on other kernels (not implemented yet).
+//! `cargo xtask vm-test`: the integration tests inside qemu on Debian kernels, for the paths
+//! this host kernel cannot run (kprobe, kretprobe, fentry, fexit, kprobe_multi).
+//!
+//! Per kernel: fetch and unpack the Debian package once (kernel.rs), build an initramfs
+//! (initramfs.rs), boot qemu (TCG; KVM does not work on these machines) with the host root
+//! shared read-only over 9p, let the guest run `tracer doctor` and the integration test binary
+//! in a chroot, and read the verdict from isa-debug-exit and the libtest summary on the serial
+//! console. docs/testing.md describes the recipe.
 
-use anyhow::Result;
+mod initramfs;
+mod kernel;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
-#[derive(Args, Clone, Debug, Default)]
+use crate::{
+    test::Tally,
+    util::{cargo, repo_root},
+};
+use initramfs::GuestPlan;
+use kernel::{KERNELS, KernelSpec};
+
+const QEMU: &str = "qemu-system-x86_64";
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+#[derive(Args, Clone, Debug)]
 pub struct VmArgs {
-    /// Which kernel(s) to boot.
+    /// Which kernel(s) to boot: debian-6.1, debian-6.12 or all.
     #[arg(long, default_value = "all")]
     pub kernel: String,
+    /// Only integration tests whose name contains this (passed to the test binary).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Minutes before a VM counts as hung and is killed.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_minutes: u64,
 }
 
-/// Runs the suite in each VM kernel and returns the summed tally.
-pub fn vm_test(_args: &VmArgs) -> Result<crate::test::Tally> {
-    println!("vm-test: not implemented yet");
-    Ok(crate::test::Tally::default())
+impl Default for VmArgs {
+    fn default() -> Self {
+        Self {
+            kernel: "all".into(),
+            filter: None,
+            timeout_minutes: 20,
+        }
+    }
+}
+
+/// Runs the suite in each VM kernel and returns the summed tally. A VM that fails to boot,
+/// panics, hangs or never reports counts as one failed test; so does a doctor smoke check
+/// that does not see the mechanisms the kernel is known to have.
+pub fn vm_test(args: &VmArgs) -> Result<Tally> {
+    let kernels: Vec<&KernelSpec> = match args.kernel.as_str() {
+        "all" => KERNELS.iter().collect(),
+        name => vec![KERNELS.iter().find(|k| k.name == name).ok_or_else(|| {
+            let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+            anyhow!(
+                "unknown kernel {name}: use one of {} or all",
+                known.join(", ")
+            )
+        })?],
+    };
+    if which(QEMU).is_none() {
+        bail!("{QEMU} missing: run cargo xtask setup");
+    }
+    if !Path::new(QBOOT).exists() {
+        bail!("{QBOOT} missing: run cargo xtask setup (package qemu-system-x86)");
+    }
+    let binaries = build_test_binaries()?;
+    let mut tally = Tally::default();
+    for spec in kernels {
+        println!("== vm-test {}", spec.name);
+        let one = run_kernel(spec, &binaries, args).unwrap_or_else(|e| {
+            println!("vm-test {}: FAILED: {e:#}", spec.name);
+            Tally {
+                passed: 0,
+                failed: 1,
+                skipped: 0,
+            }
+        });
+        tally.passed += one.passed;
+        tally.failed += one.failed;
+        tally.skipped += one.skipped;
+    }
+    Ok(tally)
+}
+
+struct Binaries {
+    tracer: PathBuf,
+    integration: PathBuf,
+}
+
+/// Builds the integration test binary (and the tracer binaries it runs) and returns their
+/// paths from cargo's JSON messages.
+fn build_test_binaries() -> Result<Binaries> {
+    let out = cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "tracer",
+            "--test",
+            "integration",
+            "--no-run",
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let (mut tracer, mut integration) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if json_string(line, "reason").as_deref() != Some("compiler-artifact") {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (json_string(line, "name"), json_string(line, "executable"))
+        else {
+            continue;
+        };
+        match (
+            name.as_str(),
+            line.contains(r#""kind":["test"]"#),
+            line.contains(r#""kind":["bin"]"#),
+        ) {
+            ("integration", true, _) => integration = Some(PathBuf::from(exe)),
+            ("tracer", _, true) => tracer = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    let integration =
+        integration.ok_or_else(|| anyhow!("cargo did not report the integration test binary"))?;
+    let tracer = tracer.ok_or_else(|| anyhow!("cargo did not report the tracer binary"))?;
+    // The guest sees the host root read-only with tmpfs on /tmp: binaries must live elsewhere.
+    for bin in [&integration, &tracer] {
+        if bin.starts_with("/tmp") || bin.starts_with("/run") {
+            bail!(
+                "{} is under a folder the guest hides with tmpfs: use a target dir outside /tmp",
+                bin.display()
+            );
+        }
+    }
+    Ok(Binaries {
+        tracer,
+        integration,
+    })
+}
+
+/// The first string value of `"key":"..."` in one line of cargo's compact JSON.
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let mut value = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<Tally> {
+    let dir = repo_root().join("target/vm").join(spec.name);
+    let kernel = kernel::ensure(spec, &dir)?;
+    println!(
+        "vm-test {}: {} ({})",
+        spec.name,
+        kernel.package,
+        kernel.vmlinux.display()
+    );
+
+    let mut test_args = vec!["--test-threads".to_string(), "1".to_string()];
+    test_args.extend(args.filter.iter().cloned());
+    let plan = GuestPlan {
+        kernel_name: spec.name.to_string(),
+        tracer: binaries.tracer.clone(),
+        test_binary: binaries.integration.clone(),
+        test_args,
+        test_cwd: repo_root().join("tracer"),
+    };
+    let initrd = dir.join("initramfs.cpio");
+    fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
+
+    let log_path = dir.join("console.log");
+    let run = boot(
+        &kernel.vmlinux,
+        &initrd,
+        &log_path,
+        Duration::from_secs(args.timeout_minutes * 60),
+    )?;
+    Ok(verdict(spec, &run, &log_path))
+}
+
+/// What came back from one VM.
+struct VmRun {
+    /// The code the guest wrote to isa-debug-exit, if it did.
+    reported: Option<i32>,
+    timed_out: bool,
+    console: String,
+    elapsed: Duration,
+    /// When the guest's init, the tests and the report started, since qemu was started.
+    init_at: Option<Duration>,
+    doctor_at: Option<Duration>,
+    tests_at: Option<Duration>,
+}
+
+/// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
+fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Result<VmRun> {
+    let mut child = Command::new(QEMU)
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
+        .args(["-nographic", "-no-reboot", "-net", "none", "-bios", QBOOT])
+        .arg("-kernel")
+        .arg(vmlinux)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {QEMU}: run cargo xtask setup"))?;
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                if tx.send(line).is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+    }
+    drop(tx);
+
+    let mut log = fs::File::create(log_path)
+        .with_context(|| format!("cannot write {}", log_path.display()))?;
+    let mut run = VmRun {
+        reported: None,
+        timed_out: false,
+        console: String::new(),
+        elapsed: Duration::ZERO,
+        init_at: None,
+        doctor_at: None,
+        tests_at: None,
+    };
+    let deadline = start + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if line.starts_with("==vm-test== init") {
+                    run.init_at.get_or_insert(start.elapsed());
+                } else if line == "==vm-test== doctor" {
+                    run.doctor_at.get_or_insert(start.elapsed());
+                } else if line == "==vm-test== tests" {
+                    run.tests_at.get_or_insert(start.elapsed());
+                }
+                println!("{line}");
+                writeln!(log, "{line}")?;
+                run.console.push_str(&line);
+                run.console.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                run.timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait()?;
+    run.elapsed = start.elapsed();
+    // isa-debug-exit makes qemu exit with (code << 1) | 1; a poweroff, reboot or panic gives 0.
+    run.reported = status.code().filter(|c| c & 1 == 1).map(|c| c >> 1);
+    Ok(run)
+}
+
+/// Turns one VM's console and exit status into a tally, and says how it went.
+fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
+    let mut tally = Tally::default();
+    tally.add_libtest(&run.console);
+    let secs =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+    println!(
+        "vm-test {}: init at {}, doctor at {}, first test at {}, done at {:.1}s (log: {})",
+        spec.name,
+        secs(run.init_at),
+        secs(run.doctor_at),
+        secs(run.tests_at),
+        run.elapsed.as_secs_f64(),
+        log_path.display()
+    );
+
+    match doctor_missing(spec, &run.console) {
+        Ok(()) => tally.passed += 1,
+        Err(why) => {
+            println!("vm-test {}: FAILED doctor smoke check: {why}", spec.name);
+            tally.failed += 1;
+        }
+    }
+
+    let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
+    let problem = if run.timed_out {
+        Some(format!(
+            "timed out (hang?) after {:.0}s",
+            run.elapsed.as_secs_f64()
+        ))
+    } else {
+        match run.reported {
+            None => Some("the guest never reported (kernel panic, or it powered off)".to_string()),
+            Some(code) if code == i32::from(initramfs::EXIT_SETUP_FAILED) => {
+                Some("guest setup failed".into())
+            }
+            Some(code) if !has_summary => {
+                Some(format!("the test binary printed no summary (exit {code})"))
+            }
+            Some(code) if code != 0 && tally.failed == 0 => {
+                Some(format!("the test binary exited with {code}"))
+            }
+            Some(_) => None,
+        }
+    };
+    if let Some(problem) = problem {
+        println!("vm-test {}: FAILED: {problem}", spec.name);
+        tally.failed += 1;
+    }
+    tally
+}
+
+/// Checks that `tracer doctor` in the guest said "yes" for what this kernel has.
+fn doctor_missing(spec: &KernelSpec, console: &str) -> Result<(), String> {
+    let section: Vec<&str> = console
+        .lines()
+        .skip_while(|l| *l != "==vm-test== doctor")
+        .take_while(|l| *l != "==vm-test== tests")
+        .collect();
+    if section.is_empty() {
+        return Err("doctor did not run".into());
+    }
+    let missing: Vec<&str> = spec
+        .doctor_expects
+        .iter()
+        .copied()
+        .filter(|feature| {
+            !section.iter().any(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(*feature) && words.next() == Some("yes")
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not available: {}", missing.join(", ")))
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|p| p.join(cmd))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cargo_json() {
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"integration"},"executable":"/w/t/integration-\"x\""}"#;
+        assert_eq!(
+            json_string(line, "reason").as_deref(),
+            Some("compiler-artifact")
+        );
+        assert_eq!(json_string(line, "name").as_deref(), Some("integration"));
+        assert_eq!(
+            json_string(line, "executable").as_deref(),
+            Some(r#"/w/t/integration-"x""#)
+        );
+        assert_eq!(json_string(line, "missing"), None);
+    }
+
+    #[test]
+    fn doctor_section_is_checked() {
+        let spec = &KERNELS[0];
+        let console = "==vm-test== doctor\nkprobe       yes  a\nkretprobe    yes  b\nfentry       no   c\n\
+                       fexit        yes  d\n==vm-test== tests\nfentry yes\n";
+        assert_eq!(
+            doctor_missing(spec, console),
+            Err("not available: fentry".into())
+        );
+    }
 }

@@ -7,6 +7,10 @@
 //!   spin SECS [PCT] burn CPU for SECS seconds at PCT % duty cycle (default 100)
 //!   hot SECS        spin inside `tracer_workload_hot_function` (for profile tests)
 //!   sleep SECS      sleep SECS seconds in nanosleep (for offcputime tests)
+//!   pingpong N      N round trips of one byte between two processes over pipes (2N context
+//!                   switches); prints "pingpong N NS_PER_ROUND_TRIP" (for sched benchmarks)
+//!   open N          N open(2)+close(2) of /dev/null (kernel-function tests)
+//!   write N         N calls of libc write(2), one byte each to /dev/null (uprobe tests)
 //! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
 //! starting, so a tracer can attach with `-p PID` first.
 
@@ -66,6 +70,80 @@ pub extern "C" fn tracer_workload_hot_function(deadline: &Instant) -> u64 {
     x
 }
 
+/// Exactly `n` calls of libc's write(2) (one byte to /dev/null), for uprobe tests on libc.
+fn write_dev_null(n: u64) {
+    // SAFETY: open/write/close on a path and buffer we own.
+    unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if fd < 0 {
+            eprintln!("tracer-workload: cannot open /dev/null: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        let byte = [0u8; 1];
+        for _ in 0..n {
+            libc::write(fd, byte.as_ptr().cast(), 1);
+        }
+        libc::close(fd);
+    }
+}
+
+/// Exactly `n` open(2)+close(2) pairs on /dev/null (kernel-function probe tests).
+fn open_dev_null(n: u64) {
+    for _ in 0..n {
+        // SAFETY: open and close a path we own.
+        unsafe {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Two processes bounce one byte over a pair of pipes: each round trip is two wakeups and
+/// (on one CPU, or when both sleep) two context switches.
+fn pingpong(n: u64) {
+    let mut to_child = [0i32; 2];
+    let mut to_parent = [0i32; 2];
+    // SAFETY: pipe() fills the two-element arrays.
+    if unsafe { libc::pipe(to_child.as_mut_ptr()) } != 0 || unsafe { libc::pipe(to_parent.as_mut_ptr()) } != 0 {
+        eprintln!("tracer-workload: pipe failed: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: the child only reads and writes its pipe ends, then _exits.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            for _ in 0..n {
+                if libc::read(to_child[0], byte.as_mut_ptr().cast(), 1) != 1 {
+                    break;
+                }
+                libc::write(to_parent[1], byte.as_ptr().cast(), 1);
+            }
+            libc::_exit(0);
+        },
+        -1 => {
+            eprintln!("tracer-workload: fork failed: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        child => {
+            let start = Instant::now();
+            for _ in 0..n {
+                // SAFETY: one-byte reads and writes on our pipe ends.
+                unsafe {
+                    libc::write(to_child[1], byte.as_ptr().cast(), 1);
+                    libc::read(to_parent[0], byte.as_mut_ptr().cast(), 1);
+                }
+            }
+            let elapsed = start.elapsed();
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            println!("pingpong {n} {:.1}", elapsed.as_nanos() as f64 / n.max(1) as f64);
+        }
+    }
+}
+
 fn number(args: &[String], i: usize, what: &str) -> f64 {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
         eprintln!("tracer-workload: {what} needs a number");
@@ -98,6 +176,9 @@ fn main() {
                 std::hint::black_box(tracer_workload_hot_function(&deadline));
             }
             "sleep" => std::thread::sleep(Duration::from_secs_f64(number(&args, i + 1, "sleep"))),
+            "pingpong" => pingpong(number(&args, i + 1, "pingpong") as u64),
+            "write" => write_dev_null(number(&args, i + 1, "write") as u64),
+            "open" => open_dev_null(number(&args, i + 1, "open") as u64),
             other => {
                 eprintln!("tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep)");
                 std::process::exit(2);

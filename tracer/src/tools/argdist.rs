@@ -1,11 +1,286 @@
-//! argdist: not implemented yet.
+//! argdist: the distribution of one value at a probe — a function argument, the return value,
+//! or a tracepoint field by name — as a count per distinct value (`-C`) or a log2 histogram
+//! (`-H`), aggregated in the kernel.
+
+use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use serde_json::json;
+use tracer_common::probes::{HistKey, MODE_VALUE, ProbesConfig, ValueKey};
 
+use crate::{
+    output::{Out, hms_now, with_schema},
+    probe_attach::{self, Expr, Hist, ProbeStats, Request},
+    probe_spec::{self, Probe},
+    session,
+    tools::CommonArgs,
+};
+
+const TOOL: &str = "argdist";
+
+/// Histogram or frequency count of a probe's argument, return value or tracepoint field.
 #[derive(Args, Clone, Debug)]
-pub struct ArgdistArgs {}
+#[command(
+    after_help = "EXPR: arg0..arg5 (entry probes), $retval (ur:/kr:), $pid, $tid, $cpu, or a\n\
+tracepoint field by name (tplist -v t:CATEGORY:EVENT lists them).\n\
+Examples:\n  \
+    argdist -C t:sched:sched_switch prev_state        how tasks leave the CPU\n  \
+    argdist -H u:libc:malloc arg0                     malloc sizes (log2)\n  \
+    argdist -C ur:libc:write '$retval' -p 1234        write() results of one process\n  \
+    argdist -H t:syscalls:sys_exit_read ret 1 10      read sizes every second\n  \
+    argdist -C t:sched:sched_switch prev_state --filter 'prev_prio < 120'"
+)]
+pub struct ArgdistArgs {
+    /// PROBE EXPR, then optional INTERVAL and COUNT.
+    #[arg(value_name = "PROBE EXPR [INTERVAL [COUNT]]", required = true, num_args = 2..)]
+    pub items: Vec<String>,
+    /// Log2 histogram of the value.
+    #[arg(short = 'H', long = "histogram", conflicts_with = "count")]
+    pub histogram: bool,
+    /// Count each distinct value (the default).
+    #[arg(short = 'C', long = "count")]
+    pub count: bool,
+    /// Only when EXPR OP NUMBER holds (e.g. 'arg2 > 100'); evaluated in the kernel.
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Option<String>,
+    /// Only this process.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Separately per process.
+    #[arg(short = 'P', long = "per-pid")]
+    pub per_pid: bool,
+    /// Print only the N most frequent values (-C).
+    #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
 
-pub async fn run(_args: ArgdistArgs) -> Result<()> {
-    bail!("argdist is not implemented yet")
+pub async fn run(args: ArgdistArgs) -> Result<()> {
+    let (probe_text, expr_text, rest) = match args.items.as_slice() {
+        [probe, expr, rest @ ..] => (probe, expr, rest),
+        _ => bail!("give a PROBE and an EXPR (e.g. argdist -C t:sched:sched_switch prev_state)"),
+    };
+    let mut positionals = vec![probe_text.clone()];
+    positionals.extend(rest.iter().cloned());
+    let (_, interval) = probe_attach::split_positionals(&positionals)?;
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    let spec = probe_spec::parse(probe_text)?;
+    let probes = probe_spec::resolve(&spec, args.pid)?;
+    let expr = probe_attach::parse_expr(expr_text, &probes, false)?;
+    let mut config = ProbesConfig {
+        mode: MODE_VALUE,
+        hist_values: args.histogram.into(),
+        per_pid: args.per_pid.into(),
+        per_probe: 1,
+        tgid: args.pid.unwrap_or(0),
+        ..ProbesConfig::DEFAULT
+    };
+    config.values[0] = expr.spec;
+    let mut needs_record = expr.needs_record;
+    if let Some(filter) = &args.filter {
+        let (filter, record) = probe_attach::parse_filter(filter, &probes)?;
+        config.filter = filter;
+        needs_record |= record;
+    }
+    let loaded = probe_attach::attach_all(&Request {
+        probes: &probes,
+        config,
+        pid: args.pid,
+        force: args.common.attach,
+        entry_and_return: false,
+        needs_record,
+    })?;
+    if args.common.verbose {
+        loaded.print_summary(TOOL);
+    }
+    eprintln!(
+        "Tracing {} of {} probes for \"{probe_text}\" ({})... Hit Ctrl-C to end.",
+        expr.text,
+        probes.len(),
+        loaded.mechanism()
+    );
+    let mut out = Out::new();
+    let mut reported = ProbeStats::default();
+    let mut prev_counts: HashMap<ValueKey, u64> = HashMap::new();
+    let mut prev_hists: HashMap<HistKey, Hist> = HashMap::new();
+    let periodic = interval.interval.is_some();
+    probe_attach::every_interval(&interval, args.common.duration.duration, |_| {
+        if args.histogram {
+            let now = loaded.hists()?;
+            print_hists(&args, &probes, &expr, &now, &prev_hists, periodic, &mut out);
+            prev_hists = now;
+        } else {
+            let now = loaded.value_counts()?;
+            print_counts(
+                &args,
+                &probes,
+                &expr,
+                &now,
+                &prev_counts,
+                periodic,
+                &mut out,
+            );
+            prev_counts = now;
+        }
+        loaded.report_problems(TOOL, &mut reported);
+        out.flush();
+        Ok(!out.closed())
+    })
+    .await?;
+    if args.common.output.json {
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "end", "stats": loaded.stats(), "attach": loaded.mechanisms}),
+        ));
+    } else {
+        eprintln!("Detaching...");
+    }
+    Ok(())
+}
+
+/// The value as the user expects to read it: signed types and negative errnos as negatives.
+fn shown(value: u64, expr: &Expr) -> i128 {
+    if expr.signed || (expr.spec.size == 0 && value > i64::MAX as u64) {
+        // Narrow signed fields were sign-extended in the kernel.
+        value as i64 as i128
+    } else {
+        value as i128
+    }
+}
+
+fn probe_name(probes: &[Probe], id: u32) -> String {
+    probes
+        .get(id as usize)
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}
+
+fn print_counts(
+    args: &ArgdistArgs,
+    probes: &[Probe],
+    expr: &Expr,
+    now: &HashMap<ValueKey, u64>,
+    before: &HashMap<ValueKey, u64>,
+    periodic: bool,
+    out: &mut Out,
+) {
+    let mut rows: Vec<(ValueKey, u64)> = now
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0).min(*n);
+            (d > 0).then_some((*k, d))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.value.cmp(&b.0.value)));
+    let total: u64 = rows.iter().map(|r| r.1).sum();
+    let shown_rows = &rows[..rows.len().min(args.top)];
+    if args.common.output.json {
+        let values: Vec<_> = shown_rows
+            .iter()
+            .map(|(k, n)| {
+                json!({"value": shown(k.value, expr), "count": n, "probe": probe_name(probes, k.probe_id),
+                       "pid": args.per_pid.then_some(k.tgid)})
+            })
+            .collect();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "counts", "time": hms_now(), "expr": expr.text, "total": total,
+                   "distinct": rows.len(), "values": values}),
+        ));
+        return;
+    }
+    if periodic || args.common.output.timestamp {
+        out.line(&format!("[{}]", hms_now()));
+    }
+    let many = probes.len() > 1;
+    out.line(&format!(
+        "{:>10}  {}{}{}",
+        "COUNT",
+        if args.per_pid {
+            format!("{:>7}  ", "PID")
+        } else {
+            String::new()
+        },
+        if many {
+            format!("{:<32} ", "PROBE")
+        } else {
+            String::new()
+        },
+        expr.text
+    ));
+    for (k, n) in shown_rows {
+        out.line(&format!(
+            "{n:>10}  {}{}{}",
+            if args.per_pid {
+                format!("{:>7}  ", k.tgid)
+            } else {
+                String::new()
+            },
+            if many {
+                format!("{:<32} ", probe_name(probes, k.probe_id))
+            } else {
+                String::new()
+            },
+            shown(k.value, expr)
+        ));
+    }
+    if rows.len() > shown_rows.len() {
+        out.line(&format!(
+            "... {} more values (-n to show more)",
+            rows.len() - shown_rows.len()
+        ));
+    }
+    out.line("");
+}
+
+fn print_hists(
+    args: &ArgdistArgs,
+    probes: &[Probe],
+    expr: &Expr,
+    now: &HashMap<HistKey, Hist>,
+    before: &HashMap<HistKey, Hist>,
+    periodic: bool,
+    out: &mut Out,
+) {
+    let mut keys: Vec<&HistKey> = now.keys().collect();
+    keys.sort_by_key(|k| (k.probe_id, k.tgid));
+    if periodic && !args.common.output.json {
+        out.line(&format!("[{}]", hms_now()));
+    }
+    for key in keys {
+        let hist = now[key].since(before.get(key));
+        if hist.count == 0 {
+            continue;
+        }
+        let name = probe_name(probes, key.probe_id);
+        if args.common.output.json {
+            out.json(&with_schema(
+                TOOL,
+                json!({"type": "histogram", "time": hms_now(), "expr": expr.text, "probe": name,
+                       "pid": args.per_pid.then_some(key.tgid), "count": hist.count, "sum": hist.sum,
+                       "min": hist.min, "max": hist.max, "hist": hist.log2.to_json(&expr.text)}),
+            ));
+            continue;
+        }
+        let pid = if args.per_pid {
+            format!(" pid {}", key.tgid)
+        } else {
+            String::new()
+        };
+        out.line(&format!("{name}{pid}"));
+        for line in hist.log2.render(&expr.text).lines() {
+            out.line(line);
+        }
+        out.line(&format!(
+            "count {}, avg {}, min {}, max {}\n",
+            hist.count,
+            hist.avg().unwrap_or(0),
+            hist.min,
+            hist.max
+        ));
+    }
 }

@@ -1,11 +1,256 @@
-//! funccount: not implemented yet.
+//! funccount: calls per probe (uprobes, kernel functions, tracepoints), counted in the kernel,
+//! optionally per process, printed at the end or every interval.
 
 use anyhow::{Result, bail};
 use clap::Args;
+use serde_json::json;
+use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
 
+use crate::{
+    output::{Out, comm_str, hms_now, with_schema},
+    probe_attach::{self, Loaded, ProbeStats, Request},
+    probe_spec::{self, Probe},
+    session,
+    tools::CommonArgs,
+};
+
+const TOOL: &str = "funccount";
+
+/// Count calls to functions, uprobes and tracepoints, in the kernel.
 #[derive(Args, Clone, Debug)]
-pub struct FunccountArgs {}
+#[command(after_help = "Probes:\n  \
+    u:PATH_OR_LIB:SYMBOL[+OFF]  ur:...  k:FUNC  kr:FUNC  t:CATEGORY:EVENT   (globs: * ? [..])\n\
+Examples:\n  \
+    funccount u:/usr/sbin/nginx:ngx_http_process_request   calls until Ctrl-C\n  \
+    funccount 'u:/usr/sbin/nginx:ngx_http_*' 1 5           every second, 5 times\n  \
+    funccount -p 1234 u:libc:write                           one process's write() calls\n  \
+    funccount -P t:sched:sched_process_fork                  forks per process\n  \
+    funccount 'k:tcp_*'                                      kernel functions (fentry/kprobe)")]
+pub struct FunccountArgs {
+    /// Probes, then optional INTERVAL seconds and COUNT of intervals.
+    #[arg(value_name = "PROBE... [INTERVAL [COUNT]]", required = true, num_args = 1..)]
+    pub items: Vec<String>,
+    /// Only calls made by this process (uprobes are attached for it alone, libraries are
+    /// looked up in its maps).
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Count per process (PID and COMM) too.
+    #[arg(short = 'P', long = "per-pid")]
+    pub per_pid: bool,
+    /// Print only the N busiest rows.
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Also print probes that were not hit.
+    #[arg(long)]
+    pub zero: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
 
-pub async fn run(_args: FunccountArgs) -> Result<()> {
-    bail!("funccount is not implemented yet")
+pub async fn run(args: FunccountArgs) -> Result<()> {
+    let (specs, interval) = probe_attach::split_positionals(&args.items)?;
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    if args.top == Some(0) {
+        bail!("--top needs a positive number");
+    }
+    let probes = probe_spec::resolve_all(&specs, args.pid)?;
+    let config = ProbesConfig {
+        mode: MODE_COUNT,
+        per_pid: args.per_pid.into(),
+        tgid: args.pid.unwrap_or(0),
+        ..ProbesConfig::DEFAULT
+    };
+    let loaded = probe_attach::attach_all(&Request {
+        probes: &probes,
+        config,
+        pid: args.pid,
+        force: args.common.attach,
+        entry_and_return: false,
+        needs_record: false,
+    })?;
+    if args.common.verbose {
+        loaded.print_summary(TOOL);
+    }
+    let what = if specs.len() == 1 {
+        format!("\"{}\"", specs[0])
+    } else {
+        format!("{} patterns", specs.len())
+    };
+    eprintln!(
+        "Tracing {} probes for {what} ({})... Hit Ctrl-C to end.",
+        probes.len(),
+        loaded.mechanism()
+    );
+
+    let mut out = Out::new();
+    let mut previous: Vec<u64> = vec![0; probes.len()];
+    let mut previous_pids = std::collections::HashMap::new();
+    let mut reported = ProbeStats::default();
+    probe_attach::every_interval(&interval, args.common.duration.duration, |_last| {
+        let now = loaded.counts(probes.len())?;
+        let deltas: Vec<u64> = now.iter().zip(&previous).map(|(a, b)| a - b).collect();
+        if args.per_pid {
+            let pids = loaded.pid_counts()?;
+            print_per_pid(
+                &args,
+                &probes,
+                &pids,
+                &previous_pids,
+                interval.interval.is_some(),
+                &mut out,
+            );
+            previous_pids = pids;
+        } else {
+            print_counts(
+                &args,
+                &probes,
+                &deltas,
+                interval.interval.is_some(),
+                &mut out,
+            );
+        }
+        previous = now;
+        loaded.report_problems(TOOL, &mut reported);
+        out.flush();
+        Ok(!out.closed())
+    })
+    .await?;
+    finish(&args, &loaded, &mut out);
+    Ok(())
+}
+
+fn finish(args: &FunccountArgs, loaded: &Loaded, out: &mut Out) {
+    let stats = loaded.stats();
+    if args.common.output.json {
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "end", "stats": stats, "attach": loaded.mechanisms}),
+        ));
+    } else {
+        // On stderr, so piped output holds only the table.
+        eprintln!("Detaching...");
+    }
+    out.flush();
+}
+
+fn print_counts(
+    args: &FunccountArgs,
+    probes: &[Probe],
+    deltas: &[u64],
+    periodic: bool,
+    out: &mut Out,
+) {
+    let mut rows: Vec<(usize, u64)> = deltas
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0 || args.zero)
+        .map(|(i, n)| (i, *n))
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let total: u64 = deltas.iter().sum();
+    let shown = args.top.unwrap_or(usize::MAX).min(rows.len());
+    if args.common.output.json {
+        let list: Vec<_> = rows[..shown]
+            .iter()
+            .map(|(i, n)| json!({"probe": probes[*i].spec(), "name": probes[*i].name, "count": n}))
+            .collect();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "counts", "time": hms_now(), "total": total, "rows_total": rows.len(), "probes": list}),
+        ));
+        return;
+    }
+    if periodic || args.common.output.timestamp {
+        out.line(&format!("\n{}", hms_now()));
+    }
+    let width = rows[..shown]
+        .iter()
+        .map(|(i, _)| probes[*i].name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    out.line(&format!("{:<width$} {:>10}", "FUNC", "COUNT"));
+    for (i, n) in &rows[..shown] {
+        out.line(&format!("{:<width$} {:>10}", probes[*i].name, n));
+    }
+    if rows.len() > shown {
+        out.line(&format!(
+            "... {} more (--top to show more)",
+            rows.len() - shown
+        ));
+    }
+}
+
+fn print_per_pid(
+    args: &FunccountArgs,
+    probes: &[Probe],
+    now: &std::collections::HashMap<PidCountKey, u64>,
+    before: &std::collections::HashMap<PidCountKey, u64>,
+    periodic: bool,
+    out: &mut Out,
+) {
+    let mut rows: Vec<(PidCountKey, u64)> = now
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0).min(*n);
+            (d > 0).then_some((*k, d))
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then(a.0.tgid.cmp(&b.0.tgid))
+            .then(a.0.probe_id.cmp(&b.0.probe_id))
+    });
+    let shown = args.top.unwrap_or(usize::MAX).min(rows.len());
+    let name = |k: &PidCountKey| {
+        probes
+            .get(k.probe_id as usize)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    };
+    if args.common.output.json {
+        let list: Vec<_> = rows[..shown]
+            .iter()
+            .map(|(k, n)| {
+                json!({"pid": k.tgid, "comm": comm_str(&k.comm), "name": name(k),
+                       "probe": probes.get(k.probe_id as usize).map(Probe::spec), "count": n})
+            })
+            .collect();
+        let total: u64 = rows.iter().map(|r| r.1).sum();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "counts_per_pid", "time": hms_now(), "total": total, "rows_total": rows.len(), "rows": list}),
+        ));
+        return;
+    }
+    if periodic || args.common.output.timestamp {
+        out.line(&format!("\n{}", hms_now()));
+    }
+    let width = rows[..shown]
+        .iter()
+        .map(|(k, _)| name(k).len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    out.line(&format!(
+        "{:>7} {:<16} {:<width$} {:>10}",
+        "PID", "COMM", "FUNC", "COUNT"
+    ));
+    for (k, n) in &rows[..shown] {
+        out.line(&format!(
+            "{:>7} {:<16} {:<width$} {:>10}",
+            k.tgid,
+            comm_str(&k.comm),
+            name(k),
+            n
+        ));
+    }
+    if rows.len() > shown {
+        out.line(&format!(
+            "... {} more (--top to show more)",
+            rows.len() - shown
+        ));
+    }
 }

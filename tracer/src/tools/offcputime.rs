@@ -1,11 +1,356 @@
-//! offcputime: not implemented yet.
+//! offcputime: how long tasks were blocked (off CPU), and where: on sched_switch the kernel notes
+//! when and with which stacks a task left the CPU, and when it runs again adds the blocked time to
+//! that (task, kernel stack, user stack). Shows why a kworker, jbd2 or a process waits.
 
-use anyhow::{Result, bail};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use clap::Args;
+use serde_json::json;
+use tracer_common::{
+    offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, STACKS_ENTRIES, SwitchOut},
+    stats::STAT_EVENTS,
+};
 
+use crate::{
+    attach::{self, Mechanism, Rung, Target},
+    btf::KernelBtf,
+    filters,
+    loader::{self, StatsReader, objects},
+    output::{Out, comm_str, hms_now, with_schema},
+    session::{self, IntervalArgs},
+    stacks::{self, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    tools::CommonArgs,
+};
+
+const TOOL: &str = "offcputime";
+
+/// Summarize off-CPU (blocked) time by kernel and user stack, from sched_switch.
 #[derive(Args, Clone, Debug)]
-pub struct OffcputimeArgs {}
+#[command(after_help = "Examples:\n  \
+    offcputime -d 10                 all tasks for 10 s, longest-blocked stacks\n  \
+    offcputime -p 1234               why PID 1234 waits\n  \
+    offcputime --kthreads -K         why kernel threads (kworker, jbd2, ...) wait\n  \
+    offcputime -m 1000 -f > out.folded   blocks of 1 ms or more, folded (values in us)\n  \
+    offcputime --svg offcpu.svg -d 30    off-CPU flame graph")]
+pub struct OffcputimeArgs {
+    /// Only this process (thread group id).
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only this thread.
+    #[arg(short = 't', long = "tid", value_name = "TID")]
+    pub tid: Option<u32>,
+    /// Only tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only kernel threads.
+    #[arg(long, conflicts_with = "user_threads_only")]
+    pub kthreads: bool,
+    /// Only user tasks (no kernel threads).
+    #[arg(short = 'u', long)]
+    pub user_threads_only: bool,
+    /// Kernel stacks only.
+    #[arg(short = 'K', long = "kernel-stacks-only", conflicts_with = "user_only")]
+    pub kernel_only: bool,
+    /// User stacks only.
+    #[arg(short = 'U', long = "user-stacks-only")]
+    pub user_only: bool,
+    /// Ignore blocks shorter than this many microseconds.
+    #[arg(
+        short = 'm',
+        long = "min-block-time",
+        value_name = "US",
+        default_value_t = 1
+    )]
+    pub min_us: u64,
+    /// Ignore blocks longer than this many microseconds.
+    #[arg(short = 'M', long = "max-block-time", value_name = "US")]
+    pub max_us: Option<u64>,
+    /// How many stacks to print (text and JSON).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Entries of the stack map: more means fewer lost stacks (about 1 KiB of kernel memory each).
+    #[arg(long, value_name = "N", default_value_t = STACKS_ENTRIES)]
+    pub stack_storage_size: u32,
+    /// Print FlameGraph folded lines ("comm;frame;...;leaf microseconds") instead of stacks.
+    #[arg(short = 'f', long)]
+    pub folded: bool,
+    /// Also write an SVG flame graph to FILE when done.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
 
-pub async fn run(_args: OffcputimeArgs) -> Result<()> {
-    bail!("offcputime is not implemented yet")
+type Totals = HashMap<OffcpuKey, OffcpuValue>;
+
+pub async fn run(args: OffcputimeArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    if let Some(tid) = args.tid
+        && (tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists())
+    {
+        bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
+    }
+    let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
+    if max_us < args.min_us {
+        bail!(
+            "-M {max_us} is below -m {}: no block could match",
+            args.min_us
+        );
+    }
+    if args.stack_storage_size == 0 || args.stack_storage_size > 1 << 20 {
+        bail!("--stack-storage-size must be 1 to 1048576");
+    }
+    let config = OffcpuConfig {
+        tgid: args.pid.unwrap_or(0),
+        tid: args.tid.unwrap_or(0),
+        min_ns: args.min_us.saturating_mul(1000),
+        max_ns: max_us.saturating_mul(1000),
+        kernel_stacks: (!args.user_only).into(),
+        user_stacks: (!args.kernel_only).into(),
+        kthreads_only: args.kthreads.into(),
+        user_only: args.user_threads_only.into(),
+        _reserved: [0; 4],
+        comm: filters::comm_filter(args.comm.as_deref())?,
+    };
+    let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
+
+    let btf = KernelBtf::new();
+    let offsets = btf
+        .task_offsets()
+        .context("offcputime reads prev/next task_struct members at offsets from kernel BTF")?;
+    let mut ebpf = loader::load(objects::OFFCPUTIME, |l| {
+        l.override_global("CONFIG", &config, true);
+        l.override_global("TASK_OFFSETS", &offsets, false);
+        l.map_max_entries("STACKS", args.stack_storage_size);
+    })?;
+    let rungs = [
+        Rung {
+            mechanism: Mechanism::TpBtf,
+            program: "offcputime_switch_btf",
+        },
+        Rung {
+            mechanism: Mechanism::RawTp,
+            program: "offcputime_switch_raw",
+        },
+    ];
+    let target = Target::Tracepoint {
+        category: "sched",
+        event: "sched_switch",
+    };
+    let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
+    if args.common.verbose {
+        eprintln!("{TOOL}: {}", attachment.summary());
+    }
+    let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
+        ebpf.take_map("OFFCPU")
+            .ok_or_else(|| anyhow!("OFFCPU map missing (build bug)"))?,
+    )?;
+    let blocked: BpfHashMap<MapData, u32, SwitchOut> = BpfHashMap::try_from(
+        ebpf.take_map("START")
+            .ok_or_else(|| anyhow!("START map missing (build bug)"))?,
+    )?;
+    let stack_map = StackMap::take(&mut ebpf, "STACKS")?;
+    let stats = StatsReader::take(&mut ebpf)?;
+    let title = title(&args);
+    eprintln!(
+        "Tracing off-CPU time ({}) of {}... Hit Ctrl-C to end.",
+        attachment.mechanism,
+        scope(&args)
+    );
+
+    let raw = |key: &OffcpuKey, value: u64| RawStack {
+        comm: comm_str(&key.comm),
+        pid: key.tgid,
+        tid: key.pid,
+        kernel: stack_map.frames(key.kstack),
+        user: stack_map.frames(key.ustack),
+        value,
+    };
+    let mut symbols = Symbols::new().strip_tracing_frames();
+    let mut out = Out::new();
+    let json = args.common.output.json;
+    let stop = session::stop_requested(args.common.duration.duration);
+    tokio::pin!(stop);
+    let mut ticker = args.interval.interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    // Symbolize user stacks while their processes exist (see profile's sample_loop): those of
+    // tasks blocked right now too, since a process often exits right after its last block.
+    let mut warm = tokio::time::interval(Duration::from_secs(1));
+    warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warmed: HashSet<(u32, i32)> = HashSet::new();
+    let mut previous = Totals::new();
+    let mut printed = 0u64;
+    let mut since = Instant::now();
+    loop {
+        let stopped = tokio::select! {
+            reason = &mut stop => { reason?; true }
+            _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
+            _ = warm.tick() => {
+                let now_blocked = blocked.iter().flatten().map(|(_, out)| out.key);
+                for key in counts.keys().flatten().chain(now_blocked) {
+                    if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
+                        symbols.prefetch_user(key.tgid, &stack_map.frames(key.ustack));
+                    }
+                }
+                continue;
+            }
+        };
+        let current = snapshot(&counts);
+        let raws: Vec<RawStack> = current
+            .iter()
+            .filter_map(|(key, now)| {
+                let before = previous.get(key).map_or(0, |v| v.total_ns);
+                (now.total_ns > before).then(|| raw(key, now.total_ns - before))
+            })
+            .collect();
+        let elapsed = since.elapsed();
+        since = Instant::now();
+        if !stopped || args.interval.interval.is_none() || !raws.is_empty() {
+            report(&args, &raws, elapsed, &title, &mut symbols, &mut out);
+        }
+        out.flush();
+        previous = current;
+        printed += 1;
+        if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+    }
+
+    if let Some(svg) = svg {
+        let raws: Vec<RawStack> = previous.iter().map(|(k, v)| raw(k, v.total_ns)).collect();
+        let resolved = symbols.resolve_all(&raws);
+        svg.write(&stacks::folded(&resolved, Unit::Nanoseconds), &title, "us")?;
+    }
+    symbols.report_unknown(TOOL);
+    let end = stats.read();
+    let loss = StackLoss::read(&stats);
+    loss.report(TOOL);
+    if end.map_full > 0 {
+        eprintln!(
+            "{TOOL}: {} blocks not counted: a map was full (too many blocked tasks or stacks)",
+            end.map_full
+        );
+    }
+    if end.read_errors > 0 {
+        eprintln!("{TOOL}: {} task_struct reads failed", end.read_errors);
+    }
+    if json {
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "end", "attach": attachment.mechanism, "blocks": stats.slot(STAT_EVENTS),
+                   "map_full": end.map_full, "read_errors": end.read_errors, "stacks_lost": loss.json()}),
+        ));
+    }
+    out.flush();
+    drop(ebpf);
+    Ok(())
+}
+
+fn snapshot(counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>) -> Totals {
+    let mut totals = Totals::new();
+    for (key, per_cpu) in counts.iter().flatten() {
+        let total = totals.entry(key).or_default();
+        for v in per_cpu.iter() {
+            total.total_ns += v.total_ns;
+            total.count += v.count;
+        }
+    }
+    totals
+}
+
+fn report(
+    args: &OffcputimeArgs,
+    raws: &[RawStack],
+    elapsed: Duration,
+    title: &str,
+    symbols: &mut Symbols,
+    out: &mut Out,
+) {
+    let total: u64 = raws.iter().map(|r| r.value).sum();
+    let resolved = stacks::merge(symbols.resolve_all(raws));
+    if args.folded {
+        for line in stacks::folded(&resolved, Unit::Nanoseconds) {
+            out.line(&line);
+        }
+        return;
+    }
+    let shown = resolved.len().min(args.top);
+    if args.common.output.json {
+        let list: Vec<_> = resolved[..shown]
+            .iter()
+            .map(|s| stacks::stack_json(s, total))
+            .collect();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "offcpu", "time": hms_now(), "seconds": elapsed.as_secs_f64(), "unit": "ns",
+                   "total_ns": total, "stacks_total": resolved.len(), "stacks": list}),
+        ));
+        return;
+    }
+    if args.interval.interval.is_some() || args.common.output.timestamp {
+        out.line(&hms_now());
+    }
+    out.line(&format!(
+        "{} off CPU in {:.1}s of tracing ({} distinct stacks) — {title}",
+        stacks::format_ns(total),
+        elapsed.as_secs_f64(),
+        resolved.len()
+    ));
+    out.line("");
+    stacks::print_top(out, &resolved[..shown], total, Unit::Nanoseconds);
+    if resolved.len() > shown {
+        out.line(&format!(
+            "... {} more stacks (--top to show more, --folded for all)",
+            resolved.len() - shown
+        ));
+    }
+}
+
+fn scope(args: &OffcputimeArgs) -> String {
+    let mut what = Vec::new();
+    if let Some(pid) = args.pid {
+        what.push(format!("PID {pid}"));
+    }
+    if let Some(tid) = args.tid {
+        what.push(format!("TID {tid}"));
+    }
+    if let Some(comm) = &args.comm {
+        what.push(format!("comm {comm}"));
+    }
+    if args.kthreads {
+        what.push("kernel threads".into());
+    }
+    if args.user_threads_only {
+        what.push("user tasks".into());
+    }
+    if what.is_empty() {
+        "all tasks".into()
+    } else {
+        what.join(", ")
+    }
+}
+
+fn title(args: &OffcputimeArgs) -> String {
+    let mut title = format!("offcputime: {}, blocked time", scope(args));
+    if args.min_us > 1 || args.max_us.is_some() {
+        title.push_str(&format!(
+            " ({} to {} us per block)",
+            args.min_us,
+            args.max_us.map_or("any".into(), |m| m.to_string())
+        ));
+    }
+    title
 }

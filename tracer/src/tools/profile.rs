@@ -1,18 +1,767 @@
-//! profile: not implemented yet.
+//! profile: sample what every CPU is running at a fixed frequency (perf event: CPU cycles where
+//! the PMU allows, else the cpu-clock software timer), count samples in the kernel per task and
+//! (kernel stack, user stack), print the hottest stacks, folded lines or a flame graph.
+//!
+//! kstacks is the same sampler preset for kernel threads (`--kthreads -K`), with output grouped
+//! per thread: who among ksoftirqd/N, kworker/*, kswapd0, jbd2/*, rcu_* is busy, and where.
 
-use anyhow::{Result, bail};
-use clap::Args;
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-#[derive(Args, Clone, Debug)]
-pub struct ProfileArgs {}
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+    programs::{
+        PerfEvent,
+        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tracer_common::{
+    profile::{IDLE_ANY, IDLE_EXCLUDE, IDLE_ONLY, ProfileConfig, STACKS_ENTRIES, SampleKey},
+    stats::STAT_EVENTS,
+};
 
-pub async fn run(_args: ProfileArgs) -> Result<()> {
-    bail!("profile is not implemented yet")
+use crate::{
+    attach::{self, Mechanism, Rung, Target},
+    btf::KernelBtf,
+    filters,
+    loader::{self, StatsReader, objects},
+    output::{Out, comm_str, hms_now, with_schema},
+    session::{self, IntervalArgs},
+    stacks::{self, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    tools::CommonArgs,
+};
+
+/// Sampling frequencies above this cost more than they tell (and perf caps them anyway).
+const MAX_HZ: u64 = 10_000;
+
+/// Which perf event drives the sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SampleEvent {
+    /// The cpu-clock software timer: samples proportional to time on CPU, idle included.
+    CpuClock,
+    /// Hardware CPU cycles (not counted while a CPU is halted; in VMs the rate can drift).
+    Cycles,
 }
 
+/// Options shared by profile and kstacks.
 #[derive(Args, Clone, Debug)]
-pub struct KstacksArgs {}
+pub struct SampleArgs {
+    /// Sample at this frequency per CPU, in Hz (1 to 10000).
+    #[arg(
+        short = 'F',
+        long = "frequency",
+        value_name = "HZ",
+        default_value_t = 49
+    )]
+    pub frequency: u64,
+    /// Sample only this CPU (default: all CPUs).
+    #[arg(short = 'C', long = "cpu", value_name = "CPU")]
+    pub cpu: Option<u32>,
+    /// The perf event that triggers samples.
+    #[arg(long, value_enum, default_value_t = SampleEvent::CpuClock)]
+    pub event: SampleEvent,
+    /// Only tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Entries of the stack map: more means fewer lost stacks (about 1 KiB of kernel memory each).
+    #[arg(long, value_name = "N", default_value_t = STACKS_ENTRIES)]
+    pub stack_storage_size: u32,
+    /// Print FlameGraph folded lines ("comm;frame;...;leaf count") instead of stacks.
+    #[arg(short = 'f', long)]
+    pub folded: bool,
+    /// Also write an SVG flame graph to FILE when done.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
 
-pub async fn run_kstacks(_args: KstacksArgs) -> Result<()> {
-    bail!("kstacks is not implemented yet")
+/// Sample on-CPU stacks (kernel and user) at a frequency, counted in the kernel.
+#[derive(Args, Clone, Debug)]
+#[command(after_help = "Examples:\n  \
+    profile -d 10                    all CPUs for 10 s, hottest stacks\n  \
+    profile -p 1234 -U -F 99         user stacks of PID 1234 at 99 Hz\n  \
+    profile --comm 'ksoftirqd/*' -K  what the softirq threads execute\n  \
+    profile --softirq -K             everything run in softirq context (inline or ksoftirqd)\n  \
+    profile -f -d 30 > out.folded    folded stacks for flamegraph.pl / inferno\n  \
+    profile --svg cpu.svg -d 30      flame graph directly")]
+pub struct ProfileArgs {
+    /// Only this process (thread group id).
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only this thread.
+    #[arg(short = 't', long = "tid", value_name = "TID")]
+    pub tid: Option<u32>,
+    /// Only kernel threads (PF_KTHREAD; the idle tasks are not counted as kernel threads).
+    #[arg(long)]
+    pub kthreads: bool,
+    /// Only samples taken while the CPU was serving a softirq (inline or in ksoftirqd).
+    #[arg(long)]
+    pub softirq: bool,
+    /// Only samples of the idle tasks (swapper/N).
+    #[arg(long, conflicts_with = "no_idle")]
+    pub idle: bool,
+    /// Drop samples of the idle tasks.
+    #[arg(long)]
+    pub no_idle: bool,
+    /// Kernel stacks only.
+    #[arg(short = 'K', long = "kernel-stacks-only", conflicts_with = "user_only")]
+    pub kernel_only: bool,
+    /// User stacks only.
+    #[arg(short = 'U', long = "user-stacks-only")]
+    pub user_only: bool,
+    /// How many stacks to print (text and JSON).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+/// Hot kernel stacks of kernel threads, grouped per thread.
+#[derive(Args, Clone, Debug)]
+#[command(after_help = "Examples:\n  \
+    kstacks -d 10                    busiest kernel threads and their stacks\n  \
+    kstacks --comm 'kworker/*' 1 5   kworkers, every second, 5 times\n  \
+    kstacks --svg kthreads.svg -d 30 flame graph of kernel-thread CPU time")]
+pub struct KstacksArgs {
+    /// How many threads to print.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// How many stacks to print per thread.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub stacks: usize,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+/// The loaded and attached sampler.
+struct Sampler {
+    /// Keeps the programs attached; dropping it detaches everything.
+    _ebpf: Ebpf,
+    counts: PerCpuHashMap<MapData, SampleKey, u64>,
+    stack_map: StackMap,
+    stats: StatsReader,
+    event: &'static str,
+    cpus: usize,
+    hz: u64,
+}
+
+fn check_frequency(hz: u64) -> Result<()> {
+    if hz == 0 || hz > MAX_HZ {
+        bail!("-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)");
+    }
+    Ok(())
+}
+
+fn check_tid(tid: u32) -> Result<()> {
+    if tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists() {
+        bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
+    }
+    Ok(())
+}
+
+impl Sampler {
+    fn start(
+        tool: &str,
+        sample: &SampleArgs,
+        config: ProfileConfig,
+        softirq: bool,
+    ) -> Result<Self> {
+        let btf = KernelBtf::new();
+        let offsets = btf
+            .task_offsets()
+            .context("profile reads task flags (kernel threads) at offsets from kernel BTF")?;
+        let cpus = online_cpus().map_err(|(what, e)| anyhow!("cannot list CPUs ({what}): {e}"))?;
+        let cpus: Vec<u32> = match sample.cpu {
+            Some(cpu) if !cpus.contains(&cpu) => {
+                bail!(
+                    "-C {cpu}: no such online CPU (online: {})",
+                    cpus_text(&cpus)
+                )
+            }
+            Some(cpu) => vec![cpu],
+            None => cpus,
+        };
+        if sample.stack_storage_size == 0 || sample.stack_storage_size > 1 << 20 {
+            bail!("--stack-storage-size must be 1 to 1048576");
+        }
+        let mut ebpf = loader::load(objects::PROFILE, |l| {
+            l.override_global("CONFIG", &config, true);
+            l.override_global("TASK_OFFSETS", &offsets, false);
+            l.map_max_entries("STACKS", sample.stack_storage_size);
+        })?;
+        if softirq {
+            for (event, btf_prog, raw_prog) in [
+                (
+                    "softirq_entry",
+                    "profile_softirq_entry_btf",
+                    "profile_softirq_entry_raw",
+                ),
+                (
+                    "softirq_exit",
+                    "profile_softirq_exit_btf",
+                    "profile_softirq_exit_raw",
+                ),
+            ] {
+                let rungs = [
+                    Rung {
+                        mechanism: Mechanism::TpBtf,
+                        program: btf_prog,
+                    },
+                    Rung {
+                        mechanism: Mechanism::RawTp,
+                        program: raw_prog,
+                    },
+                ];
+                let target = Target::Tracepoint {
+                    category: "irq",
+                    event,
+                };
+                let attachment =
+                    attach::attach(&mut ebpf, &btf, target, &rungs, sample.common.attach)?;
+                if sample.common.verbose {
+                    eprintln!("{tool}: {}", attachment.summary());
+                }
+            }
+        }
+        let program: &mut PerfEvent = ebpf
+            .program_mut("profile_sample")
+            .ok_or_else(|| anyhow!("profile_sample missing from the object (build bug)"))?
+            .try_into()?;
+        program.load().map_err(|e| {
+            anyhow!(
+                "cannot load the sampling program: {}",
+                attach::describe(Mechanism::Tracepoint, &e)
+            )
+        })?;
+        let event = attach_sampler(program, &cpus, sample.frequency, sample.event)?;
+        if sample.common.verbose {
+            eprintln!(
+                "{tool}: perf event {event} at {} Hz on CPUs {}",
+                sample.frequency,
+                cpus_text(&cpus)
+            );
+        }
+        let counts = PerCpuHashMap::try_from(
+            ebpf.take_map("COUNTS")
+                .ok_or_else(|| anyhow!("COUNTS map missing (build bug)"))?,
+        )?;
+        let stack_map = StackMap::take(&mut ebpf, "STACKS")?;
+        let stats = StatsReader::take(&mut ebpf)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            counts,
+            stack_map,
+            stats,
+            event,
+            cpus: cpus.len(),
+            hz: sample.frequency,
+        })
+    }
+
+    /// Totals per key so far (summed over CPUs).
+    fn snapshot(&self) -> HashMap<SampleKey, u64> {
+        let mut totals = HashMap::new();
+        for (key, per_cpu) in self.counts.iter().flatten() {
+            *totals.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        totals
+    }
+
+    fn raw(&self, key: &SampleKey, value: u64) -> RawStack {
+        RawStack {
+            comm: comm_str(&key.comm),
+            pid: key.tgid,
+            tid: key.pid,
+            kernel: self.stack_map.frames(key.kstack),
+            user: self.stack_map.frames(key.ustack),
+            value,
+        }
+    }
+
+    fn report_losses(&self, tool: &str) -> serde_json::Value {
+        let stats = self.stats.read();
+        let loss = StackLoss::read(&self.stats);
+        loss.report(tool);
+        if stats.map_full > 0 {
+            eprintln!(
+                "{tool}: {} samples not counted: the counts map was full",
+                stats.map_full
+            );
+        }
+        json!({"samples": self.stats.slot(STAT_EVENTS), "map_full": stats.map_full,
+               "stacks_lost": loss.json()})
+    }
+}
+
+fn cpus_text(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Opens one sampling perf event per CPU.
+fn attach_sampler(
+    program: &mut PerfEvent,
+    cpus: &[u32],
+    hz: u64,
+    event: SampleEvent,
+) -> Result<&'static str> {
+    let attach_all = |program: &mut PerfEvent, config: PerfEventConfig| -> Result<(), String> {
+        let mut links = Vec::new();
+        for &cpu in cpus {
+            match program.attach(
+                config,
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            ) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    for link in links {
+                        let _ = program.detach(link);
+                    }
+                    return Err(attach::describe(Mechanism::Tracepoint, &e));
+                }
+            }
+        }
+        Ok(())
+    };
+    match event {
+        SampleEvent::Cycles => {
+            attach_all(program, PerfEventConfig::Hardware(HardwareEvent::CpuCycles))
+                .map(|()| "cycles")
+                .map_err(|e| anyhow!("cannot sample CPU cycles here ({e}); use --event cpu-clock"))
+        }
+        SampleEvent::CpuClock => {
+            attach_all(program, PerfEventConfig::Software(SoftwareEvent::CpuClock))
+                .map(|()| "cpu-clock")
+                .map_err(|e| anyhow!("cannot open the cpu-clock perf event: {e}"))
+        }
+    }
+}
+
+/// Waits for the next interval tick, or forever without an interval.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker.as_mut() {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn ticker(interval: Option<Duration>) -> Option<tokio::time::Interval> {
+    interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
+}
+
+/// Runs until stopped, calling `report` with the counts of each interval (or of the whole run);
+/// returns the totals of the whole run for the flame graph. Every second it symbolizes the user
+/// stacks it has not seen yet, while their processes still exist (short-lived processes would
+/// otherwise end up `[unknown]`); kernel frames wait until printed.
+async fn sample_loop(
+    sampler: &Sampler,
+    sample: &SampleArgs,
+    symbols: &mut Symbols,
+    mut report: impl FnMut(&HashMap<SampleKey, u64>, Duration, &mut Symbols, &mut Out),
+    out: &mut Out,
+) -> Result<HashMap<SampleKey, u64>> {
+    let stop = session::stop_requested(sample.common.duration.duration);
+    tokio::pin!(stop);
+    let mut ticker = ticker(sample.interval.interval);
+    let mut warm = tokio::time::interval(Duration::from_secs(1));
+    warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warmed: HashSet<(u32, i32)> = HashSet::new();
+    let mut previous: HashMap<SampleKey, u64> = HashMap::new();
+    let mut printed = 0u64;
+    let mut since = Instant::now();
+    loop {
+        let stopped = tokio::select! {
+            reason = &mut stop => { reason?; true }
+            _ = next_tick(&mut ticker) => false,
+            _ = warm.tick() => {
+                for key in sampler.counts.keys().flatten() {
+                    if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
+                        symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
+                    }
+                }
+                continue;
+            }
+        };
+        let current = sampler.snapshot();
+        let delta: HashMap<SampleKey, u64> = current
+            .iter()
+            .filter_map(|(key, &now)| {
+                let before = previous.get(key).copied().unwrap_or(0);
+                (now > before).then_some((*key, now - before))
+            })
+            .collect();
+        let elapsed = since.elapsed();
+        since = Instant::now();
+        // The last partial interval is only printed if it saw something.
+        if !stopped || sample.interval.interval.is_none() || !delta.is_empty() {
+            report(&delta, elapsed, symbols, out);
+        }
+        out.flush();
+        previous = current;
+        printed += 1;
+        if stopped || out.closed() || sample.interval.count.is_some_and(|c| printed >= c) {
+            return Ok(previous);
+        }
+    }
+}
+
+fn what_sampled(
+    tool: &str,
+    args: Option<&ProfileArgs>,
+    sample: &SampleArgs,
+    event: &str,
+) -> String {
+    let mut what = vec![];
+    if let Some(args) = args {
+        if let Some(pid) = args.pid {
+            what.push(format!("PID {pid}"));
+        }
+        if let Some(tid) = args.tid {
+            what.push(format!("TID {tid}"));
+        }
+        if args.kthreads {
+            what.push("kernel threads".into());
+        }
+        if args.softirq {
+            what.push("softirq context".into());
+        }
+        if args.idle {
+            what.push("idle".into());
+        }
+        if args.no_idle {
+            what.push("not idle".into());
+        }
+    } else {
+        what.push("kernel threads".into());
+    }
+    if let Some(comm) = &sample.comm {
+        what.push(format!("comm {comm}"));
+    }
+    let cpus = sample
+        .cpu
+        .map(|c| format!("CPU {c}"))
+        .unwrap_or_else(|| "all CPUs".into());
+    let filter = if what.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", what.join(", "))
+    };
+    format!("{tool}: {cpus}{filter}, {event} at {} Hz", sample.frequency)
+}
+
+pub async fn run(args: ProfileArgs) -> Result<()> {
+    const TOOL: &str = "profile";
+    let sample = &args.sample;
+    check_frequency(sample.frequency)?;
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    if let Some(tid) = args.tid {
+        check_tid(tid)?;
+    }
+    let config = ProfileConfig {
+        tgid: args.pid.unwrap_or(0),
+        tid: args.tid.unwrap_or(0),
+        kernel_stacks: (!args.user_only).into(),
+        user_stacks: (!args.kernel_only).into(),
+        kthreads_only: args.kthreads.into(),
+        softirq_only: args.softirq.into(),
+        idle: match (args.idle, args.no_idle) {
+            (true, _) => IDLE_ONLY,
+            (_, true) => IDLE_EXCLUDE,
+            _ => IDLE_ANY,
+        },
+        _reserved: [0; 3],
+        comm: filters::comm_filter(sample.comm.as_deref())?,
+    };
+    let svg = sample.svg.as_deref().map(SvgFile::create).transpose()?;
+    let sampler = Sampler::start(TOOL, sample, config, args.softirq)?;
+    let title = what_sampled(TOOL, Some(&args), sample, sampler.event);
+    eprintln!(
+        "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
+        title_scope(&title),
+        sample.frequency,
+        sampler.event
+    );
+
+    let mut symbols = Symbols::new();
+    let mut out = Out::new();
+    let json = sample.common.output.json;
+    let totals = sample_loop(
+        &sampler,
+        sample,
+        &mut symbols,
+        |counts, elapsed, symbols, out| {
+            let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
+            let total: u64 = raws.iter().map(|r| r.value).sum();
+            let resolved = stacks::merge(symbols.resolve_all(&raws));
+            if sample.folded {
+                for line in stacks::folded(&resolved, Unit::Samples) {
+                    out.line(&line);
+                }
+                return;
+            }
+            let shown = resolved.len().min(args.top);
+            if json {
+                let list: Vec<_> = resolved[..shown]
+                    .iter()
+                    .map(|s| stacks::stack_json(s, total))
+                    .collect();
+                out.json(&with_schema(
+                    TOOL,
+                    json!({"type": "profile", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+                           "event": sampler.event, "hz": sampler.hz, "samples": total,
+                           "stacks_total": resolved.len(), "stacks": list}),
+                ));
+                return;
+            }
+            if sample.interval.interval.is_some() || sample.common.output.timestamp {
+                out.line(&hms_now());
+            }
+            out.line(&format!(
+                "{total} samples in {:.1}s ({} distinct stacks) — {}",
+                elapsed.as_secs_f64(),
+                resolved.len(),
+                title
+            ));
+            out.line("");
+            stacks::print_top(out, &resolved[..shown], total, Unit::Samples);
+            if resolved.len() > shown {
+                out.line(&format!(
+                    "... {} more stacks (--top to show more, --folded for all)",
+                    resolved.len() - shown
+                ));
+            }
+        },
+        &mut out,
+    )
+    .await?;
+    finish(
+        TOOL,
+        &sampler,
+        &mut symbols,
+        totals,
+        svg,
+        &title,
+        json,
+        &mut out,
+    )
+}
+
+/// Flame graph, loss reports and the JSON end record, shared by profile and kstacks.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per tool; a struct would only rename them"
+)]
+fn finish(
+    tool: &str,
+    sampler: &Sampler,
+    symbols: &mut Symbols,
+    totals: HashMap<SampleKey, u64>,
+    svg: Option<SvgFile>,
+    title: &str,
+    json: bool,
+    out: &mut Out,
+) -> Result<()> {
+    if let Some(svg) = svg {
+        let raws: Vec<RawStack> = totals.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
+        let resolved = symbols.resolve_all(&raws);
+        svg.write(&stacks::folded(&resolved, Unit::Samples), title, "samples")?;
+    }
+    symbols.report_unknown(tool);
+    let end = sampler.report_losses(tool);
+    if json {
+        out.json(&with_schema(
+            tool,
+            json!({"type": "end", "event": sampler.event, "hz": sampler.hz,
+                                           "cpus": sampler.cpus, "stats": end}),
+        ));
+    }
+    out.flush();
+    Ok(())
+}
+
+/// "all CPUs, PID 5" out of the title, for the stderr banner.
+fn title_scope(title: &str) -> &str {
+    let scope = title.split_once(": ").map_or(title, |(_, rest)| rest);
+    scope.rsplit_once(", ").map_or(scope, |(scope, _)| scope)
+}
+
+pub async fn run_kstacks(args: KstacksArgs) -> Result<()> {
+    const TOOL: &str = "kstacks";
+    let sample = &args.sample;
+    check_frequency(sample.frequency)?;
+    let config = ProfileConfig {
+        kernel_stacks: 1,
+        user_stacks: 0,
+        kthreads_only: 1,
+        idle: IDLE_EXCLUDE,
+        comm: filters::comm_filter(sample.comm.as_deref())?,
+        ..ProfileConfig::DEFAULT
+    };
+    let svg = sample.svg.as_deref().map(SvgFile::create).transpose()?;
+    let sampler = Sampler::start(TOOL, sample, config, false)?;
+    let title = what_sampled(TOOL, None, sample, sampler.event);
+    eprintln!(
+        "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
+        title_scope(&title),
+        sample.frequency,
+        sampler.event
+    );
+
+    let mut symbols = Symbols::new();
+    let mut out = Out::new();
+    let json = sample.common.output.json;
+    let totals = sample_loop(
+        &sampler,
+        sample,
+        &mut symbols,
+        |counts, elapsed, symbols, out| {
+            let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
+            let resolved = stacks::merge(symbols.resolve_all(&raws));
+            if sample.folded {
+                for line in stacks::folded(&resolved, Unit::Samples) {
+                    out.line(&line);
+                }
+                return;
+            }
+            print_threads(&args, &sampler, &resolved, elapsed, json, out);
+        },
+        &mut out,
+    )
+    .await?;
+    finish(
+        TOOL,
+        &sampler,
+        &mut symbols,
+        totals,
+        svg,
+        &title,
+        json,
+        &mut out,
+    )
+}
+
+/// Per kernel thread: samples, CPU %, share of all kernel-thread samples, top stacks.
+fn print_threads(
+    args: &KstacksArgs,
+    sampler: &Sampler,
+    resolved: &[Stack],
+    elapsed: Duration,
+    json: bool,
+    out: &mut Out,
+) {
+    const TOOL: &str = "kstacks";
+    // `resolved` is sorted largest first, so each thread's stacks stay in that order.
+    let mut threads: HashMap<(u32, &str), (u64, Vec<&Stack>)> = HashMap::new();
+    for stack in resolved {
+        let entry = threads.entry((stack.tid, stack.comm.as_str())).or_default();
+        entry.0 += stack.value;
+        entry.1.push(stack);
+    }
+    let mut threads: Vec<_> = threads.into_iter().collect();
+    threads.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
+    let total: u64 = resolved.iter().map(|r| r.value).sum();
+    // One CPU fully busy for the whole interval = 100%.
+    let possible = sampler.hz as f64 * elapsed.as_secs_f64();
+    let cpu_pct = |samples: u64| {
+        if possible > 0.0 {
+            samples as f64 * 100.0 / possible
+        } else {
+            0.0
+        }
+    };
+    let share = |samples: u64| {
+        if total > 0 {
+            samples as f64 * 100.0 / total as f64
+        } else {
+            0.0
+        }
+    };
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let shown = threads.len().min(args.top);
+    if json {
+        let list: Vec<_> = threads[..shown]
+            .iter()
+            .map(|((tid, comm), (samples, thread_stacks))| {
+                let top: Vec<_> =
+                    thread_stacks.iter().take(args.stacks).map(|s| stacks::stack_json(s, *samples)).collect();
+                json!({"comm": comm, "pid": tid, "samples": samples, "cpu_pct": round(cpu_pct(*samples)),
+                       "share_pct": round(share(*samples)), "stacks_total": thread_stacks.len(), "stacks": top})
+            })
+            .collect();
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "kstacks", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+                   "event": sampler.event, "hz": sampler.hz, "cpus": sampler.cpus, "samples": total,
+                   "threads_total": threads.len(), "threads": list}),
+        ));
+        return;
+    }
+    if args.sample.interval.interval.is_some() || args.sample.common.output.timestamp {
+        out.line(&hms_now());
+    }
+    out.line(&format!(
+        "{} kernel-thread samples in {:.1}s at {} Hz on {} CPU(s) ({}); CPU% is of one CPU",
+        total,
+        elapsed.as_secs_f64(),
+        sampler.hz,
+        sampler.cpus,
+        sampler.event
+    ));
+    out.line("");
+    for ((tid, comm), (samples, thread_stacks)) in &threads[..shown] {
+        out.line(&format!(
+            "{comm} [pid {tid}]  {samples} samples  {:.1}% CPU  {:.1}% of kernel-thread samples",
+            cpu_pct(*samples),
+            share(*samples)
+        ));
+        for stack in thread_stacks.iter().take(args.stacks) {
+            out.line(&format!(
+                "  {} samples ({:.1}%)",
+                stack.value,
+                stack.value as f64 * 100.0 / *samples as f64
+            ));
+            for frame in &stack.kernel {
+                out.line(&format!("      {frame}"));
+            }
+        }
+        if thread_stacks.len() > args.stacks {
+            out.line(&format!(
+                "  ... {} more stacks (--stacks to show more)",
+                thread_stacks.len() - args.stacks
+            ));
+        }
+        out.line("");
+    }
+    if threads.len() > shown {
+        out.line(&format!(
+            "... {} more kernel threads (--top to show more)",
+            threads.len() - shown
+        ));
+    }
+    if threads.is_empty() {
+        out.line("(no kernel thread was on a CPU during the samples)");
+    }
 }

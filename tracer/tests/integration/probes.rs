@@ -1,7 +1,546 @@
-//! probes integration tests (none yet).
+//! Probes on demand (funccount, funclatency, argdist, trace, tplist, stackcount) against real
+//! targets: Debian's nginx (uprobes by .dynsym name, counted against nginx's own access log),
+//! libc's write() in a workload, scheduler tracepoints, and kernel functions (which must fail
+//! with the ladder's reason on kernels without kprobes and fentry).
 
-use libtest_mimic::Trial;
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::Value;
+
+use crate::{
+    common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial},
+    nginx::{NGINX, Nginx},
+};
+
+const NGX_REQUEST: &str = "u:/usr/sbin/nginx:ngx_http_process_request";
 
 pub fn tests() -> Vec<Trial> {
-    vec![]
+    vec![
+        trial(
+            "probes::spec_errors_are_one_line",
+            &[Need::Root],
+            spec_errors_are_one_line,
+        ),
+        trial(
+            "probes::nginx_funccount_equals_requests",
+            &[Need::Root, Need::Command("curl"), Need::Command("nginx")],
+            nginx_funccount,
+        ),
+        trial(
+            "probes::nginx_funclatency_holds_every_request",
+            &[Need::Root, Need::Command("curl"), Need::Command("nginx")],
+            nginx_funclatency,
+        ),
+        trial(
+            "probes::nginx_funclatency_glob_per_function",
+            &[Need::Root, Need::Command("curl"), Need::Command("nginx")],
+            nginx_funclatency_glob,
+        ),
+        trial(
+            "probes::libc_write_counted_for_one_pid",
+            &[Need::Root],
+            libc_write,
+        ),
+        trial(
+            "probes::tracepoint_fork_count",
+            &[Need::Root, Need::Tracefs],
+            tracepoint_forks,
+        ),
+        trial(
+            "probes::kernel_function_fails_with_ladder_reason",
+            &[Need::Root],
+            kernel_function_refused,
+        ),
+        trial(
+            "probes::kernel_function_counts_opens",
+            &[Need::Root, Need::Kprobes],
+            kernel_function_counts,
+        ),
+        trial(
+            "probes::argdist_sched_switch_prev_state",
+            &[Need::Root, Need::Tracefs],
+            argdist_prev_state,
+        ),
+        trial(
+            "probes::argdist_uprobe_retval_and_arg",
+            &[Need::Root],
+            argdist_libc_write,
+        ),
+        trial(
+            "probes::trace_prints_each_call",
+            &[Need::Root],
+            trace_libc_write,
+        ),
+        trial(
+            "probes::stackcount_nginx",
+            &[Need::Root, Need::Command("curl"), Need::Command("nginx")],
+            stackcount_nginx,
+        ),
+        trial(
+            "probes::tplist_lists_fields_and_symbols",
+            &[Need::Tracefs],
+            tplist,
+        ),
+    ]
+}
+
+/// `curl` N times; fails unless every request got `expected` status.
+fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<(), Failed> {
+    for _ in 0..n {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .map_err(|e| fail(format!("cannot run curl: {e}")))?;
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure(code == expected, || {
+            format!("curl got HTTP {code}, expected {expected}")
+        })?;
+    }
+    Ok(())
+}
+
+/// nginx logs a request when it finishes it, just after the response: wait for the lines.
+fn wait_access_log(nginx: &Nginx, n: usize) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nginx.access_log_lines() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lines = nginx.access_log_lines();
+    ensure(lines == n, || {
+        format!("nginx access log has {lines} lines, expected {n}")
+    })
+}
+
+fn first_of_type<'a>(records: &'a [Value], kind: &str) -> Result<&'a Value, Failed> {
+    records
+        .iter()
+        .find(|r| r["type"] == kind)
+        .ok_or_else(|| fail(format!("no '{kind}' record in {records:?}")))
+}
+
+fn spec_errors_are_one_line() -> Result<(), Failed> {
+    let dir = std::env::temp_dir().join(format!("tracer-probes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let text_file = dir.join("notelf.txt");
+    std::fs::write(&text_file, "hello\n").map_err(|e| fail(e.to_string()))?;
+    let not_elf = format!("u:{}:main", text_file.display());
+    let directory = format!("u:{}:main", dir.display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["funccount", "nginx"], "is not a probe"),
+        (vec!["funccount", "x:foo"], "unknown probe type"),
+        (vec!["funccount", "u:/usr/sbin/nginx"], "missing ':SYMBOL'"),
+        (vec!["funccount", "u:/usr/sbin/nginx:"], "empty symbol"),
+        (
+            vec!["funccount", "u:/usr/sbin/nginx:foo+zz"],
+            "not an offset",
+        ),
+        (vec!["funccount", "t:sched"], "CATEGORY:EVENT"),
+        (
+            vec!["funccount", "u:/usr/sbin/nginx:no_such_function_xyz"],
+            "stripped",
+        ),
+        (vec!["funccount", "u:/no/such/binary:main"], "no such file"),
+        (
+            vec!["funccount", "u:nosuchlibrary_xyz:main"],
+            "cannot find library",
+        ),
+        (vec!["funccount", &directory], "is a directory"),
+        (vec!["funccount", &not_elf], "not an ELF file"),
+        (vec!["funccount", "t:sched:no_such_event"], "no tracepoint"),
+        (
+            vec!["funccount", "k:no_such_kernel_function_xyz"],
+            "no kernel function",
+        ),
+        (vec!["funccount", "u:libc:*"], "at most"),
+        (vec!["funccount", NGX_REQUEST, "0"], "out of range"),
+        (
+            vec!["funclatency", "ur:/usr/sbin/nginx:ngx_http_process_request"],
+            "not ur:",
+        ),
+        (vec!["funclatency", "t:sched:sched_switch"], "--start"),
+        (
+            vec!["argdist", "-C", "t:sched:sched_switch", "no_such_field"],
+            "no field",
+        ),
+        (
+            vec![
+                "argdist",
+                "-C",
+                "u:/usr/sbin/nginx:ngx_http_process_request",
+                "$retval",
+            ],
+            "return",
+        ),
+        (
+            vec!["trace", "t:sched:sched_switch", "%d %d", "prev_pid"],
+            "2 conversions",
+        ),
+        (
+            vec!["tplist", "-b", "/usr/sbin/nginx", "no_such_fn*"],
+            "no function matches",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(
+            out.status.code() == Some(1)
+                || (out.status.code() == Some(2) && needle == "out of range"),
+            || format!("{args:?}: exit {:?}, stderr: {stderr}", out.status.code()),
+        )?;
+        ensure(stderr.trim().lines().count() == 1, || {
+            format!("{args:?}: not one line: {stderr}")
+        })?;
+        ensure(stderr.contains(needle), || {
+            format!("{args:?}: expected '{needle}' in: {stderr}")
+        })?;
+        ensure(!stderr.contains("panicked"), || {
+            format!("{args:?} panicked: {stderr}")
+        })?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn nginx_funccount() -> Result<(), Failed> {
+    const N: usize = 25;
+    let nginx = Nginx::start_local_logged()?;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let tool = start(&["funccount", "--json", NGX_REQUEST])?;
+    curl(&url, N, &[], "200")?;
+    wait_access_log(&nginx, N)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
+    ensure(
+        counts["probes"][0]["name"] == "ngx_http_process_request",
+        || format!("{counts}"),
+    )?;
+    ensure(count == N as u64, || {
+        format!("funccount saw {count} calls for {N} requests: {counts}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+fn nginx_funclatency() -> Result<(), Failed> {
+    const N: usize = 20;
+    let nginx = Nginx::start_local_logged()?;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let tool = start(&["funclatency", "-u", "--json", NGX_REQUEST])?;
+    curl(&url, N, &[], "200")?;
+    wait_access_log(&nginx, N)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let hist = first_of_type(&records, "histogram")?;
+    let count = hist["count"].as_u64().unwrap_or(0);
+    let buckets: u64 = hist["hist"]["buckets"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|x| x["count"].as_u64()).sum())
+        .unwrap_or(0);
+    ensure(count == N as u64 && buckets == N as u64, || {
+        format!("histogram holds {count} ({buckets} in buckets) for {N} requests: {hist}")
+    })?;
+    let (min, max, avg) = (
+        hist["min_ns"].as_u64().unwrap_or(0),
+        hist["max_ns"].as_u64().unwrap_or(0),
+        hist["avg_ns"].as_u64().unwrap_or(0),
+    );
+    ensure(
+        0 < min && min <= avg && avg <= max && max < 1_000_000_000,
+        || format!("bad min/avg/max: {hist}"),
+    )?;
+    assert_nothing_loaded("probes_")
+}
+
+/// A glob with one histogram per function (-F): bad requests (no Host) go through
+/// ngx_http_special_response_handler, good ones do not.
+fn nginx_funclatency_glob() -> Result<(), Failed> {
+    const GOOD: usize = 10;
+    const BAD: usize = 7;
+    let nginx = Nginx::start_local_logged()?;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let tool = start(&[
+        "funclatency",
+        "-F",
+        "--json",
+        "u:/usr/sbin/nginx:ngx_http_*_handler",
+    ])?;
+    curl(&url, GOOD, &[], "200")?;
+    curl(&url, BAD, &["-H", "Host:"], "400")?;
+    wait_access_log(&nginx, GOOD + BAD)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let special = records
+        .iter()
+        .find(|r| r["type"] == "histogram" && r["function"] == "ngx_http_special_response_handler")
+        .ok_or_else(|| {
+            fail(format!(
+                "no histogram for ngx_http_special_response_handler: {records:?}"
+            ))
+        })?;
+    ensure(special["count"] == BAD as u64, || {
+        format!("expected {BAD} samples: {special}")
+    })?;
+    ensure(
+        done.stderr
+            .iter()
+            .any(|l| l.contains("Tracing 4 functions") || l.contains("functions for")),
+        || done.stderr.join("|"),
+    )?;
+    assert_nothing_loaded("probes_")
+}
+
+fn libc_write() -> Result<(), Failed> {
+    const N: u64 = 1000;
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    // A second writer that must not be counted.
+    let other = Workload::spawn(&["write", "300"])?;
+    let tool = start(&["funccount", "--json", "-p", &pid, "u:libc:write"])?;
+    workload.go_and_wait()?;
+    other.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
+    ensure(count == N, || {
+        format!("counted {count} write() calls, workload made {N}: {counts}")
+    })?;
+    let probe = counts["probes"][0]["probe"].as_str().unwrap_or("");
+    ensure(probe.contains("libc"), || {
+        format!("library not resolved to libc: {probe}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+fn tracepoint_forks() -> Result<(), Failed> {
+    const N: u64 = 40;
+    let workload = Workload::spawn(&["fork", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "funccount",
+        "--json",
+        "-p",
+        &pid,
+        "t:sched:sched_process_fork",
+    ])?;
+    workload.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
+    ensure(count == N, || {
+        format!("counted {count} forks, workload made {N}: {counts}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+/// On a kernel with neither kprobes nor fentry, k: must say why, in one line naming both.
+fn kernel_function_refused() -> Result<(), Failed> {
+    if Need::Kprobes.missing().is_none() {
+        return Ok(()); // kprobes exist: kernel_function_counts covers this kernel.
+    }
+    for spec in ["k:do_sys_openat2", "kr:do_sys_openat2"] {
+        let out = run(&["funccount", spec]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(out.status.code() == Some(1), || {
+            format!("{spec}: exit {:?}: {stderr}", out.status.code())
+        })?;
+        ensure(stderr.trim().lines().count() == 1, || {
+            format!("not one line: {stderr}")
+        })?;
+        ensure(
+            stderr.contains("cannot attach to") && stderr.contains("do_sys_openat2"),
+            || stderr.to_string(),
+        )?;
+        ensure(
+            stderr.contains("kprobes not built into this kernel"),
+            || format!("no kprobe reason: {stderr}"),
+        )?;
+        ensure(
+            stderr.contains("fentry") || stderr.contains("fexit"),
+            || format!("no fentry reason: {stderr}"),
+        )?;
+    }
+    let out = run(&["funclatency", "k:do_sys_openat2"]);
+    ensure(out.status.code() == Some(1), || {
+        "funclatency k: did not fail".into()
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+fn kernel_function_counts() -> Result<(), Failed> {
+    const N: u64 = 200;
+    let workload = Workload::spawn(&["open", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&["funccount", "--json", "-p", &pid, "k:do_sys_openat2"])?;
+    workload.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
+    ensure(count == N, || {
+        format!("counted {count} opens, workload made {N}: {counts}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+/// prev_state counts by value: a sleeping workload leaves the CPU in state 1 (TASK_INTERRUPTIBLE).
+fn argdist_prev_state() -> Result<(), Failed> {
+    let workload = Workload::spawn(&[
+        "sleep", "0.01", "sleep", "0.01", "sleep", "0.01", "sleep", "0.01", "sleep", "0.01",
+    ])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "argdist",
+        "-C",
+        "--json",
+        "-p",
+        &pid,
+        "t:sched:sched_switch",
+        "prev_state",
+    ])?;
+    workload.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let rows = counts["values"].as_array().cloned().unwrap_or_default();
+    let sleeping: u64 = rows
+        .iter()
+        .filter(|r| r["value"] == 1)
+        .filter_map(|r| r["count"].as_u64())
+        .sum();
+    ensure(sleeping >= 5, || {
+        format!("expected >= 5 switches out in state 1 (5 sleeps): {counts}")
+    })?;
+    ensure(counts["expr"] == "prev_state", || format!("{counts}"))?;
+    assert_nothing_loaded("probes_")
+}
+
+/// argdist on a uprobe: write()'s third argument (the size) and its return value.
+fn argdist_libc_write() -> Result<(), Failed> {
+    const N: u64 = 500;
+    for (probe, expr) in [("u:libc:write", "arg2"), ("ur:libc:write", "$retval")] {
+        let workload = Workload::spawn(&["write", &N.to_string()])?;
+        let pid = workload.pid.to_string();
+        let tool = start(&["argdist", "-C", "--json", "-p", &pid, probe, expr])?;
+        workload.go_and_wait()?;
+        let done = tool.stop(libc::SIGINT)?.ok()?;
+        let records = done.json()?;
+        let counts = first_of_type(&records, "counts")?;
+        let rows = counts["values"].as_array().cloned().unwrap_or_default();
+        ensure(
+            rows.len() == 1 && rows[0]["value"] == 1 && rows[0]["count"] == N,
+            || format!("{probe} {expr}: expected value 1 exactly {N} times: {counts}"),
+        )?;
+    }
+    assert_nothing_loaded("probes_")
+}
+
+fn trace_libc_write() -> Result<(), Failed> {
+    const N: u64 = 30;
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "trace",
+        "--json",
+        "-p",
+        &pid,
+        "u:libc:write",
+        "fd=%d size=%d",
+        "arg0",
+        "arg2",
+    ])?;
+    workload.go_and_wait()?;
+    thread::sleep(Duration::from_millis(300));
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let events: Vec<Value> = done
+        .json()?
+        .into_iter()
+        .filter(|r| r["type"] == "event")
+        .collect();
+    ensure(events.len() as u64 == N, || {
+        format!("{} events for {N} calls", events.len())
+    })?;
+    ensure(
+        events.iter().all(|e| {
+            e["message"].as_str().is_some_and(|m| m.ends_with("size=1"))
+                && e["pid"] == workload_pid(&pid)
+        }),
+        || format!("bad event: {:?}", events.first()),
+    )?;
+    assert_nothing_loaded("probes_")
+}
+
+fn workload_pid(pid: &str) -> u64 {
+    pid.parse().unwrap_or(0)
+}
+
+fn stackcount_nginx() -> Result<(), Failed> {
+    const N: usize = 12;
+    let nginx = Nginx::start_local_logged()?;
+    let url = format!("http://127.0.0.1:{}/", nginx.port);
+    let tool = start(&["stackcount", "--json", NGX_REQUEST])?;
+    curl(&url, N, &[], "200")?;
+    wait_access_log(&nginx, N)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let stacks: Vec<&Value> = records.iter().filter(|r| r["type"] == "stack").collect();
+    let total: u64 = stacks.iter().filter_map(|s| s["count"].as_u64()).sum();
+    ensure(total == N as u64, || {
+        format!("stacks hold {total} hits for {N} requests: {records:?}")
+    })?;
+    let text = serde_json::to_string(&stacks).unwrap_or_default();
+    ensure(text.contains("ngx_"), || {
+        format!("no nginx frame in the stacks: {text}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+fn tplist() -> Result<(), Failed> {
+    let out = run(&["tplist", "-v", "sched:sched_switch"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure(
+        out.status.success()
+            && text.starts_with("sched:sched_switch")
+            && text.contains("prev_state"),
+        || text.to_string(),
+    )?;
+    let out = run(&["tplist", "-b", NGINX, "ngx_http_process_*"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure(
+        out.status.success() && text.lines().any(|l| l == "ngx_http_process_request"),
+        || text.to_string(),
+    )?;
+    let out = run(&["tplist", "-b", "libc", "mallo?"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure(
+        out.status.success() && text.lines().any(|l| l == "malloc"),
+        || text.to_string(),
+    )?;
+    let out = run(&["tplist", "--json", "sched:sched_process_fork"]);
+    let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
+    ensure(
+        json["fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x["name"] == "child_pid")),
+        || json.to_string(),
+    )?;
+    Ok(())
 }

@@ -1,7 +1,480 @@
-//! profile integration tests (none yet).
+//! profile, kstacks and offcputime against ground truth: a workload that spins in a known
+//! `#[no_mangle]` function, kernel threads kept busy by fsync, a process that sleeps a known time.
 
-use libtest_mimic::Trial;
+use std::{
+    io::Write as _,
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::Value;
+
+use crate::common::{
+    Finished, Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial,
+};
+
+const ROOT: &[Need] = &[Need::Root];
+const HOT: &str = "tracer_workload_hot_function";
 
 pub fn tests() -> Vec<Trial> {
-    vec![]
+    vec![
+        trial(
+            "profile::hot_function_on_top_of_user_stacks",
+            ROOT,
+            hot_function_on_top,
+        ),
+        trial("profile::folded_output_parses", ROOT, folded_output_parses),
+        trial(
+            "profile::svg_is_valid_and_names_the_symbol",
+            ROOT,
+            svg_is_valid,
+        ),
+        trial(
+            "profile::lost_stacks_are_counted_not_hidden",
+            ROOT,
+            lost_stacks_counted,
+        ),
+        trial(
+            "profile::kstacks_lists_only_kernel_threads",
+            ROOT,
+            kstacks_only_kernel_threads,
+        ),
+        trial(
+            "profile::softirq_samples_are_in_softirq",
+            ROOT,
+            softirq_samples_in_softirq,
+        ),
+        trial(
+            "profile::offcputime_sees_nanosleep_time",
+            ROOT,
+            offcputime_nanosleep,
+        ),
+        trial("profile::bad_input_one_line_errors", &[], bad_input),
+    ]
+}
+
+/// Runs `tracer ARGS` (which must stop by itself, `-d`) while a workload runs.
+fn around_workload(
+    workload_args: &[&str],
+    tracer_args: &[&str],
+    pid_arg: bool,
+) -> Result<(u32, Finished), Failed> {
+    let workload = Workload::spawn(workload_args)?;
+    let pid = workload.pid;
+    let pid_text = pid.to_string();
+    let mut args = tracer_args.to_vec();
+    if pid_arg {
+        args.extend_from_slice(&["-p", &pid_text]);
+    }
+    let tool = start(&args)?;
+    let runner = thread::spawn(move || workload.go_and_wait());
+    let done = tool.wait(Duration::from_secs(30))?.ok()?;
+    runner
+        .join()
+        .map_err(|_| fail("workload thread panicked"))??;
+    Ok((pid, done))
+}
+
+fn record<'a>(records: &'a [Value], kind: &str) -> Result<&'a Value, Failed> {
+    records
+        .iter()
+        .find(|r| r["type"] == kind)
+        .ok_or_else(|| fail(format!("no '{kind}' record")))
+}
+
+fn names(frames: &Value) -> Vec<&str> {
+    frames
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn hot_function_on_top() -> Result<(), Failed> {
+    let (pid, done) = around_workload(
+        &["hot", "4"],
+        &[
+            "profile", "-U", "-F", "99", "-d", "3", "--json", "--top", "50",
+        ],
+        true,
+    )?;
+    let records = done.json()?;
+    let profile = record(&records, "profile")?;
+    ensure(profile["schema"] == "tracer.profile.v1", || {
+        format!("schema: {profile}")
+    })?;
+    let stacks = profile["stacks"]
+        .as_array()
+        .ok_or_else(|| fail("no stacks"))?;
+    ensure(!stacks.is_empty(), || {
+        format!("no samples of the workload: {profile}")
+    })?;
+    let samples = profile["samples"].as_u64().unwrap_or(0);
+    let mut hot = 0;
+    for s in stacks {
+        ensure(s["pid"] == pid, || {
+            format!("-p {pid} let another process through: {s}")
+        })?;
+        ensure(names(&s["kernel"]).is_empty(), || {
+            format!("-U but a kernel stack: {s}")
+        })?;
+        if names(&s["user"]).first() == Some(&HOT) {
+            hot += s["value"].as_u64().unwrap_or(0);
+        }
+    }
+    let top = names(&stacks[0]["user"]);
+    ensure(top.first() == Some(&HOT), || {
+        format!("top user stack is {top:?}, expected {HOT} on top")
+    })?;
+    // The workload spends nearly all its time in the hot function.
+    ensure(hot * 10 >= samples * 8, || {
+        format!("{HOT} in {hot} of {samples} samples")
+    })?;
+    // One thread at 99 Hz for at most the 3 s we sampled.
+    ensure((5..=99 * 3 + 10).contains(&samples), || {
+        format!("{samples} samples for one thread, 3 s at 99 Hz")
+    })?;
+    assert_nothing_loaded("profile_")
+}
+
+fn folded_output_parses() -> Result<(), Failed> {
+    let (_, done) = around_workload(
+        &["hot", "3"],
+        &["profile", "-F", "199", "-d", "2", "--folded"],
+        true,
+    )?;
+    ensure(!done.stdout.is_empty(), || "no folded lines".into())?;
+    let mut total = 0;
+    let mut hot = 0;
+    for line in &done.stdout {
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| fail(format!("no count: {line}")))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| fail(format!("count not a number: {line}")))?;
+        let frames: Vec<&str> = stack.split(';').collect();
+        ensure(frames[0] == "tracer-workload", || {
+            format!("comm must come first: {line}")
+        })?;
+        ensure(frames.iter().all(|f| !f.is_empty()), || {
+            format!("empty frame: {line}")
+        })?;
+        total += count;
+        // Root first: the hot function is the last user frame before any kernel frames.
+        if frames.contains(&HOT) {
+            hot += count;
+        }
+    }
+    ensure(hot * 10 >= total * 8, || {
+        format!("{HOT} in {hot} of {total} folded samples")
+    })?;
+    Ok(())
+}
+
+fn svg_is_valid() -> Result<(), Failed> {
+    let path = std::env::temp_dir().join(format!("tracer-profile-test-{}.svg", std::process::id()));
+    let path_text = path.to_string_lossy().into_owned();
+    let (pid, _) = around_workload(
+        &["hot", "3"],
+        &[
+            "profile", "-F", "99", "-d", "2", "--top", "1", "--svg", &path_text,
+        ],
+        true,
+    )?;
+    let svg = std::fs::read_to_string(&path).map_err(|e| fail(format!("no SVG written: {e}")))?;
+    let _ = std::fs::remove_file(&path);
+    ensure(svg.starts_with("<?xml"), || "not XML".into())?;
+    ensure(
+        svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+        || "not a complete SVG".into(),
+    )?;
+    ensure(svg.contains(HOT), || {
+        format!("{HOT} missing from the flame graph")
+    })?;
+    ensure(svg.contains(&format!("PID {pid}")), || {
+        "the title does not say what was sampled".into()
+    })?;
+    // Balanced elements: every <g> closed.
+    ensure(
+        svg.matches("<g").count() == svg.matches("</g>").count(),
+        || "unbalanced <g> elements".into(),
+    )?;
+    Ok(())
+}
+
+fn lost_stacks_counted() -> Result<(), Failed> {
+    // A 1-entry stack map cannot hold the system's stacks: most must be lost, and still counted.
+    let (_, done) = around_workload(
+        &["spin", "2"],
+        &[
+            "profile",
+            "-F",
+            "499",
+            "-d",
+            "2",
+            "--stack-storage-size",
+            "1",
+            "--json",
+            "--top",
+            "100000",
+        ],
+        false,
+    )?;
+    let records = done.json()?;
+    let profile = record(&records, "profile")?;
+    let end = record(&records, "end")?;
+    let lost = &end["stats"]["stacks_lost"];
+    let lost_total = lost["lost"].as_u64().unwrap_or(0) + lost["collisions"].as_u64().unwrap_or(0);
+    ensure(lost_total > 0, || format!("no lost stacks reported: {end}"))?;
+    ensure(
+        done.stderr.iter().any(|l| l.contains("stacks lost")),
+        || "no stderr report".into(),
+    )?;
+    let stacks = profile["stacks"]
+        .as_array()
+        .ok_or_else(|| fail("no stacks"))?;
+    let sum: u64 = stacks
+        .iter()
+        .map(|s| s["value"].as_u64().unwrap_or(0))
+        .sum();
+    ensure(sum == profile["samples"].as_u64().unwrap_or(0), || {
+        "stack values do not add up to samples".into()
+    })?;
+    let shown_lost = stacks.iter().any(|s| {
+        names(&s["kernel"])
+            .iter()
+            .chain(names(&s["user"]).iter())
+            .any(|f| f.starts_with("[lost: "))
+    });
+    ensure(shown_lost, || "no [lost: ...] stack in the output".into())?;
+    // The end record is read a moment after the last snapshot, while sampling still runs.
+    let (at_end, at_snapshot) = (
+        end["stats"]["samples"].as_u64().unwrap_or(0),
+        profile["samples"].as_u64().unwrap_or(0),
+    );
+    ensure(
+        at_end >= at_snapshot && at_end <= at_snapshot + at_snapshot / 20 + 10,
+        || format!("samples differ: {end} vs {profile}"),
+    )?;
+    Ok(())
+}
+
+/// `task_struct::flags` from /proc/PID/stat (field 9), None if the task is gone.
+fn task_flags(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(6)?.parse().ok()
+}
+
+fn kstacks_only_kernel_threads() -> Result<(), Failed> {
+    // Kernel-thread work: writeback and journal commits (kworker, jbd2) from many small fsyncs.
+    let dir = std::env::temp_dir().join(format!("tracer-kstacks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let file = dir.join("data");
+    let tool = start(&[
+        "kstacks", "-F", "997", "-d", "3", "--json", "--top", "100", "--stacks", "5",
+    ])?;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let mut f = std::fs::File::create(&file).map_err(|e| fail(e.to_string()))?;
+    while Instant::now() < deadline {
+        f.write_all(&[7u8; 4096]).map_err(|e| fail(e.to_string()))?;
+        f.sync_all().map_err(|e| fail(e.to_string()))?;
+    }
+    drop(f);
+    let done = tool.wait(Duration::from_secs(20))?.ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let records = done.json()?;
+    let kstacks = record(&records, "kstacks")?;
+    ensure(kstacks["schema"] == "tracer.kstacks.v1", || {
+        format!("schema: {kstacks}")
+    })?;
+    let threads = kstacks["threads"]
+        .as_array()
+        .ok_or_else(|| fail("no threads"))?;
+    ensure(!threads.is_empty(), || {
+        format!("no kernel thread sampled: {kstacks}")
+    })?;
+    let me = std::process::id() as u64;
+    let mut symbolized = 0;
+    let mut checked = 0;
+    for t in threads {
+        let pid = t["pid"].as_u64().unwrap_or(0);
+        ensure(pid != 0, || {
+            format!("an idle task is not a kernel thread: {t}")
+        })?;
+        ensure(pid != me, || {
+            format!("the test process itself is listed: {t}")
+        })?;
+        if let Some(flags) = task_flags(pid) {
+            ensure(flags & 0x0020_0000 != 0, || {
+                format!("pid {pid} is not a kernel thread (flags {flags:#x}): {t}")
+            })?;
+            checked += 1;
+        }
+        for s in t["stacks"].as_array().into_iter().flatten() {
+            ensure(names(&s["user"]).is_empty(), || {
+                format!("a kernel thread with a user stack: {s}")
+            })?;
+            let kernel = names(&s["kernel"]);
+            if kernel.iter().any(|f| !f.starts_with('[')) {
+                symbolized += 1;
+            }
+        }
+    }
+    ensure(checked > 0, || {
+        "every sampled kernel thread exited before it could be checked".into()
+    })?;
+    ensure(symbolized > 0, || "no kernel stack was symbolized".into())?;
+    let busy = threads.iter().any(|t| {
+        let comm = t["comm"].as_str().unwrap_or("");
+        comm.starts_with("kworker") || comm.starts_with("jbd2")
+    });
+    ensure(busy, || {
+        format!("neither kworker nor jbd2 seen while fsyncing: {kstacks}")
+    })?;
+    assert_nothing_loaded("profile_")
+}
+
+fn softirq_samples_in_softirq() -> Result<(), Failed> {
+    // Loopback UDP: every send raises NET_RX, processed in softirq context on this CPU.
+    let tool = start(&[
+        "profile",
+        "--softirq",
+        "-K",
+        "-F",
+        "997",
+        "-d",
+        "3",
+        "--json",
+        "--top",
+        "100000",
+    ])?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+    sink.set_nonblocking(true)
+        .map_err(|e| fail(e.to_string()))?;
+    let to = sink.local_addr().map_err(|e| fail(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        for _ in 0..64 {
+            let _ = socket.send_to(&[1u8; 1200], to);
+        }
+        while sink.recv(&mut buf).is_ok() {}
+    }
+    let done = tool.wait(Duration::from_secs(20))?.ok()?;
+    let records = done.json()?;
+    let profile = record(&records, "profile")?;
+    let stacks = profile["stacks"]
+        .as_array()
+        .ok_or_else(|| fail("no stacks"))?;
+    let samples = profile["samples"].as_u64().unwrap_or(0);
+    ensure(samples > 0, || {
+        format!("no softirq samples during loopback traffic: {profile}")
+    })?;
+    // Ground truth: the kernel's softirq dispatcher is on the stack of every softirq sample
+    // (a sample right at the entry or exit tracepoint may miss it).
+    let in_softirq: u64 = stacks
+        .iter()
+        .filter(|s| {
+            names(&s["kernel"]).iter().any(|f| {
+                matches!(
+                    *f,
+                    "handle_softirqs"
+                        | "__do_softirq"
+                        | "run_ksoftirqd"
+                        | "do_softirq"
+                        | "net_rx_action"
+                )
+            })
+        })
+        .map(|s| s["value"].as_u64().unwrap_or(0))
+        .sum();
+    ensure(in_softirq * 10 >= samples * 9, || {
+        format!("only {in_softirq} of {samples} --softirq samples are in softirq code")
+    })?;
+    assert_nothing_loaded("profile_")
+}
+
+fn offcputime_nanosleep() -> Result<(), Failed> {
+    let (pid, done) = around_workload(
+        &["sleep", "1"],
+        &["offcputime", "-d", "3", "--json", "--top", "50"],
+        true,
+    )?;
+    let records = done.json()?;
+    let offcpu = record(&records, "offcpu")?;
+    let stacks = offcpu["stacks"]
+        .as_array()
+        .ok_or_else(|| fail("no stacks"))?;
+    let mut slept = 0u64;
+    for s in stacks {
+        ensure(s["pid"] == pid, || {
+            format!("-p {pid} let another process through: {s}")
+        })?;
+        let kernel = names(&s["kernel"]);
+        ensure(
+            !kernel.first().is_some_and(|f| f.starts_with("bpf_")),
+            || format!("tracing frames left on top: {kernel:?}"),
+        )?;
+        if kernel.iter().any(|f| f.contains("nanosleep")) {
+            ensure(
+                kernel
+                    .iter()
+                    .any(|f| *f == "schedule" || *f == "__schedule"),
+                || format!("no schedule(): {kernel:?}"),
+            )?;
+            slept += s["value"].as_u64().unwrap_or(0);
+        }
+    }
+    ensure((950_000_000..=1_300_000_000).contains(&slept), || {
+        format!("nanosleep stacks hold {slept} ns, slept 1 s: {offcpu}")
+    })?;
+    assert_nothing_loaded("offcputime_")
+}
+
+fn bad_input() -> Result<(), Failed> {
+    let unwritable = "/nonexistent-dir/x.svg";
+    let cases: &[&[&str]] = &[
+        &["profile", "-F", "0"],
+        &["profile", "-F", "1000000"],
+        &["profile", "-p", "999999999"],
+        &["profile", "-t", "999999999"],
+        &["profile", "-C", "4096", "-d", "1"],
+        &["profile", "--svg", unwritable, "-d", "1"],
+        &["kstacks", "-F", "0"],
+        &["kstacks", "--svg", unwritable],
+        &["offcputime", "-p", "999999999"],
+        &["offcputime", "--svg", unwritable],
+        &["offcputime", "-m", "10", "-M", "5"],
+    ];
+    for args in cases {
+        let started = Instant::now();
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        ensure(out.status.code() == Some(1), || {
+            format!("{args:?}: exit {:?}, stderr {stderr}", out.status.code())
+        })?;
+        ensure(lines.len() == 1 && lines[0].contains(": error: "), || {
+            format!("{args:?}: not one error line: {stderr}")
+        })?;
+        ensure(!stderr.contains("panicked"), || {
+            format!("{args:?} panicked")
+        })?;
+        ensure(out.stdout.is_empty(), || {
+            format!("{args:?} printed to stdout")
+        })?;
+        // Errors come before any sampling starts.
+        ensure(started.elapsed() < Duration::from_secs(5), || {
+            format!("{args:?} took {:?}", started.elapsed())
+        })?;
+    }
+    let svg_error =
+        String::from_utf8_lossy(&run(&["profile", "--svg", unwritable]).stderr).into_owned();
+    ensure(svg_error.contains(unwritable), || {
+        format!("the error does not name the path: {svg_error}")
+    })?;
+    Ok(())
 }

@@ -1,7 +1,779 @@
-//! sched integration tests (none yet).
+//! The scheduler views against ground truth: ktop's on-CPU % of a 50 % duty-cycle spinner and
+//! of a sleeper, its kernel-thread flags against /proc, per-CPU time adding up to the interval,
+//! kworker functions symbolized; runqlat shifting up when CPUs are oversubscribed; cpudist
+//! measuring known slice lengths; kthreads against /proc; bad input.
 
-use libtest_mimic::Trial;
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::Value;
+
+use crate::common::{
+    Need, WORKLOAD, Workload, assert_nothing_loaded, ensure, fail, loaded_program_names, run,
+    start, trial,
+};
+
+const ROOT: &[Need] = &[Need::Root];
+const PF_KTHREAD: u64 = 0x0020_0000;
 
 pub fn tests() -> Vec<Trial> {
-    vec![]
+    vec![
+        trial(
+            "sched::ktop_duty_cycle_and_sleeper",
+            ROOT,
+            ktop_duty_cycle_and_sleeper,
+        ),
+        trial(
+            "sched::ktop_kthread_flags_match_proc",
+            ROOT,
+            ktop_kthread_flags_match_proc,
+        ),
+        trial("sched::ktop_cpu_time_adds_up", ROOT, ktop_cpu_time_adds_up),
+        trial(
+            "sched::ktop_kworker_functions_symbolized",
+            ROOT,
+            ktop_kworker_functions_symbolized,
+        ),
+        trial(
+            "sched::ktop_switch_counts_match_proc",
+            ROOT,
+            ktop_switch_counts_match_proc,
+        ),
+        trial(
+            "sched::runqlat_shifts_up_when_saturated",
+            ROOT,
+            runqlat_shifts_up_when_saturated,
+        ),
+        trial(
+            "sched::runqlat_per_process_and_kthreads",
+            ROOT,
+            runqlat_per_process_and_kthreads,
+        ),
+        trial("sched::cpudist_known_slices", ROOT, cpudist_known_slices),
+        trial(
+            "sched::cpudist_slice_count_matches_schedstat",
+            ROOT,
+            cpudist_slice_count_matches_schedstat,
+        ),
+        trial(
+            "sched::only_needed_programs_loaded",
+            ROOT,
+            only_needed_programs_loaded,
+        ),
+        trial("sched::text_output", ROOT, text_output),
+        trial("sched::kthreads_matches_proc", &[], kthreads_matches_proc),
+        trial("sched::bad_input", ROOT, bad_input),
+    ]
+}
+
+/// A background workload process, killed when dropped.
+struct Background(Child);
+
+impl Background {
+    fn spawn(args: &[&str]) -> Result<Self, Failed> {
+        Command::new(WORKLOAD)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Self)
+            .map_err(|e| fail(format!("cannot start workload: {e}")))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes `pid` SCHED_FIFO, so that CPU hogs elsewhere on the machine (parallel builds) cannot
+/// stretch its duty cycle or split its slices: the test then knows what the truth is.
+fn realtime(pid: u32) -> Result<(), Failed> {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on a child we started.
+    let rc = unsafe { libc::sched_setscheduler(pid as i32, libc::SCHED_FIFO, &param) };
+    ensure(rc == 0, || {
+        format!(
+            "sched_setscheduler({pid}): {}",
+            std::io::Error::last_os_error()
+        )
+    })
+}
+
+/// On-CPU nanoseconds of a task so far (/proc/PID/schedstat, first field).
+fn schedstat_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `tracer ARGS` (which must stop by itself) and returns its JSON records.
+fn json_run(args: &[&str], timeout: Duration) -> Result<Vec<Value>, Failed> {
+    let tool = start(args)?;
+    let done = tool.wait(timeout)?.ok()?;
+    done.json()
+}
+
+fn intervals(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["type"] == "interval").collect()
+}
+
+fn thread(interval: &Value, tid: u32) -> Option<&Value> {
+    interval["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["tid"] == tid)
+}
+
+fn proc_stat_flags(tid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the comm start at field 3; flags is field 9.
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+fn ktop_duty_cycle_and_sleeper() -> Result<(), Failed> {
+    let spinner = Workload::spawn(&["spin", "5", "50"])?;
+    let sleeper = Workload::spawn(&["sleep", "5"])?;
+    let (spin_pid, sleep_pid) = (spinner.pid, sleeper.pid);
+    realtime(spin_pid)?;
+    let tool = start(&["ktop", "--json", "1", "4"])?;
+    let a = std::thread::spawn(move || spinner.go_and_wait());
+    let b = std::thread::spawn(move || sleeper.go_and_wait());
+    let done = tool.wait(Duration::from_secs(20))?.ok()?;
+    a.join().map_err(|_| fail("spinner thread panicked"))??;
+    b.join().map_err(|_| fail("sleeper thread panicked"))??;
+    let records = done.json()?;
+    let intervals = intervals(&records);
+    ensure(intervals.len() == 4, || {
+        format!("{} intervals, expected 4", intervals.len())
+    })?;
+    // The first interval includes the workloads' start; judge the fully covered ones.
+    for interval in &intervals[1..] {
+        let spin = thread(interval, spin_pid)
+            .ok_or_else(|| fail(format!("spinner {spin_pid} missing: {interval}")))?;
+        let pct = spin["oncpu_pct"].as_f64().unwrap_or(-1.0);
+        ensure((40.0..=60.0).contains(&pct), || {
+            format!("spinner at {pct:.1}% (expected 50 ± 10): {spin}")
+        })?;
+        ensure(
+            spin["kthread"] == false && spin["comm"] == "tracer-workload",
+            || format!("identity: {spin}"),
+        )?;
+        ensure(spin["voluntary"].as_u64().unwrap_or(0) >= 50, || {
+            format!("a 10 ms duty cycle blocks ~100/s: {spin}")
+        })?;
+        let sleep_pct = thread(interval, sleep_pid)
+            .and_then(|t| t["oncpu_pct"].as_f64())
+            .unwrap_or(0.0);
+        ensure(sleep_pct < 1.0, || format!("sleeper at {sleep_pct:.2}%"))?;
+    }
+    Ok(())
+}
+
+fn ktop_kthread_flags_match_proc() -> Result<(), Failed> {
+    let records = json_run(&["ktop", "--json", "1", "2"], Duration::from_secs(15))?;
+    let (mut kernel, mut user) = (0, 0);
+    for interval in intervals(&records) {
+        for t in interval["threads"].as_array().into_iter().flatten() {
+            let tid = t["tid"].as_u64().unwrap_or(0);
+            let Some(flags) = proc_stat_flags(tid) else {
+                continue;
+            }; // exited since
+            let truth = flags & PF_KTHREAD != 0;
+            ensure(t["kthread"] == truth, || {
+                format!(
+                    "tid {tid}: ktop says kthread={}, /proc flags {flags:#x}: {t}",
+                    t["kthread"]
+                )
+            })?;
+            if truth {
+                kernel += 1;
+                ensure(
+                    !t["role"].is_null() || t["comm"].as_str().is_some_and(|c| !c.is_empty()),
+                    || format!("{t}"),
+                )?;
+            } else {
+                user += 1;
+            }
+        }
+    }
+    ensure(kernel > 0 && user > 0, || {
+        format!("checked {kernel} kernel and {user} user threads")
+    })
+}
+
+fn ktop_cpu_time_adds_up() -> Result<(), Failed> {
+    let _load = Background::spawn(&["spin", "6", "30"])?;
+    let records = json_run(&["ktop", "--json", "1", "4"], Duration::from_secs(20))?;
+    let intervals = intervals(&records);
+    ensure(intervals.len() == 4, || {
+        format!("{} intervals", intervals.len())
+    })?;
+    for interval in &intervals {
+        let interval_ns = interval["interval_ns"].as_f64().unwrap_or(0.0);
+        let mut per_cpu: HashMap<u64, f64> = HashMap::new();
+        for cpu in interval["cpus"].as_array().into_iter().flatten() {
+            *per_cpu.entry(cpu["cpu"].as_u64().unwrap_or(0)).or_default() +=
+                cpu["idle_ns"].as_f64().unwrap_or(0.0);
+        }
+        for t in interval["threads"].as_array().into_iter().flatten() {
+            for c in t["per_cpu"].as_array().into_iter().flatten() {
+                *per_cpu.entry(c["cpu"].as_u64().unwrap_or(0)).or_default() +=
+                    c["oncpu_ns"].as_f64().unwrap_or(0.0);
+            }
+        }
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        ensure(per_cpu.len() == online, || {
+            format!("{} CPUs accounted, {online} online", per_cpu.len())
+        })?;
+        for (cpu, sum) in &per_cpu {
+            let ratio = sum / interval_ns;
+            ensure((0.95..=1.05).contains(&ratio), || {
+                format!(
+                    "cpu{cpu}: threads + idle = {sum:.0} ns over a {interval_ns:.0} ns interval ({:.1}%)",
+                    ratio * 100.0
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn ktop_kworker_functions_symbolized() -> Result<(), Failed> {
+    let tool = start(&["ktop", "--json", "--kthreads", "1", "3"])?;
+    // Writeback and fsync go through kworkers (block, writeback, ext4/...): make sure some run.
+    let path = std::env::temp_dir().join(format!("tracer-ktop-{}", std::process::id()));
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < deadline {
+        if let Ok(mut f) = std::fs::File::create(&path) {
+            let _ = f.write_all(&[7u8; 65536]);
+            let _ = f.sync_all();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&path);
+    let records = tool.wait(Duration::from_secs(15))?.ok()?.json()?;
+    let mut named = Vec::new();
+    for interval in intervals(&records) {
+        for t in interval["threads"].as_array().into_iter().flatten() {
+            ensure(t["kthread"] == true, || {
+                format!("--kthreads showed a user thread: {t}")
+            })?;
+            let Some(function) = t["work"]["function"].as_str() else {
+                continue;
+            };
+            ensure(!function.starts_with("0x") && !function.is_empty(), || {
+                format!("unsymbolized work function: {t}")
+            })?;
+            ensure(
+                function
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),
+                || format!("not a symbol name: {function}"),
+            )?;
+            named.push(function.to_string());
+        }
+    }
+    ensure(!named.is_empty(), || {
+        "no kworker ran a work item with a function shown".into()
+    })?;
+    Ok(())
+}
+
+/// Voluntary/involuntary switches against the kernel's own counters in /proc/PID/status.
+fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
+    let spinner = Workload::spawn(&["spin", "3", "50"])?;
+    let pid = spinner.pid;
+    let read = |field: &str| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let tool = start(&["ktop", "--json", "-p", &pid.to_string(), "10", "1"])?;
+    let before = (
+        read("voluntary_ctxt_switches:"),
+        read("nonvoluntary_ctxt_switches:"),
+    );
+    let oncpu_before = schedstat_ns(pid).unwrap_or(0);
+    let mut oncpu_after = oncpu_before;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = spinner.go_and_wait();
+        let _ = tx.send(());
+    });
+    // Read the counters just before it exits: spin for 3 s then exit; poll until it is gone.
+    let mut after = (None, None);
+    while rx.try_recv().is_err() {
+        let now = (
+            read("voluntary_ctxt_switches:"),
+            read("nonvoluntary_ctxt_switches:"),
+        );
+        if now.0.is_some() {
+            after = now;
+        }
+        oncpu_after = schedstat_ns(pid).unwrap_or(oncpu_after);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = worker.join();
+    let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+    let t = intervals(&records)
+        .first()
+        .and_then(|i| thread(i, pid))
+        .cloned();
+    let t = t.ok_or_else(|| fail("workload missing from ktop output"))?;
+    let (Some(v0), Some(n0), Some(v1), Some(n1)) = (before.0, before.1, after.0, after.1) else {
+        return Err(fail("cannot read /proc counters"));
+    };
+    let (vol, invol) = (
+        t["voluntary"].as_u64().unwrap_or(0),
+        t["involuntary"].as_u64().unwrap_or(0),
+    );
+    let (true_vol, true_invol) = (v1 - v0, n1 - n0);
+    // The last few switches (exit) may fall between our last /proc read and the snapshot.
+    ensure(vol.abs_diff(true_vol) <= 3 + true_vol / 50, || {
+        format!("voluntary {vol} vs /proc {true_vol}")
+    })?;
+    ensure(invol.abs_diff(true_invol) <= 3 + true_invol / 50, || {
+        format!("involuntary {invol} vs /proc {true_invol}")
+    })?;
+    // On-CPU time against the scheduler's own sum_exec_runtime (1.5 s of CPU in 3 s).
+    let oncpu = t["oncpu_ns"].as_u64().unwrap_or(0);
+    let truth = oncpu_after - oncpu_before;
+    ensure(oncpu.abs_diff(truth) <= 10_000_000 + truth / 50, || {
+        format!("on-CPU {oncpu} ns vs /proc schedstat {truth} ns")
+    })?;
+    Ok(())
+}
+
+/// Mean log2 slot of a JSON histogram, and its count.
+fn mean_slot(hist: &Value) -> (f64, u64) {
+    let mut total = 0u64;
+    let mut weighted = 0.0;
+    for (i, b) in hist["buckets"].as_array().into_iter().flatten().enumerate() {
+        let n = b["count"].as_u64().unwrap_or(0);
+        total += n;
+        weighted += n as f64 * i as f64;
+    }
+    (
+        if total == 0 {
+            0.0
+        } else {
+            weighted / total as f64
+        },
+        total,
+    )
+}
+
+fn runqlat_histogram(args: &[&str]) -> Result<Value, Failed> {
+    let records = json_run(args, Duration::from_secs(20))?;
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms record"))?;
+    ensure(h["schema"] == "tracer.runqlat.v1", || {
+        format!("schema: {h}")
+    })?;
+    Ok(h["histograms"][0]["hist"].clone())
+}
+
+fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
+    let (idle_mean, idle_n) = mean_slot(&runqlat_histogram(&["runqlat", "--json", "2", "1"])?);
+    let spinners: Vec<Background> = (0..4)
+        .map(|_| Background::spawn(&["spin", "8"]))
+        .collect::<Result<_, _>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let records = json_run(
+        &["runqlat", "--json", "-P", "2", "1"],
+        Duration::from_secs(20),
+    )?;
+    let pids: Vec<u64> = spinners.iter().map(|s| s.pid() as u64).collect();
+    drop(spinners);
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms"))?;
+    // Merge the histograms: every task, and the spinners alone (keyed by their pids).
+    let (mut all, mut spin) = (vec![0u64; 64], vec![0u64; 64]);
+    for x in h["histograms"].as_array().into_iter().flatten() {
+        for (i, b) in x["hist"]["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let n = b["count"].as_u64().unwrap_or(0);
+            all[i] += n;
+            if x["pid"].as_u64().is_some_and(|p| pids.contains(&p)) {
+                spin[i] += n;
+            }
+        }
+    }
+    let as_hist = |slots: &[u64]| serde_json::json!({"buckets": slots.iter().map(|n| serde_json::json!({"count": n})).collect::<Vec<_>>()});
+    let (busy_mean, busy_n) = mean_slot(&as_hist(&all));
+    let (spin_mean, spin_n) = mean_slot(&as_hist(&spin));
+    ensure(idle_n > 0 && busy_n > 0 && spin_n > 0, || {
+        format!("counts: idle {idle_n}, saturated {busy_n}, spinners {spin_n}")
+    })?;
+    let summary = format!(
+        "mean log2 slot: before {idle_mean:.2} ({idle_n} waits), saturated {busy_mean:.2} ({busy_n}), \
+         the 4 spinners {spin_mean:.2} ({spin_n})"
+    );
+    eprintln!("{summary}");
+    // 4 spinners on 2 CPUs wait for whole time slices of the others (ms: slot >= 10) where an
+    // idle machine wakes tasks in µs. A machine busy with other work is already slower, so
+    // the spinners are judged against both.
+    ensure(busy_mean > idle_mean, || summary.clone())?;
+    ensure(spin_mean >= 10.0 && spin_mean >= idle_mean + 1.0, || {
+        summary.clone()
+    })
+}
+
+fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
+    let spinners: Vec<Background> = (0..3)
+        .map(|_| Background::spawn(&["spin", "6"]))
+        .collect::<Result<_, _>>()?;
+    let records = json_run(
+        &["runqlat", "--json", "-P", "2", "1"],
+        Duration::from_secs(15),
+    )?;
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms"))?;
+    let pids: Vec<u64> = h["histograms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["pid"].as_u64())
+        .collect();
+    for s in &spinners {
+        ensure(pids.contains(&(s.pid() as u64)), || {
+            format!("spinner {} has no histogram: {pids:?}", s.pid())
+        })?;
+    }
+    let one = Background::spawn(&["spin", "6", "20"])?;
+    let records = json_run(
+        &[
+            "runqlat",
+            "--json",
+            "-p",
+            &one.pid().to_string(),
+            "-L",
+            "2",
+            "1",
+        ],
+        Duration::from_secs(15),
+    )?;
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms"))?;
+    let tids: Vec<u64> = h["histograms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["tid"].as_u64())
+        .collect();
+    ensure(tids == vec![one.pid() as u64], || {
+        format!("-p {} -L gave tids {tids:?}", one.pid())
+    })?;
+    drop(spinners);
+    let records = json_run(
+        &["runqlat", "--json", "--kthreads", "2", "1"],
+        Duration::from_secs(15),
+    )?;
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms"))?;
+    let groups: Vec<&str> = h["histograms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["group"].as_str())
+        .collect();
+    ensure(!groups.is_empty(), || "no kernel-thread groups".into())?;
+    for g in &groups {
+        ensure(
+            !g.contains("tracer") && (!g.contains('/') || g.ends_with("/*")),
+            || format!("group with an instance suffix or a user task: {g}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn cpudist_known_slices() -> Result<(), Failed> {
+    // 50 % of a 10 ms period: runs ~5 ms, sleeps ~5 ms, repeatedly.
+    let spinner = Background::spawn(&["spin", "10", "50"])?;
+    realtime(spinner.pid())?;
+    let pid = spinner.pid().to_string();
+    for (mode, what) in [(None, "on-CPU"), (Some("-O"), "off-CPU")] {
+        let mut args = vec!["cpudist", "--json", "-p", &pid];
+        args.extend(mode);
+        args.extend(["2", "1"]);
+        let records = json_run(&args, Duration::from_secs(15))?;
+        let h = records
+            .iter()
+            .find(|r| r["type"] == "histograms")
+            .ok_or_else(|| fail("no histograms"))?;
+        ensure(h["schema"] == "tracer.cpudist.v1", || {
+            format!("schema: {h}")
+        })?;
+        let hist = &h["histograms"][0]["hist"];
+        let buckets = hist["buckets"].as_array().cloned().unwrap_or_default();
+        let total: u64 = buckets
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap_or(0))
+            .sum();
+        // 2048..8191 us holds 5 ms slices even with some preemption or timer slack.
+        let around_5ms: u64 = buckets
+            .iter()
+            .filter(|b| {
+                b["low"]
+                    .as_u64()
+                    .is_some_and(|l| (2048..=4096).contains(&l))
+            })
+            .map(|b| b["count"].as_u64().unwrap_or(0))
+            .sum();
+        ensure(total >= 100, || {
+            format!("{what}: only {total} slices in 2 s")
+        })?;
+        ensure(around_5ms * 10 >= total * 6, || {
+            format!("{what}: {around_5ms} of {total} slices in 2-8 ms: {hist}")
+        })?;
+    }
+    Ok(())
+}
+
+/// cpudist's slice count for a process against the scheduler's own count of times it ran
+/// (/proc/PID/schedstat, third field), over the process's whole life.
+fn cpudist_slice_count_matches_schedstat() -> Result<(), Failed> {
+    let spinner = Workload::spawn(&["spin", "2", "30"])?;
+    let pid = spinner.pid;
+    let slices = |pid: u32| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    let tool = start(&["cpudist", "--json", "-p", &pid.to_string()])?;
+    let before = slices(pid).ok_or_else(|| fail("cannot read schedstat"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = spinner.go_and_wait();
+        let _ = tx.send(());
+    });
+    let mut after = before;
+    while rx.try_recv().is_err() {
+        after = slices(pid).unwrap_or(after);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = worker.join();
+    let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+    let h = records
+        .iter()
+        .find(|r| r["type"] == "histograms")
+        .ok_or_else(|| fail("no histograms"))?;
+    let counted = h["histograms"][0]["count"].as_u64().unwrap_or(0);
+    // Its very last slices (exit) may come after our last read of schedstat.
+    let truth = after - before;
+    ensure(counted.abs_diff(truth) <= 3, || {
+        format!("cpudist counted {counted} slices, schedstat {truth}")
+    })
+}
+
+fn only_needed_programs_loaded() -> Result<(), Failed> {
+    for (tool, own, others) in [
+        ("runqlat", "runqlat_", ["ktop_", "cpudist_"]),
+        ("cpudist", "cpudist_", ["ktop_", "runqlat_"]),
+        ("ktop", "ktop_", ["cpudist_", "runqlat_"]),
+    ] {
+        let running = start(&[tool, "-d", "10"])?;
+        let names = loaded_program_names();
+        let pid = running.pid();
+        let done = running.stop(libc::SIGINT)?.ok()?;
+        ensure(names.iter().any(|n| n.starts_with(own)), || {
+            format!("{tool} (pid {pid}): {own}* not loaded: {names:?}")
+        })?;
+        for other in others {
+            ensure(!names.iter().any(|n| n.starts_with(other)), || {
+                format!("{tool} loaded {other}* too: {names:?}")
+            })?;
+        }
+        ensure(!done.stdout.is_empty(), || {
+            format!("{tool} printed nothing on SIGINT")
+        })?;
+        assert_nothing_loaded(own)?;
+        assert_nothing_loaded("sched_w")?;
+    }
+    Ok(())
+}
+
+fn text_output() -> Result<(), Failed> {
+    let done = start(&["runqlat", "1", "1"])?
+        .wait(Duration::from_secs(10))?
+        .ok()?;
+    ensure(
+        done.stdout
+            .iter()
+            .any(|l| l.contains("usecs") && l.contains("distribution")),
+        || done.stdout.join("\n"),
+    )?;
+    let done = start(&["cpudist", "-m", "1", "1"])?
+        .wait(Duration::from_secs(10))?
+        .ok()?;
+    ensure(done.stdout.iter().any(|l| l.contains("msecs")), || {
+        done.stdout.join("\n")
+    })?;
+    let done = start(&["ktop", "--kthreads", "1", "1"])?
+        .wait(Duration::from_secs(10))?
+        .ok()?;
+    ensure(
+        done.stdout
+            .iter()
+            .any(|l| l.contains("%CPU") && l.contains("ROLE")),
+        || done.stdout.join("\n"),
+    )?;
+    ensure(done.stdout.iter().any(|l| l.starts_with("ktop - ")), || {
+        done.stdout.join("\n")
+    })?;
+    // Piped: no terminal escapes.
+    ensure(!done.stdout.iter().any(|l| l.contains('\x1b')), || {
+        "escape codes in piped output".into()
+    })?;
+    Ok(())
+}
+
+fn kthreads_matches_proc() -> Result<(), Failed> {
+    let out = run(&["kthreads", "--json"]);
+    ensure(out.status.success(), || {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    })?;
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(format!("not JSON: {e}")))?;
+    let mut truth = 0;
+    for entry in std::fs::read_dir("/proc")
+        .map_err(|e| fail(e.to_string()))?
+        .flatten()
+    {
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            && proc_stat_flags(pid).is_some_and(|f| f & PF_KTHREAD != 0)
+        {
+            truth += 1;
+        }
+    }
+    ensure(records.len().abs_diff(truth) <= 3, || {
+        format!(
+            "{} listed, {truth} PF_KTHREAD tasks in /proc",
+            records.len()
+        )
+    })?;
+    let kthreadd = records
+        .iter()
+        .find(|r| r["pid"] == 2)
+        .ok_or_else(|| fail("kthreadd missing"))?;
+    ensure(
+        kthreadd["depth"] == 0 && kthreadd["comm"] == "kthreadd",
+        || format!("{kthreadd}"),
+    )?;
+    for r in &records {
+        ensure(r["schema"] == "tracer.kthreads.v1", || format!("{r}"))?;
+        if r["pid"] != 2 {
+            ensure(r["ppid"] == 2 && r["depth"] == 1, || {
+                format!("not under kthreadd: {r}")
+            })?;
+        }
+    }
+    let ksoftirqd = records
+        .iter()
+        .find(|r| r["comm"] == "ksoftirqd/0")
+        .ok_or_else(|| fail("no ksoftirqd/0"))?;
+    ensure(ksoftirqd["cpus_allowed"] == "0", || {
+        format!("ksoftirqd/0 binding: {ksoftirqd}")
+    })?;
+    ensure(
+        ksoftirqd["role"]
+            .as_str()
+            .is_some_and(|r| r.contains("softirq")),
+        || format!("{ksoftirqd}"),
+    )?;
+    let group = run(&["kthreads", "--group"]);
+    let text = String::from_utf8_lossy(&group.stdout);
+    ensure(text.lines().any(|l| l.starts_with("ksoftirqd/*")), || {
+        text.to_string()
+    })?;
+    Ok(())
+}
+
+fn bad_input() -> Result<(), Failed> {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["runqlat", "0"], 2, "out of range"),
+        (&["runqlat", "1", "0"], 2, "not a positive count"),
+        (&["runqlat", "-m", "abc"], 2, "not a number"),
+        (&["runqlat", "-p", "999999999"], 1, "no process with PID"),
+        (&["runqlat", "-P", "-L"], 2, "cannot be used with"),
+        (
+            &["cpudist", "-p", "999999999", "1"],
+            1,
+            "no process with PID",
+        ),
+        (&["cpudist", "-x"], 2, "unexpected argument"),
+        (&["cpudist", "-I", "--kthreads"], 2, "cannot be used with"),
+        (&["ktop", "-p", "999999999"], 1, "no process with PID"),
+        (&["ktop", "--top", "0"], 1, "--top"),
+        (&["ktop", "-1"], 2, ""),
+        (&["ktop", "--attach", "kprobe"], 1, "cannot attach"),
+        (&["kthreads", "--comm", "a*b"], 1, "only a trailing"),
+        (&["kthreads", "--sort", "size"], 2, "invalid value"),
+    ];
+    for (args, code, needle) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or("");
+        ensure(out.status.code() == Some(*code), || {
+            format!(
+                "{args:?}: exit {:?}, expected {code}: {stderr}",
+                out.status.code()
+            )
+        })?;
+        ensure(
+            !stderr.contains("panicked") && !stderr.contains("verifier"),
+            || format!("{args:?}: {stderr}"),
+        )?;
+        ensure(first.contains("error") && first.contains(needle), || {
+            format!("{args:?}: first line '{first}' lacks '{needle}'")
+        })?;
+        if *code == 1 {
+            ensure(stderr.lines().count() == 1, || {
+                format!("{args:?}: more than one line: {stderr}")
+            })?;
+        }
+    }
+    Ok(())
 }

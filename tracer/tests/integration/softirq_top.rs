@@ -1,7 +1,587 @@
-//! softirq_top integration tests (none yet).
+//! softirq-top against ground truth: /proc/softirqs (entry counts, exact per vector), /proc/stat
+//! (softirq ticks), /proc/<pid>/schedstat (ksoftirqd run time), under a real SYN flood between
+//! two network namespaces (hping3 → nginx on a veth pair) and at idle.
 
-use libtest_mimic::Trial;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::Value;
+
+use crate::{
+    common::{Need, Running, assert_nothing_loaded, ensure, fail, run, start, trial},
+    netns::NetnsPair,
+    nginx::Nginx,
+};
+
+const ROOT: &[Need] = &[Need::Root];
+const FLOOD: &[Need] = &[
+    Need::Root,
+    Need::Command("ip"),
+    Need::Command("hping3"),
+    Need::Command("nginx"),
+];
+
+const FLOOD_KPROBES: &[Need] = &[
+    Need::Root,
+    Need::Kprobes,
+    Need::Command("ip"),
+    Need::Command("hping3"),
+    Need::Command("nginx"),
+];
+
+const VECS: [&str; 10] = [
+    "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
+];
 
 pub fn tests() -> Vec<Trial> {
-    vec![]
+    vec![
+        trial("softirq_top::bad_input", &[], bad_input),
+        trial(
+            "softirq_top::counts_match_proc_softirqs",
+            ROOT,
+            counts_match_proc_softirqs,
+        ),
+        trial(
+            "softirq_top::each_attach_mechanism",
+            ROOT,
+            each_attach_mechanism,
+        ),
+        trial(
+            "softirq_top::histograms_count_every_entry",
+            ROOT,
+            histograms_count_every_entry,
+        ),
+        trial("softirq_top::text_and_filters", ROOT, text_and_filters),
+        trial(
+            "softirq_top::idle_net_rx_near_zero",
+            ROOT,
+            idle_net_rx_near_zero,
+        ),
+        trial(
+            "softirq_top::syn_flood_net_rx_dominant",
+            FLOOD,
+            syn_flood_net_rx_dominant,
+        ),
+        trial("softirq_top::syn_flood_stacks", FLOOD, syn_flood_stacks),
+        trial(
+            "softirq_top::net_rx_action_timed_where_allowed",
+            FLOOD_KPROBES,
+            net_rx_action_timed_where_allowed,
+        ),
+    ]
+}
+
+/// /proc/softirqs: per vector, per CPU.
+fn proc_softirqs() -> Vec<Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/softirqs").unwrap_or_default();
+    let mut rows = vec![Vec::new(); VECS.len()];
+    for line in text.lines().skip(1) {
+        let mut parts = line.split_whitespace();
+        let Some(name) = parts.next().map(|n| n.trim_end_matches(':')) else {
+            continue;
+        };
+        if let Some(i) = VECS.iter().position(|v| *v == name) {
+            rows[i] = parts.filter_map(|p| p.parse().ok()).collect();
+        }
+    }
+    rows
+}
+
+fn proc_total(rows: &[Vec<u64>], vec: usize) -> u64 {
+    rows[vec].iter().sum()
+}
+
+/// The softirq column of /proc/stat's "cpu" line, in USER_HZ ticks.
+fn proc_stat_softirq_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// sum_exec_runtime (ns) of a task, from /proc/PID/schedstat.
+fn schedstat_ns(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn intervals(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["type"] == "interval").collect()
+}
+
+fn vector<'a>(interval: &'a Value, name: &str) -> Option<&'a Value> {
+    interval["vectors"]
+        .as_array()?
+        .iter()
+        .find(|v| v["vec"] == name)
+}
+
+/// Sum of a vector's field over every interval.
+fn summed(records: &[Value], name: &str, field: &str) -> u64 {
+    intervals(records)
+        .iter()
+        .filter_map(|i| vector(i, name))
+        .map(|v| v[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn within(ours: u64, truth: u64, pct: f64, slack: u64) -> bool {
+    ours.abs_diff(truth) as f64 <= truth as f64 * pct / 100.0 + slack as f64
+}
+
+/// JSON records, /proc/softirqs before and after, and what `during` returned.
+type Around<T> = (Vec<Value>, Vec<Vec<u64>>, Vec<Vec<u64>>, T);
+
+/// Runs softirq-top with `args` around `during`, reading /proc/softirqs right after it attached
+/// and right before it is stopped, so both cover the same window (give or take a few ms).
+fn around<T>(
+    args: &[&str],
+    during: impl FnOnce() -> Result<T, Failed>,
+) -> Result<Around<T>, Failed> {
+    let mut full = vec!["softirq-top", "--json"];
+    full.extend_from_slice(args);
+    let tool = start(&full)?;
+    let before = proc_softirqs();
+    let result = during();
+    let after = proc_softirqs();
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let value = result?;
+    let records = done.json()?;
+    ensure(records.iter().any(|r| r["type"] == "end"), || {
+        "no end record".into()
+    })?;
+    Ok((records, before, after, value))
+}
+
+fn bad_input() -> Result<(), Failed> {
+    for (args, needle) in [
+        (vec!["softirq-top", "-C", "99"], "CPU 99 is not online"),
+        (
+            vec!["softirq-top", "--vec", "BOGUS"],
+            "unknown softirq vector 'BOGUS'",
+        ),
+        (vec!["softirq-top", "0"], "out of range"),
+        (vec!["softirq-top", "1", "0"], "not a positive count"),
+        (vec!["softirq-top", "-C", "1-x"], "not a CPU list"),
+        (vec!["softirq-top", "--folded"], "--stacks"),
+        (vec!["softirq-top", "--attach", "kprobe"], "does not apply"),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(!out.status.success(), || format!("{args:?} succeeded"))?;
+        ensure(stderr.contains(needle), || {
+            format!("{args:?}: stderr lacks '{needle}': {stderr}")
+        })?;
+        ensure(stderr.trim().lines().count() == 1, || {
+            format!("{args:?}: not one line: {stderr}")
+        })?;
+        ensure(!stderr.contains("panicked"), || {
+            format!("{args:?} panicked: {stderr}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Entry counts of every vector equal /proc/softirqs deltas over the same window.
+fn counts_match_proc_softirqs() -> Result<(), Failed> {
+    let (records, before, after, ()) = around(&["0.5"], || {
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    })?;
+    ensure(intervals(&records).len() >= 5, || {
+        format!("only {} intervals", intervals(&records).len())
+    })?;
+    let mut checked = 0;
+    for (i, name) in VECS.iter().enumerate() {
+        let truth = proc_total(&after, i) - proc_total(&before, i);
+        let ours = summed(&records, name, "count");
+        // Our window is a few ms wider on both ends (attach → first read, last read → stop).
+        ensure(
+            ours >= truth.saturating_sub(truth / 100 + 5) && within(ours, truth, 3.0, 30),
+            || format!("{name}: softirq-top counted {ours}, /proc/softirqs says {truth}"),
+        )?;
+        if truth >= 10 {
+            checked += 1;
+        }
+    }
+    ensure(checked >= 1, || "no vector had 10 entries in 3 s".into())?;
+    assert_nothing_loaded("softirq_")
+}
+
+fn each_attach_mechanism() -> Result<(), Failed> {
+    for (flag, mechanism) in [
+        ("tp-btf", "tp_btf"),
+        ("raw-tp", "raw_tp"),
+        ("tracepoint", "tracepoint"),
+    ] {
+        let (records, before, after, ()) = around(&["--attach", flag, "0.5"], || {
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(())
+        })?;
+        let end = records
+            .iter()
+            .find(|r| r["type"] == "end")
+            .ok_or_else(|| fail("no end record"))?;
+        let used: Vec<&str> = end["attach"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["mechanism"].as_str())
+            .collect();
+        ensure(
+            !used.is_empty() && used.iter().all(|m| *m == mechanism),
+            || format!("{mechanism}: attached via {used:?}"),
+        )?;
+        for (i, name) in VECS.iter().enumerate() {
+            let truth = proc_total(&after, i) - proc_total(&before, i);
+            let ours = summed(&records, name, "count");
+            ensure(within(ours, truth, 3.0, 30), || {
+                format!("{mechanism} {name}: ours {ours}, /proc/softirqs {truth}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// -D and -L: every exit lands in the run-time histogram, and latencies are recorded.
+fn histograms_count_every_entry() -> Result<(), Failed> {
+    let (records, ..) = around(&["-D", "-L", "0.5"], || {
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    })?;
+    let mut latencies = 0;
+    for interval in intervals(&records) {
+        for v in interval["vectors"].as_array().into_iter().flatten() {
+            let name = v["vec"].as_str().unwrap_or("");
+            let count = v["count"].as_u64().unwrap_or(0);
+            let hist = interval["runtime_hist"][name]["count"]
+                .as_u64()
+                .unwrap_or(0);
+            // Exact but for events landing between the reads of the two maps.
+            ensure(hist.abs_diff(count) <= 2 + count / 100, || {
+                format!("{name}: {count} entries but {hist} in the run-time histogram")
+            })?;
+            latencies += interval["latency_hist"][name]["count"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        ensure(
+            interval["runtime_hist"]["TIMER"]["unit"] == "usecs"
+                || interval["vectors"][0]["count"] == 0,
+            || format!("histogram unit: {}", interval["runtime_hist"]),
+        )?;
+    }
+    ensure(latencies > 0, || "no raise->entry latency recorded".into())?;
+    Ok(())
+}
+
+/// Piped text output: interval blocks with the matrix; -C and --vec narrow it.
+fn text_and_filters() -> Result<(), Failed> {
+    let out = run(&[
+        "softirq-top",
+        "0.3",
+        "2",
+        "-C",
+        "0",
+        "--vec",
+        "TIMER,rcu",
+        "-s",
+        "vec",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure(out.status.success(), || {
+        format!("failed: {}", String::from_utf8_lossy(&out.stderr))
+    })?;
+    ensure(!stdout.contains('\x1b'), || {
+        "escape codes in piped output".into()
+    })?;
+    let headers = stdout.lines().filter(|l| l.starts_with("VECTOR")).count();
+    ensure(headers == 2, || {
+        format!("{headers} matrix headers in:\n{stdout}")
+    })?;
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("VECTOR"))
+        .unwrap_or("");
+    ensure(
+        header.contains("CPU0%") && !header.contains("CPU1%"),
+        || format!("-C 0 header: {header}"),
+    )?;
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| VECS.contains(w))
+        .collect();
+    ensure(rows == ["TIMER", "RCU", "TIMER", "RCU"], || {
+        format!("rows {rows:?} in:\n{stdout}")
+    })?;
+    ensure(
+        stdout.contains("ksoftirqd/0") && !stdout.contains("ksoftirqd/1 "),
+        || format!("ksoftirqd rows:\n{stdout}"),
+    )?;
+    Ok(())
+}
+
+fn idle_net_rx_near_zero() -> Result<(), Failed> {
+    let (records, before, after, ()) = around(&["1"], || {
+        std::thread::sleep(Duration::from_millis(2500));
+        Ok(())
+    })?;
+    let net_rx = 3;
+    let truth = proc_total(&after, net_rx) - proc_total(&before, net_rx);
+    let ours = summed(&records, "NET_RX", "count");
+    ensure(within(ours, truth, 3.0, 30), || {
+        format!("NET_RX idle: ours {ours}, /proc/softirqs {truth}")
+    })?;
+    for interval in intervals(&records) {
+        let pct = vector(interval, "NET_RX")
+            .and_then(|v| v["pct"].as_f64())
+            .unwrap_or(0.0);
+        // Idle: no traffic of ours. Other machine activity may add a few packets.
+        ensure(pct < 1.0, || {
+            format!("NET_RX {pct}% of CPU at idle: {interval}")
+        })?;
+    }
+    Ok(())
+}
+
+/// A SYN flood between two namespaces, bounded in time by `timeout` (hping3 --flood has no
+/// count). Returns the packets hping3 says it sent.
+fn flood(net: &NetnsPair, seconds: u32) -> Result<u64, Failed> {
+    let started = Instant::now();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client,
+            "timeout",
+            "-s",
+            "INT",
+            &seconds.to_string(),
+            "hping3",
+            "-S",
+            "-p",
+            "80",
+            "--flood",
+            "-q",
+        ])
+        .arg(&net.server_addr)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("cannot run hping3: {e}")))?;
+    ensure(
+        started.elapsed() < Duration::from_secs(seconds as u64 + 5),
+        || "flood did not stop".into(),
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| fail(format!("hping3 said: {text}")))?;
+    Ok(sent)
+}
+
+fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
+    let net = NetnsPair::create("sq")?;
+    let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
+    let ksoftirqd = ksoftirqd_pids();
+    let sched_before: Vec<u64> = ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect();
+    let ticks_before = proc_stat_softirq_ticks();
+    let (records, before, after, sent) = around(&["--net", "1"], || {
+        let sent = flood(&net, 6)?;
+        // Let the backlog drain before the window closes.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(sent)
+    })?;
+    let ticks = proc_stat_softirq_ticks() - ticks_before;
+    let sched_ns: u64 = ksoftirqd
+        .iter()
+        .zip(&sched_before)
+        .map(|(p, b)| schedstat_ns(*p).saturating_sub(*b))
+        .sum();
+    // Thousands of packets per second on this host; under qemu's TCG a few thousand in all.
+    ensure(sent > 2000, || format!("hping3 sent only {sent} packets"))?;
+
+    // NET_RX entries track /proc/softirqs over the same window.
+    let truth = proc_total(&after, 3) - proc_total(&before, 3);
+    let ours = summed(&records, "NET_RX", "count");
+    ensure(truth > 500, || {
+        format!("the flood raised only {truth} NET_RX softirqs")
+    })?;
+    ensure(within(ours, truth, 3.0, 30), || {
+        format!("NET_RX: ours {ours}, /proc/softirqs {truth}")
+    })?;
+
+    // NET_RX dominates, over the run and in the busiest interval.
+    let time = |name: &str| summed(&records, name, "time_us");
+    let total: u64 = VECS.iter().map(|v| time(v)).sum();
+    let net_rx = time("NET_RX");
+    ensure(VECS.iter().all(|v| time(v) <= net_rx), || {
+        format!(
+            "NET_RX {net_rx} us is not the largest: {:?}",
+            VECS.map(|v| (v, time(v)))
+        )
+    })?;
+    ensure(net_rx * 2 > total, || {
+        format!("NET_RX {net_rx} us of {total} us softirq time")
+    })?;
+    let busiest = intervals(&records)
+        .into_iter()
+        .max_by_key(|i| i["total"]["time_us"].as_u64().unwrap_or(0))
+        .ok_or_else(|| fail("no intervals"))?;
+    ensure(busiest["vectors"][0]["vec"] == "NET_RX", || {
+        format!("busiest interval not led by NET_RX: {busiest}")
+    })?;
+
+    // Total softirq time vs /proc/stat: the kernel samples softirq time once per tick (no
+    // IRQ_TIME_ACCOUNTING here), in USER_HZ (10 ms) units, so only loose agreement is expected.
+    let ticks_ours = total as f64 / 10_000.0;
+    ensure(
+        (ticks_ours - ticks as f64).abs() <= (ticks as f64 * 0.5).max(25.0),
+        || format!("softirq time {ticks_ours:.0} ticks (ours) vs {ticks} ticks in /proc/stat"),
+    )?;
+
+    // ksoftirqd's own CPU time (sched_switch accounting) vs the scheduler's own sum.
+    let ours_ksoftirqd: u64 = intervals(&records)
+        .iter()
+        .flat_map(|i| i["ksoftirqd"].as_array().cloned().unwrap_or_default())
+        .map(|k| k["cpu_time_us"].as_u64().unwrap_or(0))
+        .sum();
+    let truth_us = sched_ns / 1000;
+    ensure(within(ours_ksoftirqd, truth_us, 15.0, 20_000), || {
+        format!("ksoftirqd CPU time: ours {ours_ksoftirqd} us, schedstat {truth_us} us")
+    })?;
+
+    // --net: the packets went through NAPI polls (veth without XDP uses the per-CPU backlog).
+    let packets: u64 = intervals(&records)
+        .iter()
+        .flat_map(|i| i["net"]["devices"].as_array().cloned().unwrap_or_default())
+        .map(|d| d["packets"].as_u64().unwrap_or(0))
+        .sum();
+    ensure(packets as f64 >= sent as f64 * 0.5, || {
+        format!("NAPI polls saw {packets} packets, hping3 sent {sent}")
+    })?;
+    let first = intervals(&records)
+        .first()
+        .copied()
+        .cloned()
+        .unwrap_or_default();
+    ensure(first["net"]["net_rx_action"]["source"].is_string(), || {
+        format!("net_rx_action source missing: {first}")
+    })?;
+    Ok(())
+}
+
+fn ksoftirqd_pids() -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn syn_flood_stacks() -> Result<(), Failed> {
+    let net = NetnsPair::create("sk")?;
+    let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
+    let svg = std::env::temp_dir().join(format!("tracer-softirq-{}.svg", std::process::id()));
+    let svg_arg = svg.display().to_string();
+    let tool: Running = start(&[
+        "softirq-top",
+        "--json",
+        "--stacks",
+        "--svg",
+        &svg_arg,
+        "--top",
+        "20",
+        "5",
+    ])?;
+    let sent = flood(&net, 4)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let stacks = records
+        .iter()
+        .find(|r| r["type"] == "stacks")
+        .ok_or_else(|| fail("no stacks record"))?;
+    let list = stacks["stacks"].as_array().cloned().unwrap_or_default();
+    ensure(!list.is_empty(), || {
+        format!("no stacks sampled during a flood of {sent} packets")
+    })?;
+    let with_net_rx: Vec<&Value> = list
+        .iter()
+        .filter(|s| {
+            s["kernel"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f == "net_rx_action")
+        })
+        .collect();
+    ensure(!with_net_rx.is_empty(), || {
+        format!("no stack contains net_rx_action: {stacks}")
+    })?;
+    ensure(
+        with_net_rx
+            .iter()
+            .all(|s| s["vec"] == "NET_RX" || s["vec"] == "ksoftirqd"),
+        || format!("net_rx_action outside NET_RX: {with_net_rx:?}"),
+    )?;
+    let svg_text = std::fs::read_to_string(&svg).unwrap_or_default();
+    let _ = std::fs::remove_file(&svg);
+    ensure(
+        svg_text.contains("<svg") && svg_text.contains("net_rx_action"),
+        || "SVG lacks net_rx_action".into(),
+    )?;
+    Ok(())
+}
+
+/// Where fexit or kretprobe attach (qemu kernels under `cargo xtask vm-test`), --net times
+/// net_rx_action() itself: as many calls as NET_RX softirqs, and no more time than they took.
+fn net_rx_action_timed_where_allowed() -> Result<(), Failed> {
+    let net = NetnsPair::create("na")?;
+    let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
+    let (records, ..) = around(&["--net", "1"], || flood(&net, 2))?;
+    let mut calls = 0;
+    let mut time = 0;
+    for interval in intervals(&records) {
+        let action = &interval["net"]["net_rx_action"];
+        ensure(
+            action["source"] == "fexit" || action["source"] == "kretprobe",
+            || format!("net_rx_action not timed by a function probe: {action}"),
+        )?;
+        calls += action["count"].as_u64().unwrap_or(0);
+        time += action["time_us"].as_u64().unwrap_or(0);
+    }
+    let softirqs = summed(&records, "NET_RX", "count");
+    let softirq_time = summed(&records, "NET_RX", "time_us");
+    ensure(within(calls, softirqs, 3.0, 30), || {
+        format!("net_rx_action {calls} calls, NET_RX {softirqs} softirqs")
+    })?;
+    ensure(time <= softirq_time + softirq_time / 10 + 1000, || {
+        format!("net_rx_action {time} us > NET_RX softirq time {softirq_time} us")
+    })?;
+    Ok(())
 }

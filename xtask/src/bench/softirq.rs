@@ -1,6 +1,403 @@
-//! softirq benchmark (not implemented yet).
+//! softirq benchmark: a SYN flood (hping3 --flood, bounded by `timeout`) from one network
+//! namespace to nginx in another, over a veth pair we create. Phases of equal length:
+//! nothing attached, `tracer softirq-top`, libbpf-tools `softirqs`, nothing attached again.
+//! For each phase: packets/s the server received (veth rx_packets), and — with
+//! kernel.bpf_stats_enabled — run_time_ns / run_cnt of every BPF program the tool loaded
+//! (bpftool prog show), so the per-event kernel cost is compared under the same load.
 
-pub fn run() -> anyhow::Result<()> {
-    println!("not implemented yet");
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::release_bin;
+
+const FLOOD_SECS: u32 = 6;
+const LIBBPF_SOFTIRQS: &str = "/usr/sbin/softirqs";
+
+struct Net {
+    server: String,
+    client: String,
+    server_dev: String,
+    server_addr: String,
+    nginx: Option<Child>,
+    dir: PathBuf,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Net {
+    fn create() -> Result<Self> {
+        let pid = std::process::id();
+        let mut net = Self {
+            server: format!("tracer-bench-{pid}-srv"),
+            client: format!("tracer-bench-{pid}-cli"),
+            server_dev: format!("tb{}s", pid % 100_000),
+            server_addr: "10.250.0.1".into(),
+            nginx: None,
+            dir: std::env::temp_dir().join(format!("tracer-bench-nginx-{pid}")),
+        };
+        let client_dev = format!("tb{}c", pid % 100_000);
+        ip(&["netns", "add", &net.server])?;
+        ip(&["netns", "add", &net.client])?;
+        ip(&[
+            "link",
+            "add",
+            &net.server_dev,
+            "netns",
+            &net.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_dev,
+            "netns",
+            &net.client,
+        ])?;
+        for (ns, dev, addr) in [
+            (&net.server, &net.server_dev, "10.250.0.1/24"),
+            (&net.client, &client_dev, "10.250.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        std::fs::create_dir_all(&net.dir)?;
+        let d = net.dir.display();
+        std::fs::write(
+            net.dir.join("nginx.conf"),
+            format!(
+                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+                 server {{ listen {}:80 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                net.server_addr
+            ),
+        )?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.server,
+                "/usr/sbin/nginx",
+                "-p",
+                &format!("{d}/"),
+                "-c",
+            ])
+            .arg(net.dir.join("nginx.conf"))
+            .args(["-e", &format!("{d}/error.log")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nginx")?;
+        net.nginx = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !net.dir.join("nginx.pid").exists() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start (see {d}/error.log)");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(net)
+    }
+
+    fn rx_packets(&self) -> Result<u64> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.server,
+                "cat",
+                &format!("/sys/class/net/{}/statistics/rx_packets", self.server_dev),
+            ])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("cannot read rx_packets")
+    }
+
+    /// Floods for FLOOD_SECS; returns packets/s received by the server.
+    fn flood(&self) -> Result<f64> {
+        let before = self.rx_packets()?;
+        let start = Instant::now();
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "timeout",
+                "-s",
+                "INT",
+                &FLOOD_SECS.to_string(),
+            ])
+            .args([
+                "hping3",
+                "-S",
+                "-p",
+                "80",
+                "--flood",
+                "-q",
+                &self.server_addr,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run hping3")?;
+        let secs = start.elapsed().as_secs_f64();
+        // timeout exits 124 when it stopped hping3, which is how every flood ends.
+        if !matches!(status.code(), Some(0 | 124 | 130)) && status.code().is_some() {
+            bail!("hping3 failed: {status}");
+        }
+        Ok((self.rx_packets()? - before) as f64 / secs)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nginx.take() {
+            signal(child.id(), "TERM");
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
+}
+
+/// Every loaded BPF program: id → (name, run_time_ns, run_cnt). bpftool here cannot say which
+/// process owns a program, so a phase takes the programs that appeared after its tool started.
+fn prog_list() -> BTreeMap<u32, (String, u64, u64)> {
+    let mut progs = BTreeMap::new();
+    let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
+        return progs;
+    };
+    // "<id>: <type>  name <name>  tag ...  gpl run_time_ns N run_cnt M" (the counters only
+    // with kernel.bpf_stats_enabled).
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((id, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Ok(id) = id.trim().parse::<u32>() else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let name = after("name").unwrap_or("?").to_string();
+        let run_time = after("run_time_ns")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let run_cnt = after("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
+        progs.insert(id, (name, run_time, run_cnt));
+    }
+    progs
+}
+
+/// The softirq-related programs among `ids`, summed per name.
+fn prog_stats(ids: &[u32]) -> BTreeMap<String, (u64, u64)> {
+    let mut stats = BTreeMap::new();
+    for (id, (name, t, c)) in prog_list() {
+        if ids.contains(&id) {
+            let e = stats.entry(name).or_insert((0, 0));
+            e.0 += t;
+            e.1 += c;
+        }
+    }
+    stats
+}
+
+fn is_softirq_prog(name: &str) -> bool {
+    name.starts_with("softirq_") || name.starts_with("sched_switch")
+}
+
+struct Phase {
+    name: &'static str,
+    pps: f64,
+    /// name → (run_time_ns, run_cnt) during the flood.
+    progs: BTreeMap<String, (u64, u64)>,
+}
+
+/// Starts `cmd`, waits until its programs are loaded, floods, and stops it with SIGINT.
+fn phase_with(name: &'static str, net: &Net, mut cmd: Command) -> Result<Phase> {
+    let existing = prog_list();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ids: Vec<u32> = Vec::new();
+    // Wait until its entry and exit programs are loaded (and a moment more for the rest).
+    while ids.len() < 2 {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!("{name} did not load its programs");
+        }
+        thread::sleep(Duration::from_millis(200));
+        ids = prog_list()
+            .into_iter()
+            .filter(|(id, (n, _, _))| !existing.contains_key(id) && is_softirq_prog(n))
+            .map(|(id, _)| id)
+            .collect();
+    }
+    thread::sleep(Duration::from_millis(500));
+    ids = prog_list()
+        .into_iter()
+        .filter(|(id, (n, _, _))| !existing.contains_key(id) && is_softirq_prog(n))
+        .map(|(id, _)| id)
+        .collect();
+    let before = prog_stats(&ids);
+    let pps = net.flood()?;
+    let after = prog_stats(&ids);
+    signal(pid, "INT");
+    let _ = child.wait();
+    let progs = after
+        .iter()
+        .map(|(k, (t, c))| {
+            let (t0, c0) = before.get(k).copied().unwrap_or((0, 0));
+            (k.clone(), (t - t0, c - c0))
+        })
+        .collect();
+    Ok(Phase { name, pps, progs })
+}
+
+fn per_event(progs: &BTreeMap<String, (u64, u64)>, prefix: &str) -> Option<(f64, u64)> {
+    let (t, c) = progs
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .fold((0u64, 0u64), |(t, c), (_, (t2, c2))| (t + t2, c + c2));
+    (c > 0).then(|| (t as f64 / c as f64, c))
+}
+
+pub fn run() -> Result<()> {
+    for cmd in ["hping3", "bpftool", "ip"] {
+        if Command::new("which")
+            .arg(cmd)
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            bail!("{cmd} is not installed (cargo xtask setup installs it)");
+        }
+    }
+    let tracer = release_bin("tracer");
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old_stats =
+        std::fs::read_to_string(stats_path).context("cannot read bpf_stats_enabled (root?)")?;
+    std::fs::write(stats_path, "1").context("cannot enable bpf_stats")?;
+    let result = (|| -> Result<Vec<Phase>> {
+        let net = Net::create()?;
+        let mut phases = Vec::new();
+        phases.push(Phase {
+            name: "no tracing",
+            pps: net.flood()?,
+            progs: BTreeMap::new(),
+        });
+        let mut ours = Command::new(&tracer);
+        ours.args(["softirq-top", "-b", "1"]);
+        phases.push(phase_with("tracer softirq-top", &net, ours)?);
+        if std::path::Path::new(LIBBPF_SOFTIRQS).exists() {
+            let mut theirs = Command::new(LIBBPF_SOFTIRQS);
+            theirs.args(["1"]);
+            phases.push(phase_with("libbpf-tools softirqs", &net, theirs)?);
+        }
+        phases.push(Phase {
+            name: "no tracing (again)",
+            pps: net.flood()?,
+            progs: BTreeMap::new(),
+        });
+        Ok(phases)
+    })();
+    let _ = std::fs::write(stats_path, old_stats.trim());
+    let phases = result?;
+
+    let baseline: Vec<f64> = phases
+        .iter()
+        .filter(|p| p.progs.is_empty())
+        .map(|p| p.pps)
+        .collect();
+    let baseline = baseline.iter().sum::<f64>() / baseline.len().max(1) as f64;
+    println!(
+        "SYN flood {FLOOD_SECS} s per phase (hping3 --flood over veth to nginx), 2 namespaces"
+    );
+    println!(
+        "{:<24} {:>12} {:>9} {:>16} {:>14} {:>16}",
+        "PHASE", "RX PPS", "VS BASE", "NS/SOFTIRQ", "SOFTIRQS", "NS/SCHED_SWITCH"
+    );
+    for p in &phases {
+        let entry = per_event(&p.progs, "softirq_entry");
+        let exit = per_event(&p.progs, "softirq_exit");
+        let switch = per_event(&p.progs, "sched_switch");
+        let per_softirq = match (entry, exit) {
+            (Some((e, _)), Some((x, _))) => format!("{:.0} ({:.0}+{:.0})", e + x, e, x),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<24} {:>12.0} {:>8.1}% {:>16} {:>14} {:>16}",
+            p.name,
+            p.pps,
+            (p.pps / baseline - 1.0) * 100.0,
+            per_softirq,
+            entry
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            switch
+                .map(|(t, _)| format!("{t:.0}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "NS/SOFTIRQ: kernel time of the entry + exit programs per softirq (bpf_stats run_time_ns / run_cnt)."
+    );
+    for p in phases.iter().filter(|p| !p.progs.is_empty()) {
+        let list: Vec<String> = p
+            .progs
+            .iter()
+            .map(|(k, (t, c))| {
+                format!(
+                    "{k} {c} runs {:.0} ns",
+                    if *c > 0 { *t as f64 / *c as f64 } else { 0.0 }
+                )
+            })
+            .collect();
+        println!("  {}: {}", p.name, list.join("; "));
+    }
     Ok(())
 }

@@ -1,0 +1,77 @@
+//! profile / kstacks: on-CPU samples from a perf event, counted in the kernel per task and
+//! (kernel stack, user stack) pair.
+
+use crate::{TASK_COMM_LEN, comm::CommFilter};
+
+/// Keep samples whatever the CPU was doing.
+pub const IDLE_ANY: u8 = 0;
+/// Keep only samples of the idle tasks (pid 0, swapper/N).
+pub const IDLE_ONLY: u8 = 1;
+/// Drop samples of the idle tasks.
+pub const IDLE_EXCLUDE: u8 = 2;
+
+/// The sampled task is a kernel thread (PF_KTHREAD and not an idle task).
+pub const SAMPLE_KTHREAD: u32 = 1 << 0;
+/// The sample was taken while the CPU was serving a softirq.
+pub const SAMPLE_SOFTIRQ: u32 = 1 << 1;
+
+/// Filters and switches the loader sets before load (global `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileConfig {
+    /// Only this thread group (0: any).
+    pub tgid: u32,
+    /// Only this thread (0: any).
+    pub tid: u32,
+    /// Collect kernel stacks.
+    pub kernel_stacks: u8,
+    /// Collect user stacks.
+    pub user_stacks: u8,
+    /// Keep only kernel threads.
+    pub kthreads_only: u8,
+    /// Keep only samples taken while serving a softirq.
+    pub softirq_only: u8,
+    /// One of `IDLE_*`.
+    pub idle: u8,
+    pub _reserved: [u8; 3],
+    pub comm: CommFilter,
+}
+
+crate::user_pod!(ProfileConfig);
+
+impl ProfileConfig {
+    pub const DEFAULT: Self = Self {
+        tgid: 0,
+        tid: 0,
+        kernel_stacks: 1,
+        user_stacks: 1,
+        kthreads_only: 0,
+        softirq_only: 0,
+        idle: IDLE_ANY,
+        _reserved: [0; 3],
+        comm: CommFilter::ANY,
+    };
+}
+
+/// Key of `COUNTS`: who was on the CPU, and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    pub tgid: u32,
+    pub pid: u32,
+    /// Kernel stack id (see `tracer_common::stacks`).
+    pub kstack: i32,
+    /// User stack id (see `tracer_common::stacks`).
+    pub ustack: i32,
+    /// `SAMPLE_*` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+crate::user_pod!(SampleKey);
+
+/// Entries of `COUNTS`; a new key when full is counted in STAT_MAP_FULL.
+pub const COUNTS_ENTRIES: u32 = 16384;
+/// Default entries of the `STACKS` map (the loader may resize it).
+pub const STACKS_ENTRIES: u32 = 16384;

@@ -1,0 +1,17 @@
+//! Stack ids as the kernel programs store them in aggregation keys, shared by every tool that
+//! collects stacks (profile, offcputime, stackcount, softirq-top --stacks).
+//!
+//! A key field holds either a `bpf_get_stackid` id (>= 0), `STACK_NONE` when the tool did not ask
+//! for that stack (e.g. `-K`, or the user stack of a kernel thread), or the helper's negative
+//! errno when the stack could not be stored. Keeping the errno in the key means such samples are
+//! still counted and shown (as `[lost: ...]`), never dropped.
+
+/// The stack was not requested (or does not exist, like a kernel thread's user stack).
+pub const STACK_NONE: i32 = i32::MIN;
+
+/// Frames kept per stack: the kernel's PERF_MAX_STACK_DEPTH, the size of aya-ebpf's stack map
+/// values.
+pub const STACK_DEPTH: u32 = 127;
+
+/// `bpf_get_stackid` flag: the user-space stack instead of the kernel one.
+pub const BPF_F_USER_STACK: u64 = 1 << 8;

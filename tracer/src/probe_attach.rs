@@ -1,0 +1,841 @@
+//! Loading the generic `probes` object and attaching it to resolved probes (see
+//! `probe_spec`), for funccount, funclatency, argdist, trace and stackcount; and reading its maps
+//! back, summed over CPUs and over loaded objects.
+//!
+//! All uprobes share one loaded object: each attach point carries its probe id as the BPF
+//! cookie. Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
+//! tp_btf programs are loaded for one target each), so each gets an object of its own with
+//! `CONFIG.probe_id` set. Counts per probe are exact either way. Maps a mode does not use are
+//! shrunk to one entry before load.
+
+use std::{collections::HashMap, hash::Hash, num::NonZeroU32};
+
+use anyhow::{Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+    },
+};
+use tracer_common::probes::*;
+
+use crate::{
+    attach::{self, Attachment, Mechanism, Rung, Target},
+    btf::KernelBtf,
+    hist::Log2,
+    loader::{self, Stats, StatsReader, objects},
+    probe_spec::{Kind, Point, Probe},
+};
+
+/// What to attach and how.
+pub struct Request<'a> {
+    pub probes: &'a [Probe],
+    pub config: ProbesConfig,
+    /// Scope uprobes to this process (the kernel filters too, through `config.tgid`).
+    pub pid: Option<u32>,
+    /// `--attach`: only this mechanism for kernel functions and tracepoints.
+    pub force: Option<Mechanism>,
+    /// funclatency: attach entry and return of each function.
+    pub entry_and_return: bool,
+    /// Values name tracepoint record fields: only the classic tracepoint has the record.
+    pub needs_record: bool,
+}
+
+/// One loaded copy of the object and the probe ids it serves.
+pub struct Instance {
+    pub ebpf: Ebpf,
+    pub ids: Vec<u32>,
+    stats: StatsReader,
+    /// Uprobe links by program, taken out at teardown to be closed in parallel.
+    uprobe_links: Vec<(&'static str, Vec<UProbeLinkId>)>,
+}
+
+/// Everything attached for one run. Dropping it detaches and unloads.
+pub struct Loaded {
+    pub instances: Vec<Instance>,
+    /// How each kernel-side attachment went (for `-v`).
+    pub attachments: Vec<Attachment>,
+    /// Mechanisms used, e.g. ["uprobe"] or ["tp_btf"], deduplicated, for the status line.
+    pub mechanisms: Vec<String>,
+}
+
+/// Extra counters of the probes object.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ProbeStats {
+    #[serde(flatten)]
+    pub common: Stats,
+    pub throttled: u64,
+    pub unpaired: u64,
+}
+
+fn load(config: &ProbesConfig) -> Result<Ebpf> {
+    let mode = config.mode;
+    let per_pid = config.per_pid != 0;
+    loader::load(objects::PROBES, |l: &mut EbpfLoader<'_>| {
+        l.override_global("CONFIG", config, true);
+        let shrink = |l: &mut EbpfLoader<'_>, name: &'static str, keep: bool| {
+            if !keep {
+                l.map_max_entries(name, 1);
+            }
+        };
+        shrink(l, "PID_COUNTS", mode == MODE_COUNT && per_pid);
+        shrink(l, "START", mode == MODE_LATENCY);
+        shrink(
+            l,
+            "HISTS",
+            mode == MODE_LATENCY || (mode == MODE_VALUE && config.hist_values != 0),
+        );
+        shrink(
+            l,
+            "VALUE_COUNTS",
+            mode == MODE_VALUE && config.hist_values == 0,
+        );
+        shrink(l, "STACKS", mode == MODE_STACK);
+        shrink(l, "STACK_COUNTS", mode == MODE_STACK);
+        if mode != MODE_TRACE {
+            l.map_max_entries("EVENTS", 4096);
+        }
+    })
+}
+
+/// Loads and attaches everything in `req`. Errors are one line naming the probe that failed.
+pub fn attach_all(req: &Request<'_>) -> Result<Loaded> {
+    if req.probes.len() > MAX_PROBES as usize {
+        bail!(
+            "too many probes ({}; at most {MAX_PROBES})",
+            req.probes.len()
+        );
+    }
+    let mut loaded = Loaded {
+        instances: Vec::new(),
+        attachments: Vec::new(),
+        mechanisms: Vec::new(),
+    };
+    let users: Vec<(u32, &Probe)> = req
+        .probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind.is_user())
+        .map(|(i, p)| (i as u32, p))
+        .collect();
+    if !users.is_empty() {
+        attach_uprobes(req, &users, &mut loaded)?;
+    }
+    let btf = KernelBtf::new();
+    for (id, probe) in req.probes.iter().enumerate() {
+        if probe.kind.is_user() {
+            continue;
+        }
+        let config = ProbesConfig {
+            probe_id: id as u32,
+            use_cookie: 0,
+            ..req.config
+        };
+        let mut ebpf = load(&config)?;
+        match &probe.point {
+            Point::Kernel { function } => {
+                let entry = !probe.kind.is_return() || req.entry_and_return;
+                let ret = probe.kind.is_return() || req.entry_and_return;
+                if entry {
+                    let a = attach::attach(
+                        &mut ebpf,
+                        &btf,
+                        Target::Function {
+                            name: function,
+                            on_return: false,
+                        },
+                        &[
+                            Rung {
+                                mechanism: Mechanism::Fentry,
+                                program: "probes_fentry",
+                            },
+                            Rung {
+                                mechanism: Mechanism::Kprobe,
+                                program: "probes_kprobe",
+                            },
+                        ],
+                        req.force,
+                    )?;
+                    loaded.note(a);
+                }
+                if ret {
+                    let force = req.force.map(|m| match m {
+                        Mechanism::Fentry => Mechanism::Fexit,
+                        Mechanism::Kprobe => Mechanism::Kretprobe,
+                        other => other,
+                    });
+                    let a = attach::attach(
+                        &mut ebpf,
+                        &btf,
+                        Target::Function {
+                            name: function,
+                            on_return: true,
+                        },
+                        &[
+                            Rung {
+                                mechanism: Mechanism::Fexit,
+                                program: "probes_fexit",
+                            },
+                            Rung {
+                                mechanism: Mechanism::Kretprobe,
+                                program: "probes_kretprobe",
+                            },
+                        ],
+                        force,
+                    )?;
+                    loaded.note(a);
+                }
+            }
+            Point::Tracepoint { category, event } => {
+                let a = attach::attach(
+                    &mut ebpf,
+                    &btf,
+                    Target::Tracepoint { category, event },
+                    &tracepoint_rungs(false, req.needs_record),
+                    req.force,
+                )?;
+                loaded.note(a);
+            }
+            Point::User { .. } => unreachable!("uprobes were attached above"),
+        }
+        loaded.push(ebpf, vec![id as u32])?;
+    }
+    Ok(loaded)
+}
+
+/// tp_btf → raw_tp → classic tracepoint; only the classic one when record fields are read.
+pub fn tracepoint_rungs(end: bool, needs_record: bool) -> Vec<Rung<'static>> {
+    let (btf, raw, tp) = if end {
+        ("probes_tp_btf_end", "probes_raw_tp_end", "probes_tp_end")
+    } else {
+        ("probes_tp_btf", "probes_raw_tp", "probes_tp")
+    };
+    let mut rungs = Vec::new();
+    if !needs_record {
+        rungs.push(Rung {
+            mechanism: Mechanism::TpBtf,
+            program: btf,
+        });
+        rungs.push(Rung {
+            mechanism: Mechanism::RawTp,
+            program: raw,
+        });
+    }
+    rungs.push(Rung {
+        mechanism: Mechanism::Tracepoint,
+        program: tp,
+    });
+    rungs
+}
+
+/// A `--start`/`--end` tracepoint pair in one object, so both see the same `START` map.
+pub fn attach_pair(
+    start: &Probe,
+    end: &Probe,
+    config: ProbesConfig,
+    needs_record: (bool, bool),
+    force: Option<Mechanism>,
+) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        instances: Vec::new(),
+        attachments: Vec::new(),
+        mechanisms: Vec::new(),
+    };
+    let btf = KernelBtf::new();
+    let config = ProbesConfig {
+        probe_id: 0,
+        use_cookie: 0,
+        ..config
+    };
+    let mut ebpf = load(&config)?;
+    for (probe, is_end, record) in [(start, false, needs_record.0), (end, true, needs_record.1)] {
+        let Point::Tracepoint { category, event } = &probe.point else {
+            bail!(
+                "--start and --end take tracepoints (t:CATEGORY:EVENT), not {}",
+                probe.spec()
+            );
+        };
+        let a = attach::attach(
+            &mut ebpf,
+            &btf,
+            Target::Tracepoint { category, event },
+            &tracepoint_rungs(is_end, record),
+            force,
+        )?;
+        loaded.note(a);
+    }
+    loaded.push(ebpf, vec![0])?;
+    Ok(loaded)
+}
+
+fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loaded) -> Result<()> {
+    let config = ProbesConfig {
+        use_cookie: 1,
+        ..req.config
+    };
+    let mut ebpf = load(&config)?;
+    let scope = match req.pid {
+        Some(pid) => UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?,
+        ),
+        None => UProbeScope::AllProcesses,
+    };
+    let wants = |ret: bool| {
+        users
+            .iter()
+            .filter(move |(_, p)| p.kind.is_return() == ret || req.entry_and_return)
+    };
+    let mut links = Vec::new();
+    for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
+        if wants(ret).next().is_none() {
+            continue;
+        }
+        let mut ids = Vec::new();
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+            .try_into()?;
+        // Uprobes are kprobe-type programs: describe() condenses a verifier log to its reason.
+        prog.load().map_err(|e| {
+            anyhow!(
+                "cannot load the {program} program: {}",
+                attach::describe(Mechanism::Kprobe, &e)
+            )
+        })?;
+        for (id, probe) in wants(ret) {
+            let Point::User {
+                path,
+                symbol,
+                offset,
+            } = &probe.point
+            else {
+                continue;
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                cookie: Some(u64::from(*id)),
+            };
+            let link = prog.attach(point, path, scope).map_err(|e| {
+                anyhow!(
+                    "cannot attach {} to {symbol} in {}: {}",
+                    if ret { "a uretprobe" } else { "a uprobe" },
+                    path.display(),
+                    chain(&e)
+                )
+            })?;
+            ids.push(link);
+        }
+        links.push((program, ids));
+        let name = if ret { "uretprobe" } else { "uprobe" };
+        if !loaded.mechanisms.iter().any(|m| m == name) {
+            loaded.mechanisms.push(name.into());
+        }
+    }
+    loaded.push(ebpf, users.iter().map(|(id, _)| *id).collect())?;
+    if let Some(instance) = loaded.instances.last_mut() {
+        instance.uprobe_links = links;
+    }
+    Ok(())
+}
+
+/// An error and its sources on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// Merged `ValueHist`: a log2 histogram with count, sum, min and max.
+#[derive(Clone, Debug, Default)]
+pub struct Hist {
+    pub log2: Log2,
+    pub count: u64,
+    pub sum: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Hist {
+    pub fn merge(&mut self, other: &Hist) {
+        if self.log2.slots.is_empty() {
+            self.log2 = Log2::new();
+            self.min = u64::MAX;
+        }
+        self.log2.merge(&other.log2);
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    fn from_per_cpu(values: &PerCpuValues<ValueHist>) -> Self {
+        let mut h = Hist {
+            log2: Log2::new(),
+            min: u64::MAX,
+            ..Default::default()
+        };
+        for v in values.iter() {
+            for (acc, x) in h.log2.slots.iter_mut().zip(v.slots.iter()) {
+                *acc += x;
+            }
+            if v.count == 0 {
+                continue;
+            }
+            h.count += v.count;
+            h.sum = h.sum.wrapping_add(v.sum);
+            h.min = h.min.min(v.min);
+            h.max = h.max.max(v.max);
+        }
+        h
+    }
+
+    /// `self - earlier` for per-interval output; min and max stay running values.
+    pub fn since(&self, earlier: Option<&Hist>) -> Hist {
+        match earlier {
+            None => self.clone(),
+            Some(e) => Hist {
+                log2: self.log2.since(&e.log2),
+                count: self.count - e.count.min(self.count),
+                sum: self.sum.wrapping_sub(e.sum),
+                min: self.min,
+                max: self.max,
+            },
+        }
+    }
+
+    pub fn avg(&self) -> Option<u64> {
+        (self.count > 0).then(|| self.sum / self.count)
+    }
+}
+
+impl Loaded {
+    fn note(&mut self, a: Attachment) {
+        let name = a.mechanism.to_string();
+        if !self.mechanisms.contains(&name) {
+            self.mechanisms.push(name);
+        }
+        self.attachments.push(a);
+    }
+
+    fn push(&mut self, mut ebpf: Ebpf, ids: Vec<u32>) -> Result<()> {
+        let stats = StatsReader::take(&mut ebpf)?;
+        self.instances.push(Instance {
+            ebpf,
+            ids,
+            stats,
+            uprobe_links: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// "uprobe" or "tp_btf, raw_tp": how things were attached.
+    pub fn mechanism(&self) -> String {
+        self.mechanisms.join(", ")
+    }
+
+    /// For `-v`: one line per kernel-side attachment.
+    pub fn print_summary(&self, tool: &str) {
+        for a in &self.attachments {
+            eprintln!("{tool}: {}", a.summary());
+        }
+        if self.attachments.is_empty() {
+            eprintln!("{tool}: attached via {}", self.mechanism());
+        }
+    }
+
+    fn map<'a>(instance: &'a Instance, name: &str) -> Result<&'a Map> {
+        instance
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("{name} map missing (build bug)"))
+    }
+
+    /// Calls per probe id, summed over CPUs.
+    pub fn counts(&self, n: usize) -> Result<Vec<u64>> {
+        let mut counts = vec![0; n];
+        for instance in &self.instances {
+            let map: PerCpuArray<&MapData, u64> =
+                PerCpuArray::try_from(Self::map(instance, "COUNTS")?)?;
+            for &id in &instance.ids {
+                if let (Ok(values), Some(slot)) = (map.get(&id, 0), counts.get_mut(id as usize)) {
+                    *slot += values.iter().sum::<u64>();
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    fn sum_hash<K: Pod + Eq + Hash, V: Pod, T: Default>(
+        &self,
+        name: &str,
+        fold: impl Fn(&mut T, &PerCpuValues<V>),
+    ) -> Result<HashMap<K, T>> {
+        let mut all: HashMap<K, T> = HashMap::new();
+        for instance in &self.instances {
+            let map: PerCpuHashMap<&MapData, K, V> =
+                PerCpuHashMap::try_from(Self::map(instance, name)?)?;
+            for (key, values) in map.iter().flatten() {
+                fold(all.entry(key).or_default(), &values);
+            }
+        }
+        Ok(all)
+    }
+
+    pub fn pid_counts(&self) -> Result<HashMap<PidCountKey, u64>> {
+        self.sum_hash("PID_COUNTS", |acc: &mut u64, v: &PerCpuValues<u64>| {
+            *acc += v.iter().sum::<u64>()
+        })
+    }
+
+    pub fn value_counts(&self) -> Result<HashMap<ValueKey, u64>> {
+        self.sum_hash("VALUE_COUNTS", |acc: &mut u64, v: &PerCpuValues<u64>| {
+            *acc += v.iter().sum::<u64>()
+        })
+    }
+
+    pub fn hists(&self) -> Result<HashMap<HistKey, Hist>> {
+        self.sum_hash("HISTS", |acc: &mut Hist, v: &PerCpuValues<ValueHist>| {
+            acc.merge(&Hist::from_per_cpu(v))
+        })
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        let mut total = ProbeStats::default();
+        for instance in &self.instances {
+            let s = instance.stats.read();
+            total.common.events += s.events;
+            total.common.lost += s.lost;
+            total.common.map_full += s.map_full;
+            total.common.read_errors += s.read_errors;
+            if let Some(map) = instance.ebpf.map("PROBE_STATS")
+                && let Ok(map) = PerCpuArray::<&MapData, u64>::try_from(map)
+            {
+                let slot = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+                total.throttled += slot(PSTAT_THROTTLED);
+                total.unpaired += slot(PSTAT_UNPAIRED);
+            }
+        }
+        total
+    }
+
+    /// Stacks that could not be stored (stackcount), summed over loaded objects.
+    pub fn stack_loss(&self) -> crate::stacks::StackLoss {
+        let mut total = crate::stacks::StackLoss {
+            lost: 0,
+            collisions: 0,
+        };
+        for instance in &self.instances {
+            let loss = crate::stacks::StackLoss::read(&instance.stats);
+            total.lost += loss.lost;
+            total.collisions += loss.collisions;
+        }
+        total
+    }
+
+    /// Reports counters that mean something was not counted, once per change.
+    pub fn report_problems(&self, tool: &str, last: &mut ProbeStats) {
+        let now = self.stats();
+        if now.common.lost > last.common.lost {
+            eprintln!(
+                "{tool}: {} events lost so far (ring buffer full)",
+                now.common.lost
+            );
+        }
+        if now.common.map_full > last.common.map_full {
+            eprintln!(
+                "{tool}: {} updates not counted so far: a map was full",
+                now.common.map_full
+            );
+        }
+        if now.common.read_errors > last.common.read_errors {
+            eprintln!(
+                "{tool}: {} values could not be read so far",
+                now.common.read_errors
+            );
+        }
+        if now.throttled > last.throttled {
+            eprintln!(
+                "{tool}: {} events suppressed so far by the rate limit",
+                now.throttled
+            );
+        }
+        *last = now;
+    }
+}
+
+impl Drop for Loaded {
+    /// Detaching a uprobe, kprobe or tracepoint waits for RCU grace periods in the kernel
+    /// (about 100 ms each on a small VM: 163 nginx uprobes took 16 s one by one). Waits from
+    /// different threads share grace periods, so links and objects are closed in parallel.
+    fn drop(&mut self) {
+        let mut links: Vec<UProbeLink> = Vec::new();
+        for instance in &mut self.instances {
+            for (program, ids) in std::mem::take(&mut instance.uprobe_links) {
+                let Some(prog) = instance.ebpf.program_mut(program) else {
+                    continue;
+                };
+                let Ok(prog) = <&mut UProbe>::try_from(prog) else {
+                    continue;
+                };
+                links.extend(ids.into_iter().filter_map(|id| prog.take_link(id).ok()));
+            }
+        }
+        parallel_drop(links);
+        parallel_drop(std::mem::take(&mut self.instances));
+    }
+}
+
+fn parallel_drop<T: Send>(mut items: Vec<T>) {
+    const THREADS: usize = 128;
+    if items.len() <= 1 {
+        return;
+    }
+    let chunk = items.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        while !items.is_empty() {
+            let part: Vec<T> = items.drain(..chunk.min(items.len())).collect();
+            // A thread that cannot start just drops its part here, sequentially.
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, move || drop(part)) {
+                drop(e);
+            }
+        }
+    });
+}
+
+/// Splits BCC-style positionals `PROBE... [INTERVAL [COUNT]]`: probes always contain ':',
+/// numbers never do.
+pub fn split_positionals(items: &[String]) -> Result<(Vec<String>, crate::session::IntervalArgs)> {
+    let probes: Vec<String> = items
+        .iter()
+        .take_while(|s| s.contains(':'))
+        .cloned()
+        .collect();
+    let rest = &items[probes.len()..];
+    if probes.is_empty() {
+        match items.first() {
+            Some(first) => bail!(
+                "'{first}' is not a probe: use u:BINARY:SYMBOL, k:FUNCTION or t:CATEGORY:EVENT"
+            ),
+            None => bail!("no probe given (e.g. u:/usr/sbin/nginx:ngx_http_process_request)"),
+        }
+    }
+    if rest.len() > 2 {
+        bail!(
+            "too many arguments after the probes: expected [INTERVAL [COUNT]], got '{}'",
+            rest.join(" ")
+        );
+    }
+    if let Some(bad) = rest.iter().find(|s| s.contains(':')) {
+        bail!("probe '{bad}' must come before INTERVAL and COUNT");
+    }
+    let interval = rest
+        .first()
+        .map(|s| crate::session::parse_seconds(s).map_err(|e| anyhow!(e)))
+        .transpose()?;
+    let count = rest
+        .get(1)
+        .map(|s| match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow!("'{s}' is not a positive count")),
+        })
+        .transpose()?;
+    Ok((probes, crate::session::IntervalArgs { interval, count }))
+}
+
+/// Runs `report` every interval (or once at the end without one) until stopped, the count
+/// runs out, or the output closes. `report(last)` returns false to stop.
+pub async fn every_interval(
+    interval: &crate::session::IntervalArgs,
+    duration: Option<std::time::Duration>,
+    mut report: impl FnMut(bool) -> Result<bool>,
+) -> Result<()> {
+    let stop = crate::session::stop_requested(duration);
+    tokio::pin!(stop);
+    let mut ticker = interval.interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut printed = 0u64;
+    loop {
+        let stopped = tokio::select! {
+            reason = &mut stop => { reason?; true }
+            _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
+        };
+        printed += 1;
+        let last = stopped || interval.count.is_some_and(|c| printed >= c);
+        if !report(last)? || last {
+            return Ok(());
+        }
+    }
+}
+
+/// A value named on the command line (argdist's EXPR, trace's arguments, --filter's left side).
+#[derive(Clone, Debug)]
+pub struct Expr {
+    pub text: String,
+    pub spec: ValueSpec,
+    /// Print as a signed number.
+    pub signed: bool,
+    /// Reads a classic tracepoint record field.
+    pub needs_record: bool,
+}
+
+const EXPRS: &str =
+    "arg0..arg5, $retval, $pid, $tid, $cpu, or a tracepoint field ('tplist -v' lists them)";
+
+/// Parses `arg0..arg5`, `$retval`, `$pid`, `$tid`, `$cpu` or a tracepoint field name for the
+/// given probes. With `string`, the value is a string to read (a pointer, or a char array or
+/// `__data_loc` field).
+pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
+    let text = text.trim();
+    let all_return = probes.iter().all(|p| p.kind.is_return());
+    let any_return = probes.iter().any(|p| p.kind.is_return());
+    let all_tracepoints = probes.iter().all(|p| p.kind == Kind::Tracepoint);
+    let str_kind = if string { STR_PTR } else { STR_NONE };
+    let simple = |kind: u8, signed: bool| Expr {
+        text: text.to_string(),
+        spec: ValueSpec {
+            kind,
+            string: str_kind,
+            ..ValueSpec::NONE
+        },
+        signed,
+        needs_record: false,
+    };
+    if let Some(n) = text.strip_prefix("arg") {
+        let index: u8 = n
+            .parse()
+            .ok()
+            .filter(|i| *i <= 5)
+            .ok_or_else(|| anyhow!("'{text}' is not an argument: use arg0..arg5"))?;
+        if any_return {
+            bail!(
+                "{text} is not available at a return probe (ur:/kr:): arguments are read at entry (u:/k:)"
+            );
+        }
+        let mut e = simple(VAL_ARG, false);
+        e.spec.index = index;
+        return Ok(e);
+    }
+    match text {
+        "$retval" | "retval" => {
+            if !all_return {
+                bail!("$retval needs a return probe (ur:BINARY:SYMBOL or kr:FUNCTION)");
+            }
+            return Ok(simple(VAL_RET, true));
+        }
+        "$pid" => return Ok(simple(VAL_PID, false)),
+        "$tid" => return Ok(simple(VAL_TID, false)),
+        "$cpu" => return Ok(simple(VAL_CPU, false)),
+        _ => {}
+    }
+    if !all_tracepoints {
+        bail!("'{text}' is not a value here: use {EXPRS}");
+    }
+    let mut found: Option<crate::tracefs::Field> = None;
+    for probe in probes {
+        let Point::Tracepoint { category, event } = &probe.point else {
+            continue;
+        };
+        let field = crate::tracefs::fields(category, event)?.into_iter().find(|f| f.name == text).ok_or_else(|| {
+            anyhow!("tracepoint {category}:{event} has no field '{text}' ('tplist -v {category}:{event}' lists them)")
+        })?;
+        if let Some(seen) = &found
+            && (seen.offset != field.offset || seen.size != field.size)
+        {
+            bail!(
+                "field '{text}' sits at different offsets in the matched tracepoints: name one tracepoint"
+            );
+        }
+        found = Some(field);
+    }
+    let field = found.ok_or_else(|| anyhow!("no tracepoint to read '{text}' from"))?;
+    let decl = field.declaration.as_str();
+    let (size, string) = if !string {
+        if field.size > 8 || decl.contains('[') {
+            bail!("field '{text}' ({decl}) is not a number");
+        }
+        (field.size as u8, STR_NONE)
+    } else if decl.contains("__data_loc") {
+        (4, STR_DATA_LOC)
+    } else if decl.contains('[') {
+        (field.size.min(255) as u8, STR_INLINE)
+    } else if decl.contains('*') {
+        (8, STR_PTR)
+    } else {
+        bail!("field '{text}' ({decl}) is not a string: use %d, %u or %x");
+    };
+    Ok(Expr {
+        text: text.to_string(),
+        spec: ValueSpec {
+            kind: VAL_FIELD,
+            index: 0,
+            size,
+            signed: field.signed.into(),
+            offset: u16::try_from(field.offset)
+                .map_err(|_| anyhow!("field '{text}' is beyond 64 KiB"))?,
+            string,
+            _reserved: 0,
+        },
+        signed: field.signed,
+        needs_record: true,
+    })
+}
+
+/// `EXPR OP NUMBER` (e.g. `arg2 > 100`, `prev_state == 1`), evaluated in the kernel.
+pub fn parse_filter(text: &str, probes: &[Probe]) -> Result<(Filter, bool)> {
+    let text = text.trim().trim_start_matches('(').trim_end_matches(')');
+    let ops = [
+        ("==", OP_EQ),
+        ("!=", OP_NE),
+        ("<=", OP_LE),
+        (">=", OP_GE),
+        ("<", OP_LT),
+        (">", OP_GT),
+    ];
+    let (lhs, op, rhs) = ops
+        .iter()
+        .find_map(|(sym, op)| text.split_once(sym).map(|(l, r)| (l.trim(), *op, r.trim())))
+        .ok_or_else(|| {
+            anyhow!(
+                "filter '{text}' is not EXPR OP NUMBER (OP: == != < <= > >=), e.g. 'arg2 > 100'"
+            )
+        })?;
+    let expr = parse_expr(lhs, probes, false)?;
+    let constant =
+        parse_constant(rhs).ok_or_else(|| anyhow!("'{rhs}' in filter '{text}' is not a number"))?;
+    let mut value = expr.spec;
+    // Comparisons against negative constants are signed.
+    if constant < 0 || expr.signed {
+        value.signed = 1;
+    }
+    Ok((
+        Filter {
+            value,
+            op,
+            _reserved: [0; 7],
+            constant: constant as u64,
+        },
+        expr.needs_record,
+    ))
+}
+
+fn parse_constant(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let value = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()? as i64,
+        None => digits.parse::<u64>().ok()? as i64,
+    };
+    Some(if neg { value.wrapping_neg() } else { value })
+}

@@ -1,0 +1,1042 @@
+//! The probe syntax shared by funccount, funclatency, argdist, trace, tplist and stackcount,
+//! and its resolution into concrete attach points:
+//!
+//! ```text
+//! u:PATH_OR_LIB:SYMBOL[+OFF]   uprobe         u:/usr/sbin/nginx:ngx_http_process_request
+//! u:PATH_OR_LIB:0xADDR         uprobe at a virtual address (stripped binaries)
+//! ur:PATH_OR_LIB:SYMBOL        uretprobe      ur:libc:malloc
+//! k:FUNC                       kernel function entry (fentry, else kprobe)
+//! kr:FUNC                      kernel function return (fexit, else kretprobe)
+//! t:CATEGORY:EVENT             tracepoint (tp_btf, else raw_tp, else classic)
+//! ```
+//! SYMBOL, FUNC, CATEGORY and EVENT may be globs (`*`, `?`, `[abc]`). bpftrace's long names
+//! (`uprobe:`, `uretprobe:`, `kprobe:`, `kretprobe:`, `tracepoint:`) are accepted too.
+//!
+//! Libraries resolve like the dynamic loader: a path is taken as is; a bare name (`libc`, `c`,
+//! `libssl.so.3`) is looked up in the target process's maps (with `-p`), then in
+//! /etc/ld.so.cache, then in the standard library directories, then in `$PATH` (`u:bash:readline`).
+//! Symbols come from .symtab and .dynsym, plus a separate debug file found through
+//! `.gnu_debuglink` or the build id under /usr/lib/debug when one is installed.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
+
+/// At most this many uprobes from one glob (one loaded object serves them all, told apart by
+/// cookie).
+pub const MAX_UPROBES: usize = 1000;
+/// At most this many kernel functions or tracepoints (one loaded object each).
+pub const MAX_KERNEL_PROBES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Uprobe,
+    Uretprobe,
+    Kprobe,
+    Kretprobe,
+    Tracepoint,
+}
+
+impl Kind {
+    pub fn is_return(self) -> bool {
+        matches!(self, Self::Uretprobe | Self::Kretprobe)
+    }
+    pub fn is_user(self) -> bool {
+        matches!(self, Self::Uprobe | Self::Uretprobe)
+    }
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Uprobe => "u",
+            Self::Uretprobe => "ur",
+            Self::Kprobe => "k",
+            Self::Kretprobe => "kr",
+            Self::Tracepoint => "t",
+        }
+    }
+}
+
+/// Where in a user binary: a symbol (maybe a glob) plus offset, or a virtual address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserLocation {
+    Symbol { pattern: String, offset: u64 },
+    Address(u64),
+}
+
+/// A parsed probe, before anything is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeSpec {
+    User {
+        ret: bool,
+        target: String,
+        location: UserLocation,
+    },
+    Kernel {
+        ret: bool,
+        pattern: String,
+    },
+    Tracepoint {
+        category: String,
+        event: String,
+    },
+}
+
+impl ProbeSpec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::User { ret: false, .. } => Kind::Uprobe,
+            Self::User { ret: true, .. } => Kind::Uretprobe,
+            Self::Kernel { ret: false, .. } => Kind::Kprobe,
+            Self::Kernel { ret: true, .. } => Kind::Kretprobe,
+            Self::Tracepoint { .. } => Kind::Tracepoint,
+        }
+    }
+
+    /// Whether the spec names several probes.
+    pub fn is_glob(&self) -> bool {
+        match self {
+            Self::User {
+                location: UserLocation::Symbol { pattern, .. },
+                ..
+            } => is_glob(pattern),
+            Self::User { .. } => false,
+            Self::Kernel { pattern, .. } => is_glob(pattern),
+            Self::Tracepoint { category, event } => is_glob(category) || is_glob(event),
+        }
+    }
+}
+
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind().prefix();
+        match self {
+            Self::User {
+                target,
+                location: UserLocation::Symbol { pattern, offset: 0 },
+                ..
+            } => {
+                write!(f, "{kind}:{target}:{pattern}")
+            }
+            Self::User {
+                target,
+                location: UserLocation::Symbol { pattern, offset },
+                ..
+            } => {
+                write!(f, "{kind}:{target}:{pattern}+{offset:#x}")
+            }
+            Self::User {
+                target,
+                location: UserLocation::Address(a),
+                ..
+            } => {
+                write!(f, "{kind}:{target}:{a:#x}")
+            }
+            Self::Kernel { pattern, .. } => write!(f, "{kind}:{pattern}"),
+            Self::Tracepoint { category, event } => write!(f, "t:{category}:{event}"),
+        }
+    }
+}
+
+const SYNTAX: &str =
+    "use u:BINARY:SYMBOL, ur:BINARY:SYMBOL, k:FUNCTION, kr:FUNCTION or t:CATEGORY:EVENT";
+
+/// Parses one probe. Errors are one line naming the problem and the expected syntax.
+pub fn parse(text: &str) -> Result<ProbeSpec> {
+    let text = text.trim();
+    let Some((prefix, rest)) = text.split_once(':') else {
+        bail!("'{text}' is not a probe: {SYNTAX}");
+    };
+    let bad = |why: &str| anyhow!("bad probe '{text}': {why} ({SYNTAX})");
+    let check_name = |name: &str, what: &str| -> Result<()> {
+        if name.is_empty() {
+            return Err(bad(&format!("empty {what}")));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "_.*?[]!$@-".contains(*c)))
+        {
+            return Err(bad(&format!("{what} '{name}' contains '{c}'")));
+        }
+        Ok(())
+    };
+    match prefix {
+        "u" | "uprobe" | "ur" | "uretprobe" => {
+            let ret = matches!(prefix, "ur" | "uretprobe");
+            let Some((target, location)) = rest.rsplit_once(':') else {
+                return Err(bad("missing ':SYMBOL' after the binary"));
+            };
+            if target.is_empty() {
+                return Err(bad("empty binary or library"));
+            }
+            if target.contains('\0') {
+                return Err(bad("NUL in the binary name"));
+            }
+            let location = parse_location(location).map_err(|why| bad(&why))?;
+            if let UserLocation::Symbol { pattern, .. } = &location {
+                check_name(pattern, "symbol")?;
+            }
+            Ok(ProbeSpec::User {
+                ret,
+                target: target.to_string(),
+                location,
+            })
+        }
+        "k" | "kprobe" | "kr" | "kretprobe" => {
+            let ret = matches!(prefix, "kr" | "kretprobe");
+            if rest.contains(':') {
+                return Err(bad("kernel functions take no module or offset"));
+            }
+            check_name(rest, "function")?;
+            Ok(ProbeSpec::Kernel {
+                ret,
+                pattern: rest.to_string(),
+            })
+        }
+        "t" | "tracepoint" => {
+            let Some((category, event)) = rest.split_once(':') else {
+                return Err(bad("a tracepoint is CATEGORY:EVENT"));
+            };
+            check_name(category, "category")?;
+            check_name(event, "event")?;
+            if event.contains(':') {
+                return Err(bad("too many ':'"));
+            }
+            Ok(ProbeSpec::Tracepoint {
+                category: category.to_string(),
+                event: event.to_string(),
+            })
+        }
+        _ => Err(anyhow!(
+            "unknown probe type '{prefix}:' in '{text}': {SYNTAX}"
+        )),
+    }
+}
+
+fn parse_location(text: &str) -> Result<UserLocation, String> {
+    if text.is_empty() {
+        return Err("empty symbol".into());
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16)
+            .map(UserLocation::Address)
+            .map_err(|_| format!("'{text}' is not a hex address"));
+    }
+    match text.split_once('+') {
+        Some((symbol, offset)) => {
+            let offset =
+                parse_number(offset).ok_or_else(|| format!("'{offset}' is not an offset"))?;
+            Ok(UserLocation::Symbol {
+                pattern: symbol.to_string(),
+                offset,
+            })
+        }
+        None => Ok(UserLocation::Symbol {
+            pattern: text.to_string(),
+            offset: 0,
+        }),
+    }
+}
+
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+pub fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+/// Shell-style glob: `*`, `?`, `[abc]`, `[a-z]`, `[!abc]`. Iterative, no recursion blowup.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = class_match(&p, pi, t[ti]) {
+                        if matched {
+                            pi = next;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == '[' {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Matches `c` against the class starting at `p[start] == '['`; `None` if unterminated.
+fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            matched |= p[i] <= c && c <= p[i + 2];
+            i += 3;
+        } else {
+            matched |= p[i] == c;
+            i += 1;
+        }
+        first = false;
+    }
+    None
+}
+
+// ---- resolution ----------------------------------------------------------------------------
+
+/// One concrete attach point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Point {
+    /// `offset` is a file offset in `path`, as the kernel's uprobe interface wants.
+    User {
+        path: PathBuf,
+        symbol: String,
+        offset: u64,
+    },
+    Kernel {
+        function: String,
+    },
+    Tracepoint {
+        category: String,
+        event: String,
+    },
+}
+
+/// A resolved probe: what to show the user, and where to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub kind: Kind,
+    /// Short name for output: the symbol, the function, or `category:event`.
+    pub name: String,
+    pub point: Point,
+}
+
+impl Probe {
+    /// The full spec of this one probe, e.g. `u:/usr/sbin/nginx:ngx_http_process_request`.
+    pub fn spec(&self) -> String {
+        match &self.point {
+            Point::User { path, symbol, .. } => {
+                format!("{}:{}:{symbol}", self.kind.prefix(), path.display())
+            }
+            Point::Kernel { function } => format!("{}:{function}", self.kind.prefix()),
+            Point::Tracepoint { category, event } => format!("t:{category}:{event}"),
+        }
+    }
+}
+
+/// Resolves a spec into probes (several for a glob), checking that each exists.
+/// `pid` scopes library lookup to that process's maps.
+pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
+    let kind = spec.kind();
+    match spec {
+        ProbeSpec::User {
+            target, location, ..
+        } => {
+            let path = resolve_binary(target, pid)?;
+            let elf = ElfSymbols::read(&path)?;
+            let mut probes = Vec::new();
+            match location {
+                UserLocation::Address(addr) => {
+                    let offset = elf.file_offset(*addr).ok_or_else(|| {
+                        anyhow!(
+                            "address {addr:#x} is not in a loaded segment of {}",
+                            path.display()
+                        )
+                    })?;
+                    probes.push(Probe {
+                        kind,
+                        name: format!("{addr:#x}"),
+                        point: Point::User {
+                            path,
+                            symbol: format!("{addr:#x}"),
+                            offset,
+                        },
+                    });
+                }
+                UserLocation::Symbol {
+                    pattern,
+                    offset: extra,
+                } => {
+                    let mut seen = HashSet::new();
+                    for (name, addr) in elf.matching(pattern) {
+                        let Some(offset) = elf.file_offset(addr + extra) else {
+                            continue;
+                        };
+                        // Aliases (several names, one address) would double-count.
+                        if !seen.insert(offset) {
+                            continue;
+                        }
+                        let symbol = if *extra == 0 {
+                            name.clone()
+                        } else {
+                            format!("{name}+{extra:#x}")
+                        };
+                        probes.push(Probe {
+                            kind,
+                            name: symbol.clone(),
+                            point: Point::User {
+                                path: path.clone(),
+                                symbol,
+                                offset,
+                            },
+                        });
+                    }
+                    if probes.is_empty() {
+                        return Err(elf.not_found(pattern));
+                    }
+                    if probes.len() > MAX_UPROBES {
+                        bail!(
+                            "'{pattern}' matches {} functions in {}; at most {MAX_UPROBES} uprobes \
+                             can be attached at once: narrow the pattern",
+                            probes.len(),
+                            path.display()
+                        );
+                    }
+                }
+            }
+            Ok(probes)
+        }
+        ProbeSpec::Kernel { pattern, .. } => {
+            let functions = kernel_functions(pattern)?;
+            if functions.is_empty() {
+                bail!(
+                    "no kernel function matches '{pattern}' (not in /proc/kallsyms; 'tplist -k \
+                     PATTERN' lists them)"
+                );
+            }
+            if functions.len() > MAX_KERNEL_PROBES {
+                bail!(
+                    "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} can be \
+                     attached at once: narrow the pattern",
+                    functions.len()
+                );
+            }
+            Ok(functions
+                .into_iter()
+                .map(|function| Probe {
+                    kind,
+                    name: function.clone(),
+                    point: Point::Kernel { function },
+                })
+                .collect())
+        }
+        ProbeSpec::Tracepoint { category, event } => {
+            let found = tracepoints(category, event)?;
+            if found.is_empty() {
+                bail!(
+                    "no tracepoint {category}:{event} on this kernel ('tplist \"{category}:*\"' lists them)"
+                );
+            }
+            if found.len() > MAX_KERNEL_PROBES {
+                bail!(
+                    "'{category}:{event}' matches {} tracepoints; at most {MAX_KERNEL_PROBES} can be \
+                     attached at once: narrow the pattern",
+                    found.len()
+                );
+            }
+            Ok(found
+                .into_iter()
+                .map(|(category, event)| Probe {
+                    kind,
+                    name: format!("{category}:{event}"),
+                    point: Point::Tracepoint { category, event },
+                })
+                .collect())
+        }
+    }
+}
+
+/// Parses and resolves several specs, numbering probes in order; refuses duplicates.
+pub fn resolve_all(texts: &[String], pid: Option<u32>) -> Result<Vec<Probe>> {
+    let mut all: Vec<Probe> = Vec::new();
+    for text in texts {
+        let spec = parse(text)?;
+        for probe in resolve(&spec, pid)? {
+            if !all.contains(&probe) {
+                all.push(probe);
+            }
+        }
+    }
+    Ok(all)
+}
+
+// ---- binaries and libraries ------------------------------------------------------------------
+
+/// A binary path or a library name → an existing file.
+pub fn resolve_binary(target: &str, pid: Option<u32>) -> Result<PathBuf> {
+    if target.contains('/') {
+        let path = PathBuf::from(target);
+        if !path.exists() {
+            bail!("{target}: no such file (give the binary's path or a library name like libc)");
+        }
+        return Ok(path);
+    }
+    if let Some(pid) = pid
+        && let Some(path) = library_in_maps(target, pid)?
+    {
+        return Ok(path);
+    }
+    if let Some(path) = library_in_ld_cache(target) {
+        return Ok(path);
+    }
+    for dir in [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+        "/lib",
+        "/usr/lib",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut names: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| library_name_matches(target, &n.to_string_lossy()))
+                })
+                .collect();
+            names.sort();
+            if let Some(path) = names.into_iter().next() {
+                return Ok(path);
+            }
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(target);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    match pid {
+        Some(pid) => bail!(
+            "cannot find library or binary '{target}' (not mapped by PID {pid}, not in ld.so.cache or $PATH)"
+        ),
+        None => bail!(
+            "cannot find library or binary '{target}' (not in ld.so.cache, the library directories or $PATH): give its path"
+        ),
+    }
+}
+
+/// `libc` / `c` / `libc.so.6` against a file name such as `libc.so.6` or `libc-2.31.so`.
+pub fn library_name_matches(wanted: &str, file: &str) -> bool {
+    let base = if wanted.starts_with("lib") {
+        wanted.to_string()
+    } else {
+        format!("lib{wanted}")
+    };
+    for name in [wanted, base.as_str()] {
+        if file == name {
+            return true;
+        }
+        if let Some(rest) = file.strip_prefix(name)
+            && (rest.starts_with(".so") || (rest.starts_with('-') && rest.contains(".so")))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn library_in_maps(target: &str, pid: u32) -> Result<Option<PathBuf>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("cannot read /proc/{pid}/maps (is PID {pid} running?)"))?;
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let file = Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if library_name_matches(target, &file) || file == target {
+            // Through the process's root, so libraries in containers resolve too.
+            let via_root = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            return Ok(Some(if via_root.exists() {
+                via_root
+            } else {
+                PathBuf::from(path)
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Looks a library up in /etc/ld.so.cache (glibc's "glibc-ld.so.cache1.1" format).
+fn library_in_ld_cache(target: &str) -> Option<PathBuf> {
+    let data = std::fs::read("/etc/ld.so.cache").ok()?;
+    ld_cache_entries(&data)
+        .into_iter()
+        .filter(|(key, _, _)| library_name_matches(target, key))
+        // Prefer x86-64 libraries (flag 0x0300) on this host.
+        .min_by_key(|(_, _, flags)| if flags & 0xff00 == 0x0300 { 0 } else { 1 })
+        .map(|(_, value, _)| PathBuf::from(value))
+        .filter(|p| p.exists())
+}
+
+fn ld_cache_entries(data: &[u8]) -> Vec<(String, String, i32)> {
+    const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    let Some(base) = data.windows(MAGIC.len()).position(|w| w == MAGIC) else {
+        return Vec::new();
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        data.get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let string_at = |off: usize| -> Option<String> {
+        let bytes = data.get(base + off..)?;
+        let end = bytes.iter().position(|&b| b == 0)?;
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    };
+    let Some(count) = u32_at(base + 20) else {
+        return Vec::new();
+    };
+    let mut entries = Vec::new();
+    for i in 0..count.min(1 << 20) as usize {
+        let entry = base + 48 + i * 24;
+        let (Some(flags), Some(key), Some(value)) =
+            (u32_at(entry), u32_at(entry + 4), u32_at(entry + 8))
+        else {
+            break;
+        };
+        if let (Some(key), Some(value)) = (string_at(key as usize), string_at(value as usize)) {
+            entries.push((key, value, flags as i32));
+        }
+    }
+    entries
+}
+
+/// The function symbols of one ELF file (and of its debug file, if installed).
+pub struct ElfSymbols {
+    pub path: PathBuf,
+    /// name → virtual address, sorted by name.
+    pub functions: BTreeMap<String, u64>,
+    /// (virtual address, size, file offset) of each PT_LOAD segment.
+    segments: Vec<(u64, u64, u64)>,
+    has_symtab: bool,
+    dynsym_count: usize,
+    debug_file: Option<PathBuf>,
+}
+
+impl ElfSymbols {
+    pub fn read(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).with_context(|| format!("{shown}: cannot read"))?;
+        if meta.is_dir() {
+            bail!("{shown} is a directory, not an ELF binary or library");
+        }
+        let data = std::fs::read(path).with_context(|| format!("{shown}: cannot read"))?;
+        if !data.starts_with(b"\x7fELF") {
+            bail!("{shown} is not an ELF file (uprobes need a compiled binary or shared library)");
+        }
+        let file =
+            object::File::parse(&*data).map_err(|e| anyhow!("{shown}: bad ELF file: {e}"))?;
+        let mut functions = BTreeMap::new();
+        let mut has_symtab = false;
+        let mut dynsym_count = 0;
+        let add = |sym: object::Symbol<'_, '_>, functions: &mut BTreeMap<String, u64>| {
+            if sym.kind() == SymbolKind::Text
+                && sym.is_definition()
+                && sym.address() != 0
+                && let Ok(name) = sym.name()
+            {
+                // Versioned names ("malloc@@GLIBC_2.2.5") are probed by their plain name.
+                let name = name.split('@').next().unwrap_or(name);
+                functions.entry(name.to_string()).or_insert(sym.address());
+                return true;
+            }
+            false
+        };
+        for sym in file.symbols() {
+            has_symtab = true;
+            add(sym, &mut functions);
+        }
+        for sym in file.dynamic_symbols() {
+            if add(sym, &mut functions) {
+                dynsym_count += 1;
+            }
+        }
+        let segments = file
+            .segments()
+            .map(|s| (s.address(), s.size(), s.file_range().0))
+            .collect();
+        let mut elf = Self {
+            path: path.to_path_buf(),
+            functions,
+            segments,
+            has_symtab,
+            dynsym_count,
+            debug_file: None,
+        };
+        if !has_symtab && let Some(debug) = find_debug_file(path, &file) {
+            if let Ok(data) = std::fs::read(&debug)
+                && let Ok(dfile) = object::File::parse(&*data)
+            {
+                for sym in dfile.symbols() {
+                    if sym.kind() == SymbolKind::Text
+                        && sym.is_definition()
+                        && sym.address() != 0
+                        && let Ok(name) = sym.name()
+                    {
+                        elf.functions
+                            .entry(name.to_string())
+                            .or_insert(sym.address());
+                    }
+                }
+            }
+            elf.debug_file = Some(debug);
+        }
+        Ok(elf)
+    }
+
+    /// Functions whose name matches `pattern` (exactly, or as a glob).
+    pub fn matching(&self, pattern: &str) -> Vec<(String, u64)> {
+        if !is_glob(pattern) {
+            return self
+                .functions
+                .get(pattern)
+                .map(|&a| vec![(pattern.to_string(), a)])
+                .unwrap_or_default();
+        }
+        self.functions
+            .iter()
+            .filter(|(name, _)| glob_match(pattern, name))
+            .map(|(n, &a)| (n.clone(), a))
+            .collect()
+    }
+
+    /// The file offset of a virtual address (what the kernel's uprobe interface takes).
+    pub fn file_offset(&self, addr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(start, size, _)| addr >= *start && addr < start + size)
+            .map(|(start, _, offset)| addr - start + offset)
+    }
+
+    fn not_found(&self, pattern: &str) -> anyhow::Error {
+        let path = self.path.display();
+        let what = if is_glob(pattern) {
+            "no function matches"
+        } else {
+            "no function"
+        };
+        if self.has_symtab || self.debug_file.is_some() {
+            anyhow!("{what} '{pattern}' in {path} ('tplist -b {path}' lists its functions)")
+        } else {
+            anyhow!(
+                "{what} '{pattern}' in {path}: it is stripped (no .symtab; {} exported functions in \
+                 .dynsym; no debug file under /usr/lib/debug): install its debug symbols, or probe \
+                 an address ({}:0xADDR) or an exported symbol plus offset (SYMBOL+0xOFF)",
+                self.dynsym_count,
+                path
+            )
+        }
+    }
+}
+
+/// `.gnu_debuglink` and build-id lookups, as gdb does.
+fn find_debug_file(path: &Path, file: &object::File<'_>) -> Option<PathBuf> {
+    if let Ok(Some(id)) = file.build_id()
+        && id.len() > 1
+    {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let candidate = PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ));
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let rel = dir.strip_prefix("/").unwrap_or(dir);
+        for candidate in [
+            dir.join(&name),
+            dir.join(".debug").join(&name),
+            Path::new("/usr/lib/debug").join(rel).join(&name),
+        ] {
+            if candidate.is_file() && candidate != path {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+// ---- kernel functions and tracepoints ------------------------------------------------------
+
+/// Kernel functions matching `pattern`: from available_filter_functions when readable (only
+/// those can be traced), else text symbols of /proc/kallsyms. An exact name is returned as is
+/// when it exists.
+pub fn kernel_functions(pattern: &str) -> Result<Vec<String>> {
+    let names = kernel_function_names()?;
+    if !is_glob(pattern) {
+        return Ok(if names.contains(pattern) {
+            vec![pattern.to_string()]
+        } else {
+            Vec::new()
+        });
+    }
+    let mut found: Vec<String> = names
+        .into_iter()
+        // Compiler clones (foo.isra.0, foo.cold) are not separately probe-able by name.
+        .filter(|n| !n.contains('.') && glob_match(pattern, n))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Every traceable kernel function name we can see.
+pub fn kernel_function_names() -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    if let Ok(root) = crate::tracefs::root()
+        && let Ok(text) = std::fs::read_to_string(root.join("available_filter_functions"))
+    {
+        for line in text.lines() {
+            if let Some(name) = line.split_whitespace().next() {
+                names.insert(name.to_string());
+            }
+        }
+        if !names.is_empty() {
+            return Ok(names);
+        }
+    }
+    let text = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (_, Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if matches!(kind, "t" | "T") {
+            names.insert(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Tracepoints `(category, event)` matching the two globs, sorted.
+pub fn tracepoints(category: &str, event: &str) -> Result<Vec<(String, String)>> {
+    let events = crate::tracefs::root()?.join("events");
+    let mut found = Vec::new();
+    let dirs =
+        std::fs::read_dir(&events).with_context(|| format!("cannot list {}", events.display()))?;
+    for cat in dirs.flatten() {
+        let cat_name = cat.file_name().to_string_lossy().into_owned();
+        if !cat.path().is_dir() || !glob_match(category, &cat_name) {
+            continue;
+        }
+        let Ok(evs) = std::fs::read_dir(cat.path()) else {
+            continue;
+        };
+        for ev in evs.flatten() {
+            let ev_name = ev.file_name().to_string_lossy().into_owned();
+            if ev.path().join("format").exists() && glob_match(event, &ev_name) {
+                found.push((cat_name.clone(), ev_name));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        assert_eq!(
+            parse("u:/usr/sbin/nginx:ngx_http_process_request").unwrap(),
+            ProbeSpec::User {
+                ret: false,
+                target: "/usr/sbin/nginx".into(),
+                location: UserLocation::Symbol {
+                    pattern: "ngx_http_process_request".into(),
+                    offset: 0
+                }
+            }
+        );
+        assert_eq!(
+            parse("ur:libc:malloc+0x10").unwrap(),
+            ProbeSpec::User {
+                ret: true,
+                target: "libc".into(),
+                location: UserLocation::Symbol {
+                    pattern: "malloc".into(),
+                    offset: 16
+                }
+            }
+        );
+        assert_eq!(
+            parse("u:/bin/x:0x4a5b0").unwrap(),
+            ProbeSpec::User {
+                ret: false,
+                target: "/bin/x".into(),
+                location: UserLocation::Address(0x4a5b0)
+            }
+        );
+        assert_eq!(
+            parse("k:do_sys_openat2").unwrap(),
+            ProbeSpec::Kernel {
+                ret: false,
+                pattern: "do_sys_openat2".into()
+            }
+        );
+        assert_eq!(
+            parse("kretprobe:tcp_*").unwrap(),
+            ProbeSpec::Kernel {
+                ret: true,
+                pattern: "tcp_*".into()
+            }
+        );
+        assert_eq!(
+            parse("t:sched:sched_switch").unwrap(),
+            ProbeSpec::Tracepoint {
+                category: "sched".into(),
+                event: "sched_switch".into()
+            }
+        );
+        assert!(parse("u:/usr/sbin/nginx:ngx_http_*").unwrap().is_glob());
+        assert_eq!(
+            parse("u:/usr/sbin/nginx:ngx_http_*").unwrap().to_string(),
+            "u:/usr/sbin/nginx:ngx_http_*"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "nginx",
+            "x:foo",
+            "u:",
+            "u:nginx",
+            "u::sym",
+            "u:/bin/x:",
+            "u:/bin/x:sym+zz",
+            "u:/bin/x:0xzz",
+            "k:",
+            "k:a:b",
+            "k:foo bar",
+            "t:sched",
+            "t::x",
+            "t:a:b:c",
+            "kr:f(x)",
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("ngx_http_*_handler", "ngx_http_static_handler"));
+        assert!(!glob_match(
+            "ngx_http_*_handler",
+            "ngx_http_static_handler2"
+        ));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("sched_[sw]*", "sched_switch"));
+        assert!(glob_match("sched_[!w]*", "sched_switch"));
+        assert!(!glob_match("sched_[!s]*", "sched_switch"));
+        assert!(glob_match("a[", "a["));
+        assert!(glob_match("*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaab"));
+        assert!(!glob_match("*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn library_names() {
+        assert!(library_name_matches("libc", "libc.so.6"));
+        assert!(library_name_matches("c", "libc.so.6"));
+        assert!(library_name_matches("libc.so.6", "libc.so.6"));
+        assert!(library_name_matches("c", "libc-2.31.so"));
+        assert!(!library_name_matches("c", "libcrypt.so.1"));
+        assert!(!library_name_matches("libc", "libcap.so.2"));
+    }
+
+    /// No input may panic the parser or the glob matcher (a small deterministic fuzz).
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let alphabet: Vec<char> = "uktr:/+*?[]!-0x9aZ_. \0é".chars().collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let text: String = (0..len)
+                .map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            let _ = parse(&text);
+            let _ = glob_match(&text, "ngx_http_static_handler");
+            let _ = glob_match("ngx_*[a-z]?", &text);
+        }
+    }
+
+    #[test]
+    fn ld_cache_of_this_host() {
+        if let Ok(data) = std::fs::read("/etc/ld.so.cache") {
+            let entries = ld_cache_entries(&data);
+            assert!(
+                entries.iter().any(|(k, _, _)| k.starts_with("libc.so")),
+                "{entries:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! Stacks for every tool that collects them (profile, kstacks, offcputime, stackcount,
+//! softirq-top --stacks): reading the ids kernel programs stored with `bpf_get_stackid`,
+//! symbolizing in userspace only when printing (never per sample; cached per address), and
+//! printing them as top-N text, FlameGraph
+//! folded lines, an inferno SVG flame graph, or JSON.
+//!
+//! How a tool uses it:
+//! ```ignore
+//! let svg = opts.svg.as_deref().map(stacks::SvgFile::create).transpose()?; // before attaching
+//! let map = stacks::StackMap::take(&mut ebpf, "STACKS")?;
+//! let raw = RawStack { comm, pid, tid, value,
+//!                      kernel: map.frames(key.kstack), user: map.frames(key.ustack) };
+//! let mut symbols = Symbols::new();  // one per run (caches per address); .strip_tracing_frames()
+//!                                     // for stacks taken in tracepoint programs
+//! let stacks = stacks::merge(symbols.resolve_all(&raws)); // names leaf first, same paths merged
+//! stacks::print_top(&mut out, &stacks, total, Unit::Samples);
+//! let lines = stacks::folded(&stacks, Unit::Samples); // "comm;user...;kernel... count", merged
+//! svg.write(&lines, "title: what was sampled", "samples")?;
+//! stacks::StackLoss::read(&stats).report(TOOL);  // STAT_STACK_LOST / _COLLISIONS
+//! ```
+//! The kernel side stores ids with `tracer_ebpf::stacks::stack_id`; key fields use the
+//! conventions of `tracer_common::stacks` (`STACK_NONE`, negative errno = lost but counted).
+//!
+//! Kernel addresses are symbolized from /proc/kallsyms, user addresses through the process
+//! (blazesym `Source::Process`: /proc/PID/maps and map_files, so binaries in containers and
+//! deleted files resolve while the process lives; ELF symbol tables, perf maps for JITs,
+//! demangled Rust and C++ names). Frames that do not resolve print as `[unknown]` and are
+//! counted, never dropped.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, StackTraceMap},
+};
+use blazesym::{
+    MaybeDefault,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Kernel, Process, Source},
+    },
+};
+use serde_json::{Value, json};
+use tracer_common::{
+    stacks::STACK_NONE,
+    stats::{STAT_STACK_COLLISIONS, STAT_STACK_LOST},
+};
+
+use crate::{loader::StatsReader, output::Out};
+
+/// The frames behind one stack id of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frames {
+    /// Not collected (the tool did not ask, or the task has no such stack).
+    None,
+    /// `bpf_get_stackid` failed with this errno, or the id is no longer in the map.
+    Lost(i32),
+    /// Instruction pointers, leaf first.
+    Ips(Vec<u64>),
+}
+
+/// A BPF stack-trace map (`BPF_MAP_TYPE_STACK_TRACE`).
+pub struct StackMap {
+    map: StackTraceMap<MapData>,
+}
+
+impl StackMap {
+    /// Takes the map called `name` out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
+        Ok(Self {
+            map: StackTraceMap::try_from(map)?,
+        })
+    }
+
+    /// The frames for a key's stack field (an id, `STACK_NONE`, or a negative errno).
+    pub fn frames(&self, id: i32) -> Frames {
+        match id {
+            STACK_NONE => Frames::None,
+            id if id < 0 => Frames::Lost(-id),
+            id => match self.map.get(&(id as u32), 0) {
+                Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
+                Err(_) => Frames::Lost(libc::ENOENT),
+            },
+        }
+    }
+}
+
+/// One aggregated stack as read from the kernel, before symbolization.
+#[derive(Clone, Debug)]
+pub struct RawStack {
+    pub comm: String,
+    /// Thread group id (0 for the idle tasks).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub kernel: Frames,
+    pub user: Frames,
+    /// Samples, nanoseconds, ... (see `Unit`).
+    pub value: u64,
+}
+
+/// A symbolized stack: frame names, leaf first.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub comm: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub kernel: Vec<Rc<str>>,
+    pub user: Vec<Rc<str>>,
+    pub value: u64,
+}
+
+/// What a stack's value counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Samples,
+    Nanoseconds,
+}
+
+/// The pseudo-frame shown for a stack that could not be stored.
+pub fn lost_frame(errno: i32) -> &'static str {
+    match errno {
+        libc::EEXIST => "[lost: stack map hash collision]",
+        libc::ENOMEM => "[lost: stack map full]",
+        libc::EFAULT => "[lost: stack not readable]",
+        libc::ENOENT => "[lost: stack no longer in map]",
+        _ => "[lost: stack]",
+    }
+}
+
+pub const UNKNOWN: &str = "[unknown]";
+
+/// Symbolizer with per-address caches; create one per run and reuse it.
+pub struct Symbols {
+    symbolizer: Symbolizer,
+    kernel: HashMap<u64, Rc<str>>,
+    user: HashMap<(u32, u64), Rc<str>>,
+    unknown: Rc<str>,
+    strip_tracing: bool,
+    /// Frames printed as `[unknown]` so far (kernel, user).
+    pub unknown_kernel: u64,
+    pub unknown_user: u64,
+    /// Frames symbolized so far (kernel, user).
+    pub frames_kernel: u64,
+    pub frames_user: u64,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbols {
+    pub fn new() -> Self {
+        Self {
+            // Names only: source lines and inlined frames would cost DWARF parsing per binary.
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .enable_demangling(true)
+                .build(),
+            kernel: HashMap::new(),
+            user: HashMap::new(),
+            unknown: Rc::from(UNKNOWN),
+            strip_tracing: false,
+            unknown_kernel: 0,
+            unknown_user: 0,
+            frames_kernel: 0,
+            frames_user: 0,
+        }
+    }
+
+    /// Drops the frames of the tracing machinery itself (our BPF program, bpf_trace_run*,
+    /// __traceiter_*) from the top of kernel stacks. For stacks taken in tracepoint programs;
+    /// not for perf-event samples, where a BPF program on top is real work.
+    pub fn strip_tracing_frames(mut self) -> Self {
+        self.strip_tracing = true;
+        self
+    }
+
+    /// Symbolizes one stack.
+    pub fn resolve(&mut self, raw: &RawStack) -> Stack {
+        let kernel = self.frames(&raw.kernel, None);
+        let user = self.frames(&raw.user, Some(raw.pid));
+        Stack {
+            comm: raw.comm.clone(),
+            pid: raw.pid,
+            tid: raw.tid,
+            kernel,
+            user,
+            value: raw.value,
+        }
+    }
+
+    /// Symbolizes many stacks, batching the lookups per process.
+    pub fn resolve_all(&mut self, raws: &[RawStack]) -> Vec<Stack> {
+        let mut kernel = Vec::new();
+        let mut user: HashMap<u32, Vec<u64>> = HashMap::new();
+        for raw in raws {
+            if let Frames::Ips(ips) = &raw.kernel {
+                kernel.extend(lookup_addrs(ips));
+            }
+            if let Frames::Ips(ips) = &raw.user {
+                user.entry(raw.pid).or_default().extend(lookup_addrs(ips));
+            }
+        }
+        self.fill(None, kernel);
+        for (pid, addrs) in user {
+            self.fill(Some(pid), addrs);
+        }
+        raws.iter().map(|raw| self.resolve(raw)).collect()
+    }
+
+    /// Symbolizes a user stack now, while its process exists, so that printing it later works
+    /// even after the process exited (the cache is per pid and address).
+    pub fn prefetch_user(&mut self, pid: u32, frames: &Frames) {
+        if let Frames::Ips(ips) = frames {
+            self.fill(Some(pid), lookup_addrs(ips).collect());
+        }
+    }
+
+    fn frames(&mut self, frames: &Frames, pid: Option<u32>) -> Vec<Rc<str>> {
+        let ips = match frames {
+            Frames::None => return Vec::new(),
+            Frames::Lost(errno) => return vec![Rc::from(lost_frame(*errno))],
+            Frames::Ips(ips) => ips,
+        };
+        let addrs: Vec<u64> = lookup_addrs(ips).collect();
+        self.fill(pid, addrs.clone());
+        let mut names: Vec<Rc<str>> = addrs
+            .iter()
+            .map(|a| {
+                let cached = match pid {
+                    None => self.kernel.get(a),
+                    Some(pid) => self.user.get(&(pid, *a)),
+                };
+                cached.cloned().unwrap_or_else(|| self.unknown.clone())
+            })
+            .collect();
+        if pid.is_none() && self.strip_tracing {
+            let tracing = names.iter().take_while(|n| is_tracing_frame(n)).count();
+            names.drain(..tracing);
+        }
+        let unknown = names.iter().filter(|n| n.as_ref() == UNKNOWN).count() as u64;
+        match pid {
+            None => {
+                self.frames_kernel += names.len() as u64;
+                self.unknown_kernel += unknown;
+            }
+            Some(_) => {
+                self.frames_user += names.len() as u64;
+                self.unknown_user += unknown;
+            }
+        }
+        names
+    }
+
+    /// Symbolizes the addresses not cached yet, in one batch.
+    fn fill(&mut self, pid: Option<u32>, mut addrs: Vec<u64>) {
+        addrs.retain(|a| match pid {
+            None => !self.kernel.contains_key(a),
+            Some(pid) => !self.user.contains_key(&(pid, *a)),
+        });
+        addrs.sort_unstable();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return;
+        }
+        let source = match pid {
+            None => Source::Kernel(Kernel {
+                // kallsyms is always there and fast; a vmlinux with DWARF would be slow to parse.
+                vmlinux: MaybeDefault::None,
+                ..Kernel::default()
+            }),
+            // pid 0 would mean "this process" to blazesym: the idle tasks have no user stack.
+            Some(0) => return,
+            Some(pid) => Source::Process(Process {
+                // ELF symbols (still demangled): DWARF of big binaries (compilers, browsers)
+                // costs hundreds of MB and seconds, for names the symbol table already has.
+                debug_syms: false,
+                ..Process::new(pid.into())
+            }),
+        };
+        // A process that exited can no longer be symbolized: its frames stay `[unknown]`.
+        let names: Vec<Option<Rc<str>>> =
+            match self.symbolizer.symbolize(&source, Input::AbsAddr(&addrs)) {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|r| match r {
+                        Symbolized::Sym(sym) => Some(Rc::from(sanitize(&sym.name))),
+                        Symbolized::Unknown(_) => None,
+                    })
+                    .collect(),
+                Err(_) => vec![None; addrs.len()],
+            };
+        for (addr, name) in addrs.into_iter().zip(names) {
+            let name = name.unwrap_or_else(|| self.unknown.clone());
+            match pid {
+                None => self.kernel.insert(addr, name),
+                Some(pid) => self.user.insert((pid, addr), name),
+            };
+        }
+    }
+
+    /// One stderr line when many printed frames did not resolve, with the likely reason.
+    pub fn report_unknown(&self, tool: &str) {
+        if self.frames_user > 0 && self.unknown_user * 5 > self.frames_user {
+            eprintln!(
+                "{tool}: {} of {} user frames are [unknown] (process exited before symbolization, \
+                 stripped binary, or code built without frame pointers)",
+                self.unknown_user, self.frames_user
+            );
+        }
+        if self.frames_kernel > 0 && self.unknown_kernel * 5 > self.frames_kernel {
+            eprintln!(
+                "{tool}: {} of {} kernel frames are [unknown] (is /proc/kallsyms readable? \
+                 kernel.kptr_restrict)",
+                self.unknown_kernel, self.frames_kernel
+            );
+        }
+    }
+}
+
+fn is_tracing_frame(name: &str) -> bool {
+    [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__traceiter_",
+        "__bpf_trace_",
+        "trace_call_bpf",
+        "perf_trace_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// The address to look up for each frame: every frame but the leaf is a return address, which
+/// points after the call; one byte back lands inside the calling function (as perf does).
+fn lookup_addrs(ips: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    ips.iter()
+        .enumerate()
+        .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
+}
+
+/// Frame names must not break the folded format (';' separates frames, '\n' lines).
+fn sanitize(name: &str) -> String {
+    name.replace(';', ":").replace(['\n', '\r'], " ")
+}
+
+/// Sorts raw stacks by value (largest first), ties by comm then tid, so output is stable; for
+/// picking the top N before symbolizing (`merge` sorts symbolized stacks itself).
+pub fn sort(stacks: &mut [RawStack]) {
+    stacks.sort_by(|a, b| {
+        b.value
+            .cmp(&a.value)
+            .then(a.comm.cmp(&b.comm))
+            .then(a.tid.cmp(&b.tid))
+    });
+}
+
+/// Merges stacks that symbolize to the same task and frame names (different return addresses
+/// inside the same functions), largest first. Printing after this shows one entry per code path.
+pub fn merge(stacks: Vec<Stack>) -> Vec<Stack> {
+    /// comm, pid, tid, kernel frames, user frames.
+    type Same = (String, u32, u32, Vec<Rc<str>>, Vec<Rc<str>>);
+    let mut index: HashMap<Same, usize> = HashMap::new();
+    let mut merged: Vec<Stack> = Vec::new();
+    for stack in stacks {
+        let key = (
+            stack.comm.clone(),
+            stack.pid,
+            stack.tid,
+            stack.kernel.clone(),
+            stack.user.clone(),
+        );
+        match index.get(&key) {
+            Some(&i) => merged[i].value += stack.value,
+            None => {
+                index.insert(key, merged.len());
+                merged.push(stack);
+            }
+        }
+    }
+    merged.sort_by(|a, b| {
+        b.value
+            .cmp(&a.value)
+            .then(a.comm.cmp(&b.comm))
+            .then(a.tid.cmp(&b.tid))
+            .then(a.kernel.cmp(&b.kernel))
+    });
+    merged
+}
+
+/// A value with its unit, for text output.
+pub fn format_value(value: u64, unit: Unit) -> String {
+    match unit {
+        Unit::Samples if value == 1 => "1 sample".into(),
+        Unit::Samples => format!("{value} samples"),
+        Unit::Nanoseconds => format_ns(value),
+    }
+}
+
+/// Nanoseconds in the largest unit that keeps a number >= 1 (e.g. "1.002s", "35.1ms").
+pub fn format_ns(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns >= 1e9 {
+        format!("{:.3}s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.1}ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1}us", ns / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+fn percent(value: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        value as f64 * 100.0 / total as f64
+    }
+}
+
+/// Prints stacks BCC-style but header first: value, share of `total`, task; then kernel frames
+/// (leaf first), `--`, user frames (leaf first).
+pub fn print_top(out: &mut Out, stacks: &[Stack], total: u64, unit: Unit) {
+    for stack in stacks {
+        out.line(&format!(
+            "{}  {:.2}%  {} [pid {} tid {}]",
+            format_value(stack.value, unit),
+            percent(stack.value, total),
+            stack.comm,
+            stack.pid,
+            stack.tid
+        ));
+        for frame in &stack.kernel {
+            out.line(&format!("    {frame}"));
+        }
+        if !stack.kernel.is_empty() && !stack.user.is_empty() {
+            out.line("    --");
+        }
+        for frame in &stack.user {
+            out.line(&format!("    {frame}"));
+        }
+        out.line("");
+    }
+}
+
+/// The stack's folded frames: comm, user frames root first, then kernel frames root first.
+pub fn folded_frames(stack: &Stack) -> String {
+    let mut line = sanitize(&stack.comm);
+    if line.is_empty() {
+        line.push_str("[unknown comm]");
+    }
+    for frame in stack.user.iter().rev().chain(stack.kernel.iter().rev()) {
+        line.push(';');
+        line.push_str(frame);
+    }
+    line
+}
+
+/// FlameGraph's collapsed format (`comm;frame;...;leaf count`), identical stacks of several
+/// threads merged, sorted by stack. Nanoseconds are written as microseconds (as BCC does).
+pub fn folded(stacks: &[Stack], unit: Unit) -> Vec<String> {
+    let mut merged: HashMap<String, u64> = HashMap::new();
+    for stack in stacks {
+        *merged.entry(folded_frames(stack)).or_default() += stack.value;
+    }
+    let mut lines: Vec<(String, u64)> = merged
+        .into_iter()
+        .map(|(frames, value)| {
+            (
+                frames,
+                if unit == Unit::Nanoseconds {
+                    value / 1000
+                } else {
+                    value
+                },
+            )
+        })
+        .filter(|(_, value)| *value > 0)
+        .collect();
+    lines.sort();
+    lines
+        .into_iter()
+        .map(|(frames, value)| format!("{frames} {value}"))
+        .collect()
+}
+
+/// One stack as JSON: frames leaf first, `value` in the tool's unit, `pct` of the total.
+pub fn stack_json(stack: &Stack, total: u64) -> Value {
+    json!({
+        "comm": stack.comm,
+        "pid": stack.pid,
+        "tid": stack.tid,
+        "value": stack.value,
+        "pct": (percent(stack.value, total) * 100.0).round() / 100.0,
+        "kernel": stack.kernel.iter().map(|f| f.as_ref()).collect::<Vec<_>>(),
+        "user": stack.user.iter().map(|f| f.as_ref()).collect::<Vec<_>>(),
+    })
+}
+
+/// The `--svg FILE` target, opened before any tracing so a bad path fails at once.
+pub struct SvgFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl SvgFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path)
+            .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Renders folded lines with inferno. `title` should say what was sampled; `count_name`
+    /// is the unit shown on hover ("samples", "us").
+    pub fn write(self, lines: &[String], title: &str, count_name: &str) -> Result<()> {
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = title.to_string();
+        options.count_name = count_name.to_string();
+        let mut writer = BufWriter::new(self.file);
+        let result = inferno::flamegraph::from_lines(
+            &mut options,
+            lines.iter().map(String::as_str),
+            &mut writer,
+        );
+        writer
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        match result {
+            Ok(()) => Ok(()),
+            // inferno still wrote a valid SVG saying so.
+            Err(_) if lines.is_empty() => {
+                eprintln!(
+                    "{}: no stacks were collected; the flame graph is empty",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            Err(e) => Err(anyhow!(
+                "cannot write the flame graph to {}: {e}",
+                self.path.display()
+            )),
+        }
+    }
+}
+
+/// Stacks `bpf_get_stackid` could not store (their samples are counted under `[lost: ...]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StackLoss {
+    /// Stack map full, or the stack walk failed.
+    pub lost: u64,
+    /// Hash collisions in the stack map.
+    pub collisions: u64,
+}
+
+impl StackLoss {
+    pub fn read(stats: &StatsReader) -> Self {
+        Self {
+            lost: stats.slot(STAT_STACK_LOST),
+            collisions: stats.slot(STAT_STACK_COLLISIONS),
+        }
+    }
+
+    /// One stderr line when any stack was lost.
+    pub fn report(&self, tool: &str) {
+        if self.lost + self.collisions > 0 {
+            eprintln!(
+                "{tool}: {} stacks lost ({} stack-map hash collisions, {} map full or unreadable); \
+                 their samples are counted under [lost: ...] (a bigger --stack-storage-size helps)",
+                self.lost + self.collisions,
+                self.collisions,
+                self.lost
+            );
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"lost": self.lost, "collisions": self.collisions})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(comm: &str, user: &[&str], kernel: &[&str], value: u64) -> Stack {
+        Stack {
+            comm: comm.into(),
+            pid: 1,
+            tid: 1,
+            kernel: kernel.iter().map(|s| Rc::from(*s)).collect(),
+            user: user.iter().map(|s| Rc::from(*s)).collect(),
+            value,
+        }
+    }
+
+    #[test]
+    fn folded_is_root_first_and_merged() {
+        let stacks = [
+            stack("app", &["leaf", "main"], &["do_sys", "entry"], 3),
+            stack("app", &["leaf", "main"], &["do_sys", "entry"], 2),
+            stack("a;b", &[], &["k"], 1),
+        ];
+        let lines = folded(&stacks, Unit::Samples);
+        assert_eq!(
+            lines,
+            vec![
+                "a:b;k 1".to_string(),
+                "app;main;leaf;entry;do_sys 5".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn merge_sums_equal_names() {
+        let merged = merge(vec![
+            stack("a", &["f"], &[], 1),
+            stack("b", &["g"], &[], 3),
+            stack("a", &["f"], &[], 4),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].comm.as_str(), merged[0].value), ("a", 5));
+    }
+
+    #[test]
+    fn nanoseconds_fold_to_microseconds() {
+        let lines = folded(&[stack("s", &["f"], &[], 1_500_000)], Unit::Nanoseconds);
+        assert_eq!(lines, vec!["s;f 1500".to_string()]);
+        assert_eq!(format_ns(1_002_000_000), "1.002s");
+    }
+
+    #[test]
+    fn lost_stacks_are_frames() {
+        let mut symbols = Symbols::new();
+        let raw = RawStack {
+            comm: "x".into(),
+            pid: 1,
+            tid: 1,
+            kernel: Frames::Lost(libc::EEXIST),
+            user: Frames::None,
+            value: 1,
+        };
+        let s = symbols.resolve(&raw);
+        assert_eq!(s.kernel[0].as_ref(), "[lost: stack map hash collision]");
+        assert!(s.user.is_empty());
+    }
+}

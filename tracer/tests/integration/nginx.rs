@@ -1,0 +1,173 @@
+//! Debian's nginx (/usr/sbin/nginx) as a test server, on 127.0.0.1 or inside a network namespace
+//! (see netns.rs), with a throw-away configuration: pid file, logs and temp paths live in a
+//! temporary directory, so nothing of the system's nginx setup is read or written. It answers
+//! every request with "ok". Dropping it stops nginx and removes the directory.
+//!
+//! ```ignore
+//! let nginx = Nginx::start_local()?;                 // 127.0.0.1, a free port
+//! let url = format!("http://127.0.0.1:{}/", nginx.port);
+//! let nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;  // in a namespace
+//! ```
+
+#![allow(dead_code, reason = "each test module uses a different subset")]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::Failed;
+
+use crate::{common::fail, netns::NetnsPair};
+
+pub const NGINX: &str = "/usr/sbin/nginx";
+
+pub struct Nginx {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub port: u16,
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago.
+pub fn free_local_port() -> Result<u16, Failed> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| fail(format!("no free port: {e}")))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .port())
+}
+
+impl Nginx {
+    /// nginx on 127.0.0.1 at a free port.
+    pub fn start_local() -> Result<Self, Failed> {
+        Self::start(None, "127.0.0.1", free_local_port()?)
+    }
+
+    /// nginx listening on `addr:port`, inside namespace `netns` when given. Returns once it
+    /// listens (nginx writes its pid file after binding).
+    pub fn start(netns: Option<&str>, addr: &str, port: u16) -> Result<Self, Failed> {
+        Self::start_with(netns, addr, port, false)
+    }
+
+    /// nginx on 127.0.0.1 at a free port, logging every request to `access.log` in its
+    /// directory (ground truth for request counts; see `access_log_lines`).
+    pub fn start_local_logged() -> Result<Self, Failed> {
+        Self::start_with(None, "127.0.0.1", free_local_port()?, true)
+    }
+
+    /// Lines in the access log (written when each request completes).
+    pub fn access_log_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        addr: &str,
+        port: u16,
+        access_log: bool,
+    ) -> Result<Self, Failed> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-nginx-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let d = dir.display();
+        let access_log = if access_log {
+            format!("{d}/access.log")
+        } else {
+            "off".to_string()
+        };
+        let config = format!(
+            "worker_processes 1;\n\
+             daemon off;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log {access_log};\n\
+               default_type text/plain;\n\
+               client_body_temp_path {d}/body;\n\
+               proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n\
+               scgi_temp_path {d}/scgi;\n\
+               server {{\n\
+                 listen {addr}:{port} backlog=4096;\n\
+                 location / {{ return 200 \"ok\\n\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config)
+            .map_err(|e| fail(format!("cannot write {}: {e}", conf.display())))?;
+        let conf = conf.display().to_string();
+        let log = format!("{d}/error.log");
+        let prefix = format!("{d}/");
+        let nginx_args = ["-p", &prefix, "-c", &conf, "-e", &log];
+        let mut cmd = match netns {
+            Some(ns) => NetnsPair::cmd_in(ns, NGINX),
+            None => Command::new(NGINX),
+        };
+        let child = cmd
+            .args(nginx_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start nginx: {e}")))?;
+        let mut nginx = Self {
+            child,
+            dir,
+            addr: addr.to_string(),
+            port,
+        };
+        let pid_file = nginx.dir.join("nginx.pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if pid_file.exists() {
+                return Ok(nginx);
+            }
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                return Err(fail(format!("nginx exited ({status}): {}", log.trim())));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail("nginx did not start listening within 10 s"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: fast shutdown of master and workers; SIGKILL if it hangs.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
