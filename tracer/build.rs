@@ -11,12 +11,17 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../tracer-ebpf").canonicalize()?;
     let tools_bin = manifest_dir.join("../target/tools/bin");
-    println!("cargo:rerun-if-changed={}", tools_bin.join("bpf-linker").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tools_bin.join("bpf-linker").display()
+    );
     println!("cargo:rerun-if-changed=../tracer-common/src");
 
     // SAFETY: build scripts are single-threaded at this point.
     unsafe {
         env::set_var("RUSTC_BOOTSTRAP", "1");
+        // aya-build relays the nested cargo's stderr as cargo warnings; keep only real messages.
+        env::set_var("CARGO_TERM_QUIET", "true");
         if tools_bin.exists() {
             let path = env::var_os("PATH").unwrap_or_default();
             let mut paths = vec![tools_bin.canonicalize()?];
@@ -26,7 +31,11 @@ fn main() -> anyhow::Result<()> {
     }
     let ebpf_dir = ebpf_dir.to_str().expect("UTF-8 path");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "tracer-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "tracer-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom("stable"),
     )
 }

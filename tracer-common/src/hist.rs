@@ -14,7 +14,9 @@ pub struct Log2Hist {
 crate::user_pod!(Log2Hist);
 
 impl Log2Hist {
-    pub const ZERO: Self = Self { slots: [0; LOG2_SLOTS] };
+    pub const ZERO: Self = Self {
+        slots: [0; LOG2_SLOTS],
+    };
 }
 
 /// floor(log2(v)) with 0 and 1 in slot 0: a branch ladder the verifier accepts (no loops).
@@ -67,7 +69,11 @@ pub fn linear_slot(value: u64, min: u64, step: u64) -> u32 {
         return 0;
     }
     let slot = (value - min) / step;
-    if slot >= LINEAR_SLOTS as u64 { LINEAR_SLOTS as u32 - 1 } else { slot as u32 }
+    if slot >= LINEAR_SLOTS as u64 {
+        LINEAR_SLOTS as u32 - 1
+    } else {
+        slot as u32
+    }
 }
 
 #[cfg(test)]

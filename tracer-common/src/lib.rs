@@ -8,9 +8,9 @@
 pub mod comm;
 pub mod forksnoop;
 pub mod hist;
+pub mod offcputime;
 pub mod probe;
 pub mod probes;
-pub mod offcputime;
 pub mod profile;
 pub mod sched;
 pub mod softirq_top;

@@ -6,7 +6,9 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
@@ -64,7 +66,11 @@ pub fn forksnoop_tp(ctx: TracePointContext) -> i32 {
         bump(&STATS, STAT_READ_ERRORS);
         return 0;
     };
-    on_fork(Child { pid, tgid: 0, flags: FORK_TGID_UNKNOWN })
+    on_fork(Child {
+        pid,
+        tgid: 0,
+        flags: FORK_TGID_UNKNOWN,
+    })
 }
 
 #[inline(always)]
@@ -143,7 +149,11 @@ fn on_fork(child: Child) -> i32 {
 
 #[inline(always)]
 fn count_parent(tgid: u32, comm: [u8; 16], is_thread: bool) {
-    let key = ParentKey { tgid, _reserved: 0, comm };
+    let key = ParentKey {
+        tgid,
+        _reserved: 0,
+        comm,
+    };
     if let Some(counts) = PARENT_COUNTS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value from a successful lookup, touched only on this CPU.
         unsafe {
@@ -156,9 +166,15 @@ fn count_parent(tgid: u32, comm: [u8; 16], is_thread: bool) {
         return;
     }
     let first = if is_thread {
-        ParentCounts { processes: 0, threads: 1 }
+        ParentCounts {
+            processes: 0,
+            threads: 1,
+        }
     } else {
-        ParentCounts { processes: 1, threads: 0 }
+        ParentCounts {
+            processes: 1,
+            threads: 0,
+        }
     };
     if PARENT_COUNTS.insert(&key, &first, 0).is_err() {
         bump(&STATS, STAT_MAP_FULL);

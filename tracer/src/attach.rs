@@ -61,8 +61,14 @@ impl fmt::Display for Target<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tracepoint { category, event } => write!(f, "{category}:{event}"),
-            Self::Function { name, on_return: false } => write!(f, "{name}()"),
-            Self::Function { name, on_return: true } => write!(f, "return of {name}()"),
+            Self::Function {
+                name,
+                on_return: false,
+            } => write!(f, "{name}()"),
+            Self::Function {
+                name,
+                on_return: true,
+            } => write!(f, "return of {name}()"),
         }
     }
 }
@@ -95,8 +101,11 @@ impl Attachment {
     pub fn summary(&self) -> String {
         let mut line = format!("{} via {}", self.target, self.mechanism);
         if !self.declined.is_empty() {
-            let why: Vec<String> =
-                self.declined.iter().map(|d| format!("{}: {}", d.mechanism, d.reason)).collect();
+            let why: Vec<String> = self
+                .declined
+                .iter()
+                .map(|d| format!("{}: {}", d.mechanism, d.reason))
+                .collect();
             line.push_str(&format!(" (not {})", why.join("; ")));
         }
         line
@@ -126,9 +135,15 @@ pub fn attach(
         let offered: Vec<&str> = rungs.iter().map(|r| r.mechanism.name()).collect();
         declined.push(Declined {
             mechanism: forced,
-            reason: format!("not offered for this probe (choose one of {})", offered.join(", ")),
+            reason: format!(
+                "not offered for this probe (choose one of {})",
+                offered.join(", ")
+            ),
         });
-        return Err(LadderError { target: target.to_string(), declined });
+        return Err(LadderError {
+            target: target.to_string(),
+            declined,
+        });
     }
     for rung in rungs {
         if force.is_some_and(|f| f != rung.mechanism) {
@@ -143,19 +158,33 @@ pub fn attach(
                     declined,
                 });
             }
-            Err(reason) => declined.push(Declined { mechanism: rung.mechanism, reason }),
+            Err(reason) => declined.push(Declined {
+                mechanism: rung.mechanism,
+                reason,
+            }),
         }
     }
-    Err(LadderError { target: target.to_string(), declined })
+    Err(LadderError {
+        target: target.to_string(),
+        declined,
+    })
 }
 
-fn try_rung(ebpf: &mut Ebpf, btf: &KernelBtf, target: Target<'_>, rung: &Rung<'_>) -> Result<(), String> {
+fn try_rung(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    target: Target<'_>,
+    rung: &Rung<'_>,
+) -> Result<(), String> {
     if let Some(reason) = precheck(rung.mechanism) {
         return Err(reason);
     }
-    let program = ebpf
-        .program_mut(rung.program)
-        .ok_or_else(|| format!("program {} missing from the object (build bug)", rung.program))?;
+    let program = ebpf.program_mut(rung.program).ok_or_else(|| {
+        format!(
+            "program {} missing from the object (build bug)",
+            rung.program
+        )
+    })?;
     let result = load_and_attach(program, btf, target, rung.mechanism);
     if result.is_err() {
         // Free a program that loaded but could not attach before the next rung loads its own.
@@ -175,7 +204,10 @@ pub fn precheck(mechanism: Mechanism) -> Option<String> {
         Mechanism::TpBtf | Mechanism::Fentry | Mechanism::Fexit
             if !Path::new(crate::btf::VMLINUX_BTF).exists() =>
         {
-            Some("no kernel BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF)".into())
+            Some(
+                "no kernel BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF)"
+                    .into(),
+            )
         }
         _ => None,
     }
@@ -206,18 +238,42 @@ fn load_and_attach(
             p.load().map_err(err)?;
             p.attach(category, event).map_err(err)?;
         }
-        (Mechanism::Fentry, Target::Function { name, on_return: false }) => {
+        (
+            Mechanism::Fentry,
+            Target::Function {
+                name,
+                on_return: false,
+            },
+        ) => {
             let p: &mut FEntry = program.try_into().map_err(err)?;
             p.load(name, kernel_btf()?).map_err(err)?;
             p.attach().map_err(err)?;
         }
-        (Mechanism::Fexit, Target::Function { name, on_return: true }) => {
+        (
+            Mechanism::Fexit,
+            Target::Function {
+                name,
+                on_return: true,
+            },
+        ) => {
             let p: &mut FExit = program.try_into().map_err(err)?;
             p.load(name, kernel_btf()?).map_err(err)?;
             p.attach().map_err(err)?;
         }
-        (Mechanism::Kprobe, Target::Function { name, on_return: false })
-        | (Mechanism::Kretprobe, Target::Function { name, on_return: true }) => {
+        (
+            Mechanism::Kprobe,
+            Target::Function {
+                name,
+                on_return: false,
+            },
+        )
+        | (
+            Mechanism::Kretprobe,
+            Target::Function {
+                name,
+                on_return: true,
+            },
+        ) => {
             let p: &mut KProbe = program.try_into().map_err(err)?;
             p.load().map_err(err)?;
             p.attach(name, 0).map_err(err)?;
@@ -258,7 +314,11 @@ pub fn errno(err: &(dyn StdError + 'static)) -> Option<i32> {
 /// A one-line reason for a failed load or attach (never a verifier dump).
 pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
     const ENOTSUPP: i32 = 524;
-    if let ProgramError::LoadError { io_error, verifier_log } = err {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = err
+    {
         let log = verifier_log.to_string();
         if std::env::var_os("TRACER_VERIFIER_LOG").is_some() {
             eprintln!("--- verifier log ({mechanism}) ---\n{log}");
@@ -268,7 +328,9 @@ pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
             .lines()
             .rev()
             .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+            .find(|l| {
+                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            })
             .unwrap_or("");
         return match (io_error.raw_os_error(), last.is_empty()) {
             (Some(libc::EPERM), true) if matches!(mechanism, Mechanism::Fentry | Mechanism::Fexit) => {
@@ -286,7 +348,9 @@ pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
         }
         Some(libc::ENOENT) => "no such probe point on this kernel (ENOENT)".into(),
         Some(ENOTSUPP) | Some(libc::EOPNOTSUPP) => "not supported by this kernel".into(),
-        Some(libc::EPERM) | Some(libc::EACCES) => "permission denied by the kernel: run as root".into(),
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "permission denied by the kernel: run as root".into()
+        }
         _ => {
             let mut text = err.to_string();
             let mut source = err.source();

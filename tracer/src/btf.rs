@@ -18,7 +18,11 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn new() -> Self {
-        Self { path: PathBuf::from(VMLINUX_BTF), parsed: OnceCell::new(), aya: OnceCell::new() }
+        Self {
+            path: PathBuf::from(VMLINUX_BTF),
+            parsed: OnceCell::new(),
+            aya: OnceCell::new(),
+        }
     }
 
     pub fn available(&self) -> bool {
@@ -48,8 +52,9 @@ impl KernelBtf {
         if let Some(btf) = self.aya.get() {
             return Ok(btf);
         }
-        let btf = aya::Btf::from_sys_fs()
-            .map_err(|e| anyhow!("cannot read kernel BTF ({e}); the kernel needs CONFIG_DEBUG_INFO_BTF=y"))?;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| {
+            anyhow!("cannot read kernel BTF ({e}); the kernel needs CONFIG_DEBUG_INFO_BTF=y")
+        })?;
         Ok(self.aya.get_or_init(|| btf))
     }
 

@@ -9,7 +9,9 @@ use tracer_common::{
 /// `nginx` matches exactly; `kworker/*` matches by prefix. Other wildcards are refused
 /// because the kernel-side matcher only does these two (and cheaply).
 pub fn comm_filter(pattern: Option<&str>) -> Result<CommFilter> {
-    let Some(pattern) = pattern else { return Ok(CommFilter::ANY) };
+    let Some(pattern) = pattern else {
+        return Ok(CommFilter::ANY);
+    };
     let (text, mode) = match pattern.strip_suffix('*') {
         Some(prefix) => (prefix, COMM_MATCH_PREFIX),
         None => (pattern, COMM_MATCH_EXACT),
@@ -40,7 +42,10 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert_eq!(comm_filter(Some("kworker/*")).unwrap().mode, COMM_MATCH_PREFIX);
+        assert_eq!(
+            comm_filter(Some("kworker/*")).unwrap().mode,
+            COMM_MATCH_PREFIX
+        );
         assert_eq!(comm_filter(Some("nginx")).unwrap().mode, COMM_MATCH_EXACT);
         assert!(comm_filter(Some("a*b")).is_err());
         assert!(comm_filter(Some("")).is_err());

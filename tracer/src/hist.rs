@@ -2,7 +2,7 @@
 //! text, JSON, and percentiles. Every tool that shows a distribution uses this.
 
 use serde_json::{Value, json};
-use tracer_common::hist::{LINEAR_SLOTS, LOG2_SLOTS, LinearHist, Log2Hist};
+use tracer_common::hist::{LOG2_SLOTS, Log2Hist};
 
 /// A log2 histogram in userspace: slot 0 = [0, 1], slot i = [2^i, 2^(i+1) - 1].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -12,7 +12,9 @@ pub struct Log2 {
 
 impl Log2 {
     pub fn new() -> Self {
-        Self { slots: vec![0; LOG2_SLOTS] }
+        Self {
+            slots: vec![0; LOG2_SLOTS],
+        }
     }
 
     /// Sums the per-CPU copies of one map value.
@@ -26,6 +28,7 @@ impl Log2 {
         h
     }
 
+    #[cfg(test)]
     pub fn record(&mut self, value: u64) {
         self.slots[tracer_common::hist::log2_slot(value) as usize] += 1;
     }
@@ -38,7 +41,14 @@ impl Log2 {
 
     /// `self - earlier`, for per-interval views of running totals.
     pub fn since(&self, earlier: &Self) -> Self {
-        Self { slots: self.slots.iter().zip(&earlier.slots).map(|(a, b)| a.saturating_sub(*b)).collect() }
+        Self {
+            slots: self
+                .slots
+                .iter()
+                .zip(&earlier.slots)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -50,7 +60,11 @@ impl Log2 {
     }
 
     pub fn high(slot: usize) -> u64 {
-        if slot >= 63 { u64::MAX } else { (1u64 << (slot + 1)) - 1 }
+        if slot >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (slot + 1)) - 1
+        }
     }
 
     /// Upper bound of the bucket holding the p-th percentile (0 < p <= 100).
@@ -74,7 +88,15 @@ impl Log2 {
     pub fn render(&self, unit: &str) -> String {
         let rows: Vec<(String, u64)> = self
             .used_range()
-            .map(|r| r.map(|i| (format!("{} -> {}", Self::low(i), Self::high(i)), self.slots[i])).collect())
+            .map(|r| {
+                r.map(|i| {
+                    (
+                        format!("{} -> {}", Self::low(i), Self::high(i)),
+                        self.slots[i],
+                    )
+                })
+                .collect()
+            })
             .unwrap_or_default();
         render_rows(unit, &rows)
     }
@@ -89,70 +111,34 @@ impl Log2 {
     pub fn to_json(&self, unit: &str) -> Value {
         let buckets: Vec<Value> = self
             .used_range()
-            .map(|r| r.map(|i| json!({"low": Self::low(i), "high": Self::high(i), "count": self.slots[i]})).collect())
+            .map(|r| {
+                r.map(
+                    |i| json!({"low": Self::low(i), "high": Self::high(i), "count": self.slots[i]}),
+                )
+                .collect()
+            })
             .unwrap_or_default();
         json!({"unit": unit, "count": self.count(), "buckets": buckets})
-    }
-}
-
-/// A linear histogram: slot i = [min + i*step, min + (i+1)*step), last slot open-ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Linear {
-    pub min: u64,
-    pub step: u64,
-    pub slots: Vec<u64>,
-}
-
-impl Linear {
-    pub fn from_per_cpu<'a>(min: u64, step: u64, values: impl IntoIterator<Item = &'a LinearHist>) -> Self {
-        let mut slots = vec![0; LINEAR_SLOTS];
-        for v in values {
-            for (acc, x) in slots.iter_mut().zip(v.slots.iter()) {
-                *acc += x;
-            }
-        }
-        Self { min, step, slots }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.slots.iter().sum()
-    }
-
-    pub fn render(&self, unit: &str) -> String {
-        let Some(last) = self.slots.iter().rposition(|&n| n > 0) else { return render_rows(unit, &[]) };
-        let rows: Vec<(String, u64)> = (0..=last)
-            .map(|i| {
-                let low = self.min + i as u64 * self.step;
-                let label = if i == LINEAR_SLOTS - 1 {
-                    format!(">= {low}")
-                } else {
-                    format!("{} -> {}", low, low + self.step - 1)
-                };
-                (label, self.slots[i])
-            })
-            .collect();
-        render_rows(unit, &rows)
-    }
-
-    pub fn to_json(&self, unit: &str) -> Value {
-        let buckets: Vec<Value> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| json!({"low": self.min + i as u64 * self.step, "count": n}))
-            .collect();
-        json!({"unit": unit, "min": self.min, "step": self.step, "count": self.count(), "buckets": buckets})
     }
 }
 
 fn render_rows(unit: &str, rows: &[(String, u64)]) -> String {
     const WIDTH: u64 = 40;
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0);
-    let label_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(unit.len()).max(19);
+    let label_width = rows
+        .iter()
+        .map(|r| r.0.len())
+        .max()
+        .unwrap_or(0)
+        .max(unit.len())
+        .max(19);
     let mut text = format!("{unit:>label_width$} : count     distribution\n");
     for (label, n) in rows {
-        let stars = if max == 0 { 0 } else { (n * WIDTH).div_ceil(max).min(WIDTH) } as usize;
+        let stars = if max == 0 {
+            0
+        } else {
+            (n * WIDTH).div_ceil(max).min(WIDTH)
+        } as usize;
         let stars = if *n == 0 { 0 } else { stars };
         text.push_str(&format!(
             "{label:>label_width$} : {n:<9} |{}{}|\n",

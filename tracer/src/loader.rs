@@ -10,11 +10,14 @@ use tracer_common::stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRO
 
 /// The eBPF objects built from `tracer-ebpf`, one per tool.
 pub mod objects {
-    pub static FORKSNOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forksnoop"));
+    pub static FORKSNOOP: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forksnoop"));
     pub static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
-    pub static SOFTIRQ_TOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/softirq_top"));
+    pub static SOFTIRQ_TOP: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/softirq_top"));
     pub static PROFILE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profile"));
-    pub static OFFCPUTIME: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcputime"));
+    pub static OFFCPUTIME: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcputime"));
     pub static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probes"));
     pub static SCHED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched"));
 }
@@ -53,18 +56,28 @@ pub struct StatsReader {
 
 impl StatsReader {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf.take_map("STATS").ok_or_else(|| anyhow!("STATS map missing (build bug)"))?;
-        Ok(Self { map: PerCpuArray::try_from(map)? })
+        let map = ebpf
+            .take_map("STATS")
+            .ok_or_else(|| anyhow!("STATS map missing (build bug)"))?;
+        Ok(Self {
+            map: PerCpuArray::try_from(map)?,
+        })
     }
 
     /// One `tracer_common::stats` slot summed over CPUs (for slots `Stats` does not name).
     pub fn slot(&self, slot: u32) -> u64 {
-        self.map.get(&slot, 0).map(|values| values.iter().sum()).unwrap_or(0)
+        self.map
+            .get(&slot, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
     }
 
     pub fn read(&self) -> Stats {
         let slot = |i: u32| -> u64 {
-            self.map.get(&i, 0).map(|values| values.iter().sum()).unwrap_or(0)
+            self.map
+                .get(&i, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
         };
         Stats {
             events: slot(STAT_EVENTS),

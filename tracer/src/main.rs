@@ -87,7 +87,23 @@ enum Tool {
 
 /// Tool names reachable through argv[0].
 const TOOL_NAMES: &[&str] = &[
-    "forksnoop", "doctor", "softirq-top", "profile", "kstacks", "offcputime", "funccount", "funclatency", "argdist", "trace", "tplist", "stackcount", "ktop", "runqlat", "cpudist", "kthreads", "serve",
+    "forksnoop",
+    "doctor",
+    "softirq-top",
+    "profile",
+    "kstacks",
+    "offcputime",
+    "funccount",
+    "funclatency",
+    "argdist",
+    "trace",
+    "tplist",
+    "stackcount",
+    "ktop",
+    "runqlat",
+    "cpudist",
+    "kthreads",
+    "serve",
 ];
 
 /// `forksnoop -p 1` run through a symlink becomes `tracer forksnoop -p 1`.
@@ -95,7 +111,11 @@ fn argv() -> Vec<OsString> {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let invoked = args
         .first()
-        .and_then(|a| PathBuf::from(a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            PathBuf::from(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_default();
     if TOOL_NAMES.contains(&invoked.as_str()) {
         args[0] = "tracer".into();
@@ -111,7 +131,10 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line, as for every other error: clap's first line names the problem.
             let text = err.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: invalid arguments");
             eprintln!("tracer: {first} (see --help)");
             return ExitCode::from(2);
         }
@@ -203,7 +226,10 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
     write("tracer".into(), cmd.clone())?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = sub.get_name().to_string();
-        write(format!("tracer-{name}"), sub.clone().name(format!("tracer-{name}").leak() as &str))?;
+        write(
+            format!("tracer-{name}"),
+            sub.clone().name(format!("tracer-{name}").leak() as &str),
+        )?;
     }
     Ok(())
 }
@@ -227,11 +253,52 @@ mod tests {
         let mut vocabulary: Vec<String> = TOOL_NAMES.iter().map(|s| s.to_string()).collect();
         vocabulary.extend(
             [
-                "-p", "-t", "-C", "-d", "-F", "-T", "-v", "-s", "--json", "--summary", "--comm", "--attach",
-                "--threads", "--no-threads", "--kthreads", "--top", "--folded", "--svg", "--vec", "-m", "-u",
-                "0", "1", "-1", "0.5", "1e9", "NaN", "inf", "99999999999999999999", "", " ", "*", "kworker/*",
-                "a*b", "é", "\u{0}", "tp-btf", "kprobe", "u:/usr/sbin/nginx:ngx_http_*", "t:sched:sched_switch",
-                "k:", "u::", "--", "--help=x", "-pp", "/dev/null",
+                "-p",
+                "-t",
+                "-C",
+                "-d",
+                "-F",
+                "-T",
+                "-v",
+                "-s",
+                "--json",
+                "--summary",
+                "--comm",
+                "--attach",
+                "--threads",
+                "--no-threads",
+                "--kthreads",
+                "--top",
+                "--folded",
+                "--svg",
+                "--vec",
+                "-m",
+                "-u",
+                "0",
+                "1",
+                "-1",
+                "0.5",
+                "1e9",
+                "NaN",
+                "inf",
+                "99999999999999999999",
+                "",
+                " ",
+                "*",
+                "kworker/*",
+                "a*b",
+                "é",
+                "\u{0}",
+                "tp-btf",
+                "kprobe",
+                "u:/usr/sbin/nginx:ngx_http_*",
+                "t:sched:sched_switch",
+                "k:",
+                "u::",
+                "--",
+                "--help=x",
+                "-pp",
+                "/dev/null",
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -241,7 +308,9 @@ mod tests {
             let len = (next(&mut state) % 7) as usize;
             let mut argv = vec!["tracer".to_string()];
             for _ in 0..len {
-                argv.push(vocabulary[(next(&mut state) % vocabulary.len() as u64) as usize].clone());
+                argv.push(
+                    vocabulary[(next(&mut state) % vocabulary.len() as u64) as usize].clone(),
+                );
             }
             let _ = Cli::try_parse_from(&argv);
             let token = &argv[argv.len() - 1];

@@ -29,7 +29,11 @@ impl Out {
     pub fn new() -> Self {
         let stdout = io::stdout();
         let tty = stdout.is_terminal();
-        Self { inner: io::BufWriter::with_capacity(64 * 1024, stdout), tty, closed: false }
+        Self {
+            inner: io::BufWriter::with_capacity(64 * 1024, stdout),
+            tty,
+            closed: false,
+        }
     }
 
     pub fn is_tty(&self) -> bool {
@@ -100,7 +104,10 @@ pub struct Clock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -110,7 +117,9 @@ impl Clock {
     pub fn new() -> Self {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { realtime_minus_monotonic_ns: real - mono }
+        Self {
+            realtime_minus_monotonic_ns: real - mono,
+        }
     }
 
     /// Nanoseconds since the Unix epoch for a kernel monotonic stamp.

@@ -9,13 +9,18 @@ const CAP_BPF: u32 = 39;
 
 fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
 /// Fails unless the process has CAP_SYS_ADMIN, or both CAP_BPF and CAP_PERFMON.
 pub fn require_bpf() -> Result<()> {
-    let Some(caps) = effective_caps() else { return Ok(()) };
+    let Some(caps) = effective_caps() else {
+        return Ok(());
+    };
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -34,7 +39,10 @@ pub fn require_bpf() -> Result<()> {
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it (before 5.11).
 /// Newer kernels use memcg accounting; failing here (no CAP_SYS_RESOURCE) is harmless.
 pub fn raise_memlock() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
 }

@@ -759,11 +759,20 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
     }
     let field = found.ok_or_else(|| anyhow!("no tracepoint to read '{text}' from"))?;
     let decl = field.declaration.as_str();
+    let mut signed = field.signed;
     let (size, string) = if !string {
         if field.size > 8 || decl.contains('[') {
             bail!("field '{text}' ({decl}) is not a number");
         }
-        (field.size as u8, STR_NONE)
+        // Syscall tracepoints store every argument in 8 bytes and say "signed:0" even for
+        // `int dfd`: the C type decides how much of the slot is the value, and its sign.
+        match c_type(decl, text) {
+            Some((width, c_signed)) if width <= field.size => {
+                signed = c_signed;
+                (width as u8, STR_NONE)
+            }
+            _ => (field.size as u8, STR_NONE),
+        }
     } else if decl.contains("__data_loc") {
         (4, STR_DATA_LOC)
     } else if decl.contains('[') {
@@ -779,14 +788,35 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
             kind: VAL_FIELD,
             index: 0,
             size,
-            signed: field.signed.into(),
+            signed: signed.into(),
             offset: u16::try_from(field.offset)
                 .map_err(|_| anyhow!("field '{text}' is beyond 64 KiB"))?,
             string,
             _reserved: 0,
         },
-        signed: field.signed,
+        signed,
         needs_record: true,
+    })
+}
+
+/// Width in bytes and signedness of a field's C type, from its declaration without the name
+/// (`int dfd` -> (4, true)); None for types not known here (the format's size is used).
+fn c_type(declaration: &str, name: &str) -> Option<(u32, bool)> {
+    let ty = declaration.trim().strip_suffix(name)?.trim();
+    let ty = ty.strip_prefix("const ").unwrap_or(ty).trim();
+    if ty.contains('*') {
+        return Some((8, false));
+    }
+    Some(match ty {
+        "char" | "signed char" | "s8" | "__s8" => (1, true),
+        "unsigned char" | "u8" | "__u8" | "bool" => (1, false),
+        "short" | "s16" | "__s16" => (2, true),
+        "unsigned short" | "u16" | "__u16" | "umode_t" => (2, false),
+        "int" | "s32" | "__s32" | "pid_t" | "uid_t" | "gid_t" => (4, true),
+        "unsigned int" | "unsigned" | "u32" | "__u32" | "dev_t" | "gfp_t" => (4, false),
+        "long" | "long long" | "s64" | "__s64" | "ssize_t" | "loff_t" | "off_t" => (8, true),
+        "unsigned long" | "unsigned long long" | "u64" | "__u64" | "size_t" => (8, false),
+        _ => return None,
     })
 }
 

@@ -778,7 +778,7 @@ impl ElfSymbols {
             anyhow!(
                 "{what} '{pattern}' in {path}: it is stripped (no .symtab; {} exported functions in \
                  .dynsym; no debug file under /usr/lib/debug): install its debug symbols, or probe \
-                 an address ({}:0xADDR) or an exported symbol plus offset (SYMBOL+0xOFF)",
+                 an address (u:{}:0xADDR) or an exported symbol plus offset (SYMBOL+0xOFF)",
                 self.dynsym_count,
                 path
             )

@@ -31,8 +31,10 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds (try 1 or 0.5)"))?;
-    if !secs.is_finite() || secs < 0.01 || secs > 86_400.0 {
-        return Err(format!("'{text}' is out of range: use 0.01 to 86400 seconds"));
+    if !(0.01..=86_400.0).contains(&secs) {
+        return Err(format!(
+            "'{text}' is out of range: use 0.01 to 86400 seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

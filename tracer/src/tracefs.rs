@@ -49,9 +49,17 @@ pub struct Field {
 
 /// Reads and parses `events/<category>/<event>/format`.
 pub fn fields(category: &str, event: &str) -> Result<Vec<Field>> {
-    let path = root()?.join("events").join(category).join(event).join("format");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("tracepoint {category}:{event} not found ({})", path.display()))?;
+    let path = root()?
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "tracepoint {category}:{event} not found ({})",
+            path.display()
+        )
+    })?;
     Ok(parse_format(&text))
 }
 
@@ -93,7 +101,13 @@ fn parse_field_line(line: &str) -> Option<Field> {
         .split('[')
         .next()?
         .to_string();
-    Some(Field { declaration, name, offset: offset?, size: size?, signed })
+    Some(Field {
+        declaration,
+        name,
+        offset: offset?,
+        size: size?,
+        signed,
+    })
 }
 
 #[cfg(test)]
@@ -110,7 +124,16 @@ mod tests {
             \tfield:pid_t child_pid;\toffset:32;\tsize:4;\tsigned:1;\n";
         let fields = parse_format(text);
         let names: Vec<_> = fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["common_type", "parent_comm", "parent_pid", "child_comm", "child_pid"]);
+        assert_eq!(
+            names,
+            [
+                "common_type",
+                "parent_comm",
+                "parent_pid",
+                "child_comm",
+                "child_pid"
+            ]
+        );
         assert_eq!(fields[4].offset, 32);
         assert!(fields[2].signed);
     }

@@ -58,7 +58,10 @@ fn main() -> Result<()> {
         Cmd::VmTest(args) => {
             setup::setup()?;
             let tally = vm::vm_test(&args)?;
-            println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.skipped);
+            println!(
+                "{} passed, {} failed, {} skipped",
+                tally.passed, tally.failed, tally.skipped
+            );
             if tally.failed > 0 {
                 anyhow::bail!("vm tests failed");
             }

@@ -45,13 +45,19 @@ pub fn setup() -> Result<()> {
 }
 
 fn rustc_output(args: &[&str]) -> Result<String> {
-    let out = Command::new("rustc").args(args).output().context("rustc not found: install rustup")?;
+    let out = Command::new("rustc")
+        .args(args)
+        .output()
+        .context("rustc not found: install rustup")?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 fn ensure_rust_src() -> Result<()> {
     let sysroot = PathBuf::from(rustc_output(&["--print", "sysroot"])?);
-    if sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
+    if sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+    {
         return Ok(());
     }
     println!("setup: installing the rust-src component");
@@ -68,7 +74,10 @@ fn ensure_bpf_linker() -> Result<()> {
     let stamp = tools.join("bpf-linker.stamp");
     let rustc = rustc_output(&["-vV"])?;
     let want = format!("bpf-linker {BPF_LINKER_VERSION}\n{rustc}\n");
-    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success());
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if works && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(());
     }
@@ -82,20 +91,37 @@ fn ensure_bpf_linker() -> Result<()> {
     let sysroot = PathBuf::from(rustc_output(&["--print", "sysroot"])?);
     let libllvm = std::fs::read_dir(sysroot.join("lib"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .ok_or_else(|| anyhow!("no libLLVM.so.* in {}/lib", sysroot.display()))?;
     let prefix = tools.join("llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib)?;
-    for name in ["libLLVM.so".to_string(), libllvm.file_name().unwrap().to_string_lossy().into_owned()] {
+    for name in [
+        "libLLVM.so".to_string(),
+        libllvm.file_name().unwrap().to_string_lossy().into_owned(),
+    ] {
         let link = lib.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&libllvm, &link)?;
     }
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {llvm_major} (about 2 minutes)");
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {llvm_major} (about 2 minutes)"
+    );
     run(Command::new("cargo")
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--no-default-features"])
-        .args(["--features", &format!("llvm-{llvm_major}"), "--force", "--root"])
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+        ])
+        .args([
+            "--features",
+            &format!("llvm-{llvm_major}"),
+            "--force",
+            "--root",
+        ])
         .arg(&tools)
         .env("LLVM_PREFIX", &prefix))?;
     std::fs::write(&stamp, want)?;
@@ -111,7 +137,10 @@ fn installed(package: &str) -> bool {
 
 fn ensure_packages() -> Result<()> {
     if !Path::new("/usr/bin/dpkg-query").exists() {
-        println!("setup: not a Debian system; install {} by hand for the tests", PACKAGES.join(" "));
+        println!(
+            "setup: not a Debian system; install {} by hand for the tests",
+            PACKAGES.join(" ")
+        );
         return Ok(());
     }
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
@@ -119,7 +148,10 @@ fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     if unsafe_geteuid() != 0 {
-        bail!("missing Debian packages {}: run 'cargo xtask setup' as root", missing.join(" "));
+        bail!(
+            "missing Debian packages {}: run 'cargo xtask setup' as root",
+            missing.join(" ")
+        );
     }
     println!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -132,5 +164,7 @@ fn ensure_packages() -> Result<()> {
 
 fn unsafe_geteuid() -> u32 {
     let out = Command::new("id").arg("-u").output().ok();
-    out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    out.and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -38,8 +38,13 @@ impl Tally {
             let count = |word: &str| -> u64 {
                 line.split(';')
                     .find_map(|part| {
-                        let part = part.trim().trim_start_matches("test result: ok.").trim_start_matches("test result: FAILED.");
-                        part.trim().strip_suffix(word).and_then(|n| n.trim().parse().ok())
+                        let part = part
+                            .trim()
+                            .trim_start_matches("test result: ok.")
+                            .trim_start_matches("test result: FAILED.");
+                        part.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().parse().ok())
                     })
                     .unwrap_or(0)
             };
@@ -55,19 +60,51 @@ pub fn test(args: TestArgs) -> Result<()> {
     if !args.no_lint {
         println!("== lint");
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().args(["clippy", "--release", "-p", "tracer", "-p", "tracer-common", "-p", "xtask", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--release",
+            "-p",
+            "tracer",
+            "-p",
+            "tracer-common",
+            "-p",
+            "xtask",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     let mut tally = Tally::default();
     let mut ok = true;
 
     println!("== unit tests");
-    let (unit_ok, out) = run_tee(cargo().args(["test", "--release", "-p", "tracer-common", "-p", "tracer", "--bins", "--lib"]))?;
+    let (unit_ok, out) = run_tee(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "tracer-common",
+        "-p",
+        "tracer",
+        "--bins",
+        "--lib",
+    ]))?;
     tally.add_libtest(&out);
     ok &= unit_ok;
 
     println!("== integration tests (this kernel: {})", kernel_release());
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tracer", "--test", "integration", "--", "--test-threads", "1"]);
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "tracer",
+        "--test",
+        "integration",
+        "--",
+        "--test-threads",
+        "1",
+    ]);
     if let Some(filter) = &args.filter {
         cmd.arg(filter);
     }
@@ -92,7 +129,10 @@ pub fn test(args: TestArgs) -> Result<()> {
         }
     }
 
-    println!("{} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.skipped);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
     if !ok {
         bail!("test suite failed");
     }
@@ -100,5 +140,8 @@ pub fn test(args: TestArgs) -> Result<()> {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }

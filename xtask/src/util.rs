@@ -10,11 +10,16 @@ use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (parent of xtask/).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 pub fn release_bin(name: &str) -> PathBuf {
@@ -23,7 +28,9 @@ pub fn release_bin(name: &str) -> PathBuf {
 
 /// Runs a command, failing with its name if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -32,7 +39,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command, echoing its stdout while keeping a copy (to read test summaries).
 pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     let mut captured = String::new();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
@@ -60,7 +70,10 @@ pub fn build_release() -> Result<()> {
         std::os::unix::fs::symlink("tracer", &link)
             .with_context(|| format!("cannot create {}", link.display()))?;
     }
-    run(Command::new(&tracer).arg("man").arg("--out-dir").arg(target_dir().join("release/man")))
+    run(Command::new(&tracer)
+        .arg("man")
+        .arg("--out-dir")
+        .arg(target_dir().join("release/man")))
 }
 
 /// Replaces xtask with `tracer ARGS...`.

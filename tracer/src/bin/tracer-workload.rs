@@ -25,7 +25,10 @@ fn fork_children(n: u64) {
         match unsafe { libc::fork() } {
             0 => unsafe { libc::_exit(0) },
             -1 => {
-                eprintln!("tracer-workload: fork failed: {}", std::io::Error::last_os_error());
+                eprintln!(
+                    "tracer-workload: fork failed: {}",
+                    std::io::Error::last_os_error()
+                );
                 std::process::exit(1);
             }
             child => {
@@ -76,7 +79,10 @@ fn write_dev_null(n: u64) {
     unsafe {
         let fd = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
         if fd < 0 {
-            eprintln!("tracer-workload: cannot open /dev/null: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "tracer-workload: cannot open /dev/null: {}",
+                std::io::Error::last_os_error()
+            );
             std::process::exit(1);
         }
         let byte = [0u8; 1];
@@ -106,8 +112,13 @@ fn pingpong(n: u64) {
     let mut to_child = [0i32; 2];
     let mut to_parent = [0i32; 2];
     // SAFETY: pipe() fills the two-element arrays.
-    if unsafe { libc::pipe(to_child.as_mut_ptr()) } != 0 || unsafe { libc::pipe(to_parent.as_mut_ptr()) } != 0 {
-        eprintln!("tracer-workload: pipe failed: {}", std::io::Error::last_os_error());
+    if unsafe { libc::pipe(to_child.as_mut_ptr()) } != 0
+        || unsafe { libc::pipe(to_parent.as_mut_ptr()) } != 0
+    {
+        eprintln!(
+            "tracer-workload: pipe failed: {}",
+            std::io::Error::last_os_error()
+        );
         std::process::exit(1);
     }
     let mut byte = [0u8; 1];
@@ -123,7 +134,10 @@ fn pingpong(n: u64) {
             libc::_exit(0);
         },
         -1 => {
-            eprintln!("tracer-workload: fork failed: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "tracer-workload: fork failed: {}",
+                std::io::Error::last_os_error()
+            );
             std::process::exit(1);
         }
         child => {
@@ -139,7 +153,10 @@ fn pingpong(n: u64) {
             let mut status = 0;
             // SAFETY: waiting for our own child.
             unsafe { libc::waitpid(child, &mut status, 0) };
-            println!("pingpong {n} {:.1}", elapsed.as_nanos() as f64 / n.max(1) as f64);
+            println!(
+                "pingpong {n} {:.1}",
+                elapsed.as_nanos() as f64 / n.max(1) as f64
+            );
         }
     }
 }
@@ -172,7 +189,8 @@ fn main() {
                 }
             }
             "hot" => {
-                let deadline = Instant::now() + Duration::from_secs_f64(number(&args, i + 1, "hot"));
+                let deadline =
+                    Instant::now() + Duration::from_secs_f64(number(&args, i + 1, "hot"));
                 std::hint::black_box(tracer_workload_hot_function(&deadline));
             }
             "sleep" => std::thread::sleep(Duration::from_secs_f64(number(&args, i + 1, "sleep"))),
@@ -180,7 +198,9 @@ fn main() {
             "write" => write_dev_null(number(&args, i + 1, "write") as u64),
             "open" => open_dev_null(number(&args, i + 1, "open") as u64),
             other => {
-                eprintln!("tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep)");
+                eprintln!(
+                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep)"
+                );
                 std::process::exit(2);
             }
         }

@@ -47,8 +47,16 @@ pub struct Check {
 
 fn check(feature: &'static str, result: Result<String, String>) -> Check {
     match result {
-        Ok(detail) => Check { feature, available: true, detail },
-        Err(detail) => Check { feature, available: false, detail },
+        Ok(detail) => Check {
+            feature,
+            available: true,
+            detail,
+        },
+        Err(detail) => Check {
+            feature,
+            available: false,
+            detail,
+        },
     }
 }
 
@@ -63,7 +71,10 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     let checks = checks()?;
     let mut out = Out::new();
     if args.json {
-        out.json(&with_schema(TOOL, json!({ "kernel": kernel_release(), "checks": checks })));
+        out.json(&with_schema(
+            TOOL,
+            json!({ "kernel": kernel_release(), "checks": checks }),
+        ));
     } else {
         out.line(&format!("kernel {}", kernel_release()));
         out.line(&format!("{:<12} {:<4} DETAIL", "FEATURE", "OK"));
@@ -93,7 +104,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
 }
 
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn checks() -> Result<Vec<Check>> {
@@ -115,22 +128,75 @@ fn checks() -> Result<Vec<Check>> {
     )];
     checks.push(check(
         "tracefs",
-        crate::tracefs::root().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
+        crate::tracefs::root()
+            .map(|p| p.display().to_string())
+            .map_err(|e| e.to_string()),
     ));
     checks.push(check("lockdown", lockdown()));
 
     let mut ebpf = loader::load(objects::PROBE, |_| {})?;
-    let fork_tp = Target::Tracepoint { category: "sched", event: "sched_process_fork" };
-    let entry = Target::Function { name: KFUNC, on_return: false };
-    let exit = Target::Function { name: KFUNC, on_return: true };
+    let fork_tp = Target::Tracepoint {
+        category: "sched",
+        event: "sched_process_fork",
+    };
+    let entry = Target::Function {
+        name: KFUNC,
+        on_return: false,
+    };
+    let exit = Target::Function {
+        name: KFUNC,
+        on_return: true,
+    };
     let ladder_checks: [(&'static str, Mechanism, &str, Target<'_>, u32); 7] = [
-        ("tracepoint", Mechanism::Tracepoint, "probe_tracepoint", fork_tp, PROBE_HIT_TRACEPOINT),
-        ("tp_btf", Mechanism::TpBtf, "probe_tp_btf", fork_tp, PROBE_HIT_TP_BTF),
-        ("raw_tp", Mechanism::RawTp, "probe_raw_tp", fork_tp, PROBE_HIT_RAW_TP),
-        ("kprobe", Mechanism::Kprobe, "probe_kprobe", entry, PROBE_HIT_KPROBE),
-        ("kretprobe", Mechanism::Kretprobe, "probe_kretprobe", exit, PROBE_HIT_KRETPROBE),
-        ("fentry", Mechanism::Fentry, "probe_fentry", entry, PROBE_HIT_FENTRY),
-        ("fexit", Mechanism::Fexit, "probe_fexit", exit, PROBE_HIT_FEXIT),
+        (
+            "tracepoint",
+            Mechanism::Tracepoint,
+            "probe_tracepoint",
+            fork_tp,
+            PROBE_HIT_TRACEPOINT,
+        ),
+        (
+            "tp_btf",
+            Mechanism::TpBtf,
+            "probe_tp_btf",
+            fork_tp,
+            PROBE_HIT_TP_BTF,
+        ),
+        (
+            "raw_tp",
+            Mechanism::RawTp,
+            "probe_raw_tp",
+            fork_tp,
+            PROBE_HIT_RAW_TP,
+        ),
+        (
+            "kprobe",
+            Mechanism::Kprobe,
+            "probe_kprobe",
+            entry,
+            PROBE_HIT_KPROBE,
+        ),
+        (
+            "kretprobe",
+            Mechanism::Kretprobe,
+            "probe_kretprobe",
+            exit,
+            PROBE_HIT_KRETPROBE,
+        ),
+        (
+            "fentry",
+            Mechanism::Fentry,
+            "probe_fentry",
+            entry,
+            PROBE_HIT_FENTRY,
+        ),
+        (
+            "fexit",
+            Mechanism::Fexit,
+            "probe_fexit",
+            exit,
+            PROBE_HIT_FEXIT,
+        ),
     ];
     let mut attached = Vec::new();
     for (feature, mechanism, program, target, slot) in ladder_checks {
@@ -164,8 +230,14 @@ fn checks() -> Result<Vec<Check>> {
     }
     match uprobes {
         Ok(()) => {
-            checks.push(check("uprobe", verdict("own binary".into(), PROBE_HIT_UPROBE)));
-            checks.push(check("uretprobe", verdict("own binary".into(), PROBE_HIT_URETPROBE)));
+            checks.push(check(
+                "uprobe",
+                verdict("own binary".into(), PROBE_HIT_UPROBE),
+            ));
+            checks.push(check(
+                "uretprobe",
+                verdict("own binary".into(), PROBE_HIT_URETPROBE),
+            ));
         }
         Err(e) => {
             checks.push(check("uprobe", Err(e.clone())));
@@ -181,21 +253,45 @@ fn checks() -> Result<Vec<Check>> {
     checks.push(check("bpf_stats", bpf_stats()));
     // Present in the order a reader thinks about them.
     let order = [
-        "btf", "tracefs", "lockdown", "tracepoint", "tp_btf", "raw_tp", "kprobe", "kretprobe",
-        "fentry", "fexit", "kprobe_multi", "uprobe", "uretprobe", "perf_event", "ringbuf", "bpf_stats",
+        "btf",
+        "tracefs",
+        "lockdown",
+        "tracepoint",
+        "tp_btf",
+        "raw_tp",
+        "kprobe",
+        "kretprobe",
+        "fentry",
+        "fexit",
+        "kprobe_multi",
+        "uprobe",
+        "uretprobe",
+        "perf_event",
+        "ringbuf",
+        "bpf_stats",
     ];
-    checks.sort_by_key(|c| order.iter().position(|o| *o == c.feature).unwrap_or(usize::MAX));
+    checks.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|o| *o == c.feature)
+            .unwrap_or(usize::MAX)
+    });
     Ok(checks)
 }
 
 fn lockdown() -> Result<String, String> {
     match std::fs::read_to_string("/sys/kernel/security/lockdown") {
         Ok(text) => {
-            let active = text.split_whitespace().find(|w| w.starts_with('[')).unwrap_or("[none]");
+            let active = text
+                .split_whitespace()
+                .find(|w| w.starts_with('['))
+                .unwrap_or("[none]");
             if active == "[none]" {
                 Ok("none".into())
             } else {
-                Err(format!("{active}: kernel lockdown restricts BPF reads of kernel memory"))
+                Err(format!(
+                    "{active}: kernel lockdown restricts BPF reads of kernel memory"
+                ))
             }
         }
         Err(_) => Ok("not reported (no securityfs lockdown file)".into()),
@@ -210,24 +306,38 @@ fn attach_uprobes(ebpf: &mut Ebpf) -> Result<(), String> {
             .expect("probe program")
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        p.load().map_err(|e| attach::describe(Mechanism::Tracepoint, &e))?;
-        p.attach("tracer_doctor_uprobe_target", &exe, UProbeScope::CallingProcess)
-            .map_err(|e| format!("{name}: {}", attach::describe(Mechanism::Tracepoint, &e)))?;
+        p.load()
+            .map_err(|e| attach::describe(Mechanism::Tracepoint, &e))?;
+        p.attach(
+            "tracer_doctor_uprobe_target",
+            &exe,
+            UProbeScope::CallingProcess,
+        )
+        .map_err(|e| format!("{name}: {}", attach::describe(Mechanism::Tracepoint, &e)))?;
     }
     Ok(())
 }
 
 fn attach_perf_event(ebpf: &mut Ebpf) -> Result<(), String> {
-    let p: &mut PerfEvent =
-        ebpf.program_mut("probe_perf_event").expect("probe program").try_into().map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| attach::describe(Mechanism::Tracepoint, &e))?;
+    let p: &mut PerfEvent = ebpf
+        .program_mut("probe_perf_event")
+        .expect("probe program")
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    p.load()
+        .map_err(|e| attach::describe(Mechanism::Tracepoint, &e))?;
     p.attach(
         PerfEventConfig::Software(SoftwareEvent::CpuClock),
         PerfEventScope::CallingProcess { cpu: None },
         SamplePolicy::Frequency(1000),
         true,
     )
-    .map_err(|e| format!("perf_event_open: {}", attach::describe(Mechanism::Tracepoint, &e)))?;
+    .map_err(|e| {
+        format!(
+            "perf_event_open: {}",
+            attach::describe(Mechanism::Tracepoint, &e)
+        )
+    })?;
     // Burn a little CPU so the sampler has something to sample.
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_millis(30) {
@@ -284,12 +394,17 @@ fn kprobe_multi() -> Result<String, String> {
     link[20..24].copy_from_slice(&1u32.to_ne_bytes());
     link[24..32].copy_from_slice(&(symbols.as_ptr() as u64).to_ne_bytes());
     // SAFETY: link is a valid bpf_attr for BPF_LINK_CREATE; pointers outlive the call.
-    let link_fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, link.as_ptr(), link.len()) };
+    let link_fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, link.as_ptr(), link.len()) };
     let result = if link_fd < 0 {
         let err = std::io::Error::last_os_error();
         Err(match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(524) => "not supported (kernel lacks CONFIG_FPROBE)".to_string(),
-            Some(libc::EINVAL) => "not supported by this kernel (EINVAL on link create)".to_string(),
+            Some(libc::EOPNOTSUPP) | Some(524) => {
+                "not supported (kernel lacks CONFIG_FPROBE)".to_string()
+            }
+            Some(libc::EINVAL) => {
+                "not supported by this kernel (EINVAL on link create)".to_string()
+            }
             _ => format!("link create failed: {err}"),
         })
     } else {

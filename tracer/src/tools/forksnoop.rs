@@ -94,25 +94,43 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
     let tp_offset = tracefs::field_offset("sched", "sched_process_fork", "child_pid");
     let mut rungs = Vec::new();
     if offsets.is_ok() {
-        rungs.push(Rung { mechanism: Mechanism::TpBtf, program: "forksnoop_tp_btf" });
-        rungs.push(Rung { mechanism: Mechanism::RawTp, program: "forksnoop_raw_tp" });
+        rungs.push(Rung {
+            mechanism: Mechanism::TpBtf,
+            program: "forksnoop_tp_btf",
+        });
+        rungs.push(Rung {
+            mechanism: Mechanism::RawTp,
+            program: "forksnoop_raw_tp",
+        });
     }
     if tp_offset.is_ok() {
-        rungs.push(Rung { mechanism: Mechanism::Tracepoint, program: "forksnoop_tp" });
+        rungs.push(Rung {
+            mechanism: Mechanism::Tracepoint,
+            program: "forksnoop_tp",
+        });
     }
     if rungs.is_empty() {
         let why = offsets.err().map(|e| format!("{e:#}")).unwrap_or_default();
-        let tp_why = tp_offset.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let tp_why = tp_offset
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         bail!("cannot trace forks here: {why}; {tp_why}");
     }
-    let config = ForkConfig { tp_child_pid_offset: *tp_offset.as_ref().unwrap_or(&0), ..config };
+    let config = ForkConfig {
+        tp_child_pid_offset: *tp_offset.as_ref().unwrap_or(&0),
+        ..config
+    };
     let offsets: TaskOffsets = offsets.unwrap_or_default();
 
     let mut ebpf = loader::load(objects::FORKSNOOP, |l| {
         l.override_global("CONFIG", &config, true);
         l.override_global("TASK_OFFSETS", &offsets, false);
     })?;
-    let target = Target::Tracepoint { category: "sched", event: "sched_process_fork" };
+    let target = Target::Tracepoint {
+        category: "sched",
+        event: "sched_process_fork",
+    };
     let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
@@ -122,15 +140,23 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
     let mut out = Out::new();
     if args.summary {
         let counts: PerCpuHashMap<MapData, ParentKey, ParentCounts> = PerCpuHashMap::try_from(
-            ebpf.take_map("PARENT_COUNTS").ok_or_else(|| anyhow!("PARENT_COUNTS map missing"))?,
+            ebpf.take_map("PARENT_COUNTS")
+                .ok_or_else(|| anyhow!("PARENT_COUNTS map missing"))?,
         )?;
-        eprintln!("Counting forks per parent ({})... Hit Ctrl-C to end.", attachment.mechanism);
+        eprintln!(
+            "Counting forks per parent ({})... Hit Ctrl-C to end.",
+            attachment.mechanism
+        );
         summarize(&args, &counts, &stats, &mut out).await?;
     } else {
         let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS map missing"))?,
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("EVENTS map missing"))?,
         )?;
-        eprintln!("Tracing forks ({})... Hit Ctrl-C to end.", attachment.mechanism);
+        eprintln!(
+            "Tracing forks ({})... Hit Ctrl-C to end.",
+            attachment.mechanism
+        );
         stream(&args, ring, &stats, &mut out).await?;
     }
     let end = stats.read();
@@ -148,7 +174,12 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
 }
 
 /// One line per fork, read from the ring buffer as it fills.
-async fn stream(args: &ForksnoopArgs, ring: RingBuf<aya::maps::MapData>, stats: &StatsReader, out: &mut Out) -> Result<()> {
+async fn stream(
+    args: &ForksnoopArgs,
+    ring: RingBuf<aya::maps::MapData>,
+    stats: &StatsReader,
+    out: &mut Out,
+) -> Result<()> {
     let clock = Clock::new();
     let json = args.common.output.json;
     let timestamp = args.common.output.timestamp;
@@ -174,7 +205,10 @@ async fn stream(args: &ForksnoopArgs, ring: RingBuf<aya::maps::MapData>, stats: 
         if json {
             out.json(&event_json(event, &clock));
         } else {
-            out.line(&event_text(event, timestamp.then(|| hms(clock.unix_ns(event.ts_ns)))));
+            out.line(&event_text(
+                event,
+                timestamp.then(|| hms(clock.unix_ns(event.ts_ns))),
+            ));
         }
     };
     loop {
@@ -269,7 +303,10 @@ fn report_drops(stats: &Stats, reported_lost: &mut u64) {
         *reported_lost = stats.lost;
     }
     if stats.map_full > 0 {
-        eprintln!("{TOOL}: {} forks not counted: per-parent map full", stats.map_full);
+        eprintln!(
+            "{TOOL}: {} forks not counted: per-parent map full",
+            stats.map_full
+        );
     }
 }
 
@@ -352,7 +389,10 @@ fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out:
         if args.interval.interval.is_some() || args.common.output.timestamp {
             out.line(&hms_now());
         }
-        out.line(&format!("{:<16} {:>7} {:>9} {:>9} {:>9}", "PCOMM", "PID", "FORKS", "PROCESSES", "THREADS"));
+        out.line(&format!(
+            "{:<16} {:>7} {:>9} {:>9} {:>9}",
+            "PCOMM", "PID", "FORKS", "PROCESSES", "THREADS"
+        ));
         for (key, processes, threads) in &rows[..shown] {
             out.line(&format!(
                 "{:<16} {:>7} {:>9} {:>9} {:>9}",
@@ -364,7 +404,10 @@ fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out:
             ));
         }
         if rows.len() > shown {
-            out.line(&format!("... {} more parents (--top to show more)", rows.len() - shown));
+            out.line(&format!(
+                "... {} more parents (--top to show more)",
+                rows.len() - shown
+            ));
         }
         out.line("");
     }

@@ -8,8 +8,16 @@ use crate::common::{Need, TRACER, ensure, run, trial};
 
 pub fn tests() -> Vec<Trial> {
     vec![
-        trial("cli::bad_input_is_one_clear_line", &[], bad_input_is_one_clear_line),
-        trial("cli::non_root_is_told_what_to_do", &[Need::Root, Need::Command("setpriv")], non_root_is_told_what_to_do),
+        trial(
+            "cli::bad_input_is_one_clear_line",
+            &[],
+            bad_input_is_one_clear_line,
+        ),
+        trial(
+            "cli::non_root_is_told_what_to_do",
+            &[Need::Root, Need::Command("setpriv")],
+            non_root_is_told_what_to_do,
+        ),
         trial("cli::help_lists_every_tool", &[], help_lists_every_tool),
         trial("cli::symlink_invocation", &[], symlink_invocation),
     ]
@@ -20,10 +28,16 @@ pub fn expect_error(out: &Output, needle: &str, what: &str) -> Result<(), Failed
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     ensure(!out.status.success(), || format!("{what}: exited 0"))?;
-    ensure(!stderr.contains("panicked"), || format!("{what}: panic: {stderr}"))?;
-    ensure(stderr.contains(needle), || format!("{what}: stderr lacks '{needle}': {stderr}"))?;
+    ensure(!stderr.contains("panicked"), || {
+        format!("{what}: panic: {stderr}")
+    })?;
+    ensure(stderr.contains(needle), || {
+        format!("{what}: stderr lacks '{needle}': {stderr}")
+    })?;
     let first = lines.first().copied().unwrap_or("");
-    ensure(first.contains("error"), || format!("{what}: first line is not the error: {stderr}"))?;
+    ensure(first.contains("error"), || {
+        format!("{what}: first line is not the error: {stderr}")
+    })?;
     Ok(())
 }
 
@@ -31,14 +45,29 @@ fn bad_input_is_one_clear_line() -> Result<(), Failed> {
     let cases: &[(&[&str], &str)] = &[
         (&["nosuchtool"], "unrecognized subcommand"),
         (&["forksnoop", "--summary", "0"], "out of range"),
-        (&["forksnoop", "--summary", "abc"], "not a number of seconds"),
-        (&["forksnoop", "--summary", "1", "0"], "not a positive count"),
-        (&["forksnoop", "-p", "999999999"], "no process with PID 999999999"),
+        (
+            &["forksnoop", "--summary", "abc"],
+            "not a number of seconds",
+        ),
+        (
+            &["forksnoop", "--summary", "1", "0"],
+            "not a positive count",
+        ),
+        (
+            &["forksnoop", "-p", "999999999"],
+            "no process with PID 999999999",
+        ),
         (&["forksnoop", "-p", "notapid"], "invalid value"),
         (&["forksnoop", "1"], "apply to --summary"),
         (&["forksnoop", "--comm", "a*b"], "only a trailing '*'"),
-        (&["forksnoop", "--comm", "averyveryverylongname"], "longer than"),
-        (&["forksnoop", "--threads", "--no-threads"], "cannot be used with"),
+        (
+            &["forksnoop", "--comm", "averyveryverylongname"],
+            "longer than",
+        ),
+        (
+            &["forksnoop", "--threads", "--no-threads"],
+            "cannot be used with",
+        ),
         (&["forksnoop", "--attach", "kprobe"], "not offered"),
         (&["forksnoop", "--attach", "bogus"], "invalid value"),
         (&["forksnoop", "-d", "-5"], "error"),
@@ -48,7 +77,9 @@ fn bad_input_is_one_clear_line() -> Result<(), Failed> {
         expect_error(&out, needle, &args.join(" "))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
-        ensure(lines == 1, || format!("{}: {lines} lines: {stderr}", args.join(" ")))?;
+        ensure(lines == 1, || {
+            format!("{}: {lines} lines: {stderr}", args.join(" "))
+        })?;
     }
     Ok(())
 }
@@ -56,11 +87,22 @@ fn bad_input_is_one_clear_line() -> Result<(), Failed> {
 fn non_root_is_told_what_to_do() -> Result<(), Failed> {
     // Drop to nobody with no capabilities at all.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .args([TRACER, "forksnoop", "-d", "1"])
         .output()
         .map_err(|e| Failed::from(e.to_string()))?;
-    expect_error(&out, "needs root or CAP_BPF + CAP_PERFMON", "unprivileged forksnoop")?;
+    expect_error(
+        &out,
+        "needs root or CAP_BPF + CAP_PERFMON",
+        "unprivileged forksnoop",
+    )?;
     let lines = String::from_utf8_lossy(&out.stderr).lines().count();
     ensure(lines == 1, || format!("{lines} lines"))
 }
@@ -70,7 +112,9 @@ fn help_lists_every_tool() -> Result<(), Failed> {
     let help = String::from_utf8_lossy(&out.stdout);
     let tools = run(&["list-tools"]);
     for tool in String::from_utf8_lossy(&tools.stdout).split_whitespace() {
-        ensure(help.contains(tool), || format!("--help does not list {tool}"))?;
+        ensure(help.contains(tool), || {
+            format!("--help does not list {tool}")
+        })?;
     }
     Ok(())
 }
@@ -81,8 +125,14 @@ fn symlink_invocation() -> Result<(), Failed> {
     let link = dir.join("forksnoop");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(TRACER, &link).map_err(|e| Failed::from(e.to_string()))?;
-    let out = Command::new(&link).arg("--help").output().map_err(|e| Failed::from(e.to_string()))?;
+    let out = Command::new(&link)
+        .arg("--help")
+        .output()
+        .map_err(|e| Failed::from(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&dir);
     let help = String::from_utf8_lossy(&out.stdout);
-    ensure(out.status.success() && help.contains("Usage: tracer forksnoop"), || format!("symlink help: {help}"))
+    ensure(
+        out.status.success() && help.contains("Usage: tracer forksnoop"),
+        || format!("symlink help: {help}"),
+    )
 }

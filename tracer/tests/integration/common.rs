@@ -68,11 +68,18 @@ pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
 
 /// Asks `tracer doctor --json` whether a feature is unavailable, and why.
 pub fn doctor_says_unavailable(feature: &str) -> Option<String> {
-    let out = Command::new(TRACER).args(["doctor", "--json"]).output().ok()?;
+    let out = Command::new(TRACER)
+        .args(["doctor", "--json"])
+        .output()
+        .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json["checks"].as_array()?.iter().find(|c| c["feature"] == feature).and_then(|c| {
-        (c["available"] == false).then(|| c["detail"].as_str().unwrap_or("").to_string())
-    })
+    json["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["feature"] == feature)
+        .and_then(|c| {
+            (c["available"] == false).then(|| c["detail"].as_str().unwrap_or("").to_string())
+        })
 }
 
 /// Fails the test with a message.
@@ -115,7 +122,12 @@ pub fn start(args: &[&str]) -> Result<Running, Failed> {
         .map_err(|e| fail(format!("cannot start tracer: {e}")))?;
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
-    let mut running = Running { child, stdout, stderr, stderr_lines: Vec::new() };
+    let mut running = Running {
+        child,
+        stdout,
+        stderr,
+        stderr_lines: Vec::new(),
+    };
     running.wait_stderr("Hit Ctrl-C to end.", Duration::from_secs(20))?;
     Ok(running)
 }
@@ -133,7 +145,10 @@ impl Running {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left.min(Duration::from_millis(100))) {
+            match self
+                .stderr
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
                 Ok(line) => self.stderr_lines.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
@@ -175,7 +190,7 @@ impl Running {
     }
 
     /// Sends `signal` and collects everything the tool printed; fails if it does not exit.
-    pub fn stop(mut self, signal: i32) -> Result<Finished, Failed> {
+    pub fn stop(self, signal: i32) -> Result<Finished, Failed> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         self.wait(Duration::from_secs(15))
@@ -202,7 +217,11 @@ impl Running {
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
             self.stderr_lines.push(line);
         }
-        Ok(Finished { code: status.code(), stdout, stderr: self.stderr_lines })
+        Ok(Finished {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr_lines,
+        })
     }
 }
 
@@ -219,7 +238,11 @@ impl Finished {
         if self.code == Some(0) {
             Ok(self)
         } else {
-            Err(fail(format!("tracer exited with {:?}: {}", self.code, self.stderr.join(" | "))))
+            Err(fail(format!(
+                "tracer exited with {:?}: {}",
+                self.code,
+                self.stderr.join(" | ")
+            )))
         }
     }
 
@@ -234,7 +257,10 @@ impl Finished {
 
 /// Runs `tracer ARGS` to completion (for one-shot commands and error cases).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(TRACER).args(args).output().expect("run tracer")
+    Command::new(TRACER)
+        .args(args)
+        .output()
+        .expect("run tracer")
 }
 
 /// A workload started with --wait: it prints its PID and starts when `go` is called.
@@ -257,7 +283,10 @@ impl Workload {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .map_err(|e| fail(e.to_string()))?;
-        let pid = line.trim().parse().map_err(|_| fail(format!("workload said '{line}'")))?;
+        let pid = line
+            .trim()
+            .parse()
+            .map_err(|_| fail(format!("workload said '{line}'")))?;
         let stdin = child.stdin.take();
         Ok(Self { child, stdin, pid })
     }
@@ -274,11 +303,18 @@ impl Workload {
 
 /// Names of BPF programs currently loaded in the kernel (bpftool, else aya's listing).
 pub fn loaded_program_names() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output();
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output();
     let Ok(out) = out else { return Vec::new() };
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     json.as_array()
-        .map(|progs| progs.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        .map(|progs| {
+            progs
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -287,7 +323,10 @@ pub fn assert_nothing_loaded(prefix: &str) -> Result<(), Failed> {
     // The kernel frees programs asynchronously after the last fd closes.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let left: Vec<String> = loaded_program_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
+        let left: Vec<String> = loaded_program_names()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
         if left.is_empty() {
             return Ok(());
         }

@@ -9,42 +9,77 @@ use crate::common::{Need, Workload, ensure, fail, run, start, trial};
 
 pub fn tests() -> Vec<Trial> {
     vec![
-        trial("doctor::reports_this_kernel", &[Need::Root], reports_this_kernel),
-        trial("doctor::claims_match_the_ladder", &[Need::Root], claims_match_the_ladder),
+        trial(
+            "doctor::reports_this_kernel",
+            &[Need::Root],
+            reports_this_kernel,
+        ),
+        trial(
+            "doctor::claims_match_the_ladder",
+            &[Need::Root],
+            claims_match_the_ladder,
+        ),
     ]
 }
 
 fn checks() -> Result<Vec<Value>, Failed> {
     let out = run(&["doctor", "--json"]);
-    ensure(out.status.success(), || format!("doctor failed: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure(out.status.success(), || {
+        format!("doctor failed: {}", String::from_utf8_lossy(&out.stderr))
+    })?;
     let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
-    ensure(json["schema"] == "tracer.doctor.v1", || format!("schema: {}", json["schema"]))?;
+    ensure(json["schema"] == "tracer.doctor.v1", || {
+        format!("schema: {}", json["schema"])
+    })?;
     Ok(json["checks"].as_array().cloned().unwrap_or_default())
 }
 
 fn available(checks: &[Value], feature: &str) -> Result<(bool, String), Failed> {
-    let c = checks.iter().find(|c| c["feature"] == feature).ok_or_else(|| fail(format!("no {feature} row")))?;
-    Ok((c["available"] == true, c["detail"].as_str().unwrap_or("").to_string()))
+    let c = checks
+        .iter()
+        .find(|c| c["feature"] == feature)
+        .ok_or_else(|| fail(format!("no {feature} row")))?;
+    Ok((
+        c["available"] == true,
+        c["detail"].as_str().unwrap_or("").to_string(),
+    ))
 }
 
 fn reports_this_kernel() -> Result<(), Failed> {
     let checks = checks()?;
-    for feature in ["btf", "tracepoint", "tp_btf", "raw_tp", "uprobe", "uretprobe", "perf_event", "ringbuf"] {
+    for feature in [
+        "btf",
+        "tracepoint",
+        "tp_btf",
+        "raw_tp",
+        "uprobe",
+        "uretprobe",
+        "perf_event",
+        "ringbuf",
+    ] {
         let (ok, detail) = available(&checks, feature)?;
-        ensure(ok, || format!("{feature} should be available here: {detail}"))?;
+        ensure(ok, || {
+            format!("{feature} should be available here: {detail}")
+        })?;
     }
     // kprobes: the kernel's own word is the PMU type file.
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     for feature in ["kprobe", "kretprobe"] {
         let (ok, detail) = available(&checks, feature)?;
-        ensure(ok == kprobes, || format!("{feature}: doctor says {ok}, PMU file says {kprobes}"))?;
+        ensure(ok == kprobes, || {
+            format!("{feature}: doctor says {ok}, PMU file says {kprobes}")
+        })?;
         if !ok {
-            ensure(detail.contains("CONFIG_KPROBES"), || format!("{feature} reason: {detail}"))?;
+            ensure(detail.contains("CONFIG_KPROBES"), || {
+                format!("{feature} reason: {detail}")
+            })?;
         }
     }
     for feature in ["fentry", "fexit"] {
         let (ok, detail) = available(&checks, feature)?;
-        ensure(ok || !detail.is_empty(), || format!("{feature} unavailable without a reason"))?;
+        ensure(ok || !detail.is_empty(), || {
+            format!("{feature} unavailable without a reason")
+        })?;
     }
     Ok(())
 }
@@ -59,6 +94,12 @@ fn claims_match_the_ladder() -> Result<(), Failed> {
     let tool = start(&["forksnoop", "-v", "-p", &workload.pid.to_string()])?;
     workload.go_and_wait()?;
     let done = tool.stop(libc::SIGINT)?.ok()?;
-    let line = done.stderr.iter().find(|l| l.contains(" via ")).ok_or_else(|| fail("no -v attach line"))?;
-    ensure(line.contains(&format!("via {expected}")), || format!("doctor picks {expected}, forksnoop said: {line}"))
+    let line = done
+        .stderr
+        .iter()
+        .find(|l| l.contains(" via "))
+        .ok_or_else(|| fail("no -v attach line"))?;
+    ensure(line.contains(&format!("via {expected}")), || {
+        format!("doctor picks {expected}, forksnoop said: {line}")
+    })
 }

@@ -11,15 +11,39 @@ const ROOT: &[Need] = &[Need::Root];
 
 pub fn tests() -> Vec<Trial> {
     vec![
-        trial("forksnoop::every_fork_exactly_once", ROOT, every_fork_exactly_once),
-        trial("forksnoop::threads_vs_processes", ROOT, threads_vs_processes),
+        trial(
+            "forksnoop::every_fork_exactly_once",
+            ROOT,
+            every_fork_exactly_once,
+        ),
+        trial(
+            "forksnoop::threads_vs_processes",
+            ROOT,
+            threads_vs_processes,
+        ),
         trial("forksnoop::comm_filter", ROOT, comm_filter),
-        trial("forksnoop::summary_counts_exact", ROOT, summary_counts_exact),
+        trial(
+            "forksnoop::summary_counts_exact",
+            ROOT,
+            summary_counts_exact,
+        ),
         trial("forksnoop::summary_intervals", ROOT, summary_intervals),
-        trial("forksnoop::each_attach_mechanism", ROOT, each_attach_mechanism),
+        trial(
+            "forksnoop::each_attach_mechanism",
+            ROOT,
+            each_attach_mechanism,
+        ),
         trial("forksnoop::text_output", ROOT, text_output),
-        trial("forksnoop::kthread_flag_matches_proc", ROOT, kthread_flag_matches_proc),
-        trial("forksnoop::signals_leave_nothing_loaded", ROOT, signals_leave_nothing_loaded),
+        trial(
+            "forksnoop::kthread_flag_matches_proc",
+            ROOT,
+            kthread_flag_matches_proc,
+        ),
+        trial(
+            "forksnoop::signals_leave_nothing_loaded",
+            ROOT,
+            signals_leave_nothing_loaded,
+        ),
     ]
 }
 
@@ -42,24 +66,39 @@ fn forks(records: &[Value]) -> Vec<&Value> {
 }
 
 fn end(records: &[Value]) -> Result<&Value, Failed> {
-    records.iter().find(|r| r["type"] == "end").ok_or_else(|| fail("no end record"))
+    records
+        .iter()
+        .find(|r| r["type"] == "end")
+        .ok_or_else(|| fail("no end record"))
 }
 
 fn every_fork_exactly_once() -> Result<(), Failed> {
     const N: usize = 500;
     let (pid, records) = traced(&["fork", &N.to_string()], &[])?;
     let forks = forks(&records);
-    ensure(forks.len() == N, || format!("saw {} forks, made {N}", forks.len()))?;
+    ensure(forks.len() == N, || {
+        format!("saw {} forks, made {N}", forks.len())
+    })?;
     let mut children = std::collections::HashSet::new();
     for f in &forks {
-        ensure(f["schema"] == "tracer.forksnoop.v1", || format!("schema: {f}"))?;
+        ensure(f["schema"] == "tracer.forksnoop.v1", || {
+            format!("schema: {f}")
+        })?;
         ensure(f["parent"]["pid"] == pid, || format!("parent pid: {f}"))?;
-        ensure(f["parent"]["comm"] == "tracer-workload", || format!("parent comm: {f}"))?;
-        ensure(f["kind"] == "process" && f["thread"] == false, || format!("kind: {f}"))?;
-        ensure(f["child"]["pid"] == f["child"]["tid"], || format!("child pid/tid: {f}"))?;
+        ensure(f["parent"]["comm"] == "tracer-workload", || {
+            format!("parent comm: {f}")
+        })?;
+        ensure(f["kind"] == "process" && f["thread"] == false, || {
+            format!("kind: {f}")
+        })?;
+        ensure(f["child"]["pid"] == f["child"]["tid"], || {
+            format!("child pid/tid: {f}")
+        })?;
         children.insert(f["child"]["pid"].as_u64().unwrap_or(0));
     }
-    ensure(children.len() == N, || format!("{} distinct children of {N}", children.len()))?;
+    ensure(children.len() == N, || {
+        format!("{} distinct children of {N}", children.len())
+    })?;
     let end = end(&records)?;
     ensure(end["lost"] == 0, || format!("lost events: {end}"))?;
     Ok(())
@@ -71,9 +110,13 @@ fn threads_vs_processes() -> Result<(), Failed> {
     let all = forks(&all);
     let threads = all.iter().filter(|f| f["kind"] == "thread").count();
     let processes = all.iter().filter(|f| f["kind"] == "process").count();
-    ensure(threads == 50 && processes == 100, || format!("threads {threads}, processes {processes}"))?;
+    ensure(threads == 50 && processes == 100, || {
+        format!("threads {threads}, processes {processes}")
+    })?;
     for f in all.iter().filter(|f| f["kind"] == "thread") {
-        ensure(f["child"]["pid"] == f["parent"]["pid"], || format!("thread in another group: {f}"))?;
+        ensure(f["child"]["pid"] == f["parent"]["pid"], || {
+            format!("thread in another group: {f}")
+        })?;
     }
     let (_, only_threads) = traced(&work, &["--threads"])?;
     let n = forks(&only_threads).len();
@@ -91,55 +134,100 @@ fn comm_filter() -> Result<(), Failed> {
     std::thread::sleep(Duration::from_millis(300));
     let records = tool.stop(libc::SIGTERM)?.ok()?.json()?;
     let forks = forks(&records);
-    ensure(forks.len() == 200, || format!("saw {} forks, made 200", forks.len()))?;
-    ensure(forks.iter().all(|f| f["parent"]["comm"] == "tracer-workload"), || "other comm leaked".into())?;
+    ensure(forks.len() == 200, || {
+        format!("saw {} forks, made 200", forks.len())
+    })?;
+    ensure(
+        forks
+            .iter()
+            .all(|f| f["parent"]["comm"] == "tracer-workload"),
+        || "other comm leaked".into(),
+    )?;
     let workload = Workload::spawn(&["fork", "20"])?;
     let tool = start(&["forksnoop", "--json", "--comm", "no-such-comm"])?;
     workload.go_and_wait()?;
     std::thread::sleep(Duration::from_millis(200));
     let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
-    ensure(self::forks(&records).is_empty(), || "exact comm filter let forks through".into())
+    ensure(self::forks(&records).is_empty(), || {
+        "exact comm filter let forks through".into()
+    })
 }
 
 fn summary_counts_exact() -> Result<(), Failed> {
     let (pid, records) = traced(&["fork", "300", "threads", "40"], &["--summary"])?;
-    let summary = records.iter().find(|r| r["type"] == "summary").ok_or_else(|| fail("no summary"))?;
-    let parents = summary["parents"].as_array().ok_or_else(|| fail("no parents"))?;
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .ok_or_else(|| fail("no summary"))?;
+    let parents = summary["parents"]
+        .as_array()
+        .ok_or_else(|| fail("no parents"))?;
     ensure(parents.len() == 1, || format!("parents: {summary}"))?;
     let p = &parents[0];
-    ensure(p["pid"] == pid && p["comm"] == "tracer-workload", || format!("parent: {p}"))?;
-    ensure(p["forks"] == 340 && p["processes"] == 300 && p["threads"] == 40, || format!("counts: {p}"))?;
-    ensure(forks(&records).is_empty(), || "summary mode printed events".into())
+    ensure(p["pid"] == pid && p["comm"] == "tracer-workload", || {
+        format!("parent: {p}")
+    })?;
+    ensure(
+        p["forks"] == 340 && p["processes"] == 300 && p["threads"] == 40,
+        || format!("counts: {p}"),
+    )?;
+    ensure(forks(&records).is_empty(), || {
+        "summary mode printed events".into()
+    })
 }
 
 fn summary_intervals() -> Result<(), Failed> {
     // Two intervals, then it stops by itself; the counts over both add up to the truth.
     let workload = Workload::spawn(&["fork", "100", "sleep", "1.2", "fork", "50"])?;
     let pid = workload.pid;
-    let tool = start(&["forksnoop", "--json", "--summary", "-p", &pid.to_string(), "1", "3"])?;
+    let tool = start(&[
+        "forksnoop",
+        "--json",
+        "--summary",
+        "-p",
+        &pid.to_string(),
+        "1",
+        "3",
+    ])?;
     workload.go_and_wait()?;
     let done = tool.wait(Duration::from_secs(10))?.ok()?;
     let records = done.json()?;
     let summaries: Vec<&Value> = records.iter().filter(|r| r["type"] == "summary").collect();
-    ensure(summaries.len() == 3, || format!("{} summaries for count 3", summaries.len()))?;
-    let total: u64 = summaries.iter().map(|s| s["total"].as_u64().unwrap_or(0)).sum();
-    ensure(total == 150, || format!("intervals add up to {total}, made 150"))
+    ensure(summaries.len() == 3, || {
+        format!("{} summaries for count 3", summaries.len())
+    })?;
+    let total: u64 = summaries
+        .iter()
+        .map(|s| s["total"].as_u64().unwrap_or(0))
+        .sum();
+    ensure(total == 150, || {
+        format!("intervals add up to {total}, made 150")
+    })
 }
 
 fn each_attach_mechanism() -> Result<(), Failed> {
     for mechanism in ["tp-btf", "raw-tp", "tracepoint"] {
         let (pid, records) = traced(&["fork", "100"], &["--attach", mechanism])?;
         let forks = forks(&records);
-        ensure(forks.len() == 100, || format!("{mechanism}: saw {} of 100", forks.len()))?;
-        ensure(forks.iter().all(|f| f["parent"]["pid"] == pid), || format!("{mechanism}: parent"))?;
+        ensure(forks.len() == 100, || {
+            format!("{mechanism}: saw {} of 100", forks.len())
+        })?;
+        ensure(forks.iter().all(|f| f["parent"]["pid"] == pid), || {
+            format!("{mechanism}: parent")
+        })?;
         let end = end(&records)?;
         let expected = mechanism.replace('-', "_");
-        ensure(end["attach"] == expected.as_str(), || format!("{mechanism}: attached via {}", end["attach"]))?;
+        ensure(end["attach"] == expected.as_str(), || {
+            format!("{mechanism}: attached via {}", end["attach"])
+        })?;
         if mechanism == "tracepoint" {
             // The classic record has no task pointer: thread group unknown, said so.
-            ensure(forks.iter().all(|f| f["kind"] == "task" && f["child"]["pid"].is_null()), || {
-                "tracepoint rung claimed to know the thread group".into()
-            })?;
+            ensure(
+                forks
+                    .iter()
+                    .all(|f| f["kind"] == "task" && f["child"]["pid"].is_null()),
+                || "tracepoint rung claimed to know the thread group".into(),
+            )?;
         }
     }
     Ok(())
@@ -153,12 +241,17 @@ fn text_output() -> Result<(), Failed> {
     std::thread::sleep(Duration::from_millis(200));
     let done = tool.stop(libc::SIGINT)?.ok()?;
     let header = done.stdout.first().ok_or_else(|| fail("no output"))?;
-    ensure(header.starts_with("TIME") && header.contains("PCOMM"), || format!("header: {header}"))?;
+    ensure(
+        header.starts_with("TIME") && header.contains("PCOMM"),
+        || format!("header: {header}"),
+    )?;
     let rows: Vec<&String> = done.stdout.iter().skip(1).collect();
     ensure(rows.len() == 5, || format!("rows: {rows:?}"))?;
-    ensure(rows.iter().all(|r| r.contains("tracer-workload") && r.contains(&pid) && r.contains("process")), || {
-        format!("rows: {rows:?}")
-    })
+    ensure(
+        rows.iter()
+            .all(|r| r.contains("tracer-workload") && r.contains(&pid) && r.contains("process")),
+        || format!("rows: {rows:?}"),
+    )
 }
 
 /// Every event flagged as a kernel thread must be one by /proc (when the child is still
@@ -172,7 +265,9 @@ fn kthread_flag_matches_proc() -> Result<(), Failed> {
     std::thread::sleep(Duration::from_millis(500));
     let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
     for f in forks(&records) {
-        ensure(f["kthread"] == true, || format!("--kthreads let a user task through: {f}"))?;
+        ensure(f["kthread"] == true, || {
+            format!("--kthreads let a user task through: {f}")
+        })?;
         let child = f["child"]["tid"].as_u64().unwrap_or(0);
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
             let flags: u64 = stat
@@ -181,7 +276,9 @@ fn kthread_flag_matches_proc() -> Result<(), Failed> {
                 .and_then(|rest| rest.split_whitespace().nth(7))
                 .and_then(|f| f.parse().ok())
                 .unwrap_or(0);
-            ensure(flags & 0x0020_0000 != 0, || format!("{child} is not PF_KTHREAD in /proc: {f}"))?;
+            ensure(flags & 0x0020_0000 != 0, || {
+                format!("{child} is not PF_KTHREAD in /proc: {f}")
+            })?;
         }
     }
     Ok(())
@@ -192,7 +289,9 @@ fn signals_leave_nothing_loaded() -> Result<(), Failed> {
         let tool = start(&["forksnoop", "--json"])?;
         let done = tool.stop(signal)?;
         if signal != libc::SIGKILL {
-            ensure(done.code == Some(0), || format!("exit code {:?} after signal {signal}", done.code))?;
+            ensure(done.code == Some(0), || {
+                format!("exit code {:?} after signal {signal}", done.code)
+            })?;
         }
         assert_nothing_loaded("forksnoop_")?;
     }

@@ -36,7 +36,9 @@ impl Attached {
         if stdout_to.is_some() {
             cmd.stdout(Stdio::piped());
         }
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let (err_tx, err_rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
@@ -54,7 +56,8 @@ impl Attached {
         }
         let stdout_thread = match (stdout_to, child.stdout.take()) {
             (Some(path), Some(stdout)) => Some(thread::spawn(move || {
-                let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("output file"));
+                let mut file =
+                    std::io::BufWriter::new(std::fs::File::create(path).expect("output file"));
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if ready(&line) {
                         let _ = ready_tx.send(());
@@ -69,7 +72,11 @@ impl Attached {
             let said: Vec<String> = err_rx.try_iter().collect();
             bail!("{cmd:?} did not attach within 30 s: {}", said.join(" | "));
         }
-        Ok(Self { child, stderr: err_rx, stdout_thread })
+        Ok(Self {
+            child,
+            stderr: err_rx,
+            stdout_thread,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -78,7 +85,9 @@ impl Attached {
 
     /// SIGINT, wait, and return what it printed on stderr.
     pub fn stop(mut self) -> Result<String> {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let status = self.child.wait()?;
         if let Some(t) = self.stdout_thread.take() {
             let _ = t.join();
@@ -108,7 +117,9 @@ pub struct RunTimes {
 
 pub fn timed(cmd: &mut Command) -> Result<RunTimes> {
     let start = std::time::Instant::now();
-    let child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     let pid = child.id();
     let mut status = 0;
     // SAFETY: zeroed rusage is valid; wait4 on our own child.
@@ -120,15 +131,31 @@ pub fn timed(cmd: &mut Command) -> Result<RunTimes> {
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     std::mem::forget(child);
-    Ok(RunTimes { pid, wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime) })
+    Ok(RunTimes {
+        pid,
+        wall,
+        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+    })
 }
 
 /// CPU seconds (user + system) a running process has used so far, from /proc/PID/stat.
 pub fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // After the comm: state is field 3, utime 14, stime 15 (1-based) -> indexes 11 and 12 here.
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz

@@ -15,8 +15,12 @@ const ROUNDS: usize = 3;
 pub fn run() -> Result<()> {
     let workload = release_bin("tracer-workload");
     let storm = || timed(Command::new(&workload).args(["fork", &FORKS.to_string()]));
-    println!("{FORKS} fork+exit per round, median of {ROUNDS} rounds; overhead = extra CPU time of the");
-    println!("forking process (the BPF programs run in its context); tool CPU = the tracer's own process");
+    println!(
+        "{FORKS} fork+exit per round, median of {ROUNDS} rounds; overhead = extra CPU time of the"
+    );
+    println!(
+        "forking process (the BPF programs run in its context); tool CPU = the tracer's own process"
+    );
     println!(
         "{:<34} {:>7} {:>8} {:>9} {:>9} {:>12} {:>6}",
         "tracer", "wall s", "cpu s", "overhead", "tool cpu", "seen/made", "lost"
@@ -24,14 +28,25 @@ pub fn run() -> Result<()> {
     let base: Vec<RunTimes> = (0..ROUNDS).map(|_| storm()).collect::<Result<_>>()?;
     let base_cpu = median(base.iter().map(|r| r.cpu).collect());
     let base_wall = median(base.iter().map(|r| r.wall).collect());
-    println!("{:<34} {base_wall:>7.3} {base_cpu:>8.3} {:>9} {:>9} {:>12} {:>6}", "none", "-", "-", "-", "-");
+    println!(
+        "{:<34} {base_wall:>7.3} {base_cpu:>8.3} {:>9} {:>9} {:>12} {:>6}",
+        "none", "-", "-", "-", "-"
+    );
 
     let dir = std::env::temp_dir().join("tracer-bench-forksnoop");
     std::fs::create_dir_all(&dir)?;
     let mut overheads = Vec::new();
     for (name, mut cmd, out_name) in [
-        ("tracer forksnoop --json (events)", tracer(&["forksnoop", "--json"]), "tracer.jsonl"),
-        ("tracer forksnoop --summary", tracer(&["forksnoop", "--summary", "--json"]), "summary.jsonl"),
+        (
+            "tracer forksnoop --json (events)",
+            tracer(&["forksnoop", "--json"]),
+            "tracer.jsonl",
+        ),
+        (
+            "tracer forksnoop --summary",
+            tracer(&["forksnoop", "--summary", "--json"]),
+            "summary.jsonl",
+        ),
         ("bpftrace printf one-liner", bpftrace(), "bpftrace.txt"),
     ] {
         let mut runs = Vec::new();
@@ -65,7 +80,11 @@ pub fn run() -> Result<()> {
     let (ours, theirs) = (overheads[0], overheads[2]);
     println!(
         "verdict: forksnoop events overhead {ours:+.1}% vs bpftrace {theirs:+.1}% (target: at most half of bpftrace's) -> {}",
-        if ours <= theirs / 2.0 { "met" } else { "NOT met" }
+        if ours <= theirs / 2.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     Ok(())
 }
@@ -88,7 +107,10 @@ fn bpftrace() -> Command {
 
 /// Events the tool saw from the storm's process, and what it said it lost.
 fn count(name: &str, text: &str, stderr: &str, pid: u32) -> (u64, String) {
-    let records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let records: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let lost = || {
         records
             .iter()
@@ -108,14 +130,21 @@ fn count(name: &str, text: &str, stderr: &str, pid: u32) -> (u64, String) {
         return (total, lost());
     }
     if name.starts_with("tracer") {
-        let seen = records.iter().filter(|r| r["type"] == "fork" && r["parent"]["pid"] == pid).count();
+        let seen = records
+            .iter()
+            .filter(|r| r["type"] == "fork" && r["parent"]["pid"] == pid)
+            .count();
         return (seen as u64, lost());
     }
     let prefix = format!("{pid} ");
     let seen = text.lines().filter(|l| l.starts_with(&prefix)).count() as u64;
     let lost = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("Lost ").and_then(|r| r.split_whitespace().next()).map(String::from))
+        .find_map(|l| {
+            l.strip_prefix("Lost ")
+                .and_then(|r| r.split_whitespace().next())
+                .map(String::from)
+        })
         .unwrap_or_else(|| "0".into());
     (seen, lost)
 }
