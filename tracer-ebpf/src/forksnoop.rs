@@ -21,7 +21,7 @@ use tracer_common::{
     stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRORS},
     task::{KTHREADD_PID, PF_KTHREAD},
 };
-use tracer_ebpf::{stats::bump, task::Task};
+use tracer_ebpf::{ringbuf::submit_flags, stats::bump, task::Task};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -30,7 +30,9 @@ tracer_ebpf::stats_map!();
 static CONFIG: Global<ForkConfig> = Global::new(ForkConfig::DEFAULT);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+const EVENTS_BYTES: u32 = 1024 * 1024;
 
 #[map]
 static PARENT_COUNTS: PerCpuHashMap<ParentKey, ParentCounts> =
@@ -139,7 +141,7 @@ fn on_fork(child: Child) -> i32 {
                     cpu: unsafe { bpf_get_smp_processor_id() },
                     parent_comm: comm,
                 });
-                entry.submit(0);
+                entry.submit(submit_flags(&EVENTS, EVENTS_BYTES as u64 / 4));
             }
             None => bump(&STATS, STAT_LOST),
         }

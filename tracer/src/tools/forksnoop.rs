@@ -200,6 +200,9 @@ async fn stream(
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel side wakes us only when a quarter of the ring is full; drain it on a short
+    // timer too so that a quiet system still shows each fork within this delay.
+    let mut drain = tokio::time::interval(Duration::from_millis(50));
     let mut reported_lost = 0;
     let print = |event: &ForkEvent, out: &mut Out| {
         if json {
@@ -221,6 +224,14 @@ async fn stream(
                     print(&read_event(&item)?, out);
                 }
                 guard.clear_ready();
+                out.flush();
+                if out.closed() { break; }
+            }
+            _ = drain.tick() => {
+                let ring = ring.get_mut();
+                while let Some(item) = ring.next() {
+                    print(&read_event(&item)?, out);
+                }
                 out.flush();
                 if out.closed() { break; }
             }

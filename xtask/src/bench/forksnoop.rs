@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::Result;
 use serde_json::Value;
 
+use super::bpf_stats::{StatsEnabled, ns_per_run};
 use super::common::{Attached, RunTimes, median, process_cpu_seconds, release_bin, timed};
 
 const FORKS: u64 = 20_000;
@@ -22,9 +23,13 @@ pub fn run() -> Result<()> {
         "forking process (the BPF programs run in its context); tool CPU = the tracer's own process"
     );
     println!(
-        "{:<34} {:>7} {:>8} {:>9} {:>9} {:>12} {:>6}",
-        "tracer", "wall s", "cpu s", "overhead", "tool cpu", "seen/made", "lost"
+        "kernel ns/fork = bpf_stats run_time_ns / run_cnt of the tool's programs (the precise figure)"
     );
+    println!(
+        "{:<34} {:>7} {:>8} {:>9} {:>9} {:>12} {:>6} {:>10}",
+        "tracer", "wall s", "cpu s", "overhead", "tool cpu", "seen/made", "lost", "kernel ns"
+    );
+    let _stats = StatsEnabled::new()?;
     let base: Vec<RunTimes> = (0..ROUNDS).map(|_| storm()).collect::<Result<_>>()?;
     let base_cpu = median(base.iter().map(|r| r.cpu).collect());
     let base_wall = median(base.iter().map(|r| r.wall).collect());
@@ -36,6 +41,7 @@ pub fn run() -> Result<()> {
     let dir = std::env::temp_dir().join("tracer-bench-forksnoop");
     std::fs::create_dir_all(&dir)?;
     let mut overheads = Vec::new();
+    let mut kernel_costs = Vec::new();
     for (name, mut cmd, out_name) in [
         (
             "tracer forksnoop --json (events)",
@@ -51,6 +57,7 @@ pub fn run() -> Result<()> {
     ] {
         let mut runs = Vec::new();
         let mut tool_cpu = Vec::new();
+        let mut kernel_ns = Vec::new();
         let mut seen = 0;
         let mut lost = String::from("?");
         for _ in 0..ROUNDS {
@@ -62,6 +69,9 @@ pub fn run() -> Result<()> {
             let run = storm()?;
             std::thread::sleep(std::time::Duration::from_millis(300));
             tool_cpu.push(process_cpu_seconds(attached.pid()) - cpu_before);
+            if let Some(ns) = ns_per_run(attached.pid()) {
+                kernel_ns.push(ns);
+            }
             let stderr = attached.stop()?;
             runs.push(run);
             let text = std::fs::read_to_string(&out_path)?;
@@ -71,20 +81,21 @@ pub fn run() -> Result<()> {
         let wall = median(runs.iter().map(|r| r.wall).collect());
         let overhead = (cpu - base_cpu) / base_cpu * 100.0;
         println!(
-            "{name:<34} {wall:>7.3} {cpu:>8.3} {overhead:>+8.1}% {:>9.3} {:>12} {lost:>6}",
+            "{name:<34} {wall:>7.3} {cpu:>8.3} {overhead:>+8.1}% {:>9.3} {:>12} {lost:>6} {:>10.0}",
             median(tool_cpu),
-            format!("{seen}/{FORKS}")
+            format!("{seen}/{FORKS}"),
+            median(kernel_ns.clone())
         );
         overheads.push(overhead);
+        kernel_costs.push(median(kernel_ns));
     }
     let (ours, theirs) = (overheads[0], overheads[2]);
+    let (ours_ns, theirs_ns) = (kernel_costs[0], kernel_costs[2]);
+    println!("storm CPU overhead: forksnoop {ours:+.1}%, bpftrace {theirs:+.1}% (noise on a shared VM is several %)");
+    let verdict = if ours_ns <= theirs_ns / 2.0 { "met" } else { "NOT met" };
     println!(
-        "verdict: forksnoop events overhead {ours:+.1}% vs bpftrace {theirs:+.1}% (target: at most half of bpftrace's) -> {}",
-        if ours <= theirs / 2.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+        "verdict: kernel cost per fork, forksnoop {ours_ns:.0} ns vs bpftrace {theirs_ns:.0} ns \
+         (target: at most half) -> {verdict}"
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Benchmarks: each compares tracer with the peers (libbpf-tools, bpftrace) in one run and
 //! prints a table. Never run by the tests; targets are recorded in the README.
 
+mod bpf_stats;
 mod common;
 mod forksnoop;
 mod probes;
