@@ -180,59 +180,10 @@ fn pingpong(workload: &Path) -> Result<f64> {
     Ok(results[results.len() / 2])
 }
 
-/// run_time_ns and run_cnt of every BPF program owned by `pid`, keyed by program name. The
-/// programs are found through the process's file descriptors (/proc/PID/fdinfo has a
-/// `prog_id` line for BPF programs): bpftool 7.1 here lacks the pid column.
+/// run_time_ns and run_cnt of every BPF program owned by `pid`, keyed by program name.
 fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
-    let mut ids = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
-        for entry in dir.flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")) {
-                ids.push(id.trim().to_string());
-            }
-        }
-    }
-    let mut stats = BTreeMap::new();
-    if ids.is_empty() {
-        return stats;
-    }
-    let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
-        return stats;
-    };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // Blocks start with "<id>: <type>  name <name> ... run_time_ns N run_cnt M".
-    let mut blocks: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if line.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            blocks.push(String::new());
-        }
-        if let Some(b) = blocks.last_mut() {
-            b.push_str(line);
-            b.push(' ');
-        }
-    }
-    for block in &blocks {
-        let words: Vec<&str> = block.split_whitespace().collect();
-        let Some(id) = words.first().map(|w| w.trim_end_matches(':')) else {
-            continue;
-        };
-        if !ids.iter().any(|i| i == id) {
-            continue;
-        }
-        let after = |key: &str| {
-            words
-                .iter()
-                .position(|w| *w == key)
-                .and_then(|i| words.get(i + 1))
-                .copied()
-        };
-        let name = after("name").unwrap_or("?").to_string();
-        let e = stats.entry(name).or_insert((0, 0));
-        e.0 += after("run_time_ns")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        e.1 += after("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
-    }
-    stats
+    super::bpf_stats::stats_of(pid)
+        .into_iter()
+        .map(|(name, p)| (name, (p.run_time_ns, p.run_cnt)))
+        .collect()
 }

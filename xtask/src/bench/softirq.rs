@@ -197,35 +197,10 @@ fn signal(pid: u32, name: &str) {
 /// Every loaded BPF program: id → (name, run_time_ns, run_cnt). bpftool here cannot say which
 /// process owns a program, so a phase takes the programs that appeared after its tool started.
 fn prog_list() -> BTreeMap<u32, (String, u64, u64)> {
-    let mut progs = BTreeMap::new();
-    let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
-        return progs;
-    };
-    // "<id>: <type>  name <name>  tag ...  gpl run_time_ns N run_cnt M" (the counters only
-    // with kernel.bpf_stats_enabled).
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((id, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let Ok(id) = id.trim().parse::<u32>() else {
-            continue;
-        };
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        let after = |key: &str| {
-            words
-                .iter()
-                .position(|w| *w == key)
-                .and_then(|i| words.get(i + 1))
-                .copied()
-        };
-        let name = after("name").unwrap_or("?").to_string();
-        let run_time = after("run_time_ns")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let run_cnt = after("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
-        progs.insert(id, (name, run_time, run_cnt));
-    }
-    progs
+    super::bpf_stats::programs()
+        .into_iter()
+        .map(|(id, p)| (id, (p.name, p.run_time_ns, p.run_cnt)))
+        .collect()
 }
 
 /// The softirq-related programs among `ids`, summed per name.
