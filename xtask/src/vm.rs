@@ -41,6 +41,10 @@ pub struct VmArgs {
     /// Only integration tests whose name contains this (passed to the test binary).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Run this shell command in the guest (as root, in the chroot, tracer on PATH) instead
+    /// of doctor and the tests, e.g. --exec 'tracer funccount -d 2 k:vfs_read'.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
     /// Minutes before a VM counts as hung and is killed.
     #[arg(long, default_value_t = 30)]
     pub timeout_minutes: u64,
@@ -51,7 +55,8 @@ impl Default for VmArgs {
         Self {
             kernel: "all".into(),
             filter: None,
-            timeout_minutes: 20,
+            exec: None,
+            timeout_minutes: 30,
         }
     }
 }
@@ -193,6 +198,7 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         tracer: binaries.tracer.clone(),
         test_binary: binaries.integration.clone(),
         test_args,
+        exec: args.exec.clone(),
         test_cwd: repo_root().join("tracer"),
     };
     let initrd = dir.join("initramfs.cpio");
@@ -205,6 +211,15 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         &log_path,
         Duration::from_secs(args.timeout_minutes * 60),
     )?;
+    if args.exec.is_some() {
+        let ok = run.reported == Some(0);
+        println!("vm-test {}: --exec {}", spec.name, describe_exit(&run));
+        return Ok(Tally {
+            passed: u64::from(ok),
+            failed: u64::from(!ok),
+            skipped: 0,
+        });
+    }
     Ok(verdict(spec, &run, &log_path))
 }
 
@@ -295,6 +310,13 @@ fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Re
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 run.timed_out = true;
                 let _ = child.kill();
+                // Keep what was still buffered, e.g. the "test NAME ... " of a hung test.
+                while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+                    println!("{line}");
+                    writeln!(log, "{line}")?;
+                    run.console.push_str(&line);
+                    run.console.push('\n');
+                }
                 break;
             }
         }
@@ -308,8 +330,6 @@ fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Re
 
 /// Turns one VM's console and exit status into a tally, and says how it went.
 fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
-    let mut tally = Tally::default();
-    tally.add_libtest(&run.console);
     let secs =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
     println!(
@@ -321,6 +341,21 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         run.elapsed.as_secs_f64(),
         log_path.display()
     );
+    let mut tally = Tally::default();
+    let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
+    if has_summary {
+        tally.add_libtest(&run.console);
+    } else {
+        // No summary (hang, panic): still count the tests that finished.
+        for line in run.console.lines().filter(|l| l.starts_with("test ")) {
+            match line.rsplit(" ... ").next().unwrap_or("") {
+                "ok" => tally.passed += 1,
+                "FAILED" => tally.failed += 1,
+                r if r.starts_with("ignored") => tally.skipped += 1,
+                _ => {}
+            }
+        }
+    }
 
     match doctor_missing(spec, &run.console) {
         Ok(()) => tally.passed += 1,
@@ -330,32 +365,53 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         }
     }
 
-    let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
-    let problem = if run.timed_out {
-        Some(format!(
-            "timed out (hang?) after {:.0}s",
-            run.elapsed.as_secs_f64()
-        ))
-    } else {
-        match run.reported {
-            None => Some("the guest never reported (kernel panic, or it powered off)".to_string()),
-            Some(code) if code == i32::from(initramfs::EXIT_SETUP_FAILED) => {
-                Some("guest setup failed".into())
-            }
-            Some(code) if !has_summary => {
-                Some(format!("the test binary printed no summary (exit {code})"))
-            }
-            Some(code) if code != 0 && tally.failed == 0 => {
-                Some(format!("the test binary exited with {code}"))
-            }
-            Some(_) => None,
+    let problem = match run.reported {
+        _ if run.timed_out => Some(format!(
+            "timed out after {:.0}s{}",
+            run.elapsed.as_secs_f64(),
+            unfinished_test(&run.console)
+                .map(|t| format!(" in {t}"))
+                .unwrap_or_default()
+        )),
+        Some(code) if code == i32::from(initramfs::EXIT_SETUP_FAILED) => {
+            Some("guest setup failed".into())
         }
+        Some(code) if !has_summary => {
+            Some(format!("the test binary printed no summary (exit {code})"))
+        }
+        Some(code) if code != 0 && tally.failed == 0 => {
+            Some(format!("the test binary exited with {code}"))
+        }
+        Some(_) => None,
+        None => Some(format!(
+            "{}{}",
+            describe_exit(run),
+            unfinished_test(&run.console)
+                .map(|t| format!(" during {t}"))
+                .unwrap_or_default()
+        )),
     };
     if let Some(problem) = problem {
         println!("vm-test {}: FAILED: {problem}", spec.name);
         tally.failed += 1;
     }
     tally
+}
+
+/// How the VM ended, in words.
+fn describe_exit(run: &VmRun) -> String {
+    match run.reported {
+        _ if run.timed_out => format!("timed out after {:.0}s", run.elapsed.as_secs_f64()),
+        Some(code) => format!("exited with {code}"),
+        None => "the guest never reported (kernel panic, or it powered off)".into(),
+    }
+}
+
+/// The test libtest announced but never finished ("test NAME ... " without a result).
+fn unfinished_test(console: &str) -> Option<&str> {
+    let last = console.lines().rfind(|l| l.starts_with("test "))?;
+    let (name, result) = last.strip_prefix("test ")?.split_once(" ...")?;
+    result.trim().is_empty().then(|| name.trim())
 }
 
 /// Checks that `tracer doctor` in the guest said "yes" for what this kernel has.
@@ -409,6 +465,15 @@ mod tests {
             Some(r#"/w/t/integration-"x""#)
         );
         assert_eq!(json_string(line, "missing"), None);
+    }
+
+    #[test]
+    fn names_the_hung_test() {
+        assert_eq!(
+            unfinished_test("test a ... ok\ntest b::c ... "),
+            Some("b::c")
+        );
+        assert_eq!(unfinished_test("test a ... ok\n"), None);
     }
 
     #[test]

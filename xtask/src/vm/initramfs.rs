@@ -33,6 +33,8 @@ pub struct GuestPlan {
     pub tracer: PathBuf,
     pub test_binary: PathBuf,
     pub test_args: Vec<String>,
+    /// A shell command to run in the chroot instead of doctor and the tests (debugging).
+    pub exec: Option<String>,
     /// Working directory for the tests (the tracer package, as `cargo test` does).
     pub test_cwd: PathBuf,
 }
@@ -69,6 +71,19 @@ fn init_script(plan: &GuestPlan) -> String {
         .chain(plan.test_args.iter().cloned())
         .map(|a| quote(&a))
         .collect();
+    let cwd = quote(&plan.test_cwd.display().to_string());
+    let body = match &plan.exec {
+        Some(command) => format!(
+            "echo \"==vm-test== exec\"\nchroot $H /bin/sh -c {}",
+            quote(&format!("cd {cwd} && {command}"))
+        ),
+        None => format!(
+            "echo \"==vm-test== doctor\"\nchroot $H {tracer} doctor\n\
+             echo \"==vm-test== tests\"\nchroot $H /bin/sh -c 'cd \"$0\" && exec \"$@\"' {cwd} {test_cmd}",
+            tracer = quote(&plan.tracer.display().to_string()),
+            test_cmd = test_cmd.join(" "),
+        ),
+    };
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -114,23 +129,28 @@ done
 ip link set lo up
 hostname vm-{kernel}
 
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# tracer's release dir first, so `--exec 'tracer ...'` finds the binary under test.
+export PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp TERM=dumb RUST_BACKTRACE=1 TRACER_VM={kernel}
 export CARGO_MANIFEST_DIR={cwd}
 cd /
-echo "==vm-test== doctor"
-chroot $H {tracer} doctor
-echo "==vm-test== tests"
-chroot $H /bin/sh -c 'cd "$0" && exec "$@"' {cwd} {test_cmd}
+{body}
 rc=$?
 echo "==vm-test== dmesg"
 dmesg | grep -E 'WARNING:|BUG:|Oops|Call Trace|Kernel panic|segfault' | head -n 40
 report $rc
 "#,
         kernel = plan.kernel_name,
-        tracer = quote(&plan.tracer.display().to_string()),
-        cwd = quote(&plan.test_cwd.display().to_string()),
-        test_cmd = test_cmd.join(" "),
+        cwd = cwd,
+        body = body,
+        bin_dir = quote(
+            &plan
+                .tracer
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display()
+                .to_string()
+        ),
     )
 }
 
