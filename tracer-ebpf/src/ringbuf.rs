@@ -15,5 +15,9 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Flags for `submit`: wake the reader only when `wake_at` bytes or more are waiting.
 #[inline(always)]
 pub fn submit_flags(ring: &RingBuf, wake_at: u64) -> u64 {
-    if ring.query(BPF_RB_AVAIL_DATA) >= wake_at { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+    if ring.query(BPF_RB_AVAIL_DATA) >= wake_at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }

@@ -91,8 +91,14 @@ pub fn run() -> Result<()> {
     }
     let (ours, theirs) = (overheads[0], overheads[2]);
     let (ours_ns, theirs_ns) = (kernel_costs[0], kernel_costs[2]);
-    println!("storm CPU overhead: forksnoop {ours:+.1}%, bpftrace {theirs:+.1}% (noise on a shared VM is several %)");
-    let verdict = if ours_ns <= theirs_ns / 2.0 { "met" } else { "NOT met" };
+    println!(
+        "storm CPU overhead: forksnoop {ours:+.1}%, bpftrace {theirs:+.1}% (noise on a shared VM is several %)"
+    );
+    let verdict = if ours_ns <= theirs_ns / 2.0 {
+        "met"
+    } else {
+        "NOT met"
+    };
     println!(
         "verdict: kernel cost per fork, forksnoop {ours_ns:.0} ns vs bpftrace {theirs_ns:.0} ns \
          (target: at most half) -> {verdict}"
