@@ -114,7 +114,10 @@ pub fn test(args: TestArgs) -> Result<()> {
 
     if !args.no_vm {
         println!("== integration tests in qemu");
-        match vm::vm_test(&vm::VmArgs::default()) {
+        match vm::vm_test(&vm::VmArgs {
+            filter: args.filter.clone(),
+            ..Default::default()
+        }) {
             Ok(vm_tally) => {
                 tally.passed += vm_tally.passed;
                 tally.failed += vm_tally.failed;

@@ -32,6 +32,7 @@ use kernel::{KERNELS, KernelSpec};
 
 const QEMU: &str = "qemu-system-x86_64";
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+const KERNEL_CMDLINE: &str = "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 rdinit=/init";
 
 #[derive(Args, Clone, Debug)]
 pub struct VmArgs {
@@ -245,7 +246,9 @@ fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Re
         .arg(vmlinux)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        // loglevel=5: kernel warnings (WARN splats, lockups) reach the console; a soft lockup
+        // panics and a panic ends the VM at once instead of at the timeout.
+        .args(["-append", KERNEL_CMDLINE])
         .args([
             "-virtfs",
             "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
@@ -347,14 +350,7 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         tally.add_libtest(&run.console);
     } else {
         // No summary (hang, panic): still count the tests that finished.
-        for line in run.console.lines().filter(|l| l.starts_with("test ")) {
-            match line.rsplit(" ... ").next().unwrap_or("") {
-                "ok" => tally.passed += 1,
-                "FAILED" => tally.failed += 1,
-                r if r.starts_with("ignored") => tally.skipped += 1,
-                _ => {}
-            }
-        }
+        tally = finished_tests(&run.console).0;
     }
 
     match doctor_missing(spec, &run.console) {
@@ -367,8 +363,11 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
 
     let problem = match run.reported {
         _ if run.timed_out => Some(format!(
-            "timed out after {:.0}s{}",
+            "timed out after {:.0}s{}{}",
             run.elapsed.as_secs_f64(),
+            kernel_trouble(&run.console)
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default(),
             unfinished_test(&run.console)
                 .map(|t| format!(" in {t}"))
                 .unwrap_or_default()
@@ -384,8 +383,11 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         }
         Some(_) => None,
         None => Some(format!(
-            "{}{}",
+            "{}{}{}",
             describe_exit(run),
+            kernel_trouble(&run.console)
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default(),
             unfinished_test(&run.console)
                 .map(|t| format!(" during {t}"))
                 .unwrap_or_default()
@@ -407,11 +409,52 @@ fn describe_exit(run: &VmRun) -> String {
     }
 }
 
-/// The test libtest announced but never finished ("test NAME ... " without a result).
-fn unfinished_test(console: &str) -> Option<&str> {
-    let last = console.lines().rfind(|l| l.starts_with("test "))?;
-    let (name, result) = last.strip_prefix("test ")?.split_once(" ...")?;
-    result.trim().is_empty().then(|| name.trim())
+/// The first line where the kernel said it is in trouble (panic, lockup, oops).
+fn kernel_trouble(console: &str) -> Option<&str> {
+    console.lines().find(|l| {
+        [
+            "Kernel panic",
+            "BUG:",
+            "Oops",
+            "rcu_preempt self-detected stall",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    })
+}
+
+/// Counts libtest's per-test lines ("test NAME ... ok"), and names the test that was
+/// announced but never finished. A test's own output or a kernel message can come between
+/// "test NAME ... " and its result, which then stands on a later line.
+fn finished_tests(console: &str) -> (Tally, Option<String>) {
+    let mut tally = Tally::default();
+    let mut pending: Option<String> = None;
+    let count = |result: &str, tally: &mut Tally| -> bool {
+        let counter = match result.split([' ', ',']).next().unwrap_or("") {
+            "ok" => &mut tally.passed,
+            "FAILED" => &mut tally.failed,
+            "ignored" => &mut tally.skipped,
+            _ => return false,
+        };
+        *counter += 1;
+        true
+    };
+    for line in console.lines() {
+        if let Some((name, result)) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.split_once(" ..."))
+        {
+            let done = count(result.trim(), &mut tally);
+            pending = (!done).then(|| name.trim().to_string());
+        } else if pending.is_some() && count(line.trim(), &mut tally) {
+            pending = None;
+        }
+    }
+    (tally, pending)
+}
+
+fn unfinished_test(console: &str) -> Option<String> {
+    finished_tests(console).1
 }
 
 /// Checks that `tracer doctor` in the guest said "yes" for what this kernel has.
@@ -468,11 +511,12 @@ mod tests {
     }
 
     #[test]
-    fn names_the_hung_test() {
-        assert_eq!(
-            unfinished_test("test a ... ok\ntest b::c ... "),
-            Some("b::c")
-        );
+    fn counts_tests_without_a_summary() {
+        let console = "test a ... ok\ntest b ... chatter\nok\ntest c ... ignored, no kprobes\n\
+                       test d ... FAILED\ntest e ... [  358.3] rcu: INFO: stall\n";
+        let (tally, hung) = finished_tests(console);
+        assert_eq!((tally.passed, tally.failed, tally.skipped), (2, 1, 1));
+        assert_eq!(hung.as_deref(), Some("e"));
         assert_eq!(unfinished_test("test a ... ok\n"), None);
     }
 
