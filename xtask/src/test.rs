@@ -86,6 +86,8 @@ pub fn test(args: TestArgs) -> Result<()> {
         "tracer-common",
         "-p",
         "tracer",
+        "-p",
+        "xtask",
         "--bins",
         "--lib",
     ]))?;
