@@ -11,6 +11,7 @@ mod output;
 mod privileges;
 mod probe_attach;
 mod probe_spec;
+mod procfs;
 mod session;
 mod stacks;
 mod tools;

@@ -12,6 +12,7 @@ use tracer_common::task::{KTHREADD_PID, PF_KTHREAD};
 use crate::{
     filters, kthread_roles,
     output::{Out, OutputArgs, with_schema},
+    procfs,
 };
 
 const TOOL: &str = "kthreads";
@@ -85,27 +86,14 @@ pub async fn run(args: KthreadsArgs) -> Result<()> {
 fn read_kthreads() -> Result<Vec<Kthread>> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::metadata("/proc").context("cannot read /proc")?;
     let mut threads = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("cannot read /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // Threads exit while we read: skip what vanished.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(t) = parse_stat(pid, &stat, ticks) else {
-            continue;
-        };
-        if t.1 & PF_KTHREAD == 0 && pid != KTHREADD_PID {
+    for task in procfs::tasks() {
+        if task.flags & PF_KTHREAD == 0 && task.pid != KTHREADD_PID {
             continue;
         }
-        let mut t = t.0;
+        let pid = task.pid;
+        let mut t = kthread(task, ticks);
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             t.cpus_allowed = status
                 .lines()
@@ -118,32 +106,26 @@ fn read_kthreads() -> Result<Vec<Kthread>> {
     Ok(threads)
 }
 
+fn kthread(task: procfs::TaskStat, ticks: f64) -> Kthread {
+    Kthread {
+        pid: task.pid,
+        ppid: task.ppid,
+        comm: task.comm,
+        state: task.state,
+        cpus_allowed: String::new(),
+        last_cpu: task.last_cpu,
+        cpu_secs: task.cpu_ticks as f64 / ticks,
+        nice: task.nice,
+        rt_priority: task.rt_priority,
+    }
+}
+
 /// Parses /proc/PID/stat; returns the thread and its `flags` field.
+#[cfg(test)]
 fn parse_stat(pid: u32, stat: &str, ticks: f64) -> Option<(Kthread, u32)> {
-    // "pid (comm) state ppid ..." — comm may hold spaces and parentheses: cut at the last ')'.
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-    // fields[0] is field 3 of proc_pid_stat(5).
-    let field = |n: usize| fields.get(n - 3).copied();
-    let num = |n: usize| field(n).and_then(|v| v.parse::<i64>().ok());
-    let flags = field(9)?.parse::<u64>().ok()? as u32;
-    let cpu_ticks = num(14)? + num(15)?;
-    Some((
-        Kthread {
-            pid,
-            ppid: num(4)? as u32,
-            comm,
-            state: field(3)?.chars().next()?,
-            cpus_allowed: String::new(),
-            last_cpu: num(39).unwrap_or(-1),
-            cpu_secs: cpu_ticks as f64 / ticks,
-            nice: num(19).unwrap_or(0),
-            rt_priority: num(40).unwrap_or(0) as u64,
-        },
-        flags,
-    ))
+    let task = procfs::parse_stat(pid, stat)?;
+    let flags = task.flags;
+    Some((kthread(task, ticks), flags))
 }
 
 fn state_name(state: char) -> &'static str {

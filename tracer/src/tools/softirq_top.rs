@@ -201,42 +201,15 @@ fn parse_vecs(text: &str) -> Result<Vec<usize>> {
 
 /// The ksoftirqd thread of each CPU, from /proc (kernel threads named ksoftirqd/N).
 fn ksoftirqd_threads() -> BTreeMap<u32, u32> {
-    let mut threads = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return threads;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ... flags" — comm may hold spaces, so split after the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let Some(cpu) = comm
-            .strip_prefix("ksoftirqd/")
-            .and_then(|c| c.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let flags: u32 = stat[close + 1..]
-            .split_whitespace()
-            .nth(6)
-            .and_then(|f| f.parse().ok())
-            .unwrap_or(0);
-        if flags & PF_KTHREAD != 0 {
-            threads.insert(cpu, pid);
-        }
-    }
-    threads
+    crate::procfs::tasks()
+        .filter(|t| t.flags & PF_KTHREAD != 0)
+        .filter_map(|t| {
+            Some((
+                t.comm.strip_prefix("ksoftirqd/")?.parse::<u32>().ok()?,
+                t.pid,
+            ))
+        })
+        .collect()
 }
 
 /// Rungs for an irq:softirq_* / sched / napi tracepoint program family named `base`.
