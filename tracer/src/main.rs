@@ -130,13 +130,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
         Err(err) => {
-            // One line, as for every other error: clap's first line names the problem.
-            let text = err.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: invalid arguments");
-            eprintln!("tracer: {first} (see --help)");
+            eprintln!("tracer: {} (see --help)", usage_error_line(&err));
             return ExitCode::from(2);
         }
     };
@@ -169,6 +163,27 @@ fn main() -> ExitCode {
             eprintln!("{tool}: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line, as for every other error: clap's first paragraph (the problem, and for missing
+/// arguments the indented list of what is missing), joined.
+fn usage_error_line(err: &clap::Error) -> String {
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "error: no tool given".to_string();
+    }
+    let text = err.render().to_string();
+    let line = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        "error: invalid arguments".to_string()
+    } else {
+        line
     }
 }
 

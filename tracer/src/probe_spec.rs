@@ -19,8 +19,9 @@
 //! `.gnu_debuglink` or the build id under /usr/lib/debug when one is installed.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
 };
 
@@ -32,6 +33,8 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 pub const MAX_UPROBES: usize = 1000;
 /// At most this many kernel functions or tracepoints (one loaded object each).
 pub const MAX_KERNEL_PROBES: usize = 64;
+/// Binaries (with their debug files) larger than this are refused rather than read whole.
+const MAX_ELF_BYTES: u64 = 4 << 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -390,6 +393,9 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                             path.display()
                         )
                     })?;
+                    if let Some((name, start)) = elf.function_containing(*addr) {
+                        elf.check_boundary(&name, start, addr - start)?;
+                    }
                     probes.push(Probe {
                         kind,
                         name: format!("{addr:#x}"),
@@ -406,6 +412,9 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                 } => {
                     let mut seen = HashSet::new();
                     for (name, addr) in elf.matching(pattern) {
+                        if *extra != 0 {
+                            elf.check_boundary(&name, addr, *extra)?;
+                        }
                         let Some(offset) = elf.file_offset(addr + extra) else {
                             continue;
                         };
@@ -665,6 +674,9 @@ pub struct ElfSymbols {
     pub functions: BTreeMap<String, u64>,
     /// (virtual address, size, file offset) of each PT_LOAD segment.
     segments: Vec<(u64, u64, u64)>,
+    /// virtual address → size in bytes, for functions whose symbol gives one.
+    sizes: HashMap<u64, u64>,
+    x86_64: bool,
     has_symtab: bool,
     dynsym_count: usize,
     debug_file: Option<PathBuf>,
@@ -677,6 +689,19 @@ impl ElfSymbols {
         if meta.is_dir() {
             bail!("{shown} is a directory, not an ELF binary or library");
         }
+        // A FIFO or a device would block or never end; uprobes need a regular file anyway.
+        if !meta.is_file() {
+            bail!(
+                "{shown} is not a regular file (uprobes need a compiled binary or shared library)"
+            );
+        }
+        if meta.len() > MAX_ELF_BYTES {
+            bail!(
+                "{shown} is {} GiB: too large for a binary or library (at most {} GiB)",
+                meta.len() >> 30,
+                MAX_ELF_BYTES >> 30
+            );
+        }
         let data = std::fs::read(path).with_context(|| format!("{shown}: cannot read"))?;
         if !data.starts_with(b"\x7fELF") {
             bail!("{shown} is not an ELF file (uprobes need a compiled binary or shared library)");
@@ -684,9 +709,10 @@ impl ElfSymbols {
         let file =
             object::File::parse(&*data).map_err(|e| anyhow!("{shown}: bad ELF file: {e}"))?;
         let mut functions = BTreeMap::new();
+        let mut sizes = HashMap::new();
         let mut has_symtab = false;
         let mut dynsym_count = 0;
-        let add = |sym: object::Symbol<'_, '_>, functions: &mut BTreeMap<String, u64>| {
+        let mut add = |sym: object::Symbol<'_, '_>, functions: &mut BTreeMap<String, u64>| {
             if sym.kind() == SymbolKind::Text
                 && sym.is_definition()
                 && sym.address() != 0
@@ -695,6 +721,9 @@ impl ElfSymbols {
                 // Versioned names ("malloc@@GLIBC_2.2.5") are probed by their plain name.
                 let name = name.split('@').next().unwrap_or(name);
                 functions.entry(name.to_string()).or_insert(sym.address());
+                if sym.size() > 0 {
+                    sizes.entry(sym.address()).or_insert(sym.size());
+                }
                 return true;
             }
             false
@@ -716,6 +745,8 @@ impl ElfSymbols {
             path: path.to_path_buf(),
             functions,
             segments,
+            sizes,
+            x86_64: file.architecture() == object::Architecture::X86_64,
             has_symtab,
             dynsym_count,
             debug_file: None,
@@ -733,6 +764,9 @@ impl ElfSymbols {
                         elf.functions
                             .entry(name.to_string())
                             .or_insert(sym.address());
+                        if sym.size() > 0 {
+                            elf.sizes.entry(sym.address()).or_insert(sym.size());
+                        }
                     }
                 }
             }
@@ -755,6 +789,66 @@ impl ElfSymbols {
             .filter(|(name, _)| glob_match(pattern, name))
             .map(|(n, &a)| (n.clone(), a))
             .collect()
+    }
+
+    /// The function (name, start address) whose symbol covers `addr`, if its size is known.
+    pub fn function_containing(&self, addr: u64) -> Option<(String, u64)> {
+        self.functions
+            .iter()
+            .find(|&(_, &start)| {
+                self.sizes
+                    .get(&start)
+                    .is_some_and(|&size| addr >= start && addr < start + size)
+            })
+            .map(|(name, &start)| (name.clone(), start))
+    }
+
+    /// Refuses `name+offset` unless it lies inside the function and, on x86-64, at the start
+    /// of an instruction: the kernel puts its breakpoint wherever it is told, and one inside
+    /// an instruction corrupts it for every process that runs the function.
+    pub fn check_boundary(&self, name: &str, start: u64, offset: u64) -> Result<()> {
+        let size = self.sizes.get(&start).copied();
+        if let Some(size) = size
+            && offset >= size
+        {
+            bail!("{name}+{offset:#x} is past the end of {name} ({size} bytes)");
+        }
+        if !self.x86_64 {
+            return Ok(());
+        }
+        // Decode from the function's start up to the offset (x86 has no fixed length).
+        let len = size.unwrap_or(offset + 15).min(offset + 15);
+        let mut code = vec![0u8; len as usize];
+        let read = self
+            .file_offset(start)
+            .and_then(|at| {
+                let file = std::fs::File::open(&self.path).ok()?;
+                file.read_exact_at(&mut code, at).ok()
+            })
+            .is_some();
+        if !read {
+            bail!("cannot read the code of {name} in {}", self.path.display());
+        }
+        let mut decoder = iced_x86::Decoder::with_ip(64, &code, 0, iced_x86::DecoderOptions::NONE);
+        let mut at = 0;
+        while at < offset && decoder.can_decode() {
+            let insn = decoder.decode();
+            if insn.is_invalid() {
+                bail!(
+                    "{name}+{offset:#x}: cannot decode {name} up to there (at +{at:#x}); \
+                     give an offset that starts an instruction"
+                );
+            }
+            let next = insn.next_ip();
+            if next > offset {
+                bail!(
+                    "{name}+{offset:#x} is inside an instruction (+{at:#x}..+{next:#x}): a \
+                     uprobe there would corrupt it; use +{at:#x} or +{next:#x}"
+                );
+            }
+            at = next;
+        }
+        Ok(())
     }
 
     /// The file offset of a virtual address (what the kernel's uprobe interface takes).

@@ -1,7 +1,13 @@
 //! How a tool run ends: Ctrl-C, SIGTERM, a duration (`-d`), or `[interval] [count]` running out.
 //! Dropping the `aya::Ebpf` afterwards detaches and unloads everything (nothing is pinned).
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -65,6 +71,10 @@ struct Signals {
 
 static SIGNALS: Mutex<Option<Signals>> = Mutex::new(None);
 
+/// Set when the tool first waits in `stop_requested`: from then on a stop signal ends the run
+/// through the tool's own loop (final output, detach).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
 /// Registers the stop signals; call inside the tokio runtime, before loading anything.
 pub fn install_signal_handlers() -> Result<()> {
     let signals = Signals {
@@ -73,6 +83,50 @@ pub fn install_signal_handlers() -> Result<()> {
         hup: signal(SignalKind::hangup())?,
     };
     *SIGNALS.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals);
+    watch_setup_signals()
+}
+
+/// With the handlers above installed, a stop signal that arrives while the tool is still
+/// setting up (symbol lookup in a big binary, loading, a slow read) would wait, unseen, until
+/// the tool first polls `stop_requested` — forever if setup hangs. A helper thread with its
+/// own small runtime hears the same signals (tokio broadcasts each to every listener) and,
+/// if the tool is not running yet, exits at once with 128 + the signal number, as the
+/// default action would; the kernel frees whatever was loaded so far (nothing is pinned).
+fn watch_setup_signals() -> Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("setup-signals".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = ready_tx.send(());
+                return;
+            };
+            runtime.block_on(async move {
+                let listen = |kind: SignalKind| signal(kind).ok();
+                let (Some(mut int), Some(mut term), Some(mut hup)) = (
+                    listen(SignalKind::interrupt()),
+                    listen(SignalKind::terminate()),
+                    listen(SignalKind::hangup()),
+                ) else {
+                    let _ = ready_tx.send(());
+                    return;
+                };
+                let _ = ready_tx.send(());
+                let number = tokio::select! {
+                    _ = int.recv() => libc::SIGINT,
+                    _ = term.recv() => libc::SIGTERM,
+                    _ = hup.recv() => libc::SIGHUP,
+                };
+                if !RUNNING.load(Ordering::SeqCst) {
+                    std::process::exit(128 + number);
+                }
+            });
+        })?;
+    // Listening before setup starts, so no early signal slips through.
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
     Ok(())
 }
 
@@ -89,6 +143,7 @@ impl Drop for Borrowed {
 
 /// Resolves when the run should stop.
 pub async fn stop_requested(duration: Option<Duration>) -> Result<StopReason> {
+    RUNNING.store(true, Ordering::SeqCst);
     let taken = SIGNALS.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut signals = Borrowed(Some(match taken {
         Some(s) => s,

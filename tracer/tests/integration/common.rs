@@ -20,6 +20,11 @@ pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_tracer-workload");
 
 pub type TestResult = Result<Completion, Failed>;
 
+/// The longest any one command a test runs may take (a tracer run to completion, a workload,
+/// bpftool): past it the command is killed and the test fails naming it, so a hang fails one
+/// test instead of stalling the suite.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
 /// rates, packet floods, multi-second intervals. Under qemu's TCG emulation (the VM stage,
 /// which exists for the kprobe/fentry paths) they measure the emulator, and SCHED_FIFO
@@ -88,10 +93,7 @@ pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
 
 /// Asks `tracer doctor --json` whether a feature is unavailable, and why.
 pub fn doctor_says_unavailable(feature: &str) -> Option<String> {
-    let out = Command::new(TRACER)
-        .args(["doctor", "--json"])
-        .output()
-        .ok()?;
+    let out = output_within(Command::new(TRACER).args(["doctor", "--json"]), DEADLINE).ok()?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     json["checks"]
         .as_array()?
@@ -189,7 +191,21 @@ impl Running {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(fail(format!("tracer closed stderr before '{needle}'")));
+                    // stderr closed: it is exiting; say how, with what it printed.
+                    let end = Instant::now() + Duration::from_secs(5);
+                    let status = loop {
+                        match self.child.try_wait() {
+                            Ok(Some(status)) => break status.to_string(),
+                            Ok(None) if Instant::now() < end => {
+                                thread::sleep(Duration::from_millis(10))
+                            }
+                            _ => break "still running".to_string(),
+                        }
+                    };
+                    return Err(fail(format!(
+                        "tracer closed stderr ({status}) before '{needle}': {}",
+                        self.stderr_lines.join(" | ")
+                    )));
                 }
             }
         }
@@ -239,9 +255,21 @@ impl Running {
         }
         Ok(Finished {
             code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout,
-            stderr: self.stderr_lines,
+            stderr: std::mem::take(&mut self.stderr_lines),
         })
+    }
+}
+
+/// A test that fails half-way must not leave its tracer running (still attached, it would
+/// fail every later "nothing loaded" check).
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -249,6 +277,8 @@ impl Running {
 #[derive(Debug)]
 pub struct Finished {
     pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
 }
@@ -275,12 +305,86 @@ impl Finished {
     }
 }
 
-/// Runs `tracer ARGS` to completion (for one-shot commands and error cases).
+/// Runs `tracer ARGS` to completion (for one-shot commands and error cases); a run that
+/// outlives `DEADLINE` is killed and fails the test (a panic, which libtest-mimic reports as
+/// the test's failure) with the command line.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(TRACER)
-        .args(args)
-        .output()
-        .expect("run tracer")
+    run_within(args, DEADLINE)
+}
+
+/// `run` with another deadline.
+pub fn run_within(args: &[&str], deadline: Duration) -> Output {
+    output_within(Command::new(TRACER).args(args), deadline)
+        .unwrap_or_else(|e| panic!("{}", e.message))
+}
+
+/// Why `output_within` gave up.
+#[derive(Debug)]
+pub struct Timeout {
+    pub message: String,
+}
+
+impl From<Timeout> for Failed {
+    fn from(t: Timeout) -> Self {
+        fail(t.message)
+    }
+}
+
+/// Runs `cmd` to completion like `Command::output` (stdin closed), but kills it after
+/// `deadline` and says which command hung, with what it had printed.
+pub fn output_within(cmd: &mut Command, deadline: Duration) -> Result<Output, Timeout> {
+    let line = command_line(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Timeout {
+            message: format!("cannot start {line}: {e}"),
+        })?;
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let stderr = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = stderr.join().unwrap_or_default();
+                return Err(Timeout {
+                    message: format!(
+                        "timed out after {deadline:?} (killed): {line}; stderr: {}",
+                        String::from_utf8_lossy(&said).trim()
+                    ),
+                });
+            }
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// `prog arg arg...` for messages.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A workload started with --wait: it prints its PID and starts when `go` is called.
@@ -299,10 +403,25 @@ impl Workload {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("cannot start workload: {e}")))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .map_err(|e| fail(e.to_string()))?;
+        // Its first line is its PID; read it on a thread so a wedged workload cannot hang us.
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "workload {} did not say its PID within 10 s",
+                    args.join(" ")
+                )));
+            }
+        };
         let pid = line
             .trim()
             .parse()
@@ -311,21 +430,62 @@ impl Workload {
         Ok(Self { child, stdin, pid })
     }
 
-    /// Lets it run and waits until it is done.
-    pub fn go_and_wait(mut self) -> Result<(), Failed> {
+    /// Lets it run and waits until it is done (killed and failed after `DEADLINE`).
+    pub fn go_and_wait(self) -> Result<(), Failed> {
+        self.go_and_wait_within(DEADLINE)
+    }
+
+    /// Lets it run and waits until it is done, at most `deadline`.
+    pub fn go_and_wait_within(mut self, deadline: Duration) -> Result<(), Failed> {
+        self.go();
+        let end = Instant::now() + deadline;
+        loop {
+            match self.child.try_wait().map_err(|e| fail(e.to_string()))? {
+                Some(status) => {
+                    return ensure(status.success(), || format!("workload failed: {status}"));
+                }
+                None if Instant::now() >= end => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(fail(format!(
+                        "workload {} still running after {deadline:?} (killed)",
+                        self.pid
+                    )));
+                }
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Lets it run without waiting.
+    pub fn go(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "go");
         }
-        let status = self.child.wait().map_err(|e| fail(e.to_string()))?;
-        ensure(status.success(), || format!("workload failed: {status}"))
+    }
+
+    /// Whether it has finished.
+    pub fn finished(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A workload abandoned by a failing test is killed, not left running.
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
 /// Names of BPF programs currently loaded in the kernel (bpftool, else aya's listing).
 pub fn loaded_program_names() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output();
+    let out = output_within(
+        Command::new("bpftool").args(["prog", "show", "--json"]),
+        DEADLINE,
+    );
     let Ok(out) = out else { return Vec::new() };
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     json.as_array()
@@ -354,5 +514,152 @@ pub fn assert_nothing_loaded(prefix: &str) -> Result<(), Failed> {
             return Err(fail(format!("programs still loaded after exit: {left:?}")));
         }
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The kernel objects a tool process holds: BPF programs, maps and links by their kernel ids
+/// (from /proc/PID/fdinfo), and how many perf events it has open.
+#[derive(Clone, Debug, Default)]
+pub struct BpfObjects {
+    pub progs: Vec<u32>,
+    pub maps: Vec<u32>,
+    pub links: Vec<u32>,
+    pub perf_events: usize,
+}
+
+/// What `pid` holds open right now.
+pub fn bpf_objects_of(pid: u32) -> BpfObjects {
+    let mut objects = BpfObjects::default();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return objects;
+    };
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy() == "anon_inode:[perf_event]" {
+            objects.perf_events += 1;
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        for line in info.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let Ok(id) = value.trim().parse::<u32>() else {
+                continue;
+            };
+            match key {
+                "prog_id" if !objects.progs.contains(&id) => objects.progs.push(id),
+                "map_id" if !objects.maps.contains(&id) => objects.maps.push(id),
+                "link_id" if !objects.links.contains(&id) => objects.links.push(id),
+                _ => {}
+            }
+        }
+    }
+    objects
+}
+
+/// bpf(2) commands that open an object by id (ENOENT when it no longer exists).
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+/// Whether the kernel still has the object `id` of this kind.
+fn bpf_id_exists(cmd: libc::c_long, id: u32) -> bool {
+    // union bpf_attr for *_GET_FD_BY_ID: { u32 id; u32 next_id; u32 open_flags; }, zero-padded.
+    let mut attr = [0u32; 32];
+    attr[0] = id;
+    // SAFETY: bpf(2) reads `size` bytes of `attr`, which we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the fd the kernel just gave us.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+}
+
+/// Entries under /sys/fs/bpf (pinned objects), recursively.
+pub fn pinned_paths() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            out.push(path.display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/bpf"), &mut out);
+    out
+}
+
+/// Probe events that aya created through tracefs for process `pid` (its fallback when the
+/// kernel has no perf PMU for the probe type): they would outlive a killed process.
+fn tracefs_probe_events_of(pid: u32) -> Vec<String> {
+    let tag = format!("aya_{pid}_");
+    ["kprobe_events", "uprobe_events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/sys/kernel/tracing/{f}")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.contains(&tag))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Fails unless every object that process `pid` held is gone from the kernel: its programs,
+/// maps and links (by id; the kernel frees them asynchronously, so this waits up to 5 s), any
+/// probe event it made through tracefs, and any entry pinned in /sys/fs/bpf since `pinned_before`.
+/// Perf events need no lookup of their own: an fd-only perf event dies with the process, and
+/// one kept alive by the kernel would hold a link or program of ours, which is checked.
+pub fn assert_released(
+    pid: u32,
+    objects: &BpfObjects,
+    pinned_before: &[String],
+) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut left = Vec::new();
+        for (cmd, what, ids) in [
+            (BPF_PROG_GET_FD_BY_ID, "program", &objects.progs),
+            (BPF_MAP_GET_FD_BY_ID, "map", &objects.maps),
+            (BPF_LINK_GET_FD_BY_ID, "link", &objects.links),
+        ] {
+            left.extend(
+                ids.iter()
+                    .filter(|&&id| bpf_id_exists(cmd, id))
+                    .map(|id| format!("{what} {id}")),
+            );
+        }
+        left.extend(tracefs_probe_events_of(pid));
+        left.extend(
+            pinned_paths()
+                .into_iter()
+                .filter(|p| !pinned_before.contains(p))
+                .map(|p| format!("pinned {p}")),
+        );
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "after process {pid} exited, still in the kernel: {}",
+                left.join(", ")
+            )));
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }

@@ -15,6 +15,7 @@ mod probes;
 mod profile;
 mod sched;
 mod serve;
+mod signals;
 mod softirq_top;
 
 fn main() {
@@ -28,5 +29,6 @@ fn main() {
     trials.extend(probes::tests());
     trials.extend(sched::tests());
     trials.extend(serve::tests());
+    trials.extend(signals::tests());
     libtest_mimic::run(&args, trials).exit();
 }
