@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "util-linux",
+    "libcap2-bin",
     "wrk",
     "apache2-utils",
     "linux-perf",

@@ -663,3 +663,68 @@ pub fn assert_released(
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Ids of every BPF program loaded in the kernel now (BPF_PROG_GET_NEXT_ID).
+pub fn program_ids() -> Vec<u32> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    let mut ids = Vec::new();
+    let mut start = 0u32;
+    loop {
+        // union bpf_attr: { u32 start_id; u32 next_id; ... }
+        let mut attr = [0u32; 32];
+        attr[0] = start;
+        // SAFETY: bpf(2) reads and writes within `attr`, which we own.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_NEXT_ID,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        if rc != 0 {
+            return ids;
+        }
+        start = attr[1];
+        ids.push(start);
+    }
+}
+
+/// Program ids held by some process, through a program or link fd (/proc/*/fdinfo).
+fn held_program_ids() -> std::collections::HashSet<u32> {
+    let mut held = std::collections::HashSet::new();
+    for proc_dir in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc_dir
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        held.extend(bpf_objects_of(pid).progs);
+    }
+    held
+}
+
+/// Programs loaded since `before` that still exist after `grace` while no process holds
+/// them: left behind by a process that has exited. Programs of other running processes
+/// (other tests, other tools on the machine) are not counted.
+pub fn orphaned_programs(before: &[u32], grace: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + grace;
+    loop {
+        let new: Vec<u32> = program_ids()
+            .into_iter()
+            .filter(|id| !before.contains(id))
+            .collect();
+        let orphans: Vec<u32> = if new.is_empty() {
+            Vec::new()
+        } else {
+            let held = held_program_ids();
+            new.into_iter().filter(|id| !held.contains(id)).collect()
+        };
+        if orphans.is_empty() || Instant::now() >= deadline {
+            return orphans;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}

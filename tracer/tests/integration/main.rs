@@ -5,6 +5,7 @@
 //! Run through `cargo xtask test` (which also runs them in qemu on other kernels), or
 //! `cargo test --release -p tracer --test integration -- --test-threads 1` as root.
 
+mod bad_input;
 mod cli;
 mod common;
 mod doctor;
@@ -22,6 +23,7 @@ fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let mut trials = Vec::new();
     trials.extend(cli::tests());
+    trials.extend(bad_input::tests());
     trials.extend(doctor::tests());
     trials.extend(forksnoop::tests());
     trials.extend(softirq_top::tests());
