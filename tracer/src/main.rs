@@ -252,23 +252,17 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    /// xorshift: deterministic, dependency-free randomness for the parser fuzz below.
-    fn next(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
-    /// Random command lines from a vocabulary of real and hostile tokens: parsing and the
-    /// value parsers must never panic, whatever comes in.
-    #[test]
-    fn cli_parser_never_panics() {
-        let mut vocabulary: Vec<String> = TOOL_NAMES.iter().map(|s| s.to_string()).collect();
-        vocabulary.extend(
-            [
+    /// Real and hostile command-line tokens: tool names, every kind of flag, numbers at and
+    /// past the edges, globs, probe specs, separators.
+    fn token() -> impl Strategy<Value = String> {
+        let words: Vec<&'static str> = TOOL_NAMES
+            .iter()
+            .copied()
+            .chain([
                 "-p",
                 "-t",
                 "-C",
@@ -277,6 +271,15 @@ mod tests {
                 "-T",
                 "-v",
                 "-s",
+                "-P",
+                "-L",
+                "-m",
+                "-u",
+                "-n",
+                "-K",
+                "-U",
+                "-f",
+                "-H",
                 "--json",
                 "--summary",
                 "--comm",
@@ -288,8 +291,18 @@ mod tests {
                 "--folded",
                 "--svg",
                 "--vec",
-                "-m",
-                "-u",
+                "--stacks",
+                "--stack-storage-size",
+                "--group",
+                "--sort",
+                "--start",
+                "--end",
+                "--zero",
+                "--help",
+                "--version",
+                "--help=x",
+                "-pp",
+                "--",
                 "0",
                 "1",
                 "-1",
@@ -297,6 +310,7 @@ mod tests {
                 "1e9",
                 "NaN",
                 "inf",
+                "-inf",
                 "99999999999999999999",
                 "",
                 " ",
@@ -306,32 +320,57 @@ mod tests {
                 "é",
                 "\u{0}",
                 "tp-btf",
+                "raw-tp",
                 "kprobe",
+                "fentry",
                 "u:/usr/sbin/nginx:ngx_http_*",
                 "t:sched:sched_switch",
+                "k:vfs_read",
                 "k:",
                 "u::",
-                "--",
-                "--help=x",
-                "-pp",
+                "ur:libc:malloc",
+                "prev_pid",
+                "%d %s",
                 "/dev/null",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        let mut state = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
-            let len = (next(&mut state) % 7) as usize;
+                "man",
+                "completions",
+                "list-tools",
+                "bash",
+            ])
+            .collect();
+        prop_oneof![
+            4 => prop::sample::select(words).prop_map(String::from),
+            1 => "\\PC{0,12}",
+            1 => "-{1,2}[a-z-]{1,12}(=\\PC{0,6})?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6000))]
+
+        /// Whatever the command line, parsing and the value parsers return instead of
+        /// panicking, and a usage error shown to the user is exactly one non-empty line.
+        #[test]
+        fn cli_parser_never_panics(
+            tool in prop::sample::select(TOOL_NAMES),
+            rest in prop::collection::vec(token(), 0..8),
+            with_tool in any::<bool>(),
+        ) {
             let mut argv = vec!["tracer".to_string()];
-            for _ in 0..len {
-                argv.push(
-                    vocabulary[(next(&mut state) % vocabulary.len() as u64) as usize].clone(),
-                );
+            if with_tool {
+                argv.push(tool.to_string());
             }
-            let _ = Cli::try_parse_from(&argv);
-            let token = &argv[argv.len() - 1];
-            let _ = session::parse_seconds(token);
-            let _ = filters::comm_filter(Some(token));
+            argv.extend(rest.iter().cloned());
+            if let Err(err) = Cli::try_parse_from(&argv)
+                && err.use_stderr()
+            {
+                let line = usage_error_line(&err);
+                prop_assert!(!line.is_empty() && !line.contains('\n'), "{argv:?}: {line:?}");
+            }
+            for token in &rest {
+                let _ = session::parse_seconds(token);
+                let _ = filters::comm_filter(Some(token));
+            }
         }
     }
 }

@@ -1104,22 +1104,88 @@ mod tests {
         assert!(!library_name_matches("libc", "libcap.so.2"));
     }
 
-    /// No input may panic the parser or the glob matcher (a small deterministic fuzz).
-    #[test]
-    fn arbitrary_input_never_panics() {
-        let alphabet: Vec<char> = "uktr:/+*?[]!-0x9aZ_. \0é".chars().collect();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 24) as usize;
-            let text: String = (0..len)
-                .map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()])
-                .collect();
-            let _ = parse(&text);
-            let _ = glob_match(&text, "ngx_http_static_handler");
-            let _ = glob_match("ngx_*[a-z]?", &text);
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Tokens probe specs are made of, hostile ones included.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("u".to_string()),
+                Just("ur".to_string()),
+                Just("k".to_string()),
+                Just("t".to_string()),
+                Just("uprobe".to_string()),
+                Just(":".to_string()),
+                Just("+".to_string()),
+                Just("0x".to_string()),
+                Just("*".to_string()),
+                Just("[".to_string()),
+                Just("]".to_string()),
+                Just("!".to_string()),
+                Just("libc".to_string()),
+                Just("/usr/sbin/nginx".to_string()),
+                Just("ngx_http_*".to_string()),
+                Just("sched_switch".to_string()),
+                Just("\0".to_string()),
+                Just(" ".to_string()),
+                "[0-9a-fx]{1,20}",
+                "\\PC{0,8}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Any text: parse, and glob matching both ways, return without panicking.
+            #[test]
+            fn any_text_never_panics(text in "\\PC{0,64}") {
+                let _ = parse(&text);
+                let _ = glob_match(&text, "ngx_http_static_handler");
+                let _ = glob_match("ngx_*[a-z]?", &text);
+                let _ = glob_match(&text, &text);
+            }
+
+            /// Texts assembled from the syntax's own pieces reach the deeper branches.
+            #[test]
+            fn assembled_specs_never_panic(pieces in prop::collection::vec(piece(), 0..12)) {
+                let text = pieces.concat();
+                if let Ok(spec) = parse(&text) {
+                    // Whatever parses prints back to something that parses to the same probe.
+                    let again = parse(&spec.to_string());
+                    prop_assert_eq!(again.ok(), Some(spec), "round trip of {:?}", text);
+                }
+            }
+
+            /// Well-formed uprobe specs parse, and keep their parts.
+            #[test]
+            fn well_formed_uprobes_parse(
+                ret in any::<bool>(),
+                target in "(/[a-z0-9_.]{1,12}){1,4}|lib[a-z]{1,8}",
+                symbol in "[A-Za-z_][A-Za-z0-9_]{0,30}\\*?",
+                offset in proptest::option::of(0u64..1 << 40),
+            ) {
+                let kind = if ret { "ur" } else { "u" };
+                let text = match offset {
+                    Some(off) => format!("{kind}:{target}:{symbol}+{off:#x}"),
+                    None => format!("{kind}:{target}:{symbol}"),
+                };
+                let spec = parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+                let want = ProbeSpec::User {
+                    ret,
+                    target,
+                    location: UserLocation::Symbol { pattern: symbol, offset: offset.unwrap_or(0) },
+                };
+                prop_assert_eq!(spec, want);
+            }
+
+            /// A literal name (no glob characters) always matches itself, and only itself.
+            #[test]
+            fn literal_globs_match_exactly(name in "[A-Za-z0-9_.]{0,20}", other in "[A-Za-z0-9_.]{0,20}") {
+                prop_assert!(glob_match(&name, &name));
+                prop_assert_eq!(glob_match(&name, &other), name == other);
+            }
         }
     }
 
