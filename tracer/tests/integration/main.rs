@@ -12,6 +12,7 @@ mod doctor;
 mod forksnoop;
 mod netns;
 mod nginx;
+mod overload;
 mod probes;
 mod profile;
 mod sched;
@@ -30,6 +31,7 @@ fn main() {
     trials.extend(profile::tests());
     trials.extend(probes::tests());
     trials.extend(sched::tests());
+    trials.extend(overload::tests());
     trials.extend(serve::tests());
     trials.extend(signals::tests());
     libtest_mimic::run(&args, trials).exit();
