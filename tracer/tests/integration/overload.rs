@@ -140,7 +140,8 @@ fn fork_storm_stalled_reader() -> Result<(), Failed> {
 fn fork_storm_aggregates_exact() -> Result<(), Failed> {
     const N: u64 = 20_000;
     let workload = Workload::spawn(&["fork", &N.to_string()])?;
-    let pid = workload.pid.to_string();
+    let workload_pid = workload.pid;
+    let pid = workload_pid.to_string();
     let summary = start(&["forksnoop", "--summary", "--json", "-p", &pid])?;
     let count = start(&[
         "funccount",
@@ -156,7 +157,7 @@ fn fork_storm_aggregates_exact() -> Result<(), Failed> {
         .iter()
         .filter(|r| r["type"] == "summary")
         .flat_map(|r| r["parents"].as_array().cloned().unwrap_or_default())
-        .filter(|p| p["pid"].to_string() == pid)
+        .filter(|p| p["pid"] == workload_pid)
         .map(|p| p["forks"].as_u64().unwrap_or(0))
         .sum();
     ensure(forks == N, || {
