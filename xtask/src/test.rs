@@ -1,8 +1,15 @@
 //! The whole test suite, as the README and CI run it: setup, lints, unit tests, the
-//! integration tests against this kernel, then the same tests in qemu on other kernels.
-//! Ends with one line "N passed, N failed, N skipped" summed over every stage.
+//! integration tests against this kernel, then the same tests in qemu on other kernels while
+//! the soak test runs on this kernel alongside. Ends with one line
+//! "N passed, N failed, N skipped" summed over every stage.
 
-use anyhow::{Result, bail};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
@@ -16,6 +23,9 @@ pub struct TestArgs {
     /// Skip the qemu stage (kprobe/fentry paths on other kernels).
     #[arg(long)]
     pub no_vm: bool,
+    /// Skip the soak stage (every live tool for TRACER_SOAK_SECS, default 600 s, under load).
+    #[arg(long)]
+    pub no_soak: bool,
     /// Skip cargo fmt/clippy.
     #[arg(long)]
     pub no_lint: bool,
@@ -110,9 +120,24 @@ pub fn test(args: TestArgs) -> Result<()> {
     if let Some(filter) = &args.filter {
         cmd.arg(filter);
     }
+    let soak = !args.no_soak && args.filter.as_deref().is_none_or(|f| SOAK_TEST.contains(f));
+    if soak {
+        // Counted once, in its own stage below.
+        cmd.args(["--skip", SOAK_TEST]);
+    }
     let (int_ok, out) = run_tee(&mut cmd)?;
     tally.add_libtest(&out);
     ok &= int_ok;
+
+    // The soak test runs on this kernel while the VM stage runs in qemu: it checks flat
+    // memory and bounded maps, not speed, and the VM tests that need native speed skip
+    // themselves there, so neither disturbs the other and the suite grows by little.
+    let soak = if soak {
+        println!("== soak (this kernel, alongside the qemu stage; output after it)");
+        Some(Soak::start()?)
+    } else {
+        None
+    };
 
     if !args.no_vm {
         println!("== integration tests in qemu");
@@ -134,6 +159,21 @@ pub fn test(args: TestArgs) -> Result<()> {
         }
     }
 
+    if let Some(soak) = soak {
+        println!("== soak (this kernel)");
+        match soak.finish() {
+            Ok((soak_ok, out)) => {
+                tally.add_libtest(&out);
+                ok &= soak_ok;
+            }
+            Err(e) => {
+                println!("soak failed: {e:#}");
+                tally.failed += 1;
+                ok = false;
+            }
+        }
+    }
+
     println!(
         "{} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.skipped
@@ -142,6 +182,50 @@ pub fn test(args: TestArgs) -> Result<()> {
         bail!("test suite failed");
     }
     Ok(())
+}
+
+/// The soak test (tracer/tests/integration/soak.rs); it skips itself unless TRACER_SOAK=1.
+const SOAK_TEST: &str = "soak::all_live_tools";
+
+/// The soak test binary running in the background, its output kept for after the VM stage.
+struct Soak {
+    child: Child,
+    output: JoinHandle<String>,
+}
+
+impl Soak {
+    fn start() -> Result<Self> {
+        let binaries = vm::build_test_binaries()?;
+        let mut child = Command::new(&binaries.integration)
+            .args(["--test-threads", "1", "--exact", SOAK_TEST])
+            .env("TRACER_SOAK", "1")
+            .current_dir(crate::util::repo_root().join("tracer"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot run {}", binaries.integration.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let output = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| l + "\n")
+                .collect()
+        });
+        Ok(Self { child, output })
+    }
+
+    /// Waits for it, prints what it said, and returns (success, output).
+    fn finish(mut self) -> Result<(bool, String)> {
+        let status = self.child.wait()?;
+        let out = self
+            .output
+            .join()
+            .map_err(|_| anyhow::anyhow!("soak output reader panicked"))?;
+        print!("{out}");
+        Ok((status.success(), out))
+    }
 }
 
 fn kernel_release() -> String {

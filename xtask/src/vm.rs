@@ -101,14 +101,14 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
     Ok(tally)
 }
 
-struct Binaries {
+pub(crate) struct Binaries {
     tracer: PathBuf,
-    integration: PathBuf,
+    pub(crate) integration: PathBuf,
 }
 
 /// Builds the integration test binary (and the tracer binaries it runs) and returns their
 /// paths from cargo's JSON messages.
-fn build_test_binaries() -> Result<Binaries> {
+pub(crate) fn build_test_binaries() -> Result<Binaries> {
     let out = cargo()
         .args([
             "test",

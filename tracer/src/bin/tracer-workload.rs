@@ -11,6 +11,7 @@
 //!                   switches); prints "pingpong N NS_PER_ROUND_TRIP" (for sched benchmarks)
 //!   open N          N open(2)+close(2) of /dev/null (kernel-function tests)
 //!   write N         N calls of libc write(2), one byte each to /dev/null (uprobe tests)
+//!   repeat SECS ... run the commands after it again and again for SECS seconds (soak load)
 //! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
 //! starting, so a tracer can attach with `-p PID` first.
 
@@ -125,6 +126,9 @@ fn pingpong(n: u64) {
     // SAFETY: the child only reads and writes its pipe ends, then _exits.
     match unsafe { libc::fork() } {
         0 => unsafe {
+            // Only our own ends stay open, so the parent's death is EOF here.
+            libc::close(to_child[1]);
+            libc::close(to_parent[0]);
             for _ in 0..n {
                 if libc::read(to_child[0], byte.as_mut_ptr().cast(), 1) != 1 {
                     break;
@@ -141,6 +145,11 @@ fn pingpong(n: u64) {
             std::process::exit(1);
         }
         child => {
+            // SAFETY: closing the child's ends in the parent.
+            unsafe {
+                libc::close(to_child[0]);
+                libc::close(to_parent[1]);
+            }
             let start = Instant::now();
             for _ in 0..n {
                 // SAFETY: one-byte reads and writes on our pipe ends.
@@ -150,6 +159,11 @@ fn pingpong(n: u64) {
                 }
             }
             let elapsed = start.elapsed();
+            // SAFETY: closing our ends (`repeat` calls this again and again).
+            unsafe {
+                libc::close(to_child[1]);
+                libc::close(to_parent[0]);
+            }
             let mut status = 0;
             // SAFETY: waiting for our own child.
             unsafe { libc::waitpid(child, &mut status, 0) };
@@ -176,30 +190,43 @@ fn main() {
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
     }
+    run(&args);
+}
+
+/// Runs the commands in `args` in order; `repeat SECS` runs the rest again and again.
+fn run(args: &[String]) {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "fork" => fork_children(number(&args, i + 1, "fork") as u64),
-            "threads" => start_threads(number(&args, i + 1, "threads") as u64),
+            "repeat" => {
+                let end = Instant::now() + Duration::from_secs_f64(number(args, i + 1, "repeat"));
+                let rest = &args[i + 2..];
+                while Instant::now() < end {
+                    run(rest);
+                }
+                return;
+            }
+            "fork" => fork_children(number(args, i + 1, "fork") as u64),
+            "threads" => start_threads(number(args, i + 1, "threads") as u64),
             "spin" => {
                 let pct = args.get(i + 2).and_then(|a| a.parse().ok());
-                spin(number(&args, i + 1, "spin"), pct.unwrap_or(100.0));
+                spin(number(args, i + 1, "spin"), pct.unwrap_or(100.0));
                 if pct.is_some() {
                     i += 1;
                 }
             }
             "hot" => {
-                let deadline =
-                    Instant::now() + Duration::from_secs_f64(number(&args, i + 1, "hot"));
+                let deadline = Instant::now() + Duration::from_secs_f64(number(args, i + 1, "hot"));
                 std::hint::black_box(tracer_workload_hot_function(&deadline));
             }
-            "sleep" => std::thread::sleep(Duration::from_secs_f64(number(&args, i + 1, "sleep"))),
-            "pingpong" => pingpong(number(&args, i + 1, "pingpong") as u64),
-            "write" => write_dev_null(number(&args, i + 1, "write") as u64),
-            "open" => open_dev_null(number(&args, i + 1, "open") as u64),
+            "sleep" => std::thread::sleep(Duration::from_secs_f64(number(args, i + 1, "sleep"))),
+            "pingpong" => pingpong(number(args, i + 1, "pingpong") as u64),
+            "write" => write_dev_null(number(args, i + 1, "write") as u64),
+            "open" => open_dev_null(number(args, i + 1, "open") as u64),
             other => {
                 eprintln!(
-                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep)"
+                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
+                     pingpong, open, write, repeat)"
                 );
                 std::process::exit(2);
             }

@@ -18,6 +18,7 @@ mod profile;
 mod sched;
 mod serve;
 mod signals;
+mod soak;
 mod softirq_top;
 
 fn main() {
@@ -34,5 +35,6 @@ fn main() {
     trials.extend(overload::tests());
     trials.extend(serve::tests());
     trials.extend(signals::tests());
+    trials.extend(soak::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,545 @@
+//! Soak: every live tool at once, each in its interval mode (read, print and clear every few
+//! seconds, as someone watching it live would run it), for TRACER_SOAK_SECS seconds (default
+//! 600) under a steady load of forks, context switches, writes and a hot function. Sampled
+//! every few seconds: each tool's RSS and the entry count of each of its BPF hash maps.
+//! It runs only in the soak stage of `cargo xtask test` (TRACER_SOAK=1).
+//!
+//! Verdicts:
+//! - RSS is flat: the median of the last third of the samples is at most the median of the
+//!   first third + max(2 MiB, 10 %). A per-interval leak of even a few KiB grows well past
+//!   that over hundreds of intervals; allocator noise and warm caches do not.
+//! - Maps stop growing after warm-up: the largest entry count seen in the last third is at
+//!   most the largest seen in the middle third + max(32, 10 %). A map whose keys are never
+//!   removed (per-interval clearing forgotten, entries of exited tasks kept) grows about as
+//!   much in the last third as in the middle third under this steady load and fails; a map
+//!   sized by the live key space (cleared per interval, LRU, entries deleted on switch/exit)
+//!   plateaus. Every count must also stay within the map's max_entries, and a map sitting at
+//!   max_entries (full, so losing updates) fails too.
+//! - Each tool is still running at every sample and exits cleanly (0) on SIGINT at the end.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use libtest_mimic::{Completion, Failed, Trial};
+
+use crate::common::{Need, TRACER, WORKLOAD, bpf_objects_of, fail};
+
+pub fn tests() -> Vec<Trial> {
+    vec![Trial::ignorable_test("soak::all_live_tools", || {
+        if std::env::var_os("TRACER_SOAK").is_none() {
+            return Ok(Completion::ignored_with(
+                "runs in the soak stage of cargo xtask test (TRACER_SOAK=1)",
+            ));
+        }
+        if let Some(reason) = Need::Root.missing() {
+            return Ok(Completion::ignored_with(reason));
+        }
+        all_live_tools().map(|()| Completion::Completed)
+    })]
+}
+
+/// Interval of every tool, seconds.
+const INTERVAL: &str = "2";
+
+/// The live tools (see signals.rs for the list every tool is checked against), each with
+/// arguments for its interval mode. `{writer}` is the PID of the workload that calls write(2),
+/// `{workload}` the tracer-workload binary. A tool that says it is not implemented yet is
+/// left out of the run (reported in the summary).
+const TOOLS: &[(&str, &[&str])] = &[
+    ("forksnoop", &[]),
+    ("forksnoop", &["--summary", INTERVAL]),
+    ("softirq-top", &[INTERVAL]),
+    ("profile", &["-F", "49", INTERVAL]),
+    ("kstacks", &["-F", "49", INTERVAL]),
+    ("offcputime", &[INTERVAL]),
+    ("funccount", &["-P", "t:sched:sched_process_fork", INTERVAL]),
+    (
+        "funclatency",
+        &["-u", "-p", "{writer}", "u:libc:write", INTERVAL],
+    ),
+    (
+        "argdist",
+        &["-C", "t:sched:sched_switch", "prev_pid", INTERVAL],
+    ),
+    ("trace", &["u:{workload}:tracer_workload_hot_function"]),
+    // No interval mode: counts until the end, so its maps are judged the same way.
+    ("stackcount", &["t:sched:sched_process_fork"]),
+    ("ktop", &[INTERVAL]),
+    ("runqlat", &[INTERVAL]),
+    ("cpudist", &[INTERVAL]),
+    ("serve", &[]),
+];
+
+/// The steady load, one long-lived process per kind of activity.
+const LOAD: &[&[&str]] = &[
+    &["fork", "20", "threads", "5", "sleep", "0.05"],
+    &["pingpong", "2000", "sleep", "0.05"],
+    &["write", "2000", "open", "200", "sleep", "0.05"],
+    &["hot", "0.05", "sleep", "0.1"],
+];
+
+struct Sample {
+    rss_kib: u64,
+    /// map id → entries.
+    maps: BTreeMap<u32, u64>,
+}
+
+struct Tool {
+    name: String,
+    args: Vec<String>,
+    child: Child,
+    stdout_lines: Arc<AtomicU64>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    samples: Vec<Sample>,
+    /// map id → (name, max_entries), for hash-like maps.
+    maps: BTreeMap<u32, (String, u32)>,
+    dead: Option<String>,
+}
+
+fn all_live_tools() -> Result<(), Failed> {
+    let secs: u64 = std::env::var("TRACER_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let period = Duration::from_secs((secs / 60).clamp(2, 10));
+    let mut load: Vec<Child> = LOAD
+        .iter()
+        .map(|body| {
+            Command::new(WORKLOAD)
+                .args(["repeat", &(secs + 60).to_string()])
+                .args(*body)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| fail(format!("cannot start the load: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let writer = load[2].id().to_string();
+    let result = soak(secs, period, &writer);
+    for child in &mut load {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
+    let mut tools = Vec::new();
+    let mut left_out = Vec::new();
+    for (name, args) in TOOLS {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("{writer}", writer)
+                    .replace("{workload}", WORKLOAD)
+            })
+            .collect();
+        match spawn(name, &args)? {
+            Some(tool) => tools.push(tool),
+            None => left_out.push(*name),
+        }
+    }
+    let began = Instant::now();
+    let end = began + Duration::from_secs(secs);
+    let mut failures = Vec::new();
+    loop {
+        for tool in &mut tools {
+            if tool.dead.is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = tool.child.try_wait() {
+                let said = tool
+                    .stderr
+                    .lock()
+                    .map(|s| s.join(" | "))
+                    .unwrap_or_default();
+                tool.dead = Some(format!(
+                    "exited ({status}) after {:?}: {said}",
+                    began.elapsed()
+                ));
+                continue;
+            }
+            let pid = tool.child.id();
+            let maps = tool
+                .maps
+                .iter()
+                .filter_map(|(&id, _)| map_entries(id).map(|n| (id, n)))
+                .collect();
+            tool.samples.push(Sample {
+                rss_kib: rss_kib(pid).unwrap_or(0),
+                maps,
+            });
+        }
+        if Instant::now() >= end {
+            break;
+        }
+        thread::sleep(period.min(end.saturating_duration_since(Instant::now())));
+    }
+    // Stop them all; each must exit cleanly.
+    for tool in &mut tools {
+        if tool.dead.is_none() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(tool.child.id() as i32, libc::SIGINT) };
+        }
+    }
+    let stop_deadline = Instant::now() + Duration::from_secs(60);
+    for tool in &mut tools {
+        if tool.dead.is_some() {
+            continue;
+        }
+        let status = loop {
+            match tool.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < stop_deadline => {
+                    thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = tool.child.kill();
+                    let _ = tool.child.wait();
+                    break None;
+                }
+            }
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => tool.dead = Some(format!("exit {s} on SIGINT")),
+            None => tool.dead = Some("did not exit within 60 s of SIGINT".into()),
+        }
+    }
+
+    println!(
+        "\nsoak: {} tools for {secs} s, sampled every {period:?} (RSS MiB: first-third median → \
+         last-third median; maps: entries middle-third max → last-third max / max_entries)",
+        tools.len()
+    );
+    println!(
+        "{:<13} {:<34} {:>7} {:>15}  maps",
+        "tool", "args", "lines", "RSS MiB"
+    );
+    for tool in &tools {
+        let verdict = judge(tool);
+        let (rss_first, rss_last) = rss_medians(tool);
+        let map_text: Vec<String> = tool
+            .maps
+            .iter()
+            .map(|(id, (name, max))| {
+                let (mid, last) = map_maxima(tool, *id);
+                format!("{name} {mid}→{last}/{max}")
+            })
+            .collect();
+        println!(
+            "{:<13} {:<34} {:>7} {:>6.1} → {:>6.1}  {}{}",
+            tool.name,
+            truncate(&tool.args.join(" "), 34),
+            tool.stdout_lines.load(Ordering::Relaxed),
+            rss_first as f64 / 1024.0,
+            rss_last as f64 / 1024.0,
+            map_text.join(", "),
+            verdict
+                .as_ref()
+                .map(|v| format!("  FAIL: {v}"))
+                .unwrap_or_default()
+        );
+        if let Some(v) = verdict {
+            failures.push(format!("{} {}: {v}", tool.name, tool.args.join(" ")));
+        }
+    }
+    for name in left_out {
+        println!("{name:<13} left out: not implemented yet");
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(failures.join("\n")))
+    }
+}
+
+fn truncate(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        text.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+/// Starts one tool (stdout counted and dropped, stderr kept) and waits until it is attached;
+/// `None` if it is not implemented yet.
+fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
+    let mut child = Command::new(TRACER)
+        .arg(name)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start tracer {name}: {e}")))?;
+    let stdout_lines = Arc::new(AtomicU64::new(0));
+    let mut stdout = child.stdout.take().expect("piped");
+    let counter = stdout_lines.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            counter.fetch_add(lines, Ordering::Relaxed);
+        }
+    });
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err_pipe = child.stderr.take().expect("piped");
+    let kept = stderr.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            if let Ok(mut kept) = kept.lock()
+                && kept.len() < 50
+            {
+                kept.push(line);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains("Hit Ctrl-C to end.") => break,
+            Ok(line) if line.contains("is not implemented yet") => {
+                let _ = child.wait();
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(_) if Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = stderr.lock().map(|s| s.join(" | ")).unwrap_or_default();
+                return Err(fail(format!(
+                    "tracer {name} {} did not attach: {said}",
+                    args.join(" ")
+                )));
+            }
+        }
+    }
+    let maps = bpf_objects_of(child.id())
+        .maps
+        .into_iter()
+        .filter_map(|id| hash_map_info(id).map(|info| (id, info)))
+        .collect();
+    Ok(Some(Tool {
+        name: name.to_string(),
+        args: args.to_vec(),
+        child,
+        stdout_lines,
+        stderr,
+        samples: Vec::new(),
+        maps,
+        dead: None,
+    }))
+}
+
+/// A tool left behind by a failing soak would stay attached.
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn judge(tool: &Tool) -> Option<String> {
+    if let Some(dead) = &tool.dead {
+        return Some(dead.clone());
+    }
+    if tool.samples.len() < 6 {
+        return Some(format!("only {} samples", tool.samples.len()));
+    }
+    let (first, last) = rss_medians(tool);
+    let allowed = first + (first / 10).max(2048);
+    if last > allowed {
+        return Some(format!(
+            "RSS grew: median {first} KiB in the first third, {last} KiB in the last (allowed {allowed})"
+        ));
+    }
+    for (id, (name, max)) in &tool.maps {
+        let (mid, last) = map_maxima(tool, *id);
+        let all_max = tool
+            .samples
+            .iter()
+            .filter_map(|s| s.maps.get(id))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        if all_max > u64::from(*max) {
+            return Some(format!("map {name}: {all_max} entries > max_entries {max}"));
+        }
+        if last >= u64::from(*max) {
+            return Some(format!("map {name} full ({last} of {max} entries)"));
+        }
+        if last > mid + (mid / 10).max(32) {
+            return Some(format!(
+                "map {name} still growing: at most {mid} entries in the middle third, {last} in the last"
+            ));
+        }
+    }
+    None
+}
+
+fn thirds<T>(items: &[T]) -> (&[T], &[T], &[T]) {
+    let third = items.len() / 3;
+    (
+        &items[..third],
+        &items[third..items.len() - third],
+        &items[items.len() - third..],
+    )
+}
+
+fn rss_medians(tool: &Tool) -> (u64, u64) {
+    let median = |samples: &[Sample]| {
+        let mut v: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let (first, _, last) = thirds(&tool.samples);
+    (median(first), median(last))
+}
+
+fn map_maxima(tool: &Tool, id: u32) -> (u64, u64) {
+    let max = |samples: &[Sample]| {
+        samples
+            .iter()
+            .filter_map(|s| s.maps.get(&id))
+            .max()
+            .copied()
+            .unwrap_or(0)
+    };
+    let (_, mid, last) = thirds(&tool.samples);
+    (max(mid), max(last))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+// bpf(2) commands and map types used below.
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const HASH_LIKE: &[u32] = &[
+    1,  // BPF_MAP_TYPE_HASH
+    5,  // BPF_MAP_TYPE_PERCPU_HASH
+    7,  // BPF_MAP_TYPE_STACK_TRACE
+    9,  // BPF_MAP_TYPE_LRU_HASH
+    10, // BPF_MAP_TYPE_LRU_PERCPU_HASH
+];
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: bpf(2) reads and writes within `attr`, which we own; pointers in it point to
+    // buffers that outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as u32,
+        )
+    }
+}
+
+/// An fd for map `id`, closed on drop.
+struct MapFd(i32);
+
+impl MapFd {
+    fn open(id: u32) -> Option<Self> {
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id);
+        let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr);
+        (fd >= 0).then_some(Self(fd as i32))
+    }
+}
+
+impl Drop for MapFd {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// struct bpf_map_info (the leading fields; the kernel fills at most `info_len` bytes).
+#[repr(C)]
+#[derive(Default)]
+struct MapInfo {
+    kind: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: [u8; 16],
+}
+
+fn map_info(fd: &MapFd) -> Option<MapInfo> {
+    let mut info = MapInfo::default();
+    let mut attr = [0u64; 16];
+    // { u32 bpf_fd; u32 info_len; u64 info; }
+    attr[0] = (fd.0 as u32 as u64) | ((std::mem::size_of::<MapInfo>() as u64) << 32);
+    attr[1] = &mut info as *mut MapInfo as u64;
+    (bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0).then_some(info)
+}
+
+/// (name, max_entries) of map `id` if it is a hash-like map (arrays are always full and ring
+/// buffers have no entries, so only these can grow).
+fn hash_map_info(id: u32) -> Option<(String, u32)> {
+    let fd = MapFd::open(id)?;
+    let info = map_info(&fd)?;
+    if !HASH_LIKE.contains(&info.kind) {
+        return None;
+    }
+    let name = String::from_utf8_lossy(&info.name)
+        .trim_end_matches('\0')
+        .to_string();
+    Some((name, info.max_entries))
+}
+
+/// Number of keys in map `id`, walked with BPF_MAP_GET_NEXT_KEY (bounded: a walk that keeps
+/// restarting because keys vanish under it stops at 2 × max_entries).
+fn map_entries(id: u32) -> Option<u64> {
+    let fd = MapFd::open(id)?;
+    let info = map_info(&fd)?;
+    let size = info.key_size as usize;
+    let mut key = vec![0u8; size];
+    let mut next = vec![0u8; size];
+    let mut count = 0u64;
+    let mut first = true;
+    while count < 2 * u64::from(info.max_entries) {
+        let mut attr = [0u64; 16];
+        // { u32 map_fd; u64 key (aligned at 8); u64 next_key; }
+        attr[0] = fd.0 as u32 as u64;
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        if bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) != 0 {
+            break;
+        }
+        first = false;
+        count += 1;
+        std::mem::swap(&mut key, &mut next);
+    }
+    Some(count)
+}
