@@ -90,8 +90,9 @@ pub fn install_signal_handlers() -> Result<()> {
 /// setting up (symbol lookup in a big binary, loading, a slow read) would wait, unseen, until
 /// the tool first polls `stop_requested` — forever if setup hangs. A helper thread with its
 /// own small runtime hears the same signals (tokio broadcasts each to every listener) and,
-/// if the tool is not running yet, exits at once with 128 + the signal number, as the
-/// default action would; the kernel frees whatever was loaded so far (nothing is pinned).
+/// if the tool does not reach `stop_requested` within `SETUP_GRACE`, exits with 128 + the
+/// signal number, as the default action would; the kernel frees whatever was loaded so far
+/// (nothing is pinned).
 fn watch_setup_signals() -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -120,8 +121,15 @@ fn watch_setup_signals() -> Result<()> {
                     _ = term.recv() => libc::SIGTERM,
                     _ = hup.recv() => libc::SIGHUP,
                 };
-                if !RUNNING.load(Ordering::SeqCst) {
-                    std::process::exit(128 + number);
+                // A tool that has just attached may still be busy for a moment before its
+                // first wait (printing, symbol prefetch): give it that moment, so a signal
+                // right after "Hit Ctrl-C to end." still ends the run cleanly.
+                let grace = std::time::Instant::now() + SETUP_GRACE;
+                while !RUNNING.load(Ordering::SeqCst) {
+                    if std::time::Instant::now() >= grace {
+                        std::process::exit(128 + number);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
         })?;
@@ -141,9 +149,20 @@ impl Drop for Borrowed {
     }
 }
 
-/// Resolves when the run should stop.
-pub async fn stop_requested(duration: Option<Duration>) -> Result<StopReason> {
+/// How long a stop signal that came during setup waits for the tool to reach its first
+/// `stop_requested` before the process exits without it.
+const SETUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves when the run should stop. From the first call on (not the first poll), stop
+/// signals are the tool's to handle.
+pub fn stop_requested(
+    duration: Option<Duration>,
+) -> impl std::future::Future<Output = Result<StopReason>> {
     RUNNING.store(true, Ordering::SeqCst);
+    wait_for_stop(duration)
+}
+
+async fn wait_for_stop(duration: Option<Duration>) -> Result<StopReason> {
     let taken = SIGNALS.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut signals = Borrowed(Some(match taken {
         Some(s) => s,
