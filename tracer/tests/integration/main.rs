@@ -9,8 +9,6 @@ mod cli;
 mod common;
 mod doctor;
 mod forksnoop;
-mod netns;
-mod nginx;
 mod probes;
 mod profile;
 mod sched;

@@ -12,10 +12,8 @@ use std::{
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::{
-    common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial},
-    nginx::{NGINX, Nginx},
-};
+use crate::common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial};
+use testbed::nginx::{NGINX, Nginx};
 
 const NGX_REQUEST: &str = "u:/usr/sbin/nginx:ngx_http_process_request";
 

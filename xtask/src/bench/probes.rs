@@ -11,81 +11,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use testbed::nginx::{NGINX, Nginx};
+
 use super::common::{Attached, process_cpu_seconds, release_bin};
 
-const NGINX: &str = "/usr/sbin/nginx";
 const PROBE_FN: &str = "ngx_http_process_request";
 const WRK_SECS: u32 = 5;
-
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("tracer-bench-nginx-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; \
-             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf)?;
-        let child = Command::new(NGINX)
-            .args([
-                "-p",
-                &format!("{d}/"),
-                "-c",
-                &format!("{d}/nginx.conf"),
-                "-e",
-                &format!("{d}/error.log"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start nginx")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dir.join("nginx.pid").exists() {
-            if Instant::now() > deadline {
-                bail!("nginx did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, dir, port })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nginx {
-    /// The (single) worker process: the one that runs the probed function.
-    fn worker(&self) -> Result<u32> {
-        let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("nginx has no worker")
-    }
-}
 
 /// One wrk run: requests per second, and the nginx worker's CPU microseconds per request
 /// (less sensitive than throughput to whatever else the machine runs).
@@ -93,12 +24,7 @@ fn measure(nginx: &Nginx) -> Result<(f64, f64)> {
     let worker = nginx.worker()?;
     let cpu_before = process_cpu_seconds(worker);
     let out = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c8",
-            &format!("-d{WRK_SECS}s"),
-            &format!("http://127.0.0.1:{}/", nginx.port),
-        ])
+        .args(["-t1", "-c8", &format!("-d{WRK_SECS}s"), &nginx.url()])
         .output()
         .context("cannot run wrk (cargo xtask setup installs it)")?;
     let cpu = process_cpu_seconds(worker) - cpu_before;
@@ -138,7 +64,7 @@ fn ready(line: &str) -> bool {
 }
 
 pub fn run() -> Result<()> {
-    let nginx = Nginx::start()?;
+    let nginx = Nginx::start_local()?;
     let target = format!("u:{NGINX}:{PROBE_FN}");
     println!(
         "nginx 1 worker on 127.0.0.1:{}, wrk -t1 -c8 -d{WRK_SECS}s, one run each; probe {PROBE_FN} (1 hit per request)",

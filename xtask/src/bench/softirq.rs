@@ -7,8 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::common::median;
 use crate::util::release_bin;
+use testbed::{netns::NetnsPair, nginx::Nginx};
 
 const FLOOD_SECS: u32 = 4;
 const ROUNDS: usize = 5;
@@ -25,171 +25,25 @@ const OURS: &str = "tracer softirq-top";
 const THEIRS: &str = "libbpf-tools softirqs";
 const LIBBPF_SOFTIRQS: &str = "/usr/sbin/softirqs";
 
+/// The flood's two namespaces and the nginx it targets.
 struct Net {
-    server: String,
-    client: String,
-    server_dev: String,
-    server_addr: String,
-    nginx: Option<Child>,
-    dir: PathBuf,
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    pair: NetnsPair,
+    _nginx: Nginx,
 }
 
 impl Net {
     fn create() -> Result<Self> {
-        let pid = std::process::id();
-        let mut net = Self {
-            server: format!("tracer-bench-{pid}-srv"),
-            client: format!("tracer-bench-{pid}-cli"),
-            server_dev: format!("tb{}s", pid % 100_000),
-            server_addr: "10.250.0.1".into(),
-            nginx: None,
-            dir: std::env::temp_dir().join(format!("tracer-bench-nginx-{pid}")),
-        };
-        let client_dev = format!("tb{}c", pid % 100_000);
-        ip(&["netns", "add", &net.server])?;
-        ip(&["netns", "add", &net.client])?;
-        ip(&[
-            "link",
-            "add",
-            &net.server_dev,
-            "netns",
-            &net.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_dev,
-            "netns",
-            &net.client,
-        ])?;
-        for (ns, dev, addr) in [
-            (&net.server, &net.server_dev, "10.250.0.1/24"),
-            (&net.client, &client_dev, "10.250.0.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        std::fs::create_dir_all(&net.dir)?;
-        let d = net.dir.display();
-        std::fs::write(
-            net.dir.join("nginx.conf"),
-            format!(
-                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-                 server {{ listen {}:80 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-                net.server_addr
-            ),
-        )?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &net.server,
-                "/usr/sbin/nginx",
-                "-p",
-                &format!("{d}/"),
-                "-c",
-            ])
-            .arg(net.dir.join("nginx.conf"))
-            .args(["-e", &format!("{d}/error.log")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start nginx")?;
-        net.nginx = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !net.dir.join("nginx.pid").exists() {
-            if Instant::now() > deadline {
-                bail!("nginx did not start (see {d}/error.log)");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(net)
-    }
-
-    fn rx_packets(&self) -> Result<u64> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.server,
-                "cat",
-                &format!("/sys/class/net/{}/statistics/rx_packets", self.server_dev),
-            ])
-            .output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("cannot read rx_packets")
+        let pair = NetnsPair::create("bench")?;
+        let nginx = Nginx::start(Some(&pair.server), &pair.server_addr, 80)?;
+        Ok(Self {
+            pair,
+            _nginx: nginx,
+        })
     }
 
     /// Floods for FLOOD_SECS; returns packets/s received by the server.
     fn flood(&self) -> Result<f64> {
-        let before = self.rx_packets()?;
-        let start = Instant::now();
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client,
-                "timeout",
-                "-s",
-                "INT",
-                &FLOOD_SECS.to_string(),
-            ])
-            .args([
-                "hping3",
-                "-S",
-                "-p",
-                "80",
-                "--flood",
-                "-q",
-                &self.server_addr,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run hping3")?;
-        let secs = start.elapsed().as_secs_f64();
-        // timeout exits 124 when it stopped hping3, which is how every flood ends.
-        if !matches!(status.code(), Some(0 | 124 | 130)) && status.code().is_some() {
-            bail!("hping3 failed: {status}");
-        }
-        Ok((self.rx_packets()? - before) as f64 / secs)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.nginx.take() {
-            signal(child.id(), "TERM");
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(self.pair.syn_flood(80, FLOOD_SECS)?.received_pps())
     }
 }
 
