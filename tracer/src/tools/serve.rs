@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
@@ -796,8 +796,7 @@ impl ProbeMetric {
             force: None,
             entry_and_return: latency,
             needs_record: false,
-        })
-        .with_context(|| format!("probe '{}'", config.name))?;
+        })?;
         Ok(Self {
             config: config.clone(),
             loaded,

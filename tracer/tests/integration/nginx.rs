@@ -21,7 +21,10 @@ use std::{
 
 use libtest_mimic::Failed;
 
-use crate::{common::fail, netns::NetnsPair};
+use crate::{
+    common::{ensure, fail},
+    netns::NetnsPair,
+};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -170,4 +173,41 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `curl` N times; fails unless every request got `expected` status.
+pub fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<(), Failed> {
+    for _ in 0..n {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .map_err(|e| fail(format!("cannot run curl: {e}")))?;
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure(code == expected, || {
+            format!("curl got HTTP {code}, expected {expected}")
+        })?;
+    }
+    Ok(())
+}
+
+/// nginx logs a request when it finishes it, just after the response: wait for the lines.
+pub fn wait_access_log(nginx: &Nginx, n: usize) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nginx.access_log_lines() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lines = nginx.access_log_lines();
+    ensure(lines == n, || {
+        format!("nginx access log has {lines} lines, expected {n}")
+    })
 }
