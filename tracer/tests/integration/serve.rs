@@ -118,11 +118,12 @@ fn http_request(
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    // One write (a request in several segments can wait on delayed ACKs).
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
