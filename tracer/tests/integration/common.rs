@@ -30,7 +30,6 @@ const NATIVE_SPEED_ONLY: &[&str] = &[
     "softirq_top::histograms_count_every_entry",
     "softirq_top::syn_flood_",
     "forksnoop::summary_intervals",
-    "serve::prometheus_",
 ];
 
 /// A test that needs the given features; skipped with the first missing feature's reason.
