@@ -176,3 +176,41 @@ impl Drop for Nginx {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `curl` N times; fails unless every request got `expected` status.
+pub fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<()> {
+    for _ in 0..n {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .context("cannot run curl (cargo xtask setup installs it)")?;
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        if code != expected {
+            bail!("curl got HTTP {code}, expected {expected}");
+        }
+    }
+    Ok(())
+}
+
+/// nginx logs a request when it finishes it, just after the response: wait for the lines.
+pub fn wait_access_log(nginx: &Nginx, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nginx.access_log_lines() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lines = nginx.access_log_lines();
+    if lines != n {
+        bail!("nginx access log has {lines} lines, expected {n}");
+    }
+    Ok(())
+}

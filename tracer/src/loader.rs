@@ -1,7 +1,7 @@
 //! Loading a tool's eBPF object (embedded in the binary at build time) with its globals, and
 //! reading the shared `STATS` counters back.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, PerCpuArray},
@@ -38,6 +38,17 @@ fn load_error(err: EbpfError) -> anyhow::Error {
         ),
         _ => anyhow!("cannot load the BPF object: {err}"),
     }
+}
+
+/// Takes map `name` out of `ebpf` as a typed map.
+pub fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 /// The shared per-CPU counters, summed over CPUs.

@@ -7,6 +7,7 @@ mod filters;
 mod hist;
 mod kthread_roles;
 mod loader;
+mod metrics;
 mod output;
 mod privileges;
 mod probe_attach;

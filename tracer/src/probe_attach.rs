@@ -435,6 +435,17 @@ impl Loaded {
         Ok(())
     }
 
+    /// Links to the kernel: uprobe attach points and kernel-side attachments.
+    pub fn links(&self) -> usize {
+        let uprobes: usize = self
+            .instances
+            .iter()
+            .flat_map(|i| &i.uprobe_links)
+            .map(|(_, ids)| ids.len())
+            .sum();
+        uprobes + self.attachments.len()
+    }
+
     /// "uprobe" or "tp_btf, raw_tp": how things were attached.
     pub fn mechanism(&self) -> String {
         self.mechanisms.join(", ")

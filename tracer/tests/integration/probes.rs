@@ -3,17 +3,13 @@
 //! libc's write() in a workload, scheduler tracepoints, and kernel functions (which must fail
 //! with the ladder's reason on kernels without kprobes and fentry).
 
-use std::{
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial};
-use testbed::nginx::{NGINX, Nginx};
+use testbed::nginx::{NGINX, Nginx, curl, wait_access_log};
 
 const NGX_REQUEST: &str = "u:/usr/sbin/nginx:ngx_http_process_request";
 
@@ -85,43 +81,6 @@ pub fn tests() -> Vec<Trial> {
             tplist,
         ),
     ]
-}
-
-/// `curl` N times; fails unless every request got `expected` status.
-fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<(), Failed> {
-    for _ in 0..n {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(extra)
-            .arg(url)
-            .output()
-            .map_err(|e| fail(format!("cannot run curl: {e}")))?;
-        let code = String::from_utf8_lossy(&out.stdout).to_string();
-        ensure(code == expected, || {
-            format!("curl got HTTP {code}, expected {expected}")
-        })?;
-    }
-    Ok(())
-}
-
-/// nginx logs a request when it finishes it, just after the response: wait for the lines.
-fn wait_access_log(nginx: &Nginx, n: usize) -> Result<(), Failed> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nginx.access_log_lines() < n && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let lines = nginx.access_log_lines();
-    ensure(lines == n, || {
-        format!("nginx access log has {lines} lines, expected {n}")
-    })
 }
 
 fn first_of_type<'a>(records: &'a [Value], kind: &str) -> Result<&'a Value, Failed> {
