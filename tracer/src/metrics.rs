@@ -288,10 +288,7 @@ impl Scrape {
         labels: Vec<(&'static str, String)>,
         value: impl Into<Num>,
     ) {
-        let value = Sample::Value(value.into());
-        self.family(name, Kind::Counter, help)
-            .samples
-            .push((labels, value));
+        self.value(Kind::Counter, name, help, labels, value.into());
     }
 
     pub fn gauge(
@@ -301,10 +298,20 @@ impl Scrape {
         labels: Vec<(&'static str, String)>,
         value: impl Into<Num>,
     ) {
-        let value = Sample::Value(value.into());
-        self.family(name, Kind::Gauge, help)
+        self.value(Kind::Gauge, name, help, labels, value.into());
+    }
+
+    fn value(
+        &mut self,
+        kind: Kind,
+        name: &'static str,
+        help: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: Num,
+    ) {
+        self.family(name, kind, help)
             .samples
-            .push((labels, value));
+            .push((labels, Sample::Value(value)));
     }
 
     /// A histogram from log2 slots; `sum` is in the slots' unit (as `buckets.per_unit` converts).
