@@ -53,10 +53,9 @@ pub struct Instance {
     stats: StatsReader,
     /// Uprobe links by program, taken out at teardown to be closed in parallel.
     uprobe_links: Vec<(&'static str, Vec<UProbeLinkId>)>,
-    /// uprobe_multi links, closed in parallel with the others at teardown.
+    /// uprobe_multi links, closed in parallel with the others at teardown. Each holds its
+    /// program (a second copy of a uprobe program, see `uprobe_multi`) in the kernel.
     multi_links: Vec<uprobe_multi::Link>,
-    /// Their programs (second copies of the uprobe programs, see `uprobe_multi`).
-    multi_programs: Vec<uprobe_multi::Program>,
 }
 
 /// Everything attached for one run. Dropping it detaches and unloads.
@@ -298,7 +297,6 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
     };
     let mut links = Vec::new();
     let mut multi_links = Vec::new();
-    let mut multi_programs = Vec::new();
     for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
         // Probes by binary, in the order given.
         let mut groups: Vec<(&Path, Vec<UserPoint<'_>>)> = Vec::new();
@@ -422,15 +420,13 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         if !ids.is_empty() {
             links.push((program, ids));
         }
-        if let Some(Ok(prog)) = multi_program {
-            multi_programs.push(prog);
-        }
+        // The links hold the program; its fd is not needed any more.
+        drop(multi_program);
     }
     loaded.push(ebpf, users.iter().map(|(id, _)| *id).collect())?;
     if let Some(instance) = loaded.instances.last_mut() {
         instance.uprobe_links = links;
         instance.multi_links = multi_links;
-        instance.multi_programs = multi_programs;
     }
     Ok(())
 }
@@ -527,7 +523,6 @@ impl Loaded {
             stats,
             uprobe_links: Vec::new(),
             multi_links: Vec::new(),
-            multi_programs: Vec::new(),
         });
         Ok(())
     }

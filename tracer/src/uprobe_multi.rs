@@ -11,8 +11,8 @@
 //! every map, `.rodata` globals included) and calls `BPF_PROG_LOAD`. No BTF is passed: the
 //! probes object has no CO-RE relocations and no global functions that would need it.
 //!
-//! Both kernel objects are `OwnedFd`s: dropping a [`Link`] detaches, dropping a [`Program`]
-//! unloads (once no link holds it).
+//! Both kernel objects are `OwnedFd`s: dropping a [`Link`] detaches; a link holds its program
+//! in the kernel, so a [`Program`] may be dropped once its links exist.
 
 use std::{
     collections::HashSet,
