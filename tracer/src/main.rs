@@ -17,6 +17,7 @@ mod session;
 mod stacks;
 mod tools;
 mod tracefs;
+mod uprobe_multi;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 

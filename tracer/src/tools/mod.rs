@@ -33,7 +33,7 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub duration: DurationArgs,
     /// Attach only with this mechanism instead of climbing the ladder (tp_btf → raw_tp →
-    /// tracepoint; fentry → kprobe).
+    /// tracepoint; fentry → kprobe; uprobe-multi → uprobe for u:/ur: probes).
     #[arg(long, value_enum, value_name = "MECHANISM")]
     pub attach: Option<Mechanism>,
     /// Say how each probe was attached and why other mechanisms were not used.
