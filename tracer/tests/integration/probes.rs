@@ -11,7 +11,9 @@ use std::{
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial};
+use crate::common::{
+    Need, Workload, assert_nothing_loaded, ensure, fail, kernel_has_uprobe_multi, run, start, trial,
+};
 use testbed::nginx::{NGINX, Nginx, curl, wait_access_log};
 
 const NGX_REQUEST: &str = "u:/usr/sbin/nginx:ngx_http_process_request";
@@ -421,17 +423,6 @@ fn argdist_libc_write() -> Result<(), Failed> {
         )?;
     }
     assert_nothing_loaded("probes_")
-}
-
-/// uprobe_multi links exist since Linux 6.6; older kernels must fall back to perf-event uprobes.
-fn kernel_has_uprobe_multi() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 6)
 }
 
 /// Entry and return probes of one process count the same on both rungs of the uprobe ladder

@@ -17,7 +17,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, Running, WORKLOAD, assert_nothing_loaded, ensure, fail, run, start, trial,
+    Need, Running, WORKLOAD, assert_nothing_loaded, ensure, fail, kernel_has_uprobe_multi, run,
+    start, trial,
 };
 use testbed::nginx::{Nginx, curl, free_local_port, wait_access_log};
 
@@ -317,7 +318,10 @@ fn promtool_and_exact_forks() -> Result<(), Failed> {
     )?;
     for series in [
         "tracer_programs_attached",
-        "tracer_probe_attached{probe=\"hot\",rung=\"uprobe+uretprobe\"}",
+        &format!(
+            "tracer_probe_attached{{probe=\"hot\",rung=\"{}\"}}",
+            uprobe_rungs()
+        ),
         "tracer_probe_attached{probe=\"forks/sched:sched_process_fork\",rung=\"tp_btf\"}",
         "tracer_softirq_entries_total{cpu=\"0\",vector=\"TIMER\"}",
         "tracer_runqueue_latency_seconds_count",
@@ -536,6 +540,16 @@ impl Drop for Prometheus {
     }
 }
 
+/// The `rung` label of a uprobe + uretprobe latency metric: one uprobe_multi link per direction
+/// where the kernel has them, per-offset perf-event uprobes before.
+fn uprobe_rungs() -> &'static str {
+    if kernel_has_uprobe_multi() {
+        "uprobe_multi+uretprobe_multi"
+    } else {
+        "uprobe+uretprobe"
+    }
+}
+
 fn prometheus_end_to_end() -> Result<(), Failed> {
     const FORKS: u64 = 50;
     const REQUESTS: usize = 30;
@@ -605,7 +619,7 @@ fn prometheus_end_to_end() -> Result<(), Failed> {
     ensure(
         attached
             .first()
-            .is_some_and(|(labels, v)| *v == 1.0 && labels["rung"] == "uprobe+uretprobe"),
+            .is_some_and(|(labels, v)| *v == 1.0 && labels["rung"] == uprobe_rungs()),
         || format!("{attached:?}"),
     )?;
     drop(prometheus);
