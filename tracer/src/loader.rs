@@ -98,3 +98,18 @@ impl StatsReader {
         }
     }
 }
+
+/// What grew between two snapshots of a counter map (per-key sums since load): the keys whose
+/// count went up, with the increase. Interval output of every counting tool is built on this,
+/// so the kernel's maps are never cleared while programs write to them.
+pub fn increases<K: Copy + Eq + std::hash::Hash>(
+    now: &std::collections::HashMap<K, u64>,
+    before: &std::collections::HashMap<K, u64>,
+) -> Vec<(K, u64)> {
+    now.iter()
+        .filter_map(|(key, &n)| {
+            let grown = n.saturating_sub(before.get(key).copied().unwrap_or(0));
+            (grown > 0).then_some((*key, grown))
+        })
+        .collect()
+}

@@ -372,12 +372,8 @@ async fn sample_loop(
             }
         };
         let current = sampler.snapshot();
-        let delta: HashMap<SampleKey, u64> = current
-            .iter()
-            .filter_map(|(key, &now)| {
-                let before = previous.get(key).copied().unwrap_or(0);
-                (now > before).then_some((*key, now - before))
-            })
+        let delta: HashMap<SampleKey, u64> = loader::increases(&current, &previous)
+            .into_iter()
             .collect();
         let elapsed = since.elapsed();
         since = Instant::now();
