@@ -372,9 +372,8 @@ async fn sample_loop(
             }
         };
         let current = sampler.snapshot();
-        let delta: HashMap<SampleKey, u64> = loader::increases(&current, &previous)
-            .into_iter()
-            .collect();
+        let delta: HashMap<SampleKey, u64> =
+            loader::increases(&current, &previous).into_iter().collect();
         let elapsed = since.elapsed();
         since = Instant::now();
         // The last partial interval is only printed if it saw something.
