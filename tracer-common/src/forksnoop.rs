@@ -33,7 +33,10 @@ pub struct ForkConfig {
     pub emit_events: u8,
     /// Count forks per parent in `PARENT_COUNTS`.
     pub count_parents: u8,
-    pub _reserved: [u8; 4],
+    /// Key `PARENT_COUNTS` by comm alone (tgid 0): bounded by the number of distinct commands,
+    /// for a long-running exporter that must not fill the map with every parent that forked.
+    pub parents_by_comm: u8,
+    pub _reserved: [u8; 3],
     /// Filter on the parent's comm (the child's comm is the same until it execs).
     pub comm: CommFilter,
 }
@@ -48,7 +51,8 @@ impl ForkConfig {
         kthreads_only: 0,
         emit_events: 1,
         count_parents: 0,
-        _reserved: [0; 4],
+        parents_by_comm: 0,
+        _reserved: [0; 3],
         comm: CommFilter::ANY,
     };
 }

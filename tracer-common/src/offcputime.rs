@@ -1,7 +1,7 @@
 //! offcputime: time tasks spend blocked (switched out), summed in the kernel per task and
 //! (kernel stack, user stack) at the moment they left the CPU.
 
-use crate::{TASK_COMM_LEN, comm::CommFilter};
+use crate::comm::CommFilter;
 
 /// Filters the loader sets before load (global `CONFIG`).
 #[repr(C)]
@@ -45,21 +45,8 @@ impl OffcpuConfig {
 /// The blocked task is a kernel thread.
 pub const OFFCPU_KTHREAD: u32 = 1 << 0;
 
-/// Key of `OFFCPU`: who was blocked, and where.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OffcpuKey {
-    pub tgid: u32,
-    pub pid: u32,
-    pub kstack: i32,
-    pub ustack: i32,
-    /// `OFFCPU_*` bits.
-    pub flags: u32,
-    pub _reserved: u32,
-    pub comm: [u8; TASK_COMM_LEN],
-}
-
-crate::user_pod!(OffcpuKey);
+/// Key of `OFFCPU`: who was blocked, and where (flags: `OFFCPU_*`).
+pub type OffcpuKey = crate::stacks::TaskStackKey;
 
 /// Value of `OFFCPU` (per CPU: the CPU the task came back on; the loader sums).
 #[repr(C)]
@@ -86,5 +73,3 @@ crate::user_pod!(SwitchOut);
 /// Entries of `OFFCPU` and `START`.
 pub const OFFCPU_ENTRIES: u32 = 16384;
 pub const START_ENTRIES: u32 = 32768;
-/// Default entries of the `STACKS` map.
-pub const STACKS_ENTRIES: u32 = 16384;

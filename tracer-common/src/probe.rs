@@ -11,4 +11,5 @@ pub const PROBE_HIT_FEXIT: u32 = 6;
 pub const PROBE_HIT_UPROBE: u32 = 7;
 pub const PROBE_HIT_URETPROBE: u32 = 8;
 pub const PROBE_HIT_PERF_EVENT: u32 = 9;
-pub const PROBE_HIT_SLOTS: u32 = 10;
+pub const PROBE_HIT_UPROBE_MULTI: u32 = 10;
+pub const PROBE_HIT_SLOTS: u32 = 11;

@@ -1,7 +1,7 @@
 //! profile / kstacks: on-CPU samples from a perf event, counted in the kernel per task and
 //! (kernel stack, user stack) pair.
 
-use crate::{TASK_COMM_LEN, comm::CommFilter};
+use crate::comm::CommFilter;
 
 /// Keep samples whatever the CPU was doing.
 pub const IDLE_ANY: u8 = 0;
@@ -53,25 +53,8 @@ impl ProfileConfig {
     };
 }
 
-/// Key of `COUNTS`: who was on the CPU, and where.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SampleKey {
-    pub tgid: u32,
-    pub pid: u32,
-    /// Kernel stack id (see `tracer_common::stacks`).
-    pub kstack: i32,
-    /// User stack id (see `tracer_common::stacks`).
-    pub ustack: i32,
-    /// `SAMPLE_*` bits.
-    pub flags: u32,
-    pub _reserved: u32,
-    pub comm: [u8; TASK_COMM_LEN],
-}
-
-crate::user_pod!(SampleKey);
+/// Key of `COUNTS`: who was on the CPU, and where (flags: `SAMPLE_*`).
+pub type SampleKey = crate::stacks::TaskStackKey;
 
 /// Entries of `COUNTS`; a new key when full is counted in STAT_MAP_FULL.
 pub const COUNTS_ENTRIES: u32 = 16384;
-/// Default entries of the `STACKS` map (the loader may resize it).
-pub const STACKS_ENTRIES: u32 = 16384;

@@ -13,5 +13,26 @@ pub const STACK_NONE: i32 = i32::MIN;
 /// values.
 pub const STACK_DEPTH: u32 = 127;
 
+/// Default entries of a tool's `STACKS` map (the loader may resize it: `--stack-storage-size`).
+pub const STACKS_ENTRIES: u32 = 16384;
+
 /// `bpf_get_stackid` flag: the user-space stack instead of the kernel one.
 pub const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// Aggregation key of the per-task stack tools (profile, kstacks, offcputime): who, and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskStackKey {
+    pub tgid: u32,
+    pub pid: u32,
+    /// Kernel stack id (`bpf_get_stackid`, `STACK_NONE`, or a negative errno).
+    pub kstack: i32,
+    /// User stack id, same encoding.
+    pub ustack: i32,
+    /// Tool-specific bits (`SAMPLE_*`, `OFFCPU_*`).
+    pub flags: u32,
+    pub _reserved: u32,
+    pub comm: [u8; crate::TASK_COMM_LEN],
+}
+
+crate::user_pod!(TaskStackKey);

@@ -125,7 +125,12 @@ fn on_fork(child: Child) -> i32 {
     bump(&STATS, STAT_EVENTS);
 
     if config.count_parents != 0 {
-        count_parent(parent_tgid, comm, is_thread);
+        let tgid = if config.parents_by_comm != 0 {
+            0
+        } else {
+            parent_tgid
+        };
+        count_parent(tgid, comm, is_thread);
     }
     if config.emit_events != 0 {
         match EVENTS.reserve::<ForkEvent>(0) {

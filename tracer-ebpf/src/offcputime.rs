@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     offcputime::{
-        OFFCPU_ENTRIES, OFFCPU_KTHREAD, OffcpuConfig, OffcpuKey, OffcpuValue, STACKS_ENTRIES,
-        START_ENTRIES, SwitchOut,
+        OFFCPU_ENTRIES, OFFCPU_KTHREAD, OffcpuConfig, OffcpuKey, OffcpuValue, START_ENTRIES,
+        SwitchOut,
     },
-    stacks::{BPF_F_USER_STACK, STACK_NONE},
+    stacks::{BPF_F_USER_STACK, STACK_NONE, STACKS_ENTRIES},
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
     task::PF_KTHREAD,
 };

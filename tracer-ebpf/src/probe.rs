@@ -75,6 +75,12 @@ pub fn probe_uretprobe(_ctx: RetProbeContext) -> u32 {
     hit(PROBE_HIT_URETPROBE)
 }
 
+/// Loaded only through `uprobe_multi` (raw BPF_PROG_LOAD with the uprobe_multi attach type).
+#[uprobe]
+pub fn probe_uprobe_multi(_ctx: ProbeContext) -> u32 {
+    hit(PROBE_HIT_UPROBE_MULTI)
+}
+
 #[perf_event]
 pub fn probe_perf_event(_ctx: PerfEventContext) -> u32 {
     hit(PROBE_HIT_PERF_EVENT)

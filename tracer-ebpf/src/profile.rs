@@ -14,9 +14,9 @@ use aya_ebpf::{
 use tracer_common::{
     profile::{
         COUNTS_ENTRIES, IDLE_EXCLUDE, IDLE_ONLY, ProfileConfig, SAMPLE_KTHREAD, SAMPLE_SOFTIRQ,
-        STACKS_ENTRIES, SampleKey,
+        SampleKey,
     },
-    stacks::{BPF_F_USER_STACK, STACK_NONE},
+    stacks::{BPF_F_USER_STACK, STACK_NONE, STACKS_ENTRIES},
     stats::{STAT_EVENTS, STAT_MAP_FULL},
     task::PF_KTHREAD,
 };

@@ -1,5 +1,6 @@
 //! The attach ladder, shared by every tool: for a kernel function try fentry/fexit, then
 //! kprobe/kretprobe; for a tracepoint try tp_btf, then raw_tp, then the classic tracepoint.
+//! (User functions have their own two rungs, uprobe_multi → uprobe, in `probe_attach`.)
 //! Each rung is tried for real (load + attach); the first that works wins, and the reasons the
 //! others failed are kept so tools and `doctor` can explain themselves.
 
@@ -26,6 +27,13 @@ pub enum Mechanism {
     TpBtf,
     RawTp,
     Tracepoint,
+    /// One uprobe_multi link per binary for all its u: probes (Linux ≥ 6.6).
+    UprobeMulti,
+    /// The same with BPF_F_UPROBE_MULTI_RETURN, for ur: probes.
+    UretprobeMulti,
+    /// One perf-event uprobe per offset.
+    Uprobe,
+    Uretprobe,
 }
 
 impl Mechanism {
@@ -38,6 +46,10 @@ impl Mechanism {
             Self::TpBtf => "tp_btf",
             Self::RawTp => "raw_tp",
             Self::Tracepoint => "tracepoint",
+            Self::UprobeMulti => "uprobe_multi",
+            Self::UretprobeMulti => "uretprobe_multi",
+            Self::Uprobe => "uprobe",
+            Self::Uretprobe => "uretprobe",
         }
     }
 }

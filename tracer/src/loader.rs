@@ -1,7 +1,7 @@
 //! Loading a tool's eBPF object (embedded in the binary at build time) with its globals, and
 //! reading the shared `STATS` counters back.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapData, PerCpuArray},
@@ -38,6 +38,17 @@ fn load_error(err: EbpfError) -> anyhow::Error {
         ),
         _ => anyhow!("cannot load the BPF object: {err}"),
     }
+}
+
+/// Takes map `name` out of `ebpf` as a typed map.
+pub fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 /// The shared per-CPU counters, summed over CPUs.
@@ -86,4 +97,19 @@ impl StatsReader {
             read_errors: slot(STAT_READ_ERRORS),
         }
     }
+}
+
+/// What grew between two snapshots of a counter map (per-key sums since load): the keys whose
+/// count went up, with the increase. Interval output of every counting tool is built on this,
+/// so the kernel's maps are never cleared while programs write to them.
+pub fn increases<K: Copy + Eq + std::hash::Hash>(
+    now: &std::collections::HashMap<K, u64>,
+    before: &std::collections::HashMap<K, u64>,
+) -> Vec<(K, u64)> {
+    now.iter()
+        .filter_map(|(key, &n)| {
+            let grown = n.saturating_sub(before.get(key).copied().unwrap_or(0));
+            (grown > 0).then_some((*key, grown))
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@ mod filters;
 mod hist;
 mod kthread_roles;
 mod loader;
+mod metrics;
 mod output;
 mod privileges;
 mod probe_attach;
@@ -16,6 +17,7 @@ mod session;
 mod stacks;
 mod tools;
 mod tracefs;
+mod uprobe_multi;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 

@@ -3,12 +3,13 @@
 //! back, summed over CPUs and over loaded objects.
 //!
 //! All uprobes share one loaded object: each attach point carries its probe id as the BPF
-//! cookie. Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
+//! cookie, and each binary gets one uprobe_multi link for all its offsets where the kernel has
+//! them (see `uprobe_multi`; else one perf-event uprobe per offset). Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
 //! tp_btf programs are loaded for one target each), so each gets an object of its own with
 //! `CONFIG.probe_id` set. Counts per probe are exact either way. Maps a mode does not use are
 //! shrunk to one entry before load.
 
-use std::{collections::HashMap, hash::Hash, num::NonZeroU32};
+use std::{collections::HashMap, hash::Hash, num::NonZeroU32, path::Path};
 
 use anyhow::{Result, anyhow, bail};
 use aya::{
@@ -16,17 +17,18 @@ use aya::{
     maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use tracer_common::probes::*;
 
 use crate::{
-    attach::{self, Attachment, Mechanism, Rung, Target},
+    attach::{self, Attachment, Declined, Mechanism, Rung, Target},
     btf::KernelBtf,
     hist::Log2,
     loader::{self, Stats, StatsReader, objects},
     probe_spec::{Kind, Point, Probe},
+    uprobe_multi,
 };
 
 /// What to attach and how.
@@ -35,7 +37,8 @@ pub struct Request<'a> {
     pub config: ProbesConfig,
     /// Scope uprobes to this process (the kernel filters too, through `config.tgid`).
     pub pid: Option<u32>,
-    /// `--attach`: only this mechanism for kernel functions and tracepoints.
+    /// `--attach`: only this mechanism (uprobe/uprobe_multi rungs for user probes; the others
+    /// for kernel functions and tracepoints).
     pub force: Option<Mechanism>,
     /// funclatency: attach entry and return of each function.
     pub entry_and_return: bool,
@@ -50,6 +53,9 @@ pub struct Instance {
     stats: StatsReader,
     /// Uprobe links by program, taken out at teardown to be closed in parallel.
     uprobe_links: Vec<(&'static str, Vec<UProbeLinkId>)>,
+    /// uprobe_multi links, closed in parallel with the others at teardown. Each holds its
+    /// program (a second copy of a uprobe program, see `uprobe_multi`) in the kernel.
+    multi_links: Vec<uprobe_multi::Link>,
 }
 
 /// Everything attached for one run. Dropping it detaches and unloads.
@@ -270,6 +276,13 @@ pub fn attach_pair(
     Ok(loaded)
 }
 
+/// (probe id, symbol, file offset) of a user probe.
+type UserPoint<'a> = (u32, &'a str, u64);
+
+/// User probes climb two rungs per (binary, entry/return): one uprobe_multi link for all the
+/// binary's offsets (Linux ≥ 6.6; detaching it costs one RCU grace period in total), else
+/// aya's perf-event uprobes, one per offset. Each attach point carries its probe id as the BPF
+/// cookie either way. `--attach uprobe` / `--attach uprobe-multi` pins one rung.
 fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loaded) -> Result<()> {
     let config = ProbesConfig {
         use_cookie: 1,
@@ -282,29 +295,15 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         ),
         None => UProbeScope::AllProcesses,
     };
-    let wants = |ret: bool| {
-        users
-            .iter()
-            .filter(move |(_, p)| p.kind.is_return() == ret || req.entry_and_return)
-    };
     let mut links = Vec::new();
+    let mut multi_links = Vec::new();
     for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
-        if wants(ret).next().is_none() {
-            continue;
-        }
-        let mut ids = Vec::new();
-        let prog: &mut UProbe = ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
-            .try_into()?;
-        // Uprobes are kprobe-type programs: describe() condenses a verifier log to its reason.
-        prog.load().map_err(|e| {
-            anyhow!(
-                "cannot load the {program} program: {}",
-                attach::describe(Mechanism::Kprobe, &e)
-            )
-        })?;
-        for (id, probe) in wants(ret) {
+        // Probes by binary, in the order given.
+        let mut groups: Vec<(&Path, Vec<UserPoint<'_>>)> = Vec::new();
+        for (id, probe) in users {
+            if probe.kind.is_return() != ret && !req.entry_and_return {
+                continue;
+            }
             let Point::User {
                 path,
                 symbol,
@@ -313,29 +312,121 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
             else {
                 continue;
             };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(*offset),
-                cookie: Some(u64::from(*id)),
+            let point = (*id, symbol.as_str(), *offset);
+            match groups.iter_mut().find(|(p, _)| p == path) {
+                Some((_, points)) => points.push(point),
+                None => groups.push((path, vec![point])),
+            }
+        }
+        if groups.is_empty() {
+            continue;
+        }
+        let (multi, single) = if ret {
+            (Mechanism::UretprobeMulti, Mechanism::Uretprobe)
+        } else {
+            (Mechanism::UprobeMulti, Mechanism::Uprobe)
+        };
+        // Other forced mechanisms are for the kernel probes of the same request.
+        let force = match req.force {
+            Some(Mechanism::UprobeMulti | Mechanism::UretprobeMulti) => Some(multi),
+            Some(Mechanism::Uprobe | Mechanism::Uretprobe) => Some(single),
+            _ => None,
+        };
+        let mut multi_program: Option<Result<uprobe_multi::Program, String>> = None;
+        let mut per_offset_loaded = false;
+        let mut ids = Vec::new();
+        for (path, points) in groups {
+            let target = match points.as_slice() {
+                [(_, symbol, _)] => format!("{symbol} in {}", path.display()),
+                _ => format!("{} functions in {}", points.len(), path.display()),
             };
-            let link = prog.attach(point, path, scope).map_err(|e| {
-                anyhow!(
-                    "cannot attach {} to {symbol} in {}: {}",
-                    if ret { "a uretprobe" } else { "a uprobe" },
-                    path.display(),
-                    chain(&e)
-                )
-            })?;
-            ids.push(link);
+            let mut declined = Vec::new();
+            if force != Some(single) {
+                let prog = multi_program.get_or_insert_with(|| {
+                    uprobe_multi::Program::load(objects::PROBES, program, &ebpf)
+                        .map_err(|e| e.to_string())
+                });
+                let offsets: Vec<u64> = points.iter().map(|(_, _, offset)| *offset).collect();
+                let cookies: Vec<u64> = points.iter().map(|(id, _, _)| u64::from(*id)).collect();
+                let attached = prog.as_ref().map_err(Clone::clone).and_then(|prog| {
+                    uprobe_multi::Link::attach(
+                        prog,
+                        &uprobe_multi::Target {
+                            path,
+                            offsets: &offsets,
+                            cookies: &cookies,
+                            on_return: ret,
+                            pid: req.pid,
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                match attached {
+                    Ok(link) => {
+                        multi_links.push(link);
+                        loaded.note(Attachment {
+                            target,
+                            mechanism: multi,
+                            program: program.into(),
+                            declined,
+                        });
+                        continue;
+                    }
+                    Err(reason) if force == Some(multi) => {
+                        bail!("cannot attach to {target}: {multi}: {reason}")
+                    }
+                    Err(reason) => declined.push(Declined {
+                        mechanism: multi,
+                        reason,
+                    }),
+                }
+            }
+            let prog: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+                .try_into()?;
+            if !per_offset_loaded {
+                // Uprobes are kprobe-type programs: describe() condenses a verifier log.
+                prog.load().map_err(|e| {
+                    anyhow!(
+                        "cannot load the {program} program: {}",
+                        attach::describe(Mechanism::Kprobe, &e)
+                    )
+                })?;
+                per_offset_loaded = true;
+            }
+            for (id, symbol, offset) in points {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(u64::from(id)),
+                };
+                let link = prog.attach(point, path, scope).map_err(|e| {
+                    anyhow!(
+                        "cannot attach {} to {symbol} in {}: {}",
+                        if ret { "a uretprobe" } else { "a uprobe" },
+                        path.display(),
+                        chain(&e)
+                    )
+                })?;
+                ids.push(link);
+            }
+            loaded.note(Attachment {
+                target,
+                mechanism: single,
+                program: program.into(),
+                declined,
+            });
         }
-        links.push((program, ids));
-        let name = if ret { "uretprobe" } else { "uprobe" };
-        if !loaded.mechanisms.iter().any(|m| m == name) {
-            loaded.mechanisms.push(name.into());
+        if !ids.is_empty() {
+            links.push((program, ids));
         }
+        // The links hold the program; its fd is not needed any more.
+        drop(multi_program);
     }
     loaded.push(ebpf, users.iter().map(|(id, _)| *id).collect())?;
     if let Some(instance) = loaded.instances.last_mut() {
         instance.uprobe_links = links;
+        instance.multi_links = multi_links;
     }
     Ok(())
 }
@@ -431,8 +522,20 @@ impl Loaded {
             ids,
             stats,
             uprobe_links: Vec::new(),
+            multi_links: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Links to the kernel: uprobe attach points and kernel-side attachments.
+    pub fn links(&self) -> usize {
+        let uprobes: usize = self
+            .instances
+            .iter()
+            .flat_map(|i| &i.uprobe_links)
+            .map(|(_, ids)| ids.len())
+            .sum();
+        uprobes + self.attachments.len()
     }
 
     /// "uprobe" or "tp_btf, raw_tp": how things were attached.
@@ -571,14 +674,17 @@ impl Loaded {
 }
 
 impl Drop for Loaded {
-    /// Detaching a uprobe, kprobe or tracepoint waits for RCU grace periods in the kernel
-    /// (about 90 ms each on a quiet 2-vCPU VM: 163 nginx uprobes took 15 s one by one). Links
-    /// are closed from several threads so that waits can overlap where the kernel allows it;
-    /// on 6.18 most of the wait is serialized under event_mutex, so the gain is small. The real
-    /// fix is a uprobe_multi link, which aya 0.14 cannot create.
+    /// Detaching a perf-event uprobe, kprobe or tracepoint waits for RCU grace periods in the
+    /// kernel (about 90 ms each on a quiet 2-vCPU VM: 163 nginx uprobes took 15 s one by one);
+    /// a uprobe_multi link waits once for all its offsets. Links are closed from several
+    /// threads so that waits can overlap where the kernel allows it (on 6.18 most of the
+    /// perf-event wait is serialized under event_mutex, so the gain there is small).
     fn drop(&mut self) {
-        let mut links: Vec<UProbeLink> = Vec::new();
+        let mut links: Vec<Box<dyn Send>> = Vec::new();
         for instance in &mut self.instances {
+            for link in std::mem::take(&mut instance.multi_links) {
+                links.push(Box::new(link));
+            }
             for (program, ids) in std::mem::take(&mut instance.uprobe_links) {
                 let Some(prog) = instance.ebpf.program_mut(program) else {
                     continue;
@@ -586,7 +692,9 @@ impl Drop for Loaded {
                 let Ok(prog) = <&mut UProbe>::try_from(prog) else {
                     continue;
                 };
-                links.extend(ids.into_iter().filter_map(|id| prog.take_link(id).ok()));
+                for link in ids.into_iter().filter_map(|id| prog.take_link(id).ok()) {
+                    links.push(Box::new(link));
+                }
             }
         }
         parallel_drop(links);

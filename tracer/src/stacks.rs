@@ -49,11 +49,14 @@ use blazesym::{
 };
 use serde_json::{Value, json};
 use tracer_common::{
-    stacks::STACK_NONE,
+    stacks::{STACK_NONE, TaskStackKey},
     stats::{STAT_STACK_COLLISIONS, STAT_STACK_LOST},
 };
 
-use crate::{loader::StatsReader, output::Out};
+use crate::{
+    loader::StatsReader,
+    output::{Out, comm_str},
+};
 
 /// The frames behind one stack id of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +94,18 @@ impl StackMap {
                 Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
                 Err(_) => Frames::Lost(libc::ENOENT),
             },
+        }
+    }
+
+    /// A per-task key (profile, kstacks, offcputime) with its value, ready to symbolize.
+    pub fn raw(&self, key: &TaskStackKey, value: u64) -> RawStack {
+        RawStack {
+            comm: comm_str(&key.comm),
+            pid: key.tgid,
+            tid: key.pid,
+            kernel: self.frames(key.kstack),
+            user: self.frames(key.ustack),
+            value,
         }
     }
 }

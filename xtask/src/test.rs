@@ -78,6 +78,8 @@ pub fn test(args: TestArgs) -> Result<()> {
             "-p",
             "tracer-common",
             "-p",
+            "testbed",
+            "-p",
             "xtask",
             "--all-targets",
             "--",

@@ -10,6 +10,7 @@ use serde_json::json;
 use tracer_common::probes::{HistKey, MODE_VALUE, ProbesConfig, ValueKey};
 
 use crate::{
+    loader,
     output::{Out, hms_now, with_schema},
     probe_attach::{self, Expr, Hist, ProbeStats, Request},
     probe_spec::{self, Probe},
@@ -168,13 +169,7 @@ fn print_counts(
     periodic: bool,
     out: &mut Out,
 ) {
-    let mut rows: Vec<(ValueKey, u64)> = now
-        .iter()
-        .filter_map(|(k, n)| {
-            let d = n - before.get(k).copied().unwrap_or(0).min(*n);
-            (d > 0).then_some((*k, d))
-        })
-        .collect();
+    let mut rows = loader::increases(now, before);
     rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.value.cmp(&b.0.value)));
     let total: u64 = rows.iter().map(|r| r.1).sum();
     let shown_rows = &rows[..rows.len().min(args.top)];

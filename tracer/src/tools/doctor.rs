@@ -23,6 +23,7 @@ use crate::{
     btf::KernelBtf,
     loader::{self, objects},
     output::{Out, with_schema},
+    probe_spec, uprobe_multi,
 };
 
 const TOOL: &str = "doctor";
@@ -207,6 +208,7 @@ fn checks() -> Result<Vec<Check>> {
         }
     }
     let uprobes = attach_uprobes(&mut ebpf);
+    let uprobe_multi = attach_uprobe_multi(&ebpf);
     let perf = attach_perf_event(&mut ebpf);
 
     // Make every attached probe fire: fork (tracepoints), read a file (vfs_read), call
@@ -245,6 +247,15 @@ fn checks() -> Result<Vec<Check>> {
         }
     }
     checks.push(check(
+        "uprobe_multi",
+        uprobe_multi.and_then(|_link| {
+            verdict(
+                "own binary, one link (fast mass attach/detach)".into(),
+                PROBE_HIT_UPROBE_MULTI,
+            )
+        }),
+    ));
+    checks.push(check(
         "perf_event",
         perf.and_then(|()| verdict("software cpu-clock sampling".into(), PROBE_HIT_PERF_EVENT)),
     ));
@@ -266,6 +277,7 @@ fn checks() -> Result<Vec<Check>> {
         "kprobe_multi",
         "uprobe",
         "uretprobe",
+        "uprobe_multi",
         "perf_event",
         "ringbuf",
         "bpf_stats",
@@ -316,6 +328,32 @@ fn attach_uprobes(ebpf: &mut Ebpf) -> Result<(), String> {
         .map_err(|e| format!("{name}: {}", attach::describe(Mechanism::Tracepoint, &e)))?;
     }
     Ok(())
+}
+
+/// A uprobe_multi link on our own target function: one link for any number of offsets, what the
+/// probe tools use for u:/ur: probes where the kernel has it (Linux 6.6+).
+fn attach_uprobe_multi(ebpf: &Ebpf) -> Result<uprobe_multi::Link, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let spec = probe_spec::parse(&format!("u:{}:tracer_doctor_uprobe_target", exe.display()))
+        .map_err(|e| e.to_string())?;
+    let probes = probe_spec::resolve(&spec, None).map_err(|e| e.to_string())?;
+    let Some(probe_spec::Point::User { path, offset, .. }) = probes.first().map(|p| &p.point)
+    else {
+        return Err("own uprobe target not found".into());
+    };
+    let program = uprobe_multi::Program::load(objects::PROBE, "probe_uprobe_multi", ebpf)
+        .map_err(|e| e.to_string())?;
+    uprobe_multi::Link::attach(
+        &program,
+        &uprobe_multi::Target {
+            path,
+            offsets: &[*offset],
+            cookies: &[0],
+            on_return: false,
+            pid: Some(std::process::id()),
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn attach_perf_event(ebpf: &mut Ebpf) -> Result<(), String> {

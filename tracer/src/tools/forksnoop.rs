@@ -4,7 +4,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use aya::maps::{MapData, PerCpuHashMap, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap, RingBuf},
+};
 use clap::Args;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
@@ -17,7 +20,7 @@ use tracer_common::{
 };
 
 use crate::{
-    attach::{self, Mechanism, Rung, Target},
+    attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
     filters,
     loader::{self, Stats, StatsReader, objects},
@@ -83,55 +86,12 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
         kthreads_only: args.kthreads.into(),
         emit_events: (!args.summary).into(),
         count_parents: args.summary.into(),
-        _reserved: [0; 4],
+        parents_by_comm: 0,
+        _reserved: [0; 3],
         comm: filters::comm_filter(args.comm.as_deref())?,
     };
 
-    let btf = KernelBtf::new();
-    // tp_btf and raw_tp read the child's task_struct, which needs BTF offsets; the classic
-    // tracepoint needs the record layout from tracefs. Offer whichever rungs we can feed.
-    let offsets = btf.task_offsets();
-    let tp_offset = tracefs::field_offset("sched", "sched_process_fork", "child_pid");
-    let mut rungs = Vec::new();
-    if offsets.is_ok() {
-        rungs.push(Rung {
-            mechanism: Mechanism::TpBtf,
-            program: "forksnoop_tp_btf",
-        });
-        rungs.push(Rung {
-            mechanism: Mechanism::RawTp,
-            program: "forksnoop_raw_tp",
-        });
-    }
-    if tp_offset.is_ok() {
-        rungs.push(Rung {
-            mechanism: Mechanism::Tracepoint,
-            program: "forksnoop_tp",
-        });
-    }
-    if rungs.is_empty() {
-        let why = offsets.err().map(|e| format!("{e:#}")).unwrap_or_default();
-        let tp_why = tp_offset
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        bail!("cannot trace forks here: {why}; {tp_why}");
-    }
-    let config = ForkConfig {
-        tp_child_pid_offset: *tp_offset.as_ref().unwrap_or(&0),
-        ..config
-    };
-    let offsets: TaskOffsets = offsets.unwrap_or_default();
-
-    let mut ebpf = loader::load(objects::FORKSNOOP, |l| {
-        l.override_global("CONFIG", &config, true);
-        l.override_global("TASK_OFFSETS", &offsets, false);
-    })?;
-    let target = Target::Tracepoint {
-        category: "sched",
-        event: "sched_process_fork",
-    };
-    let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
+    let (mut ebpf, attachment) = load_and_attach(config, args.common.attach)?;
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
     }
@@ -171,6 +131,64 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
     out.flush();
     drop(ebpf);
     Ok(())
+}
+
+/// Loads the forksnoop object with `config` (the record offsets filled in here) and attaches
+/// it to sched_process_fork through the ladder. `tracer serve` counts forks with it too.
+pub(crate) fn load_and_attach(
+    config: ForkConfig,
+    force: Option<Mechanism>,
+) -> Result<(Ebpf, Attachment)> {
+    let btf = KernelBtf::new();
+    // tp_btf and raw_tp read the child's task_struct, which needs BTF offsets; the classic
+    // tracepoint needs the record layout from tracefs. Offer whichever rungs we can feed.
+    let offsets = btf.task_offsets();
+    let tp_offset = tracefs::field_offset("sched", "sched_process_fork", "child_pid");
+    let mut rungs = Vec::new();
+    if offsets.is_ok() {
+        rungs.push(Rung {
+            mechanism: Mechanism::TpBtf,
+            program: "forksnoop_tp_btf",
+        });
+        rungs.push(Rung {
+            mechanism: Mechanism::RawTp,
+            program: "forksnoop_raw_tp",
+        });
+    }
+    if tp_offset.is_ok() {
+        rungs.push(Rung {
+            mechanism: Mechanism::Tracepoint,
+            program: "forksnoop_tp",
+        });
+    }
+    if rungs.is_empty() {
+        let why = offsets.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let tp_why = tp_offset
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        bail!("cannot trace forks here: {why}; {tp_why}");
+    }
+    let config = ForkConfig {
+        tp_child_pid_offset: *tp_offset.as_ref().unwrap_or(&0),
+        ..config
+    };
+    let offsets: TaskOffsets = offsets.unwrap_or_default();
+
+    let mut ebpf = loader::load(objects::FORKSNOOP, |l| {
+        l.override_global("CONFIG", &config, true);
+        l.override_global("TASK_OFFSETS", &offsets, false);
+        if config.emit_events == 0 {
+            // The ring buffer's smallest size: one page.
+            l.map_max_entries("EVENTS", 4096);
+        }
+    })?;
+    let target = Target::Tracepoint {
+        category: "sched",
+        event: "sched_process_fork",
+    };
+    let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, force)?;
+    Ok((ebpf, attachment))
 }
 
 /// One line per fork, read from the ring buffer as it fills.
@@ -321,9 +339,10 @@ fn report_drops(stats: &Stats, reported_lost: &mut u64) {
     }
 }
 
-type Totals = HashMap<ParentKey, ParentCounts>;
+pub(crate) type Totals = HashMap<ParentKey, ParentCounts>;
 
-fn snapshot(counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>) -> Totals {
+/// Running totals per parent, summed over CPUs (the map is never cleared).
+pub(crate) fn snapshot(counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>) -> Totals {
     let mut totals = Totals::new();
     for entry in counts.iter().flatten() {
         let (key, per_cpu) = entry;

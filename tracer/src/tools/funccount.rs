@@ -7,6 +7,7 @@ use serde_json::json;
 use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
 
 use crate::{
+    loader,
     output::{Out, comm_str, hms_now, with_schema},
     probe_attach::{self, Loaded, ProbeStats, Request},
     probe_spec::{self, Probe},
@@ -191,13 +192,7 @@ fn print_per_pid(
     periodic: bool,
     out: &mut Out,
 ) {
-    let mut rows: Vec<(PidCountKey, u64)> = now
-        .iter()
-        .filter_map(|(k, n)| {
-            let d = n - before.get(k).copied().unwrap_or(0).min(*n);
-            (d > 0).then_some((*k, d))
-        })
-        .collect();
+    let mut rows = loader::increases(now, before);
     rows.sort_by(|a, b| {
         b.1.cmp(&a.1)
             .then(a.0.tgid.cmp(&b.0.tgid))

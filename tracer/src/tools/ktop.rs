@@ -103,7 +103,7 @@ pub async fn run(args: KtopArgs) -> Result<()> {
             Err(e) => eprintln!("{TOOL}: no kworker functions: {e}"),
         }
     }
-    let mut view = View::new(&mut ebpf, &args, work.is_ok())?;
+    let mut view = View::new(&mut ebpf, work.is_ok())?;
     kick_cpus(&view.online);
     view.wait_for_cpus().await;
     eprintln!(
@@ -172,11 +172,11 @@ fn kick_cpus(cpus: &[u32]) {
 }
 
 /// One consistent reading of the kernel's totals.
-struct Snapshot {
+pub(super) struct Snapshot {
     /// CLOCK_MONOTONIC ns (the clock of bpf_ktime_get_ns) when it was taken.
     now_ns: u64,
     /// Totals per (thread, CPU), open slices included.
-    threads: HashMap<ThreadKey, ThreadStats>,
+    pub threads: HashMap<ThreadKey, ThreadStats>,
     /// Per online CPU: its state.
     cpus: BTreeMap<u32, CpuState>,
     work: HashMap<u32, WorkStats>,
@@ -201,7 +201,9 @@ struct Row {
     work: Option<(String, u64)>,
 }
 
-struct View {
+/// The `THREADS`, `CPU_STATE` and `WORK` maps of a loaded ktop object (`tracer serve` reads
+/// kernel threads' on-CPU time through it too).
+pub(super) struct View {
     threads: BpfHashMap<MapData, ThreadKey, ThreadStats>,
     cpu_state: PerCpuArray<MapData, CpuState>,
     work: Option<BpfHashMap<MapData, u32, WorkStats>>,
@@ -212,7 +214,7 @@ struct View {
 }
 
 impl View {
-    fn new(ebpf: &mut Ebpf, _args: &KtopArgs, with_work: bool) -> Result<Self> {
+    pub(super) fn new(ebpf: &mut Ebpf, with_work: bool) -> Result<Self> {
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("{name} map missing (build bug)"))
@@ -259,7 +261,7 @@ impl View {
 
     /// Reads the totals; retried while a CPU switched during the read, so that the open slices
     /// and the closed ones describe the same moment.
-    fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         let mut attempt = 0;
         loop {
             let before = self.cpu_states();
@@ -383,8 +385,13 @@ impl View {
         rows
     }
 
-    /// Drops the records of threads that exited and did nothing this interval.
-    fn forget_dead(&mut self, now: &mut Snapshot, before: &Snapshot) {
+    /// Drops the records of threads that exited and did nothing this interval; returns them
+    /// (with their final totals) for callers that keep running sums.
+    pub(super) fn forget_dead(
+        &mut self,
+        now: &mut Snapshot,
+        before: &Snapshot,
+    ) -> Vec<(ThreadKey, ThreadStats)> {
         let dead: Vec<ThreadKey> = now
             .threads
             .iter()
@@ -392,13 +399,22 @@ impl View {
             .filter(|(k, _)| !std::path::Path::new(&format!("/proc/{}", k.pid)).exists())
             .map(|(k, _)| *k)
             .collect();
+        let mut removed = Vec::new();
         for key in dead {
             let _ = self.threads.remove(&key);
-            now.threads.remove(&key);
+            if let Some(stats) = now.threads.remove(&key) {
+                removed.push((key, stats));
+            }
             if let Some(work) = self.work.as_mut() {
                 let _ = work.remove(&key.pid);
             }
         }
+        removed
+    }
+
+    /// Kernel-side drop counters.
+    pub(super) fn stats(&self) -> Stats {
+        self.stats.read()
     }
 
     async fn run(&mut self, args: &KtopArgs) -> Result<()> {

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
 use tracer_common::{
-    offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, STACKS_ENTRIES, SwitchOut},
+    offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, SwitchOut},
     stats::STAT_EVENTS,
 };
 
@@ -22,10 +21,10 @@ use crate::{
     btf::KernelBtf,
     filters,
     loader::{self, StatsReader, objects},
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
-    tools::CommonArgs,
+    tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
 const TOOL: &str = "offcputime";
@@ -39,12 +38,8 @@ const TOOL: &str = "offcputime";
     offcputime -m 1000 -f > out.folded   blocks of 1 ms or more, folded (values in us)\n  \
     offcputime --svg offcpu.svg -d 30    off-CPU flame graph")]
 pub struct OffcputimeArgs {
-    /// Only this process (thread group id).
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
-    pub pid: Option<u32>,
-    /// Only this thread.
-    #[arg(short = 't', long = "tid", value_name = "TID")]
-    pub tid: Option<u32>,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Only tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
@@ -54,12 +49,8 @@ pub struct OffcputimeArgs {
     /// Only user tasks (no kernel threads).
     #[arg(short = 'u', long)]
     pub user_threads_only: bool,
-    /// Kernel stacks only.
-    #[arg(short = 'K', long = "kernel-stacks-only", conflicts_with = "user_only")]
-    pub kernel_only: bool,
-    /// User stacks only.
-    #[arg(short = 'U', long = "user-stacks-only")]
-    pub user_only: bool,
+    #[command(flatten)]
+    pub stack_kind: StackKindArgs,
     /// Ignore blocks shorter than this many microseconds.
     #[arg(
         short = 'm',
@@ -74,15 +65,8 @@ pub struct OffcputimeArgs {
     /// How many stacks to print (text and JSON).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
-    /// Entries of the stack map: more means fewer lost stacks (about 1 KiB of kernel memory each).
-    #[arg(long, value_name = "N", default_value_t = STACKS_ENTRIES)]
-    pub stack_storage_size: u32,
-    /// Print FlameGraph folded lines ("comm;frame;...;leaf microseconds") instead of stacks.
-    #[arg(short = 'f', long)]
-    pub folded: bool,
-    /// Also write an SVG flame graph to FILE when done.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub stacks: StackOutputArgs,
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
@@ -92,14 +76,7 @@ pub struct OffcputimeArgs {
 type Totals = HashMap<OffcpuKey, OffcpuValue>;
 
 pub async fn run(args: OffcputimeArgs) -> Result<()> {
-    if let Some(pid) = args.pid {
-        session::check_pid(pid)?;
-    }
-    if let Some(tid) = args.tid
-        && (tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists())
-    {
-        bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
-    }
+    args.task.check()?;
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
     if max_us < args.min_us {
         bail!(
@@ -107,22 +84,25 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
             args.min_us
         );
     }
-    if args.stack_storage_size == 0 || args.stack_storage_size > 1 << 20 {
-        bail!("--stack-storage-size must be 1 to 1048576");
-    }
+    args.stacks.check()?;
     let config = OffcpuConfig {
-        tgid: args.pid.unwrap_or(0),
-        tid: args.tid.unwrap_or(0),
+        tgid: args.task.pid.unwrap_or(0),
+        tid: args.task.tid.unwrap_or(0),
         min_ns: args.min_us.saturating_mul(1000),
         max_ns: max_us.saturating_mul(1000),
-        kernel_stacks: (!args.user_only).into(),
-        user_stacks: (!args.kernel_only).into(),
+        kernel_stacks: args.stack_kind.kernel_stacks(),
+        user_stacks: args.stack_kind.user_stacks(),
         kthreads_only: args.kthreads.into(),
         user_only: args.user_threads_only.into(),
         _reserved: [0; 4],
         comm: filters::comm_filter(args.comm.as_deref())?,
     };
-    let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
+    let svg = args
+        .stacks
+        .svg
+        .as_deref()
+        .map(SvgFile::create)
+        .transpose()?;
 
     let btf = KernelBtf::new();
     let offsets = btf
@@ -131,7 +111,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut ebpf = loader::load(objects::OFFCPUTIME, |l| {
         l.override_global("CONFIG", &config, true);
         l.override_global("TASK_OFFSETS", &offsets, false);
-        l.map_max_entries("STACKS", args.stack_storage_size);
+        l.map_max_entries("STACKS", args.stacks.stack_storage_size);
     })?;
     let rungs = [
         Rung {
@@ -168,14 +148,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         scope(&args)
     );
 
-    let raw = |key: &OffcpuKey, value: u64| RawStack {
-        comm: comm_str(&key.comm),
-        pid: key.tgid,
-        tid: key.pid,
-        kernel: stack_map.frames(key.kstack),
-        user: stack_map.frames(key.ustack),
-        value,
-    };
+    let raw = |key: &OffcpuKey, value: u64| stack_map.raw(key, value);
     let mut symbols = Symbols::new().strip_tracing_frames();
     let mut out = Out::new();
     let json = args.common.output.json;
@@ -281,7 +254,7 @@ fn report(
 ) {
     let total: u64 = raws.iter().map(|r| r.value).sum();
     let resolved = stacks::merge(symbols.resolve_all(raws));
-    if args.folded {
+    if args.stacks.folded {
         for line in stacks::folded(&resolved, Unit::Nanoseconds) {
             out.line(&line);
         }
@@ -320,13 +293,7 @@ fn report(
 }
 
 fn scope(args: &OffcputimeArgs) -> String {
-    let mut what = Vec::new();
-    if let Some(pid) = args.pid {
-        what.push(format!("PID {pid}"));
-    }
-    if let Some(tid) = args.tid {
-        what.push(format!("TID {tid}"));
-    }
+    let mut what = args.task.describe();
     if let Some(comm) = &args.comm {
         what.push(format!("comm {comm}"));
     }

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -24,7 +23,7 @@ use aya::{
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use tracer_common::{
-    profile::{IDLE_ANY, IDLE_EXCLUDE, IDLE_ONLY, ProfileConfig, STACKS_ENTRIES, SampleKey},
+    profile::{IDLE_ANY, IDLE_EXCLUDE, IDLE_ONLY, ProfileConfig, SampleKey},
     stats::STAT_EVENTS,
 };
 
@@ -33,10 +32,10 @@ use crate::{
     btf::KernelBtf,
     filters,
     loader::{self, StatsReader, objects},
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
-    tools::CommonArgs,
+    tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
 /// Sampling frequencies above this cost more than they tell (and perf caps them anyway).
@@ -71,15 +70,8 @@ pub struct SampleArgs {
     /// Only tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
-    /// Entries of the stack map: more means fewer lost stacks (about 1 KiB of kernel memory each).
-    #[arg(long, value_name = "N", default_value_t = STACKS_ENTRIES)]
-    pub stack_storage_size: u32,
-    /// Print FlameGraph folded lines ("comm;frame;...;leaf count") instead of stacks.
-    #[arg(short = 'f', long)]
-    pub folded: bool,
-    /// Also write an SVG flame graph to FILE when done.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub stacks: StackOutputArgs,
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
@@ -96,12 +88,8 @@ pub struct SampleArgs {
     profile -f -d 30 > out.folded    folded stacks for flamegraph.pl / inferno\n  \
     profile --svg cpu.svg -d 30      flame graph directly")]
 pub struct ProfileArgs {
-    /// Only this process (thread group id).
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
-    pub pid: Option<u32>,
-    /// Only this thread.
-    #[arg(short = 't', long = "tid", value_name = "TID")]
-    pub tid: Option<u32>,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Only kernel threads (PF_KTHREAD; the idle tasks are not counted as kernel threads).
     #[arg(long)]
     pub kthreads: bool,
@@ -114,12 +102,8 @@ pub struct ProfileArgs {
     /// Drop samples of the idle tasks.
     #[arg(long)]
     pub no_idle: bool,
-    /// Kernel stacks only.
-    #[arg(short = 'K', long = "kernel-stacks-only", conflicts_with = "user_only")]
-    pub kernel_only: bool,
-    /// User stacks only.
-    #[arg(short = 'U', long = "user-stacks-only")]
-    pub user_only: bool,
+    #[command(flatten)]
+    pub stack_kind: StackKindArgs,
     /// How many stacks to print (text and JSON).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
@@ -163,13 +147,6 @@ fn check_frequency(hz: u64) -> Result<()> {
     Ok(())
 }
 
-fn check_tid(tid: u32) -> Result<()> {
-    if tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists() {
-        bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
-    }
-    Ok(())
-}
-
 impl Sampler {
     fn start(
         tool: &str,
@@ -192,13 +169,11 @@ impl Sampler {
             Some(cpu) => vec![cpu],
             None => cpus,
         };
-        if sample.stack_storage_size == 0 || sample.stack_storage_size > 1 << 20 {
-            bail!("--stack-storage-size must be 1 to 1048576");
-        }
+        sample.stacks.check()?;
         let mut ebpf = loader::load(objects::PROFILE, |l| {
             l.override_global("CONFIG", &config, true);
             l.override_global("TASK_OFFSETS", &offsets, false);
-            l.map_max_entries("STACKS", sample.stack_storage_size);
+            l.map_max_entries("STACKS", sample.stacks.stack_storage_size);
         })?;
         if softirq {
             for (event, btf_prog, raw_prog) in [
@@ -279,14 +254,7 @@ impl Sampler {
     }
 
     fn raw(&self, key: &SampleKey, value: u64) -> RawStack {
-        RawStack {
-            comm: comm_str(&key.comm),
-            pid: key.tgid,
-            tid: key.pid,
-            kernel: self.stack_map.frames(key.kstack),
-            user: self.stack_map.frames(key.ustack),
-            value,
-        }
+        self.stack_map.raw(key, value)
     }
 
     fn report_losses(&self, tool: &str) -> serde_json::Value {
@@ -404,13 +372,8 @@ async fn sample_loop(
             }
         };
         let current = sampler.snapshot();
-        let delta: HashMap<SampleKey, u64> = current
-            .iter()
-            .filter_map(|(key, &now)| {
-                let before = previous.get(key).copied().unwrap_or(0);
-                (now > before).then_some((*key, now - before))
-            })
-            .collect();
+        let delta: HashMap<SampleKey, u64> =
+            loader::increases(&current, &previous).into_iter().collect();
         let elapsed = since.elapsed();
         since = Instant::now();
         // The last partial interval is only printed if it saw something.
@@ -434,12 +397,7 @@ fn what_sampled(
 ) -> String {
     let mut what = vec![];
     if let Some(args) = args {
-        if let Some(pid) = args.pid {
-            what.push(format!("PID {pid}"));
-        }
-        if let Some(tid) = args.tid {
-            what.push(format!("TID {tid}"));
-        }
+        what.extend(args.task.describe());
         if args.kthreads {
             what.push("kernel threads".into());
         }
@@ -474,17 +432,12 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
     const TOOL: &str = "profile";
     let sample = &args.sample;
     check_frequency(sample.frequency)?;
-    if let Some(pid) = args.pid {
-        session::check_pid(pid)?;
-    }
-    if let Some(tid) = args.tid {
-        check_tid(tid)?;
-    }
+    args.task.check()?;
     let config = ProfileConfig {
-        tgid: args.pid.unwrap_or(0),
-        tid: args.tid.unwrap_or(0),
-        kernel_stacks: (!args.user_only).into(),
-        user_stacks: (!args.kernel_only).into(),
+        tgid: args.task.pid.unwrap_or(0),
+        tid: args.task.tid.unwrap_or(0),
+        kernel_stacks: args.stack_kind.kernel_stacks(),
+        user_stacks: args.stack_kind.user_stacks(),
         kthreads_only: args.kthreads.into(),
         softirq_only: args.softirq.into(),
         idle: match (args.idle, args.no_idle) {
@@ -495,35 +448,15 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
         _reserved: [0; 3],
         comm: filters::comm_filter(sample.comm.as_deref())?,
     };
-    let svg = sample.svg.as_deref().map(SvgFile::create).transpose()?;
-    let sampler = Sampler::start(TOOL, sample, config, args.softirq)?;
-    let title = what_sampled(TOOL, Some(&args), sample, sampler.event);
-    eprintln!(
-        "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
-        title_scope(&title),
-        sample.frequency,
-        sampler.event
-    );
-
-    let mut symbols = Symbols::new();
-    let mut out = Out::new();
-    let json = sample.common.output.json;
-    let totals = sample_loop(
-        &sampler,
+    run_sampler(
+        TOOL,
         sample,
-        &mut symbols,
-        |counts, elapsed, symbols, out| {
-            let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
-            let total: u64 = raws.iter().map(|r| r.value).sum();
-            let resolved = stacks::merge(symbols.resolve_all(&raws));
-            if sample.folded {
-                for line in stacks::folded(&resolved, Unit::Samples) {
-                    out.line(&line);
-                }
-                return;
-            }
+        config,
+        Some(&args),
+        |sampler, title, resolved, elapsed, out| {
+            let total: u64 = resolved.iter().map(|r| r.value).sum();
             let shown = resolved.len().min(args.top);
-            if json {
+            if sample.common.output.json {
                 let list: Vec<_> = resolved[..shown]
                     .iter()
                     .map(|s| stacks::stack_json(s, total))
@@ -554,48 +487,68 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
                 ));
             }
         },
+    )
+    .await
+}
+
+/// What profile and kstacks share: start the sampler, print the banner, report every interval
+/// (folded lines, or `render` with the merged stacks), then the flame graph, loss reports and
+/// the JSON end record. `profile` is None for kstacks.
+async fn run_sampler(
+    tool: &str,
+    sample: &SampleArgs,
+    config: ProfileConfig,
+    profile: Option<&ProfileArgs>,
+    mut render: impl FnMut(&Sampler, &str, &[Stack], Duration, &mut Out),
+) -> Result<()> {
+    let svg = sample
+        .stacks
+        .svg
+        .as_deref()
+        .map(SvgFile::create)
+        .transpose()?;
+    let softirq = profile.is_some_and(|p| p.softirq);
+    let sampler = Sampler::start(tool, sample, config, softirq)?;
+    let title = what_sampled(tool, profile, sample, sampler.event);
+    eprintln!(
+        "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
+        title_scope(&title),
+        sample.frequency,
+        sampler.event
+    );
+
+    let mut symbols = Symbols::new();
+    let mut out = Out::new();
+    let totals = sample_loop(
+        &sampler,
+        sample,
+        &mut symbols,
+        |counts, elapsed, symbols, out| {
+            let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
+            let resolved = stacks::merge(symbols.resolve_all(&raws));
+            if sample.stacks.folded {
+                for line in stacks::folded(&resolved, Unit::Samples) {
+                    out.line(&line);
+                }
+                return;
+            }
+            render(&sampler, &title, &resolved, elapsed, out);
+        },
         &mut out,
     )
     .await?;
-    finish(
-        TOOL,
-        &sampler,
-        &mut symbols,
-        totals,
-        svg,
-        &title,
-        json,
-        &mut out,
-    )
-}
-
-/// Flame graph, loss reports and the JSON end record, shared by profile and kstacks.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site per tool; a struct would only rename them"
-)]
-fn finish(
-    tool: &str,
-    sampler: &Sampler,
-    symbols: &mut Symbols,
-    totals: HashMap<SampleKey, u64>,
-    svg: Option<SvgFile>,
-    title: &str,
-    json: bool,
-    out: &mut Out,
-) -> Result<()> {
     if let Some(svg) = svg {
         let raws: Vec<RawStack> = totals.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
         let resolved = symbols.resolve_all(&raws);
-        svg.write(&stacks::folded(&resolved, Unit::Samples), title, "samples")?;
+        svg.write(&stacks::folded(&resolved, Unit::Samples), &title, "samples")?;
     }
     symbols.report_unknown(tool);
     let end = sampler.report_losses(tool);
-    if json {
+    if sample.common.output.json {
         out.json(&with_schema(
             tool,
             json!({"type": "end", "event": sampler.event, "hz": sampler.hz,
-                                           "cpus": sampler.cpus, "stats": end}),
+                   "cpus": sampler.cpus, "stats": end}),
         ));
     }
     out.flush();
@@ -620,47 +573,23 @@ pub async fn run_kstacks(args: KstacksArgs) -> Result<()> {
         comm: filters::comm_filter(sample.comm.as_deref())?,
         ..ProfileConfig::DEFAULT
     };
-    let svg = sample.svg.as_deref().map(SvgFile::create).transpose()?;
-    let sampler = Sampler::start(TOOL, sample, config, false)?;
-    let title = what_sampled(TOOL, None, sample, sampler.event);
-    eprintln!(
-        "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
-        title_scope(&title),
-        sample.frequency,
-        sampler.event
-    );
-
-    let mut symbols = Symbols::new();
-    let mut out = Out::new();
-    let json = sample.common.output.json;
-    let totals = sample_loop(
-        &sampler,
-        sample,
-        &mut symbols,
-        |counts, elapsed, symbols, out| {
-            let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
-            let resolved = stacks::merge(symbols.resolve_all(&raws));
-            if sample.folded {
-                for line in stacks::folded(&resolved, Unit::Samples) {
-                    out.line(&line);
-                }
-                return;
-            }
-            print_threads(&args, &sampler, &resolved, elapsed, json, out);
-        },
-        &mut out,
-    )
-    .await?;
-    finish(
+    run_sampler(
         TOOL,
-        &sampler,
-        &mut symbols,
-        totals,
-        svg,
-        &title,
-        json,
-        &mut out,
+        sample,
+        config,
+        None,
+        |sampler, _title, resolved, elapsed, out| {
+            print_threads(
+                &args,
+                sampler,
+                resolved,
+                elapsed,
+                sample.common.output.json,
+                out,
+            );
+        },
     )
+    .await
 }
 
 /// Per kernel thread: samples, CPU %, share of all kernel-thread samples, top stacks.

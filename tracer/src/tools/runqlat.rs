@@ -473,7 +473,10 @@ fn process_name(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-fn snapshot(hists: &PerCpuHashMap<MapData, HistKey, Log2Hist>) -> HashMap<HistKey, Log2> {
+/// Every histogram of `HISTS`, summed over CPUs.
+pub(super) fn snapshot(
+    hists: &PerCpuHashMap<MapData, HistKey, Log2Hist>,
+) -> HashMap<HistKey, Log2> {
     hists
         .iter()
         .flatten()

@@ -1,11 +1,880 @@
-//! serve: not implemented yet.
+//! serve: the in-kernel aggregates as Prometheus metrics on `/metrics` (text format 0.0.4, or
+//! OpenMetrics when the scraper asks for it). Built-in collectors reuse the tools' objects and
+//! readers: softirq time and entries per CPU × vector and run-time histograms (softirq-top),
+//! forks per parent comm (forksnoop), run-queue latency (runqlat), kernel threads' on-CPU time
+//! (ktop); probes from the config file count hits or time calls (funccount, funclatency). The
+//! kernel keeps running totals and nothing is ever reset, so every counter is cumulative since
+//! start, as Prometheus expects. The exporter's own health comes along: programs attached, the
+//! attach rung of every probe, lost events, map-full counts, scrape durations.
 
-use anyhow::{Result, bail};
+mod config;
+mod http;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+};
 use clap::Args;
+use tokio::sync::mpsc;
+use tracer_common::{
+    forksnoop::{ForkConfig, ParentCounts, ParentKey},
+    hist::Log2Hist,
+    probes::{MODE_COUNT, MODE_LATENCY, ProbesConfig},
+    sched::{HistKey, SchedConfig},
+    softirq_top::{NR_CTX, NR_SOFTIRQS, SoftirqConfig, VEC_NAMES},
+    task::PF_KTHREAD,
+};
 
+use self::config::{Config, ProbeConfig, ProbeKind};
+use super::{forksnoop, ktop, runqlat, softirq_top};
+use crate::{
+    attach::Attachment,
+    btf::KernelBtf,
+    hist::Log2,
+    loader::{self, Stats, StatsReader},
+    metrics::{Buckets, Format, Kind, Scrape},
+    output::comm_str,
+    probe_attach::{self, Hist, Loaded, Request},
+    session,
+};
+
+const TOOL: &str = "serve";
+
+/// Serve in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
 #[derive(Args, Clone, Debug)]
-pub struct ServeArgs {}
+#[command(after_help = "Examples:\n  \
+    serve                                  softirq, forks, run queue, kthreads on 127.0.0.1:9435\n  \
+    serve --config tracer.toml             plus the probes the file declares\n  \
+    serve --listen 0.0.0.0:9435            every interface (only when asked for)\n  \
+    serve --config tracer.toml --check     check the file and exit, loading nothing\n\
+    \n\
+    Config file (TOML):\n  \
+    [collectors]\n  \
+    softirq = true\n  \
+    forks = true\n  \
+    runqueue = true\n  \
+    kthreads = true\n  \
+    comm_limit = 500\n  \
+    buckets = \"1us..10s\"\n  \
+    [[probe]]\n  \
+    name = \"nginx_requests\"\n  \
+    probe = \"u:/usr/sbin/nginx:ngx_http_process_request\"\n  \
+    kind = \"counter\"        # or \"latency\" (with optional buckets = \"1us..10s\")")]
+pub struct ServeArgs {
+    /// Address to listen on: HOST:PORT, or :PORT for every interface.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9435", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Collectors and probes to serve (TOML; see below). Default: every built-in collector.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve even if a probe or collector cannot attach (reported in tracer_probe_attached).
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Check the config file (and the probes it names) and exit without loading anything.
+    #[arg(long)]
+    pub check: bool,
+    /// Say how each probe was attached and why other mechanisms were not used.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
 
-pub async fn run(_args: ServeArgs) -> Result<()> {
-    bail!("serve is not implemented yet")
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.replace("localhost:", "127.0.0.1:"),
+    };
+    text.parse().map_err(|_| {
+        format!("'{text}' is not an address to listen on (try 127.0.0.1:9435 or :9435)")
+    })
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    // Everything the user wrote is checked before anything is loaded.
+    let config = match &args.config {
+        Some(path) => config::load(path)?,
+        None => Config::default(),
+    };
+    if args.check {
+        println!(
+            "{}: ok ({} probes; collectors: {})",
+            args.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "default config".into()),
+            config.probes.len(),
+            enabled_collectors(&config).join(", ")
+        );
+        return Ok(());
+    }
+    // Bind before loading: a busy port should not cost a load and unload of every program.
+    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {
+        anyhow!(
+            "cannot listen on {}: {e} (choose another --listen address)",
+            args.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+
+    let mut exporter = Exporter::start(&config, &args)?;
+    let (tx, mut rx) = mpsc::channel::<http::Exchange>(16);
+    http::spawn(listener, tx);
+    eprintln!(
+        "Serving metrics on http://{local}/metrics ({} programs attached)... Hit Ctrl-C to end.",
+        exporter.links
+    );
+    let stop = session::stop_requested(None);
+    tokio::pin!(stop);
+    // Housekeeping between scrapes: forget exited threads before their records fill the map.
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            reason = &mut stop => { reason?; break; }
+            Some((request, reply)) = rx.recv() => {
+                let _ = reply.send(exporter.respond(&request));
+            }
+            _ = housekeeping.tick() => exporter.maintain(),
+        }
+    }
+    eprintln!("Detaching...");
+    drop(rx);
+    drop(exporter);
+    Ok(())
+}
+
+fn enabled_collectors(config: &Config) -> Vec<&'static str> {
+    let c = &config.collectors;
+    [
+        (c.softirq, "softirq"),
+        (c.forks, "forks"),
+        (c.runqueue, "runqueue"),
+        (c.kthreads, "kthreads"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
+}
+
+/// A source of metrics: owns its loaded object (dropping it detaches).
+trait Collector {
+    /// The `collector` label of its health metrics.
+    fn name(&self) -> String;
+    /// Adds its samples to the scrape; reads maps, never resets them.
+    fn collect(&mut self, scrape: &mut Scrape) -> Result<()>;
+    /// Kernel-side drop counters.
+    fn stats(&self) -> Stats;
+    /// Periodic upkeep between scrapes.
+    fn maintain(&mut self) {}
+}
+
+/// How one probe (or one tracepoint of a collector) was attached: `rung` None when it failed
+/// and `--keep-going` let the exporter start without it.
+struct AttachRow {
+    probe: String,
+    rung: Option<String>,
+}
+
+struct Exporter {
+    collectors: Vec<Box<dyn Collector>>,
+    attached: Vec<AttachRow>,
+    /// Links to the kernel (tracepoints, uprobes, ...) held open.
+    links: usize,
+    scrapes: u64,
+    scrape_errors: HashMap<String, u64>,
+}
+
+impl Exporter {
+    fn start(config: &Config, args: &ServeArgs) -> Result<Self> {
+        let mut exporter = Self {
+            collectors: Vec::new(),
+            attached: Vec::new(),
+            links: 0,
+            scrapes: 0,
+            scrape_errors: HashMap::new(),
+        };
+        let btf = KernelBtf::new();
+        let c = &config.collectors;
+        type Start<'a> = Box<dyn FnOnce() -> Result<(Box<dyn Collector>, Vec<Attachment>)> + 'a>;
+        let mut builtins: Vec<(&str, Start<'_>)> = Vec::new();
+        if c.softirq {
+            builtins.push(("softirq", Box::new(|| Softirq::start(&btf, c.buckets))));
+        }
+        if c.forks {
+            builtins.push(("forks", Box::new(|| Forks::start(c.comm_limit))));
+        }
+        if c.runqueue {
+            builtins.push(("runqueue", Box::new(|| Runqueue::start(&btf, c.buckets))));
+        }
+        if c.kthreads {
+            builtins.push(("kthreads", Box::new(|| Kthreads::start(&btf, c.comm_limit))));
+        }
+        for (name, start) in builtins {
+            match start() {
+                Ok((collector, attachments)) => {
+                    exporter.links += attachments.len();
+                    for a in attachments {
+                        if args.verbose {
+                            eprintln!("{TOOL}: {name}: {}", a.summary());
+                        }
+                        exporter.attached.push(AttachRow {
+                            probe: format!("{name}/{}", a.target),
+                            rung: Some(a.mechanism.to_string()),
+                        });
+                    }
+                    exporter.collectors.push(collector);
+                }
+                Err(e) => exporter.failed(name, name, &e, args.keep_going)?,
+            }
+        }
+        for probe in &config.probes {
+            match ProbeMetric::start(probe) {
+                Ok(metric) => {
+                    if args.verbose {
+                        metric
+                            .loaded
+                            .print_summary(&format!("{TOOL}: {}", probe.name));
+                    }
+                    exporter.links += metric.loaded.links();
+                    exporter.attached.push(AttachRow {
+                        probe: probe.name.clone(),
+                        rung: Some(metric.loaded.mechanisms.join("+")),
+                    });
+                    exporter.collectors.push(Box::new(metric));
+                }
+                Err(e) => {
+                    let what = format!("probe '{}' ({})", probe.name, probe.spec);
+                    exporter.failed(&probe.name, &what, &e, args.keep_going)?;
+                }
+            }
+        }
+        Ok(exporter)
+    }
+
+    /// A collector or probe that could not start: fatal, or noted with `--keep-going`.
+    fn failed(
+        &mut self,
+        label: &str,
+        what: &str,
+        err: &anyhow::Error,
+        keep_going: bool,
+    ) -> Result<()> {
+        if !keep_going {
+            bail!(
+                "{what}: {err:#} (--keep-going serves the rest and reports it in tracer_probe_attached)"
+            );
+        }
+        eprintln!("{TOOL}: warning: {what} not attached: {err:#}");
+        self.attached.push(AttachRow {
+            probe: label.to_string(),
+            rung: None,
+        });
+        Ok(())
+    }
+
+    fn respond(&mut self, request: &http::Request) -> http::Response {
+        if request.method != "GET" && request.method != "HEAD" {
+            return http::Response::text(405, "only GET and HEAD\n");
+        }
+        match request.path.as_str() {
+            "/metrics" => {
+                let format = Format::from_accept(&request.accept);
+                http::Response {
+                    status: 200,
+                    content_type: format.content_type(),
+                    body: self.render(format),
+                }
+            }
+            "/" => http::Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: "<html><head><title>tracer serve</title></head><body>\
+                       <h1>tracer serve</h1><p>eBPF aggregates as Prometheus metrics: \
+                       <a href=\"/metrics\">/metrics</a></p></body></html>\n"
+                    .into(),
+            },
+            _ => http::Response::text(404, "not found: try /metrics\n"),
+        }
+    }
+
+    fn render(&mut self, format: Format) -> String {
+        let mut scrape = Scrape::new();
+        let mut durations = Vec::new();
+        for collector in &mut self.collectors {
+            let started = Instant::now();
+            if let Err(e) = collector.collect(&mut scrape) {
+                let name = collector.name();
+                eprintln!("{TOOL}: cannot read {name}: {e:#}");
+                *self.scrape_errors.entry(name).or_default() += 1;
+            }
+            durations.push((collector.name(), started.elapsed()));
+        }
+        self.scrapes += 1;
+        self.health(&mut scrape, &durations);
+        scrape.render(format)
+    }
+
+    fn maintain(&mut self) {
+        for collector in &mut self.collectors {
+            collector.maintain();
+        }
+    }
+
+    fn health(&self, s: &mut Scrape, durations: &[(String, Duration)]) {
+        s.gauge(
+            "tracer_programs_attached",
+            "BPF links (tracepoints, uprobes, ...) the exporter holds attached.",
+            vec![],
+            self.links as u64,
+        );
+        for row in &self.attached {
+            s.gauge(
+                "tracer_probe_attached",
+                "1 when the probe is attached (rung: the mechanism used), 0 when it could not be (--keep-going).",
+                vec![
+                    ("probe", row.probe.clone()),
+                    ("rung", row.rung.clone().unwrap_or_else(|| "none".into())),
+                ],
+                u64::from(row.rung.is_some()),
+            );
+        }
+        type Field = (&'static str, &'static str, fn(&Stats) -> u64);
+        let kinds: [Field; 3] = [
+            (
+                "tracer_lost_events_total",
+                "Events the kernel side could not send (ring buffer full).",
+                |s| s.lost,
+            ),
+            (
+                "tracer_map_full_total",
+                "Updates the kernel side could not count because a map was full.",
+                |s| s.map_full,
+            ),
+            (
+                "tracer_read_errors_total",
+                "Kernel memory reads that failed in the BPF programs.",
+                |s| s.read_errors,
+            ),
+        ];
+        let stats: Vec<(String, Stats)> = self
+            .collectors
+            .iter()
+            .map(|c| (c.name(), c.stats()))
+            .collect();
+        for (name, help, field) in kinds {
+            for (collector, st) in &stats {
+                s.counter(
+                    name,
+                    help,
+                    vec![("collector", collector.clone())],
+                    field(st),
+                );
+            }
+        }
+        for (collector, took) in durations {
+            s.gauge(
+                "tracer_scrape_duration_seconds",
+                "Time this scrape spent reading each collector's maps.",
+                vec![("collector", collector.clone())],
+                took.as_secs_f64(),
+            );
+        }
+        s.declare(
+            "tracer_scrape_errors_total",
+            Kind::Counter,
+            "Scrapes in which a collector's maps could not be read.",
+        );
+        let mut errors: Vec<_> = self.scrape_errors.iter().collect();
+        errors.sort();
+        for (collector, n) in errors {
+            s.counter(
+                "tracer_scrape_errors_total",
+                "Scrapes in which a collector's maps could not be read.",
+                vec![("collector", collector.clone())],
+                *n,
+            );
+        }
+        s.counter(
+            "tracer_scrapes_total",
+            "Scrapes of /metrics served.",
+            vec![],
+            self.scrapes,
+        );
+        process_metrics(s);
+    }
+}
+
+/// The standard `process_*` metrics of the exporter itself.
+fn process_metrics(s: &mut Scrape) {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        s.counter(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            vec![],
+            secs(usage.ru_utime) + secs(usage.ru_stime),
+        );
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+    {
+        s.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            vec![],
+            rss * page,
+        );
+    }
+}
+
+/// Maps comm label values into at most `limit` distinct values; once the limit is reached,
+/// new comms are counted under "other" (so every admitted series stays monotonic).
+struct CommLabels {
+    admitted: HashSet<String>,
+    limit: usize,
+}
+
+impl CommLabels {
+    fn new(limit: usize) -> Self {
+        Self {
+            admitted: HashSet::new(),
+            limit,
+        }
+    }
+
+    /// Sums `values` per label, admitting new comms while there is room.
+    fn fold(&mut self, values: impl IntoIterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
+        let mut sorted: Vec<(String, u64)> = values.into_iter().collect();
+        // The biggest newcomers get the remaining room.
+        sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out = BTreeMap::new();
+        for (comm, value) in sorted {
+            let label = if self.admitted.contains(&comm) {
+                comm
+            } else if self.admitted.len() < self.limit {
+                self.admitted.insert(comm.clone());
+                comm
+            } else {
+                "other".to_string()
+            };
+            *out.entry(label).or_default() += value;
+        }
+        out
+    }
+}
+
+// ---- softirq (softirq-top's object) ----------------------------------------------------------
+
+struct Softirq {
+    _ebpf: Ebpf,
+    maps: softirq_top::Maps,
+    online: Vec<u32>,
+    stats: StatsReader,
+    buckets: Buckets,
+}
+
+impl Softirq {
+    fn start(btf: &KernelBtf, buckets: Buckets) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let online = aya::util::online_cpus()
+            .map_err(|(_, e)| anyhow!("cannot read the online CPUs: {e}"))?;
+        let feeds = softirq_top::Feeds::probe(btf);
+        let config = SoftirqConfig {
+            tp_vec_offset: feeds.tp_vec_offset,
+            runtime_hist: 1,
+            hist_ns: 1,
+            ..SoftirqConfig::DEFAULT
+        };
+        let mut ebpf = softirq_top::load_object(&config, None, false)?;
+        let (state, _) = softirq_top::init_cpu_state(&mut ebpf)?;
+        let attachments = softirq_top::attach_core(&mut ebpf, btf, None)?;
+        let maps = softirq_top::Maps {
+            state,
+            runtime: Some(loader::take(&mut ebpf, "RUNTIME_HIST")?),
+            latency: None,
+            napi: None,
+            net_rx_action: None,
+        };
+        let stats = StatsReader::take(&mut ebpf)?;
+        let collector = Self {
+            _ebpf: ebpf,
+            maps,
+            online,
+            stats,
+            buckets,
+        };
+        Ok((Box::new(collector), attachments))
+    }
+}
+
+impl Collector for Softirq {
+    fn name(&self) -> String {
+        "softirq".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        let snap = softirq_top::Reader {
+            maps: &self.maps,
+            selected: &self.online,
+        }
+        .read()?;
+        let mut vec_time = [0u64; NR_SOFTIRQS];
+        for &cpu in &self.online {
+            let Some(state) = snap.cpus.get(cpu as usize) else {
+                continue;
+            };
+            for (v, name) in VEC_NAMES.iter().enumerate() {
+                let c = &state.vecs[v];
+                let entries: u64 = c.count[..NR_CTX].iter().sum();
+                let ns: u64 = c.time_ns[..NR_CTX].iter().sum();
+                vec_time[v] += ns;
+                let labels = vec![("cpu", cpu.to_string()), ("vector", name.to_string())];
+                s.counter(
+                    "tracer_softirq_entries_total",
+                    "Softirqs served, per CPU and vector.",
+                    labels.clone(),
+                    entries,
+                );
+                s.counter(
+                    "tracer_softirq_seconds_total",
+                    "Time spent serving softirqs, per CPU and vector.",
+                    labels,
+                    ns as f64 / 1e9,
+                );
+            }
+            s.counter(
+                "tracer_ksoftirqd_seconds_total",
+                "On-CPU time of each CPU's ksoftirqd thread.",
+                vec![("cpu", cpu.to_string())],
+                state.ksoftirqd_ns as f64 / 1e9,
+            );
+        }
+        for (v, name) in VEC_NAMES.iter().enumerate() {
+            let slots = snap.runtime.get(v).cloned().unwrap_or_else(Log2::new);
+            s.histogram(
+                "tracer_softirq_runtime_seconds",
+                "Run time of each softirq (entry to exit), per vector.",
+                vec![("vector", name.to_string())],
+                slots,
+                Some(vec_time[v]),
+                self.buckets,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+}
+
+// ---- forks (forksnoop's object, counting per parent comm) -------------------------------------
+
+struct Forks {
+    _ebpf: Ebpf,
+    counts: PerCpuHashMap<MapData, ParentKey, ParentCounts>,
+    stats: StatsReader,
+    comms: CommLabels,
+}
+
+impl Forks {
+    fn start(comm_limit: usize) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let config = ForkConfig {
+            emit_events: 0,
+            count_parents: 1,
+            parents_by_comm: 1,
+            ..ForkConfig::DEFAULT
+        };
+        let (mut ebpf, attachment) = forksnoop::load_and_attach(config, None)?;
+        let counts = loader::take(&mut ebpf, "PARENT_COUNTS")?;
+        let stats = StatsReader::take(&mut ebpf)?;
+        let collector = Self {
+            _ebpf: ebpf,
+            counts,
+            stats,
+            comms: CommLabels::new(comm_limit),
+        };
+        Ok((Box::new(collector), vec![attachment]))
+    }
+}
+
+impl Collector for Forks {
+    fn name(&self) -> String {
+        "forks".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        let totals = forksnoop::snapshot(&self.counts);
+        let per_comm = self.comms.fold(
+            totals
+                .into_iter()
+                .map(|(key, c)| (comm_str(&key.comm), c.processes + c.threads)),
+        );
+        s.declare("tracer_forks_total", Kind::Counter, FORKS_HELP);
+        for (comm, n) in per_comm {
+            s.counter(
+                "tracer_forks_total",
+                FORKS_HELP,
+                vec![("parent_comm", comm)],
+                n,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+}
+
+const FORKS_HELP: &str = "Forks (new processes and threads), per parent command name.";
+
+// ---- run-queue latency (runqlat's view of the sched object) -----------------------------------
+
+struct Runqueue {
+    _ebpf: Ebpf,
+    hists: PerCpuHashMap<MapData, HistKey, Log2Hist>,
+    stats: StatsReader,
+    buckets: Buckets,
+}
+
+impl Runqueue {
+    fn start(btf: &KernelBtf, buckets: Buckets) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let config = SchedConfig {
+            unit_div: 1,
+            ..SchedConfig::DEFAULT
+        };
+        let mut ebpf = runqlat::load(btf, config, runqlat::SchedTool::Runqlat)?;
+        let mut attachments = runqlat::attach_wakeups(&mut ebpf, btf, None)?;
+        attachments.push(runqlat::attach_switch(&mut ebpf, btf, "runqlat", None)?);
+        let hists = loader::take(&mut ebpf, "HISTS")?;
+        let stats = StatsReader::take(&mut ebpf)?;
+        let collector = Self {
+            _ebpf: ebpf,
+            hists,
+            stats,
+            buckets,
+        };
+        Ok((Box::new(collector), attachments))
+    }
+}
+
+impl Collector for Runqueue {
+    fn name(&self) -> String {
+        "runqueue".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        let mut all = Log2::new();
+        for hist in runqlat::snapshot(&self.hists).values() {
+            all.merge(hist);
+        }
+        s.histogram(
+            "tracer_runqueue_latency_seconds",
+            "Time runnable tasks waited on a run queue (wakeup or preemption to running).",
+            vec![],
+            all,
+            None,
+            self.buckets,
+        );
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+}
+
+// ---- kernel threads' on-CPU time (ktop's view of the sched object) -----------------------------
+
+struct Kthreads {
+    _ebpf: Ebpf,
+    view: ktop::View,
+    before: Option<ktop::Snapshot>,
+    /// On-CPU ns of kernel threads that exited, per comm (their records are removed).
+    exited: HashMap<String, u64>,
+    comms: CommLabels,
+}
+
+impl Kthreads {
+    fn start(btf: &KernelBtf, comm_limit: usize) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let mut ebpf = runqlat::load(btf, SchedConfig::DEFAULT, runqlat::SchedTool::Ktop)?;
+        let mut attachments = runqlat::attach_wakeups(&mut ebpf, btf, None)?;
+        attachments.push(runqlat::attach_switch(&mut ebpf, btf, "ktop", None)?);
+        let view = ktop::View::new(&mut ebpf, false)?;
+        let collector = Self {
+            _ebpf: ebpf,
+            view,
+            before: None,
+            exited: HashMap::new(),
+            comms: CommLabels::new(comm_limit),
+        };
+        Ok((Box::new(collector), attachments))
+    }
+
+    /// On-CPU ns per comm of every kernel thread seen, exited ones included; forgets the
+    /// records of threads that exited since the previous call.
+    fn totals(&mut self) -> HashMap<String, u64> {
+        let mut now = self.view.snapshot();
+        if let Some(before) = &self.before {
+            for (key, stats) in self.view.forget_dead(&mut now, before) {
+                if key.pid != 0 && stats.task_flags & PF_KTHREAD != 0 {
+                    *self.exited.entry(comm_str(&stats.comm)).or_default() += stats.oncpu_ns;
+                }
+            }
+        }
+        let mut totals = self.exited.clone();
+        for (key, stats) in &now.threads {
+            if key.pid != 0 && stats.task_flags & PF_KTHREAD != 0 {
+                *totals.entry(comm_str(&stats.comm)).or_default() += stats.oncpu_ns;
+            }
+        }
+        self.before = Some(now);
+        totals
+    }
+}
+
+impl Collector for Kthreads {
+    fn name(&self) -> String {
+        "kthreads".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        let totals = self.totals();
+        for (comm, ns) in self.comms.fold(totals) {
+            s.counter(
+                "tracer_kthread_cpu_seconds_total",
+                "On-CPU time of kernel threads, per command name (from sched_switch).",
+                vec![("comm", comm)],
+                ns as f64 / 1e9,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.view.stats()
+    }
+
+    fn maintain(&mut self) {
+        let _ = self.totals();
+    }
+}
+
+// ---- probes from the config file (funccount / funclatency) -------------------------------------
+
+struct ProbeMetric {
+    config: ProbeConfig,
+    loaded: Loaded,
+}
+
+impl ProbeMetric {
+    fn start(config: &ProbeConfig) -> Result<Self> {
+        let latency = config.kind == ProbeKind::Latency;
+        let loaded = probe_attach::attach_all(&Request {
+            probes: &config.probes,
+            config: ProbesConfig {
+                mode: if latency { MODE_LATENCY } else { MODE_COUNT },
+                per_probe: 0,
+                unit_div: 1,
+                ..ProbesConfig::DEFAULT
+            },
+            pid: None,
+            force: None,
+            entry_and_return: latency,
+            needs_record: false,
+        })?;
+        Ok(Self {
+            config: config.clone(),
+            loaded,
+        })
+    }
+}
+
+impl Collector for ProbeMetric {
+    fn name(&self) -> String {
+        format!("probe:{}", self.config.name)
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        let labels = vec![("probe", self.config.name.clone())];
+        match self.config.kind {
+            ProbeKind::Counter => {
+                let hits: u64 = self.loaded.counts(self.config.probes.len())?.iter().sum();
+                s.counter(
+                    "tracer_probe_hits_total",
+                    "Hits of each configured counter probe.",
+                    labels,
+                    hits,
+                );
+            }
+            ProbeKind::Latency => {
+                let mut total = Hist::default();
+                for hist in self.loaded.hists()?.values() {
+                    total.merge(hist);
+                }
+                let slots = if total.log2.slots.is_empty() {
+                    Log2::new()
+                } else {
+                    total.log2
+                };
+                s.histogram(
+                    "tracer_probe_latency_seconds",
+                    "Entry-to-return time of each configured latency probe.",
+                    labels,
+                    slots,
+                    Some(total.sum),
+                    self.config.buckets,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.loaded.stats().common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen(":9435").unwrap(),
+            "0.0.0.0:9435".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("localhost:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert!(parse_listen("[::1]:9435").is_ok());
+        assert!(parse_listen("nowhere").is_err());
+    }
+
+    #[test]
+    fn comm_labels_stay_bounded_and_monotonic() {
+        let mut labels = CommLabels::new(2);
+        let first = labels.fold([("a".into(), 5), ("b".into(), 1)]);
+        assert_eq!(first.len(), 2);
+        let second = labels.fold([("a".into(), 6), ("b".into(), 1), ("c".into(), 9)]);
+        assert_eq!(second.get("c"), None);
+        assert_eq!(second.get("other"), Some(&9));
+        assert_eq!(second.get("a"), Some(&6));
+    }
 }

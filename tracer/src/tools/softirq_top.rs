@@ -38,7 +38,7 @@ use crate::{
     attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
     hist::Log2,
-    loader::{self, StatsReader, objects},
+    loader::{self, StatsReader, objects, take},
     output::{Clock, Out, comm_str, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, Frames, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
@@ -200,7 +200,7 @@ fn parse_vecs(text: &str) -> Result<Vec<usize>> {
 }
 
 /// The ksoftirqd thread of each CPU, from /proc (kernel threads named ksoftirqd/N).
-fn ksoftirqd_threads() -> BTreeMap<u32, u32> {
+pub(crate) fn ksoftirqd_threads() -> BTreeMap<u32, u32> {
     crate::procfs::tasks()
         .filter(|t| t.flags & PF_KTHREAD != 0)
         .filter_map(|t| {
@@ -241,6 +241,108 @@ fn tp_rungs(base: &'static str, btf_ok: bool, tp_ok: bool) -> Vec<Rung<'static>>
     rungs
 }
 
+/// Which rungs this kernel can feed for the irq:softirq_* tracepoints.
+pub(crate) struct Feeds {
+    /// Kernel BTF is there: tp_btf and raw_tp.
+    pub btf_ok: bool,
+    /// entry and exit records have `vec` at the same offset: the classic tracepoint.
+    pub tp_ok: bool,
+    pub tp_vec_offset: u32,
+}
+
+impl Feeds {
+    pub(crate) fn probe(btf: &KernelBtf) -> Self {
+        let vec_offset = tracefs::field_offset("irq", "softirq_entry", "vec");
+        let exit_offset = tracefs::field_offset("irq", "softirq_exit", "vec");
+        Self {
+            btf_ok: btf.available(),
+            tp_ok: matches!((&vec_offset, &exit_offset), (Ok(a), Ok(b)) if a == b),
+            tp_vec_offset: *vec_offset.as_ref().unwrap_or(&8),
+        }
+    }
+}
+
+/// Loads the softirq object; `stacks` (stack map size) and `net` size the optional maps.
+pub(crate) fn load_object(config: &SoftirqConfig, stacks: Option<u32>, net: bool) -> Result<Ebpf> {
+    loader::load(objects::SOFTIRQ_TOP, |l| {
+        l.override_global("CONFIG", config, true);
+        // Maps of features not asked for are kept tiny (a stack map preallocates its entries).
+        match stacks {
+            Some(size) => {
+                l.map_max_entries("STACKS", size);
+            }
+            None => {
+                l.map_max_entries("STACKS", 1);
+                l.map_max_entries("STACK_COUNTS", 1);
+            }
+        }
+        if !net {
+            l.map_max_entries("NAPI", 1);
+        }
+    })
+}
+
+/// Tells each CPU's state which pid its ksoftirqd has, before anything runs.
+pub(crate) fn init_cpu_state(
+    ebpf: &mut Ebpf,
+) -> Result<(PerCpuArray<MapData, CpuState>, BTreeMap<u32, u32>)> {
+    let ksoftirqd = ksoftirqd_threads();
+    let mut state: PerCpuArray<MapData, CpuState> = take(ebpf, "CPU_STATE")?;
+    let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("cannot count CPUs: {e}"))?;
+    let initial: Vec<CpuState> = (0..nr_cpus as u32)
+        .map(|cpu| CpuState {
+            ksoftirqd_pid: ksoftirqd.get(&cpu).copied().unwrap_or(0),
+            ..CpuState::ZERO
+        })
+        .collect();
+    state
+        .set(0, PerCpuValues::try_from(initial)?, 0)
+        .context("cannot initialise CPU_STATE")?;
+    Ok((state, ksoftirqd))
+}
+
+/// One tracepoint of the softirq object through the ladder (`force`: one rung only).
+pub(crate) fn attach_tp(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    (category, event): (&'static str, &'static str),
+    btf_ok: bool,
+    tp_ok: bool,
+    force: Option<Mechanism>,
+) -> Result<Attachment> {
+    let rungs = tp_rungs(event, btf_ok, tp_ok);
+    if rungs.is_empty() {
+        bail!("cannot attach to {category}:{event}: no kernel BTF and no tracefs format for it");
+    }
+    Ok(attach::attach(
+        ebpf,
+        btf,
+        Target::Tracepoint { category, event },
+        &rungs,
+        force,
+    )?)
+}
+
+/// The programs every softirq view needs: time and entries per CPU × vector, and ksoftirqd's
+/// own time. ksoftirqd accounting first, then exit before entry: no entry is left without its
+/// exit.
+pub(crate) fn attach_core(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    force: Option<Mechanism>,
+) -> Result<Vec<Attachment>> {
+    let feeds = Feeds::probe(btf);
+    let mut done = Vec::new();
+    for (event, tp_ok) in [
+        (("sched", "sched_switch"), true),
+        (("irq", "softirq_exit"), feeds.tp_ok),
+        (("irq", "softirq_entry"), feeds.tp_ok),
+    ] {
+        done.push(attach_tp(ebpf, btf, event, feeds.btf_ok, tp_ok, force)?);
+    }
+    Ok(done)
+}
+
 /// Where the NET_RX drill-down's net_rx_action() time comes from.
 #[derive(Clone, Debug)]
 enum NetRxSource {
@@ -250,39 +352,32 @@ enum NetRxSource {
     Softirq(String),
 }
 
-struct Maps {
-    state: PerCpuArray<MapData, CpuState>,
-    runtime: Option<PerCpuArray<MapData, Log2Hist>>,
-    latency: Option<PerCpuArray<MapData, Log2Hist>>,
-    napi: Option<PerCpuHashMap<MapData, NapiKey, NapiStats>>,
-    net_rx_action: Option<PerCpuArray<MapData, NetRxAction>>,
-}
-
-fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T::Error: std::error::Error + Send + Sync + 'static,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
+/// The maps a run reads (the optional ones only when their feature is on).
+pub(crate) struct Maps {
+    pub state: PerCpuArray<MapData, CpuState>,
+    pub runtime: Option<PerCpuArray<MapData, Log2Hist>>,
+    pub latency: Option<PerCpuArray<MapData, Log2Hist>>,
+    pub napi: Option<PerCpuHashMap<MapData, NapiKey, NapiStats>>,
+    pub net_rx_action: Option<PerCpuArray<MapData, NetRxAction>>,
 }
 
 /// Cumulative counters at one moment.
 #[derive(Clone, Debug, Default)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     mono_ns: u64,
     /// Index = CPU id (possible CPUs).
-    cpus: Vec<CpuState>,
-    runtime: Vec<Log2>,
+    pub cpus: Vec<CpuState>,
+    /// Run-time histogram per vector (with `Maps::runtime`).
+    pub runtime: Vec<Log2>,
     latency: Vec<Log2>,
     napi: BTreeMap<String, NapiStats>,
     net_rx_action: Option<(u64, u64, Log2)>,
 }
 
-struct Reader<'a> {
-    maps: &'a Maps,
-    selected: &'a [u32],
+/// Reads the running totals of the `selected` CPUs (the maps are never cleared).
+pub(crate) struct Reader<'a> {
+    pub maps: &'a Maps,
+    pub selected: &'a [u32],
 }
 
 impl Reader<'_> {
@@ -308,7 +403,7 @@ impl Reader<'_> {
             .map(|(_, v)| v)
     }
 
-    fn read(&self) -> Result<Snapshot> {
+    pub(crate) fn read(&self) -> Result<Snapshot> {
         let mono_ns = Clock::now_monotonic_ns();
         let cpus = self
             .maps
@@ -929,15 +1024,13 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
 
     let btf = KernelBtf::new();
-    let vec_offset = tracefs::field_offset("irq", "softirq_entry", "vec");
-    let exit_offset = tracefs::field_offset("irq", "softirq_exit", "vec");
-    let tp_ok = match (&vec_offset, &exit_offset) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    let btf_ok = btf.available();
+    let Feeds {
+        btf_ok,
+        tp_ok,
+        tp_vec_offset,
+    } = Feeds::probe(&btf);
     let mut config = SoftirqConfig {
-        tp_vec_offset: *vec_offset.as_ref().unwrap_or(&8),
+        tp_vec_offset,
         runtime_hist: args.dist.into(),
         latency_hist: args.latency.into(),
         hist_ns: args.nanoseconds.into(),
@@ -971,33 +1064,13 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         }
     }
 
-    let mut ebpf = loader::load(objects::SOFTIRQ_TOP, |l| {
-        l.override_global("CONFIG", &config, true);
-        // Maps of features not asked for are kept tiny (a stack map preallocates its entries).
-        if args.stacks {
-            l.map_max_entries("STACKS", args.stack_storage_size);
-        } else {
-            l.map_max_entries("STACKS", 1);
-            l.map_max_entries("STACK_COUNTS", 1);
-        }
-        if !args.net {
-            l.map_max_entries("NAPI", 1);
-        }
-    })?;
+    let mut ebpf = load_object(
+        &config,
+        args.stacks.then_some(args.stack_storage_size),
+        args.net,
+    )?;
 
-    // Tell each CPU's state which pid its ksoftirqd has, before anything runs.
-    let ksoftirqd = ksoftirqd_threads();
-    let mut state: PerCpuArray<MapData, CpuState> = take(&mut ebpf, "CPU_STATE")?;
-    let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("cannot count CPUs: {e}"))?;
-    let initial: Vec<CpuState> = (0..nr_cpus as u32)
-        .map(|cpu| CpuState {
-            ksoftirqd_pid: ksoftirqd.get(&cpu).copied().unwrap_or(0),
-            ..CpuState::ZERO
-        })
-        .collect();
-    state
-        .set(0, PerCpuValues::try_from(initial)?, 0)
-        .context("cannot initialise CPU_STATE")?;
+    let (state, ksoftirqd) = init_cpu_state(&mut ebpf)?;
 
     let force = args.common.attach.filter(|m| {
         matches!(
@@ -1012,33 +1085,23 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
             "--attach {m} does not apply: softirq-top attaches to tracepoints (tp_btf, raw_tp, tracepoint)"
         );
     }
-    let mut attachments: Vec<Attachment> = Vec::new();
+    let mut attachments = attach_core(&mut ebpf, &btf, force)?;
     let mut attach_tp = |ebpf: &mut Ebpf,
                          category: &'static str,
                          event: &'static str,
                          btf_ok: bool,
                          tp_ok: bool|
      -> Result<()> {
-        let rungs = tp_rungs(event, btf_ok, tp_ok);
-        if rungs.is_empty() {
-            bail!(
-                "cannot attach to {category}:{event}: no kernel BTF and no tracefs format for it"
-            );
-        }
-        let a = attach::attach(
+        attachments.push(attach_tp(
             ebpf,
             &btf,
-            Target::Tracepoint { category, event },
-            &rungs,
+            (category, event),
+            btf_ok,
+            tp_ok,
             force,
-        )?;
-        attachments.push(a);
+        )?);
         Ok(())
     };
-    // ksoftirqd accounting first, then exit before entry: no entry is left without its exit.
-    attach_tp(&mut ebpf, "sched", "sched_switch", btf_ok, true)?;
-    attach_tp(&mut ebpf, "irq", "softirq_exit", btf_ok, tp_ok)?;
-    attach_tp(&mut ebpf, "irq", "softirq_entry", btf_ok, tp_ok)?;
     if args.latency {
         attach_tp(&mut ebpf, "irq", "softirq_raise", btf_ok, tp_ok)?;
     }

@@ -736,3 +736,14 @@ pub fn orphaned_programs(before: &[u32], grace: Duration) -> Vec<u32> {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// uprobe_multi links exist since Linux 6.6; older kernels must fall back to perf-event uprobes.
+pub fn kernel_has_uprobe_multi() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::common::{Need, Workload, ensure, fail, run, start, trial};
+use crate::common::{Need, Workload, ensure, fail, kernel_has_uprobe_multi, run, start, trial};
 
 pub fn tests() -> Vec<Trial> {
     vec![
@@ -62,6 +62,11 @@ fn reports_this_kernel() -> Result<(), Failed> {
             format!("{feature} should be available here: {detail}")
         })?;
     }
+    // uprobe_multi links came with Linux 6.6.
+    let (ok, detail) = available(&checks, "uprobe_multi")?;
+    ensure(ok == kernel_has_uprobe_multi(), || {
+        format!("uprobe_multi: doctor says {ok} ({detail}) on this kernel")
+    })?;
     // kprobes: the kernel's own word is the PMU type file.
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     for feature in ["kprobe", "kretprobe"] {

@@ -10,8 +10,6 @@ mod cli;
 mod common;
 mod doctor;
 mod forksnoop;
-mod netns;
-mod nginx;
 mod overload;
 mod probes;
 mod profile;

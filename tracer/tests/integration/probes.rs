@@ -4,7 +4,6 @@
 //! with the ladder's reason on kernels without kprobes and fentry).
 
 use std::{
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -12,10 +11,10 @@ use std::{
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::{
-    common::{Need, Workload, assert_nothing_loaded, ensure, fail, run, start, trial},
-    nginx::{NGINX, Nginx},
+use crate::common::{
+    Need, Workload, assert_nothing_loaded, ensure, fail, kernel_has_uprobe_multi, run, start, trial,
 };
+use testbed::nginx::{NGINX, Nginx, curl, wait_access_log};
 
 const NGX_REQUEST: &str = "u:/usr/sbin/nginx:ngx_http_process_request";
 
@@ -72,6 +71,16 @@ pub fn tests() -> Vec<Trial> {
             argdist_libc_write,
         ),
         trial(
+            "probes::uprobe_rungs_count_alike",
+            &[Need::Root],
+            uprobe_rungs_count_alike,
+        ),
+        trial(
+            "probes::many_uprobes_detach_quickly",
+            &[Need::Root, Need::Command("nginx")],
+            many_uprobes_detach_quickly,
+        ),
+        trial(
             "probes::trace_prints_each_call",
             &[Need::Root],
             trace_libc_write,
@@ -87,43 +96,6 @@ pub fn tests() -> Vec<Trial> {
             tplist,
         ),
     ]
-}
-
-/// `curl` N times; fails unless every request got `expected` status.
-fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<(), Failed> {
-    for _ in 0..n {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(extra)
-            .arg(url)
-            .output()
-            .map_err(|e| fail(format!("cannot run curl: {e}")))?;
-        let code = String::from_utf8_lossy(&out.stdout).to_string();
-        ensure(code == expected, || {
-            format!("curl got HTTP {code}, expected {expected}")
-        })?;
-    }
-    Ok(())
-}
-
-/// nginx logs a request when it finishes it, just after the response: wait for the lines.
-fn wait_access_log(nginx: &Nginx, n: usize) -> Result<(), Failed> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nginx.access_log_lines() < n && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let lines = nginx.access_log_lines();
-    ensure(lines == n, || {
-        format!("nginx access log has {lines} lines, expected {n}")
-    })
 }
 
 fn first_of_type<'a>(records: &'a [Value], kind: &str) -> Result<&'a Value, Failed> {
@@ -449,6 +421,94 @@ fn argdist_libc_write() -> Result<(), Failed> {
             rows.len() == 1 && rows[0]["value"] == 1 && rows[0]["count"] == N,
             || format!("{probe} {expr}: expected value 1 exactly {N} times: {counts}"),
         )?;
+    }
+    assert_nothing_loaded("probes_")
+}
+
+/// Entry and return probes of one process count the same on both rungs of the uprobe ladder
+/// (uprobe_multi, per-offset uprobes), and `-v` names the rung that was used.
+fn uprobe_rungs_count_alike() -> Result<(), Failed> {
+    const N: u64 = 400;
+    let multi = kernel_has_uprobe_multi();
+    // (--attach, the rungs -v must name for the entry and the return probe)
+    let mut runs: Vec<(Option<&str>, [&str; 2])> = vec![
+        (
+            None,
+            if multi {
+                ["uprobe_multi", "uretprobe_multi"]
+            } else {
+                ["uprobe", "uretprobe"]
+            },
+        ),
+        (Some("uprobe"), ["uprobe", "uretprobe"]),
+    ];
+    if multi {
+        runs.push((Some("uprobe-multi"), ["uprobe_multi", "uretprobe_multi"]));
+    }
+    for (force, expected) in runs {
+        let workload = Workload::spawn(&["write", &N.to_string()])?;
+        let pid = workload.pid.to_string();
+        // A second writer that must not be counted.
+        let other = Workload::spawn(&["write", "150"])?;
+        let mut args = vec!["funccount", "-v", "--json", "-p", &pid];
+        if let Some(m) = force {
+            args.extend(["--attach", m]);
+        }
+        args.extend(["u:libc:write", "ur:libc:write"]);
+        let tool = start(&args)?;
+        workload.go_and_wait()?;
+        other.go_and_wait()?;
+        let done = tool.stop(libc::SIGINT)?.ok()?;
+        let label = force.unwrap_or("default");
+        // "funccount: write in /usr/lib/.../libc.so.6 via uprobe (not uprobe_multi: ...)"
+        let rungs: Vec<&str> = done
+            .stderr
+            .iter()
+            .filter_map(|l| l.split_once(" via ")?.1.split(' ').next())
+            .collect();
+        ensure(rungs == expected, || {
+            format!(
+                "{label}: rungs {rungs:?}, expected {expected:?}: {}",
+                done.stderr.join(" | ")
+            )
+        })?;
+        if force.is_none() && !multi {
+            ensure(
+                done.stderr.iter().any(|l| l.contains("(not uprobe_multi:")),
+                || format!("no reason for the fallback: {}", done.stderr.join(" | ")),
+            )?;
+        }
+        let records = done.json()?;
+        let counts = first_of_type(&records, "counts")?;
+        for i in 0..2 {
+            let count = counts["probes"][i]["count"].as_u64().unwrap_or(0);
+            ensure(count == N, || {
+                format!(
+                    "{label}: probe {i} counted {count} write() calls, workload made {N}: {counts}"
+                )
+            })?;
+        }
+        assert_nothing_loaded("probes_")?;
+    }
+    Ok(())
+}
+
+/// Detaching 163 nginx uprobes: one uprobe_multi link waits for one grace period, not 163
+/// (the benchmark target is < 1 s for 50).
+fn many_uprobes_detach_quickly() -> Result<(), Failed> {
+    let tool = start(&["funccount", "-v", "u:/usr/sbin/nginx:ngx_http_*"])?;
+    let started = Instant::now();
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let took = started.elapsed();
+    let multi = done.stderr.iter().any(|l| l.contains("via uprobe_multi"));
+    ensure(multi == kernel_has_uprobe_multi(), || {
+        format!("uprobe_multi used: {multi}: {}", done.stderr.join(" | "))
+    })?;
+    // Under qemu's TCG a grace period takes what the emulator gives it.
+    if multi && std::env::var_os("TRACER_VM").is_none() {
+        ensure(took < Duration::from_secs(1), || {
+            format!("detaching took {took:?}")
+        })?;
     }
     assert_nothing_loaded("probes_")
 }

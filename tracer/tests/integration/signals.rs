@@ -10,35 +10,59 @@ use crate::common::{
     pinned_paths, run, start,
 };
 
+/// What a tool prints last when it ends cleanly: proof that its final output was flushed.
+#[derive(Clone, Copy, Debug)]
+enum Last {
+    /// The JSON `{"type":"end"}` record, last on stdout (with `--json`).
+    JsonEnd,
+    /// A line on stderr containing this.
+    Stderr(&'static str),
+}
+
 /// Tools that attach and run until stopped, with arguments that make them do so. A tool
 /// added to `tracer list-tools` must get a row here or in `NOT_LIVE`
 /// (`signals::every_tool_is_covered` fails otherwise). `{workload}` is replaced by the path
 /// of tracer-workload (uprobes on it touch no other process).
-const LIVE: &[(&str, &[&str])] = &[
-    ("forksnoop", &["--json"]),
-    ("softirq-top", &["--json"]),
-    ("profile", &["-F", "49", "--json"]),
-    ("kstacks", &["--json"]),
-    ("offcputime", &["--json"]),
-    ("funccount", &["--json", "t:sched:sched_process_fork"]),
+const LIVE: &[(&str, &[&str], Last)] = &[
+    ("forksnoop", &["--json"], Last::JsonEnd),
+    ("softirq-top", &["--json"], Last::JsonEnd),
+    ("profile", &["-F", "49", "--json"], Last::JsonEnd),
+    ("kstacks", &["--json"], Last::JsonEnd),
+    ("offcputime", &["--json"], Last::JsonEnd),
+    (
+        "funccount",
+        &["--json", "t:sched:sched_process_fork"],
+        Last::JsonEnd,
+    ),
     (
         "funclatency",
         &["--json", "-u", "u:{workload}:tracer_workload_hot_function"],
+        Last::JsonEnd,
     ),
     (
         "argdist",
         &["--json", "-C", "t:sched:sched_switch", "prev_pid"],
+        Last::JsonEnd,
     ),
     (
         "trace",
         &["--json", "u:{workload}:tracer_workload_hot_function"],
+        Last::JsonEnd,
     ),
-    ("stackcount", &["--json", "t:sched:sched_process_fork"]),
-    ("ktop", &["--json"]),
-    ("runqlat", &["--json"]),
-    ("cpudist", &["--json"]),
-    // Skipped (with the reason) while `tracer serve` only says it is not implemented.
-    ("serve", &[]),
+    (
+        "stackcount",
+        &["--json", "t:sched:sched_process_fork"],
+        Last::JsonEnd,
+    ),
+    ("ktop", &["--json"], Last::JsonEnd),
+    ("runqlat", &["--json"], Last::JsonEnd),
+    ("cpudist", &["--json"], Last::JsonEnd),
+    // A free port, so it cannot collide with another serve.
+    (
+        "serve",
+        &["--listen", "127.0.0.1:0"],
+        Last::Stderr("Detaching"),
+    ),
 ];
 
 /// Tools that load nothing, or load and unload by themselves, so there is no run to interrupt.
@@ -59,14 +83,14 @@ pub fn tests() -> Vec<Trial> {
         "signals::every_tool_is_covered",
         every_tool_is_covered,
     )];
-    for &(tool, args) in LIVE {
+    for &(tool, args, last) in LIVE {
         let needs: &'static [Need] = &[Need::Root];
         let name = format!("signals::{}", tool.replace('-', "_"));
         trials.push(Trial::ignorable_test(name, move || {
             if let Some(reason) = needs.iter().find_map(|n| n.missing()) {
                 return Ok(Completion::ignored_with(reason));
             }
-            signals_leave_nothing(tool, args)
+            signals_leave_nothing(tool, args, last)
         }));
     }
     trials
@@ -79,13 +103,13 @@ fn every_tool_is_covered() -> Result<(), Failed> {
     let listed: Vec<&str> = listed.split_whitespace().collect();
     for tool in &listed {
         ensure(
-            LIVE.iter().any(|(t, _)| t == tool) || NOT_LIVE.iter().any(|(t, _)| t == tool),
+            LIVE.iter().any(|(t, _, _)| t == tool) || NOT_LIVE.iter().any(|(t, _)| t == tool),
             || format!("{tool} is in neither LIVE nor NOT_LIVE of signals.rs"),
         )?;
     }
     let ours = LIVE
         .iter()
-        .map(|(t, _)| t)
+        .map(|(t, _, _)| t)
         .chain(NOT_LIVE.iter().map(|(t, _)| t));
     for tool in ours {
         ensure(listed.contains(tool), || {
@@ -95,7 +119,7 @@ fn every_tool_is_covered() -> Result<(), Failed> {
     Ok(())
 }
 
-fn signals_leave_nothing(tool: &str, args: &[&str]) -> TestResult {
+fn signals_leave_nothing(tool: &str, args: &[&str], last: Last) -> TestResult {
     let mut argv = vec![tool.to_string()];
     argv.extend(args.iter().map(|a| a.replace("{workload}", WORKLOAD)));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -113,7 +137,7 @@ fn signals_leave_nothing(tool: &str, args: &[&str]) -> TestResult {
                 return Err(e);
             }
         };
-        stop_and_check(running, tool, signal, name, &pinned_before)?;
+        stop_and_check(running, tool, signal, name, last, &pinned_before)?;
     }
     Ok(Completion::Completed)
 }
@@ -123,6 +147,7 @@ fn stop_and_check(
     tool: &str,
     signal: i32,
     name: &str,
+    last: Last,
     pinned_before: &[String],
 ) -> Result<(), Failed> {
     let pid = running.pid();
@@ -143,19 +168,32 @@ fn stop_and_check(
         ensure(done.code == Some(0), || {
             format!("{}; stderr: {}", context(), done.stderr.join(" | "))
         })?;
-        let last = done.stdout.last().map(String::as_str).unwrap_or("");
-        let record: serde_json::Value = serde_json::from_str(last).map_err(|_| {
-            fail(format!(
-                "{}: last stdout line is not JSON: {last:?}",
-                context()
-            ))
-        })?;
-        ensure(record["type"] == "end", || {
-            format!(
-                "{}: output not flushed to the end record; last line: {last}",
-                context()
-            )
-        })?;
+        match last {
+            Last::JsonEnd => {
+                let line = done.stdout.last().map(String::as_str).unwrap_or("");
+                let record: serde_json::Value = serde_json::from_str(line).map_err(|_| {
+                    fail(format!(
+                        "{}: last stdout line is not JSON: {line:?}",
+                        context()
+                    ))
+                })?;
+                ensure(record["type"] == "end", || {
+                    format!(
+                        "{}: output not flushed to the end record; last line: {line}",
+                        context()
+                    )
+                })?;
+            }
+            Last::Stderr(needle) => {
+                ensure(done.stderr.iter().any(|l| l.contains(needle)), || {
+                    format!(
+                        "{}: no final '{needle}' on stderr: {}",
+                        context(),
+                        done.stderr.join(" | ")
+                    )
+                })?;
+            }
+        }
         ensure(!done.stderr.iter().any(|l| l.contains("panicked")), || {
             format!("{}: {}", context(), done.stderr.join(" | "))
         })?;

@@ -78,7 +78,8 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("ktop", &[INTERVAL]),
     ("runqlat", &[INTERVAL]),
     ("cpudist", &[INTERVAL]),
-    ("serve", &[]),
+    // Scraped at every sample (see `scrape`).
+    ("serve", &["--listen", "127.0.0.1:0"]),
 ];
 
 /// Growth the soak has measured and that is not fixed yet: (tool, "RSS" or map name, why).
@@ -149,6 +150,9 @@ struct Tool {
     /// map id → (name, max_entries), for hash-like maps.
     maps: BTreeMap<u32, (String, u32)>,
     dead: Option<String>,
+    /// HOST:PORT of a metrics endpoint (serve), scraped at every sample.
+    metrics: Option<String>,
+    scrape_failures: Vec<String>,
 }
 
 fn all_live_tools() -> Result<(), Failed> {
@@ -213,6 +217,11 @@ fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
                     began.elapsed()
                 ));
                 continue;
+            }
+            if let Some(addr) = &tool.metrics
+                && let Err(e) = scrape(addr)
+            {
+                tool.scrape_failures.push(e);
             }
             let pid = tool.child.id();
             let maps = tool
@@ -368,9 +377,16 @@ fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let metrics = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains("Hit Ctrl-C to end.") => break,
+            Ok(line) if line.contains("Hit Ctrl-C to end.") => {
+                // serve: "Serving metrics on http://127.0.0.1:PORT/metrics ..."
+                break line
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                    .map(String::from);
+            }
             Ok(line) if line.contains("is not implemented yet") => {
                 let _ = child.wait();
                 return Ok(None);
@@ -387,7 +403,7 @@ fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
                 )));
             }
         }
-    }
+    };
     let maps = bpf_objects_of(child.id())
         .maps
         .into_iter()
@@ -402,6 +418,8 @@ fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
         samples: Vec::new(),
         maps,
         dead: None,
+        metrics,
+        scrape_failures: Vec::new(),
     }))
 }
 
@@ -437,6 +455,17 @@ fn judge(tool: &Tool) -> Vec<Verdict> {
             known: false,
         });
         return verdicts;
+    }
+    if !tool.scrape_failures.is_empty() {
+        verdicts.push(Verdict {
+            text: format!(
+                "{} of {} scrapes failed, first: {}",
+                tool.scrape_failures.len(),
+                tool.samples.len(),
+                tool.scrape_failures[0]
+            ),
+            known: false,
+        });
     }
     let (first, last) = rss_medians(tool);
     let allowed = first + (first / 10).max(2048);
@@ -512,6 +541,29 @@ fn map_maxima(tool: &Tool, id: u32) -> (u64, u64) {
     };
     let (_, mid, last) = thirds(&tool.samples);
     (max(mid), max(last))
+}
+
+/// GET /metrics from a serve endpoint; an error unless it answers 200 with samples.
+fn scrape(addr: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .map_err(|e| format!("read: {e}"))?;
+    if body.starts_with("HTTP/1.1 200") && body.contains("tracer_") {
+        Ok(())
+    } else {
+        Err(body.lines().next().unwrap_or("empty answer").to_string())
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

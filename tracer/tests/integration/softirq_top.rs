@@ -2,19 +2,13 @@
 //! (softirq ticks), /proc/<pid>/schedstat (ksoftirqd run time), under a real SYN flood between
 //! two network namespaces (hping3 → nginx on a veth pair) and at idle.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::{
-    common::{Need, Running, assert_nothing_loaded, ensure, fail, run, start, trial},
-    netns::NetnsPair,
-    nginx::Nginx,
-};
+use crate::common::{Need, Running, assert_nothing_loaded, ensure, fail, run, start, trial};
+use testbed::{netns::NetnsPair, nginx::Nginx};
 
 const ROOT: &[Need] = &[Need::Root];
 const FLOOD: &[Need] = &[
@@ -352,46 +346,9 @@ fn idle_net_rx_near_zero() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A SYN flood between two namespaces, bounded in time by `timeout` (hping3 --flood has no
-/// count). Returns the packets hping3 says it sent.
+/// A bounded SYN flood to the namespace's nginx; the packets hping3 says it sent.
 fn flood(net: &NetnsPair, seconds: u32) -> Result<u64, Failed> {
-    let started = Instant::now();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.client,
-            "timeout",
-            "-s",
-            "INT",
-            &seconds.to_string(),
-            "hping3",
-            "-S",
-            "-p",
-            "80",
-            "--flood",
-            "-q",
-        ])
-        .arg(&net.server_addr)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| fail(format!("cannot run hping3: {e}")))?;
-    ensure(
-        started.elapsed() < Duration::from_secs(seconds as u64 + 5),
-        || "flood did not stop".into(),
-    )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sent = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| fail(format!("hping3 said: {text}")))?;
-    Ok(sent)
+    Ok(net.syn_flood(80, seconds)?.sent)
 }
 
 fn syn_flood_net_rx_dominant() -> Result<(), Failed> {

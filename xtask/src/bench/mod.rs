@@ -7,6 +7,7 @@ mod forksnoop;
 mod probes;
 mod profile;
 mod sched;
+mod serve;
 mod softirq;
 
 use anyhow::{Result, bail};
@@ -14,7 +15,7 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve.
     pub names: Vec<String>,
 }
 
@@ -26,6 +27,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("profile", profile::run),
     ("probes", probes::run),
     ("sched", sched::run),
+    ("serve", serve::run),
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {

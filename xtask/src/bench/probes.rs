@@ -1,7 +1,9 @@
 //! Probes on demand: nginx throughput on loopback under wrk with no probe, with tracer's
-//! funccount uprobe on ngx_http_process_request, and with the bpftrace equivalent (same probe),
-//! one run each; the per-hit cost derived from the throughput drop. Then attach and detach time
-//! of funccount (and bpftrace) for 1, 10 and 50 nginx uprobes.
+//! funccount uprobe on ngx_http_process_request (on its default rung, uprobe_multi where the
+//! kernel has it, and forced onto per-offset perf-event uprobes), and with the bpftrace
+//! equivalent (same probe), one run each; the per-hit cost derived from the worker's CPU time.
+//! Then attach and detach time of funccount (both rungs) and bpftrace for 1, 10 and 50 nginx
+//! uprobes.
 //! Targets: per-hit overhead <= bpftrace's; detaching 50 probes < 1 s.
 
 use std::{
@@ -11,81 +13,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::common::{Attached, process_cpu_seconds, release_bin};
+use testbed::nginx::{NGINX, Nginx};
 
-const NGINX: &str = "/usr/sbin/nginx";
+use super::{
+    bpf_stats::{StatsEnabled, ns_per_run},
+    common::{Attached, process_cpu_seconds, release_bin},
+};
+
 const PROBE_FN: &str = "ngx_http_process_request";
 const WRK_SECS: u32 = 5;
-
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("tracer-bench-nginx-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; \
-             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf)?;
-        let child = Command::new(NGINX)
-            .args([
-                "-p",
-                &format!("{d}/"),
-                "-c",
-                &format!("{d}/nginx.conf"),
-                "-e",
-                &format!("{d}/error.log"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start nginx")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dir.join("nginx.pid").exists() {
-            if Instant::now() > deadline {
-                bail!("nginx did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, dir, port })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nginx {
-    /// The (single) worker process: the one that runs the probed function.
-    fn worker(&self) -> Result<u32> {
-        let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("nginx has no worker")
-    }
-}
+const ROUNDS: usize = 3;
 
 /// One wrk run: requests per second, and the nginx worker's CPU microseconds per request
 /// (less sensitive than throughput to whatever else the machine runs).
@@ -93,12 +30,7 @@ fn measure(nginx: &Nginx) -> Result<(f64, f64)> {
     let worker = nginx.worker()?;
     let cpu_before = process_cpu_seconds(worker);
     let out = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c8",
-            &format!("-d{WRK_SECS}s"),
-            &format!("http://127.0.0.1:{}/", nginx.port),
-        ])
+        .args(["-t1", "-c8", &format!("-d{WRK_SECS}s"), &nginx.url()])
         .output()
         .context("cannot run wrk (cargo xtask setup installs it)")?;
     let cpu = process_cpu_seconds(worker) - cpu_before;
@@ -138,7 +70,7 @@ fn ready(line: &str) -> bool {
 }
 
 pub fn run() -> Result<()> {
-    let nginx = Nginx::start()?;
+    let nginx = Nginx::start_local()?;
     let target = format!("u:{NGINX}:{PROBE_FN}");
     println!(
         "nginx 1 worker on 127.0.0.1:{}, wrk -t1 -c8 -d{WRK_SECS}s, one run each; probe {PROBE_FN} (1 hit per request)",
@@ -148,38 +80,69 @@ pub fn run() -> Result<()> {
         "per-hit cost = extra nginx worker CPU per request (the BPF program runs in the worker)"
     );
     println!(
-        "{:<30} {:>10} {:>9} {:>14} {:>14}",
-        "probe", "req/s", "change", "worker us/req", "per-hit cost"
+        "{:<30} {:>10} {:>9} {:>14} {:>14} {:>10}",
+        "probe", "req/s", "change", "worker us/req", "per-hit cost", "bpf prog"
     );
-    let (base, base_cpu) = measure(&nginx)?;
-    println!(
-        "{:<30} {base:>10.0} {:>9} {base_cpu:>14.2} {:>14}",
-        "none", "-", "-"
-    );
+    let _stats = StatsEnabled::new()?;
     let bt_program = format!("uprobe:{NGINX}:{PROBE_FN} {{ @ = count(); }}");
     let dir = std::env::temp_dir();
-    for (name, mut cmd) in [
-        ("tracer funccount (uprobe)", tracer(&["funccount", &target])),
-        ("bpftrace @ = count()", bpftrace(&bt_program)),
-    ] {
-        let attached =
-            match Attached::spawn_to(&mut cmd, Some(dir.join("tracer-bench-probes.out")), ready) {
+    let tools: [(&str, Vec<&str>); 3] = [
+        ("tracer funccount (default)", vec!["funccount", &target]),
+        (
+            "tracer --attach uprobe",
+            vec!["funccount", "--attach", "uprobe", &target],
+        ),
+        ("bpftrace @ = count()", vec![]),
+    ];
+    // Rounds interleave the tools so that drift on the shared VM hits them alike.
+    let mut costs: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    for round in 1..=ROUNDS {
+        let (base, base_cpu) = measure(&nginx)?;
+        println!(
+            "{:<30} {base:>10.0} {:>9} {base_cpu:>14.2} {:>14}",
+            format!("none (round {round})"),
+            "-",
+            "-"
+        );
+        for (i, (name, args)) in tools.iter().enumerate() {
+            let mut cmd = if args.is_empty() {
+                bpftrace(&bt_program)
+            } else {
+                tracer(args)
+            };
+            let attached = match Attached::spawn_to(
+                &mut cmd,
+                Some(dir.join("tracer-bench-probes.out")),
+                ready,
+            ) {
                 Ok(a) => a,
                 Err(e) => {
                     println!("{name:<30} skipped: {e:#}");
                     continue;
                 }
             };
-        // bpftrace says "Attaching" before it attaches: give it time to finish.
-        std::thread::sleep(Duration::from_millis(500));
-        let (rps, cpu) = measure(&nginx)?;
-        attached.stop()?;
-        println!(
-            "{name:<30} {rps:>10.0} {:>+8.1}% {cpu:>14.2} {:>11.2} us",
-            (rps - base) / base * 100.0,
-            cpu - base_cpu
-        );
+            // bpftrace says "Attaching" before it attaches: give it time to finish.
+            std::thread::sleep(Duration::from_millis(500));
+            let (rps, cpu) = measure(&nginx)?;
+            let bpf_ns = ns_per_run(attached.pid());
+            attached.stop()?;
+            costs[i].push(cpu - base_cpu);
+            println!(
+                "{name:<30} {rps:>10.0} {:>+8.1}% {cpu:>14.2} {:>11.2} us {:>10}",
+                (rps - base) / base * 100.0,
+                cpu - base_cpu,
+                bpf_ns.map_or("-".into(), |ns| format!("{ns:.0} ns"))
+            );
+        }
     }
+    println!("median per-hit cost over {ROUNDS} rounds:");
+    for ((name, _), mut c) in tools.iter().zip(costs) {
+        c.sort_by(f64::total_cmp);
+        if let Some(median) = c.get(c.len() / 2) {
+            println!("  {name:<28} {median:>8.2} us");
+        }
+    }
+    write_loop()?;
 
     // Attach and detach times for several uprobes at once.
     let out = Command::new(release_bin("tracer"))
@@ -191,8 +154,11 @@ pub fn run() -> Result<()> {
         .collect();
     println!();
     println!(
-        "{:<10} {:<12} {:>12} {:>12}",
+        "{:<10} {:<14} {:>12} {:>12}",
         "uprobes", "tool", "attach s", "detach s"
+    );
+    println!(
+        "(tracer: default rung, uprobe_multi where the kernel has it; tracer-uprobe: --attach uprobe)"
     );
     for n in [1usize, 10, 50] {
         if names.len() < n {
@@ -202,49 +168,171 @@ pub fn run() -> Result<()> {
             .iter()
             .map(|f| format!("u:{NGINX}:{f}"))
             .collect();
-        let mut args = vec!["funccount".to_string()];
-        args.extend(specs);
-        let (attach, detach) = attach_detach(Command::new(release_bin("tracer")).args(&args), n)?;
-        println!("{n:<10} {:<12} {attach:>12.3} {detach:>12.3}", "tracer");
+        for (tool, force) in [("tracer", None), ("tracer-uprobe", Some("uprobe"))] {
+            let mut args = vec!["funccount".to_string(), "-v".to_string()];
+            if let Some(m) = force {
+                args.extend(["--attach".to_string(), m.to_string()]);
+            }
+            args.extend(specs.iter().cloned());
+            let mut cmd = Command::new(release_bin("tracer"));
+            let (attach, detach) = attach_detach(cmd.args(&args), Ready::Stderr)?;
+            println!("{n:<10} {tool:<14} {attach:>12.3} {detach:>12.3}");
+        }
         let probes: Vec<String> = names[..n]
             .iter()
             .map(|f| format!("uprobe:{NGINX}:{f}"))
             .collect();
         let program = format!("{} {{ @[probe] = count(); }}", probes.join(","));
-        match attach_detach(Command::new("bpftrace").args(["-e", &program]), n) {
+        match attach_detach(
+            Command::new("bpftrace").args(["-e", &program]),
+            Ready::PerfFds(n),
+        ) {
             Ok((attach, detach)) => {
-                println!("{n:<10} {:<12} {attach:>12.3} {detach:>12.3}", "bpftrace")
+                println!("{n:<10} {:<14} {attach:>12.3} {detach:>12.3}", "bpftrace")
             }
-            Err(e) => println!("{n:<10} {:<12} failed: {e:#}", "bpftrace"),
+            Err(e) => println!("{n:<10} {:<14} failed: {e:#}", "bpftrace"),
         }
     }
     drop(nginx);
     Ok(())
 }
 
-/// Seconds from start until the tool holds `n` uprobe attachments (see `perf_fds`; the same
-/// signal for tracer and bpftrace, whose "Attaching" line comes before it attaches), and from
-/// SIGINT to exit (detach + unload).
-fn attach_detach(cmd: &mut Command, n: usize) -> Result<(f64, f64)> {
+/// The per-hit cost where nothing else runs in the probed process: `tracer-workload write N`
+/// (N write(2)s to /dev/null) with and without a probe on libc's write, system-wide, as its own
+/// CPU time (user + system, from the kernel's child accounting). Several interleaved rounds;
+/// the least time of each configuration is its cost with the least interference.
+fn write_loop() -> Result<()> {
+    const CALLS: u64 = 200_000;
+    const LOOP_ROUNDS: usize = 5;
+    let tools: [(&str, Vec<&str>); 4] = [
+        ("none", vec![]),
+        (
+            "tracer funccount (default)",
+            vec!["funccount", "u:libc:write"],
+        ),
+        (
+            "tracer --attach uprobe",
+            vec!["funccount", "--attach", "uprobe", "u:libc:write"],
+        ),
+        ("bpftrace @ = count()", vec![]),
+    ];
+    let mut best = [f64::MAX; 4];
+    let mut bpf_ns: [Option<f64>; 4] = [None; 4];
+    for _ in 0..LOOP_ROUNDS {
+        for (i, (_, args)) in tools.iter().enumerate() {
+            let out = Some(std::env::temp_dir().join("tracer-bench-probes.out"));
+            let attached = match i {
+                0 => None,
+                3 => Some(Attached::spawn_to(
+                    &mut bpftrace("uprobe:libc:write { @ = count(); }"),
+                    out,
+                    ready,
+                )?),
+                _ => Some(Attached::spawn_to(&mut tracer(args), out, ready)?),
+            };
+            if i == 3 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let cpu = children_cpu_seconds();
+            let status = Command::new(release_bin("tracer-workload"))
+                .args(["write", &CALLS.to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("tracer-workload write failed: {status}");
+            }
+            let cpu = children_cpu_seconds() - cpu;
+            best[i] = best[i].min(cpu / CALLS as f64 * 1e6);
+            if let Some(a) = attached {
+                bpf_ns[i] = ns_per_run(a.pid()).or(bpf_ns[i]);
+                a.stop()?;
+            }
+        }
+    }
+    println!();
+    println!(
+        "write(2) loop, {CALLS} calls, probe on libc write (system-wide), least of {LOOP_ROUNDS} rounds:"
+    );
+    println!(
+        "{:<30} {:>12} {:>14} {:>10}",
+        "probe", "us/call", "per-hit cost", "bpf prog"
+    );
+    for (i, (name, _)) in tools.iter().enumerate() {
+        let cost = if i == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2} us", best[i] - best[0])
+        };
+        println!(
+            "{name:<30} {:>12.3} {cost:>14} {:>10}",
+            best[i],
+            bpf_ns[i].map_or("-".into(), |ns| format!("{ns:.0} ns"))
+        );
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of all waited-for children so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// When a tool counts as attached.
+enum Ready {
+    /// It holds this many uprobe attachments (see `perf_fds`): for bpftrace, whose "Attaching"
+    /// line comes before it attaches.
+    PerfFds(usize),
+    /// It printed "Hit Ctrl-C" on stderr (tracer, after attaching; a uprobe_multi link is one
+    /// fd for any number of probes, so fds cannot tell).
+    Stderr,
+}
+
+/// Seconds from start until the tool is attached (see `Ready`), and from SIGINT to exit
+/// (detach + unload).
+fn attach_detach(cmd: &mut Command, ready: Ready) -> Result<(f64, f64)> {
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match ready {
+            Ready::Stderr => Stdio::piped(),
+            Ready::PerfFds(_) => Stdio::null(),
+        })
         .spawn()
         .context("cannot start tool")?;
     let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Hit Ctrl-C") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+    }
     let deadline = start + Duration::from_secs(120);
     let attached = loop {
-        if perf_fds(pid) >= n {
+        let done = match ready {
+            Ready::PerfFds(n) => perf_fds(pid) >= n,
+            Ready::Stderr => rx.try_recv().is_ok(),
+        };
+        if done {
             break start.elapsed().as_secs_f64();
         }
         if let Some(status) = child.try_wait()? {
-            bail!("tool exited ({status}) before attaching {n} probes");
+            bail!("tool exited ({status}) before attaching");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("tool did not attach {n} probes within 120 s");
+            bail!("tool did not attach within 120 s");
         }
         std::thread::sleep(Duration::from_millis(5));
     };

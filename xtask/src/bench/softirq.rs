@@ -1,190 +1,49 @@
 //! softirq benchmark: a SYN flood (hping3 --flood, bounded by `timeout`) from one network
 //! namespace to nginx in another, over a veth pair we create. Phases of equal length:
-//! nothing attached, `tracer softirq-top`, libbpf-tools `softirqs`, nothing attached again.
+//! nothing attached, `tracer softirq-top`, libbpf-tools `softirqs`, in rotated rounds.
 //! For each phase: packets/s the server received (veth rx_packets), and — with
 //! kernel.bpf_stats_enabled — run_time_ns / run_cnt of every BPF program the tool loaded
 //! (bpftool prog show), so the per-event kernel cost is compared under the same load.
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
+use super::common::median;
 use crate::util::release_bin;
+use testbed::{netns::NetnsPair, nginx::Nginx};
 
-const FLOOD_SECS: u32 = 6;
+const FLOOD_SECS: u32 = 4;
+const ROUNDS: usize = 5;
+const UNTRACED: &str = "no tracing";
+const OURS: &str = "tracer softirq-top";
+const THEIRS: &str = "libbpf-tools softirqs";
 const LIBBPF_SOFTIRQS: &str = "/usr/sbin/softirqs";
 
+/// The flood's two namespaces and the nginx it targets.
 struct Net {
-    server: String,
-    client: String,
-    server_dev: String,
-    server_addr: String,
-    nginx: Option<Child>,
-    dir: PathBuf,
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    pair: NetnsPair,
+    _nginx: Nginx,
 }
 
 impl Net {
     fn create() -> Result<Self> {
-        let pid = std::process::id();
-        let mut net = Self {
-            server: format!("tracer-bench-{pid}-srv"),
-            client: format!("tracer-bench-{pid}-cli"),
-            server_dev: format!("tb{}s", pid % 100_000),
-            server_addr: "10.250.0.1".into(),
-            nginx: None,
-            dir: std::env::temp_dir().join(format!("tracer-bench-nginx-{pid}")),
-        };
-        let client_dev = format!("tb{}c", pid % 100_000);
-        ip(&["netns", "add", &net.server])?;
-        ip(&["netns", "add", &net.client])?;
-        ip(&[
-            "link",
-            "add",
-            &net.server_dev,
-            "netns",
-            &net.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_dev,
-            "netns",
-            &net.client,
-        ])?;
-        for (ns, dev, addr) in [
-            (&net.server, &net.server_dev, "10.250.0.1/24"),
-            (&net.client, &client_dev, "10.250.0.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        std::fs::create_dir_all(&net.dir)?;
-        let d = net.dir.display();
-        std::fs::write(
-            net.dir.join("nginx.conf"),
-            format!(
-                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-                 server {{ listen {}:80 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-                net.server_addr
-            ),
-        )?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &net.server,
-                "/usr/sbin/nginx",
-                "-p",
-                &format!("{d}/"),
-                "-c",
-            ])
-            .arg(net.dir.join("nginx.conf"))
-            .args(["-e", &format!("{d}/error.log")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start nginx")?;
-        net.nginx = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !net.dir.join("nginx.pid").exists() {
-            if Instant::now() > deadline {
-                bail!("nginx did not start (see {d}/error.log)");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(net)
-    }
-
-    fn rx_packets(&self) -> Result<u64> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.server,
-                "cat",
-                &format!("/sys/class/net/{}/statistics/rx_packets", self.server_dev),
-            ])
-            .output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("cannot read rx_packets")
+        let pair = NetnsPair::create("bench")?;
+        let nginx = Nginx::start(Some(&pair.server), &pair.server_addr, 80)?;
+        Ok(Self {
+            pair,
+            _nginx: nginx,
+        })
     }
 
     /// Floods for FLOOD_SECS; returns packets/s received by the server.
     fn flood(&self) -> Result<f64> {
-        let before = self.rx_packets()?;
-        let start = Instant::now();
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client,
-                "timeout",
-                "-s",
-                "INT",
-                &FLOOD_SECS.to_string(),
-            ])
-            .args([
-                "hping3",
-                "-S",
-                "-p",
-                "80",
-                "--flood",
-                "-q",
-                &self.server_addr,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run hping3")?;
-        let secs = start.elapsed().as_secs_f64();
-        // timeout exits 124 when it stopped hping3, which is how every flood ends.
-        if !matches!(status.code(), Some(0 | 124 | 130)) && status.code().is_some() {
-            bail!("hping3 failed: {status}");
-        }
-        Ok((self.rx_packets()? - before) as f64 / secs)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.nginx.take() {
-            signal(child.id(), "TERM");
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(self.pair.syn_flood(80, FLOOD_SECS)?.received_pps())
     }
 }
 
@@ -222,6 +81,7 @@ fn is_softirq_prog(name: &str) -> bool {
 
 struct Phase {
     name: &'static str,
+    round: usize,
     pps: f64,
     /// name → (run_time_ns, run_cnt) during the flood.
     progs: BTreeMap<String, (u64, u64)>,
@@ -269,7 +129,12 @@ fn phase_with(name: &'static str, net: &Net, mut cmd: Command) -> Result<Phase> 
             (k.clone(), (t - t0, c - c0))
         })
         .collect();
-    Ok(Phase { name, pps, progs })
+    Ok(Phase {
+        name,
+        round: 0,
+        pps,
+        progs,
+    })
 }
 
 fn per_event(progs: &BTreeMap<String, (u64, u64)>, prefix: &str) -> Option<(f64, u64)> {
@@ -300,55 +165,91 @@ pub fn run() -> Result<()> {
     let result = (|| -> Result<Vec<Phase>> {
         let net = Net::create()?;
         let mut phases = Vec::new();
-        phases.push(Phase {
-            name: "no tracing",
-            pps: net.flood()?,
-            progs: BTreeMap::new(),
-        });
-        let mut ours = Command::new(&tracer);
-        ours.args(["softirq-top", "-b", "1"]);
-        phases.push(phase_with("tracer softirq-top", &net, ours)?);
-        if std::path::Path::new(LIBBPF_SOFTIRQS).exists() {
-            let mut theirs = Command::new(LIBBPF_SOFTIRQS);
-            theirs.args(["1"]);
-            phases.push(phase_with("libbpf-tools softirqs", &net, theirs)?);
+        // Rounds of every setup, rotated each round, so that drift of the flood rate over the run
+        // (other load, caches, the CPU's clock) falls on every setup alike; the pps loss is the
+        // median of per-round ratios against that round's untraced flood.
+        let setups: Vec<&str> = if std::path::Path::new(LIBBPF_SOFTIRQS).exists() {
+            vec![UNTRACED, OURS, THEIRS]
+        } else {
+            vec![UNTRACED, OURS]
+        };
+        for round in 0..ROUNDS {
+            for i in 0..setups.len() {
+                let name = setups[(i + round) % setups.len()];
+                let phase = match name {
+                    OURS => {
+                        let mut ours = Command::new(&tracer);
+                        ours.args(["softirq-top", "-b", "1"]);
+                        phase_with(OURS, &net, ours)?
+                    }
+                    THEIRS => {
+                        let mut theirs = Command::new(LIBBPF_SOFTIRQS);
+                        theirs.args(["1"]);
+                        phase_with(THEIRS, &net, theirs)?
+                    }
+                    _ => Phase {
+                        name: UNTRACED,
+                        round,
+                        pps: net.flood()?,
+                        progs: BTreeMap::new(),
+                    },
+                };
+                phases.push(Phase { round, ..phase });
+            }
         }
-        phases.push(Phase {
-            name: "no tracing (again)",
-            pps: net.flood()?,
-            progs: BTreeMap::new(),
-        });
         Ok(phases)
     })();
     let _ = std::fs::write(stats_path, old_stats.trim());
     let phases = result?;
 
-    let baseline: Vec<f64> = phases
+    let untraced: BTreeMap<usize, f64> = phases
         .iter()
-        .filter(|p| p.progs.is_empty())
-        .map(|p| p.pps)
+        .filter(|p| p.name == UNTRACED)
+        .map(|p| (p.round, p.pps))
         .collect();
-    let baseline = baseline.iter().sum::<f64>() / baseline.len().max(1) as f64;
     println!(
-        "SYN flood {FLOOD_SECS} s per phase (hping3 --flood over veth to nginx), 2 namespaces"
+        "SYN flood (hping3 --flood over veth to nginx, 2 namespaces): {ROUNDS} rounds of {FLOOD_SECS} s per setup, order rotated"
     );
     println!(
-        "{:<24} {:>12} {:>9} {:>16} {:>14} {:>16}",
-        "PHASE", "RX PPS", "VS BASE", "NS/SOFTIRQ", "SOFTIRQS", "NS/SCHED_SWITCH"
+        "{:<24} {:>12} {:>21} {:>12} {:>16} {:>14} {:>16}",
+        "SETUP", "RX PPS", "MIN-MAX", "PPS VS NONE", "NS/SOFTIRQ", "SOFTIRQS", "NS/SCHED_SWITCH"
     );
+    let mut names: Vec<&str> = Vec::new();
     for p in &phases {
-        let entry = per_event(&p.progs, "softirq_entry");
-        let exit = per_event(&p.progs, "softirq_exit");
-        let switch = per_event(&p.progs, "sched_switch");
+        if !names.contains(&p.name) {
+            names.push(p.name);
+        }
+    }
+    for name in names {
+        let runs: Vec<&Phase> = phases.iter().filter(|p| p.name == name).collect();
+        let pps: Vec<f64> = runs.iter().map(|p| p.pps).collect();
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter_map(|p| untraced.get(&p.round).map(|base| p.pps / base - 1.0))
+            .collect();
+        let mut progs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for p in &runs {
+            for (k, (t, c)) in &p.progs {
+                let e = progs.entry(k.clone()).or_default();
+                e.0 += t;
+                e.1 += c;
+            }
+        }
+        let entry = per_event(&progs, "softirq_entry");
+        let exit = per_event(&progs, "softirq_exit");
+        let switch = per_event(&progs, "sched_switch");
         let per_softirq = match (entry, exit) {
             (Some((e, _)), Some((x, _))) => format!("{:.0} ({:.0}+{:.0})", e + x, e, x),
             _ => "-".into(),
         };
+        let min = pps.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = pps.iter().cloned().fold(0.0, f64::max);
         println!(
-            "{:<24} {:>12.0} {:>8.1}% {:>16} {:>14} {:>16}",
-            p.name,
-            p.pps,
-            (p.pps / baseline - 1.0) * 100.0,
+            "{:<24} {:>12.0} {:>21} {:>11.1}% {:>16} {:>14} {:>16}",
+            name,
+            median(pps),
+            format!("{min:.0}-{max:.0}"),
+            median(ratios) * 100.0,
             per_softirq,
             entry
                 .map(|(_, n)| n.to_string())
@@ -357,22 +258,24 @@ pub fn run() -> Result<()> {
                 .map(|(t, _)| format!("{t:.0}"))
                 .unwrap_or_else(|| "-".into()),
         );
+        if !progs.is_empty() {
+            let list: Vec<String> = progs
+                .iter()
+                .map(|(k, (t, c))| {
+                    format!(
+                        "{k} {c} runs {:.0} ns",
+                        if *c > 0 { *t as f64 / *c as f64 } else { 0.0 }
+                    )
+                })
+                .collect();
+            println!("    {}", list.join("; "));
+        }
     }
     println!(
-        "NS/SOFTIRQ: kernel time of the entry + exit programs per softirq (bpf_stats run_time_ns / run_cnt)."
+        "RX PPS: median over rounds. PPS VS NONE: median of per-round ratios against that round's untraced flood."
     );
-    for p in phases.iter().filter(|p| !p.progs.is_empty()) {
-        let list: Vec<String> = p
-            .progs
-            .iter()
-            .map(|(k, (t, c))| {
-                format!(
-                    "{k} {c} runs {:.0} ns",
-                    if *c > 0 { *t as f64 / *c as f64 } else { 0.0 }
-                )
-            })
-            .collect();
-        println!("  {}: {}", p.name, list.join("; "));
-    }
+    println!(
+        "NS/SOFTIRQ: kernel time of the entry + exit programs per softirq (bpf_stats run_time_ns / run_cnt, all rounds)."
+    );
     Ok(())
 }

@@ -1,15 +1,13 @@
 //! Debian's nginx (/usr/sbin/nginx) as a test server, on 127.0.0.1 or inside a network namespace
-//! (see netns.rs), with a throw-away configuration: pid file, logs and temp paths live in a
-//! temporary directory, so nothing of the system's nginx setup is read or written. It answers
-//! every request with "ok". Dropping it stops nginx and removes the directory.
+//! (see [`crate::netns`]), with a throw-away configuration: pid file, logs and temp paths live in
+//! a temporary directory, so nothing of the system's nginx setup is read or written. One worker;
+//! it answers every request with "ok". Dropping it stops nginx and removes the directory.
 //!
 //! ```ignore
 //! let nginx = Nginx::start_local()?;                 // 127.0.0.1, a free port
-//! let url = format!("http://127.0.0.1:{}/", nginx.port);
+//! let url = nginx.url();
 //! let nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;  // in a namespace
 //! ```
-
-#![allow(dead_code, reason = "each test module uses a different subset")]
 
 use std::{
     path::PathBuf,
@@ -19,9 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libtest_mimic::Failed;
+use anyhow::{Context as _, Result, bail};
 
-use crate::{common::fail, netns::NetnsPair};
+use crate::netns::NetnsPair;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -33,31 +31,32 @@ pub struct Nginx {
 }
 
 /// A TCP port that was free on 127.0.0.1 a moment ago.
-pub fn free_local_port() -> Result<u16, Failed> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| fail(format!("no free port: {e}")))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| fail(e.to_string()))?
-        .port())
+pub fn free_local_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free local port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 impl Nginx {
     /// nginx on 127.0.0.1 at a free port.
-    pub fn start_local() -> Result<Self, Failed> {
+    pub fn start_local() -> Result<Self> {
         Self::start(None, "127.0.0.1", free_local_port()?)
     }
 
     /// nginx listening on `addr:port`, inside namespace `netns` when given. Returns once it
     /// listens (nginx writes its pid file after binding).
-    pub fn start(netns: Option<&str>, addr: &str, port: u16) -> Result<Self, Failed> {
+    pub fn start(netns: Option<&str>, addr: &str, port: u16) -> Result<Self> {
         Self::start_with(netns, addr, port, false)
     }
 
     /// nginx on 127.0.0.1 at a free port, logging every request to `access.log` in its
     /// directory (ground truth for request counts; see `access_log_lines`).
-    pub fn start_local_logged() -> Result<Self, Failed> {
+    pub fn start_local_logged() -> Result<Self> {
         Self::start_with(None, "127.0.0.1", free_local_port()?, true)
+    }
+
+    /// `http://ADDR:PORT/`
+    pub fn url(&self) -> String {
+        format!("http://{}:{}/", self.addr, self.port)
     }
 
     /// Lines in the access log (written when each request completes).
@@ -67,12 +66,7 @@ impl Nginx {
             .unwrap_or(0)
     }
 
-    fn start_with(
-        netns: Option<&str>,
-        addr: &str,
-        port: u16,
-        access_log: bool,
-    ) -> Result<Self, Failed> {
+    fn start_with(netns: Option<&str>, addr: &str, port: u16, access_log: bool) -> Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tracer-nginx-{}-{}",
@@ -81,7 +75,7 @@ impl Nginx {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let d = dir.display();
         let access_log = if access_log {
             format!("{d}/access.log")
@@ -110,22 +104,21 @@ impl Nginx {
         );
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config)
-            .map_err(|e| fail(format!("cannot write {}: {e}", conf.display())))?;
+            .with_context(|| format!("cannot write {}", conf.display()))?;
         let conf = conf.display().to_string();
         let log = format!("{d}/error.log");
         let prefix = format!("{d}/");
-        let nginx_args = ["-p", &prefix, "-c", &conf, "-e", &log];
         let mut cmd = match netns {
             Some(ns) => NetnsPair::cmd_in(ns, NGINX),
             None => Command::new(NGINX),
         };
         let child = cmd
-            .args(nginx_args)
+            .args(["-p", &prefix, "-c", &conf, "-e", &log])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| fail(format!("cannot start nginx: {e}")))?;
+            .context("cannot start nginx (cargo xtask setup installs it)")?;
         let mut nginx = Self {
             child,
             dir,
@@ -140,34 +133,74 @@ impl Nginx {
             }
             if let Ok(Some(status)) = nginx.child.try_wait() {
                 let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-                return Err(fail(format!("nginx exited ({status}): {}", log.trim())));
+                bail!("nginx exited ({status}): {}", log.trim());
             }
             if Instant::now() >= deadline {
-                return Err(fail("nginx did not start listening within 10 s"));
+                bail!("nginx did not start listening within 10 s");
             }
             thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// The master process (or `ip netns exec`, which execs into it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The (single) worker process: the one that serves requests and runs probed functions.
+    pub fn worker(&self) -> Result<u32> {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("nginx has no worker")
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM: fast shutdown of master and workers; SIGKILL if it hangs.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM: fast shutdown of master and workers.
+        crate::terminate(&mut self.child, Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `curl` N times; fails unless every request got `expected` status.
+pub fn curl(url: &str, n: usize, extra: &[&str], expected: &str) -> Result<()> {
+    for _ in 0..n {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .context("cannot run curl (cargo xtask setup installs it)")?;
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        if code != expected {
+            bail!("curl got HTTP {code}, expected {expected}");
+        }
+    }
+    Ok(())
+}
+
+/// nginx logs a request when it finishes it, just after the response: wait for the lines.
+pub fn wait_access_log(nginx: &Nginx, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nginx.access_log_lines() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let lines = nginx.access_log_lines();
+    if lines != n {
+        bail!("nginx access log has {lines} lines, expected {n}");
+    }
+    Ok(())
 }

@@ -1,25 +1,22 @@
-//! Two network namespaces joined by a veth pair, for tests that need real network traffic
-//! (SYN floods, HTTP load) that never leaves the machine: every address lives only inside the
-//! namespaces created here. Dropping the pair deletes both namespaces (and with them the veth
-//! ends), also when the test fails or panics. Pairs left behind by a killed test run are
-//! removed by the next `NetnsPair::create`.
+//! Two network namespaces joined by a veth pair, for real network traffic (SYN floods, HTTP
+//! load) that never leaves the machine: every address lives only inside the namespaces created
+//! here. Dropping the pair deletes both namespaces (and with them the veth ends), also when a
+//! test fails or panics. Pairs left behind by a killed run are removed by the next
+//! [`NetnsPair::create`].
 //!
 //! ```ignore
 //! let net = NetnsPair::create("sq")?;
 //! let nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
-//! let status = net.client_cmd("hping3").args([...]).status();
+//! let flood = net.syn_flood(80, 3)?;
 //! ```
 
-#![allow(dead_code, reason = "each test module uses a different subset")]
-
 use std::{
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
-use libtest_mimic::Failed;
-
-use crate::common::fail;
+use anyhow::{Context as _, Result, bail};
 
 const PREFIX: &str = "tracer-";
 
@@ -34,23 +31,40 @@ pub struct NetnsPair {
     pub client_addr: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), Failed> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| fail(format!("cannot run ip: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(fail(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+/// What one SYN flood did.
+#[derive(Clone, Copy, Debug)]
+pub struct Flood {
+    /// Packets hping3 says it sent.
+    pub sent: u64,
+    /// Packets the server's veth end received meanwhile.
+    pub received: u64,
+    /// How long the flood ran.
+    pub elapsed: Duration,
+}
+
+impl Flood {
+    /// Packets per second the server received.
+    pub fn received_pps(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64()
     }
 }
 
-/// Deletes namespaces of ours whose test process is gone (a run killed before cleanup).
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Deletes namespaces of ours whose process is gone (a run killed before cleanup).
 fn remove_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -72,8 +86,8 @@ fn remove_stale() {
 
 impl NetnsPair {
     /// Creates `tracer-<tag>-<pid>-<n>-srv` and `...-cli`; `tag` is a few letters naming the
-    /// test module.
-    pub fn create(tag: &str) -> Result<Self, Failed> {
+    /// user (test module or benchmark).
+    pub fn create(tag: &str) -> Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         remove_stale();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +145,55 @@ impl NetnsPair {
 
     pub fn client_cmd(&self, program: &str) -> Command {
         Self::cmd_in(&self.client, program)
+    }
+
+    /// Packets the server's veth end has received so far.
+    pub fn server_rx_packets(&self) -> Result<u64> {
+        let path = format!("/sys/class/net/{}/statistics/rx_packets", self.server_dev);
+        let out = self
+            .server_cmd("cat")
+            .arg(&path)
+            .output()
+            .context("cannot read the server's rx_packets")?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("cannot parse {path} in {}", self.server))
+    }
+
+    /// A SYN flood from the client to `port` on the server at the fastest rate, stopped after
+    /// `seconds` by `timeout` (hping3 --flood has no count), so it ends by itself.
+    pub fn syn_flood(&self, port: u16, seconds: u32) -> Result<Flood> {
+        let before = self.server_rx_packets()?;
+        let started = Instant::now();
+        let out = self
+            .client_cmd("timeout")
+            .args(["-s", "INT", &seconds.to_string(), "hping3", "-S", "-p"])
+            .arg(port.to_string())
+            .args(["--flood", "-q", &self.server_addr])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run hping3 (cargo xtask setup installs it)")?;
+        let elapsed = started.elapsed();
+        if elapsed > Duration::from_secs(seconds as u64 + 5) {
+            bail!("the flood did not stop after {seconds} s");
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("hping3 said: {}", text.trim()))?;
+        Ok(Flood {
+            sent,
+            received: self.server_rx_packets()?.saturating_sub(before),
+            elapsed,
+        })
     }
 }
 
