@@ -506,23 +506,56 @@ pub fn loaded_program_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fails if any program whose name starts with `prefix` is still loaded.
+/// Fails if any program whose name starts with `prefix` is still loaded while no process
+/// holds it (through a program or link fd): left behind by a tool that exited. Programs of
+/// the same name held by live processes — another test, a soak or a colleague's run on the
+/// same kernel — are not ours to judge.
 pub fn assert_nothing_loaded(prefix: &str) -> Result<(), Failed> {
     // The kernel frees programs asynchronously after the last fd closes.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let left: Vec<String> = loaded_program_names()
+        let named: Vec<(u32, String)> = loaded_programs()
             .into_iter()
-            .filter(|n| n.starts_with(prefix))
+            .filter(|(_, n)| n.starts_with(prefix))
             .collect();
+        let left: Vec<String> = if named.is_empty() {
+            Vec::new()
+        } else {
+            let held = held_program_ids();
+            named
+                .into_iter()
+                .filter(|(id, _)| !held.contains(id))
+                .map(|(id, n)| format!("{n} (id {id})"))
+                .collect()
+        };
         if left.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(fail(format!("programs still loaded after exit: {left:?}")));
+            return Err(fail(format!(
+                "programs still loaded after exit, held by no process: {left:?}"
+            )));
         }
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// (id, name) of every loaded BPF program (bpftool).
+fn loaded_programs() -> Vec<(u32, String)> {
+    let out = output_within(
+        Command::new("bpftool").args(["prog", "show", "--json"]),
+        DEADLINE,
+    );
+    let Ok(out) = out else { return Vec::new() };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    json.as_array()
+        .map(|progs| {
+            progs
+                .iter()
+                .filter_map(|p| Some((p["id"].as_u64()? as u32, p["name"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The kernel objects a tool process holds: BPF programs, maps and links by their kernel ids
