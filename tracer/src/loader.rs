@@ -113,3 +113,95 @@ pub fn increases<K: Copy + Eq + std::hash::Hash>(
         })
         .collect()
 }
+
+/// Removes every key of a per-CPU hash map, returning what each held, one lookup-and-delete
+/// per key (BPF_MAP_LOOKUP_AND_DELETE_ELEM, Linux 5.14+, atomic per key): an increment made
+/// before the call is returned, one made after it starts a fresh key for the next drain. Only
+/// a program that looked the key up just before the delete and increments just after it (a
+/// window of nanoseconds) can lose its increment, as with BCC's read-and-clear. Interval modes
+/// drain instead of diffing snapshots, so keys of exited tasks or one-off values do not pile up
+/// until the map is full. aya 0.14 offers this operation only for queues and stacks.
+pub fn drain_per_cpu<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, Vec<V>)>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// `bpf_attr` for the map element commands.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value_or_next_key: u64,
+        flags: u64,
+    }
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let call = |cmd: libc::c_long, key: *const K, out: *mut u8| -> std::io::Result<()> {
+        let attr = ElemAttr {
+            map_fd: fd,
+            _pad: 0,
+            key: key as u64,
+            value_or_next_key: out as u64,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the kernel's layout for this command; `key` is null or points to a
+        // K, `out` to a buffer of the size the kernel writes (a K, or the per-CPU values).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &raw const attr,
+                size_of::<ElemAttr>() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // Walk the keys first: deleting while walking would restart the walk.
+    let mut keys: Vec<K> = Vec::new();
+    let mut next = std::mem::MaybeUninit::<K>::uninit();
+    let mut current: Option<K> = None;
+    loop {
+        let key_ptr = current.as_ref().map_or(std::ptr::null(), |k| k as *const K);
+        match call(BPF_MAP_GET_NEXT_KEY, key_ptr, next.as_mut_ptr().cast()) {
+            // SAFETY: the kernel wrote a whole key.
+            Ok(()) => {
+                let key = unsafe { next.assume_init_read() };
+                keys.push(key);
+                current = Some(key);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(anyhow!("cannot walk a map's keys: {e}")),
+        }
+    }
+    let cpus =
+        aya::util::nr_cpus().map_err(|(what, e)| anyhow!("cannot count CPUs ({what}): {e}"))?;
+    // Per-CPU values come back 8-byte aligned, one slot per possible CPU.
+    let stride = size_of::<V>().next_multiple_of(8);
+    let mut buffer = vec![0u8; stride * cpus];
+    let mut drained = Vec::with_capacity(keys.len());
+    for key in keys {
+        match call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &key, buffer.as_mut_ptr()) {
+            Ok(()) => {
+                let values = (0..cpus)
+                    // SAFETY: each slot holds a V written by the kernel; read unaligned.
+                    .map(|cpu| unsafe {
+                        std::ptr::read_unaligned(buffer[cpu * stride..].as_ptr().cast::<V>())
+                    })
+                    .collect();
+                drained.push((key, values));
+            }
+            // Gone meanwhile (another reader): nothing to report for it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(anyhow!(
+                    "cannot drain a map (lookup-and-delete needs Linux 5.14+): {e}"
+                ));
+            }
+        }
+    }
+    Ok(drained)
+}

@@ -591,16 +591,36 @@ impl Loaded {
         Ok(all)
     }
 
-    pub fn pid_counts(&self) -> Result<HashMap<PidCountKey, u64>> {
-        self.sum_hash("PID_COUNTS", |acc: &mut u64, v: &PerCpuValues<u64>| {
-            *acc += v.iter().sum::<u64>()
-        })
+    /// Per-CPU u64 counters of hash map `name`, summed over CPUs (and loaded objects). With
+    /// `drain` the keys are removed as they are read (see `loader::drain_per_cpu`): what
+    /// comes back is what was counted since the last drain, and the map holds only the keys
+    /// of one interval.
+    fn counters<K: Pod + Eq + Hash>(&self, name: &str, drain: bool) -> Result<HashMap<K, u64>> {
+        if !drain {
+            return self.sum_hash(name, |acc: &mut u64, v: &PerCpuValues<u64>| {
+                *acc += v.iter().sum::<u64>()
+            });
+        }
+        let mut all: HashMap<K, u64> = HashMap::new();
+        for instance in &self.instances {
+            let Map::PerCpuHashMap(data) = Self::map(instance, name)? else {
+                bail!("{name} is not a per-CPU hash map (build bug)");
+            };
+            for (key, values) in crate::loader::drain_per_cpu::<K, u64>(data)? {
+                *all.entry(key).or_default() += values.iter().sum::<u64>();
+            }
+        }
+        Ok(all)
     }
 
-    pub fn value_counts(&self) -> Result<HashMap<ValueKey, u64>> {
-        self.sum_hash("VALUE_COUNTS", |acc: &mut u64, v: &PerCpuValues<u64>| {
-            *acc += v.iter().sum::<u64>()
-        })
+    /// Calls per (probe, process): cumulative, or since the last drain (interval mode).
+    pub fn pid_counts(&self, drain: bool) -> Result<HashMap<PidCountKey, u64>> {
+        self.counters("PID_COUNTS", drain)
+    }
+
+    /// Hits per (probe, value): cumulative, or since the last drain (interval mode).
+    pub fn value_counts(&self, drain: bool) -> Result<HashMap<ValueKey, u64>> {
+        self.counters("VALUE_COUNTS", drain)
     }
 
     pub fn hists(&self) -> Result<HashMap<HistKey, Hist>> {

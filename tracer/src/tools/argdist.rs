@@ -115,7 +115,9 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
             print_hists(&args, &probes, &expr, &now, &prev_hists, periodic, &mut out);
             prev_hists = now;
         } else {
-            let now = loaded.value_counts()?;
+            // Interval mode drains the map: values seen once (pids, pointers, sizes) would
+            // otherwise fill it within minutes.
+            let now = loaded.value_counts(periodic)?;
             print_counts(
                 &args,
                 &probes,
@@ -125,7 +127,9 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
                 periodic,
                 &mut out,
             );
-            prev_counts = now;
+            if !periodic {
+                prev_counts = now;
+            }
         }
         loaded.report_problems(TOOL, &mut reported);
         out.flush();

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap, RingBuf},
+    maps::{IterableMap as _, MapData, PerCpuHashMap, RingBuf},
 };
 use clap::Args;
 use serde_json::json;
@@ -341,22 +341,34 @@ fn report_drops(stats: &Stats, reported_lost: &mut u64) {
 
 pub(crate) type Totals = HashMap<ParentKey, ParentCounts>;
 
-/// Running totals per parent, summed over CPUs (the map is never cleared).
+/// Running totals per parent, summed over CPUs (the map is not cleared).
 pub(crate) fn snapshot(counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>) -> Totals {
     let mut totals = Totals::new();
-    for entry in counts.iter().flatten() {
-        let (key, per_cpu) = entry;
-        let total = totals.entry(key).or_default();
-        for c in per_cpu.iter() {
-            total.processes += c.processes;
-            total.threads += c.threads;
-        }
+    for (key, per_cpu) in counts.iter().flatten() {
+        add(totals.entry(key).or_default(), per_cpu.iter());
     }
     totals
 }
 
-/// Per-parent counts: the kernel keeps running totals, we print the change per interval,
-/// so nothing is lost between reading and clearing.
+/// Counts per parent since the last drain, removing the keys (see `loader::drain_per_cpu`): in
+/// interval mode parents that have exited must not stay in the map until it is full.
+fn drain(counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>) -> Result<Totals> {
+    let mut totals = Totals::new();
+    for (key, per_cpu) in loader::drain_per_cpu::<ParentKey, ParentCounts>(counts.map())? {
+        add(totals.entry(key).or_default(), per_cpu.iter());
+    }
+    Ok(totals)
+}
+
+fn add<'a>(total: &mut ParentCounts, per_cpu: impl Iterator<Item = &'a ParentCounts>) {
+    for c in per_cpu {
+        total.processes += c.processes;
+        total.threads += c.threads;
+    }
+}
+
+/// Per-parent counts: the kernel keeps running totals; every interval drains them with atomic
+/// lookup-and-delete, so nothing is lost between reading and clearing.
 async fn summarize(
     args: &ForksnoopArgs,
     counts: &PerCpuHashMap<MapData, ParentKey, ParentCounts>,
@@ -378,10 +390,14 @@ async fn summarize(
             reason = &mut stop => { reason?; true }
             _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
         };
-        let current = snapshot(counts);
-        print_summary(args, &current, &previous, out);
+        if args.interval.interval.is_some() {
+            print_summary(args, &drain(counts)?, &previous, out);
+        } else {
+            let current = snapshot(counts);
+            print_summary(args, &current, &previous, out);
+            previous = current;
+        }
         report_drops(&stats.read(), &mut reported_lost);
-        previous = current;
         printed += 1;
         if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
             return Ok(());

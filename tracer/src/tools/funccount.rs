@@ -93,7 +93,10 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
         let now = loaded.counts(probes.len())?;
         let deltas: Vec<u64> = now.iter().zip(&previous).map(|(a, b)| a - b).collect();
         if args.per_pid {
-            let pids = loaded.pid_counts()?;
+            // Interval mode drains the per-process map, so processes that have exited do not
+            // pile up in it; the final report of a run without interval needs the totals.
+            let drain = interval.interval.is_some();
+            let pids = loaded.pid_counts(drain)?;
             print_per_pid(
                 &args,
                 &probes,
@@ -102,7 +105,9 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
                 interval.interval.is_some(),
                 &mut out,
             );
-            previous_pids = pids;
+            if !drain {
+                previous_pids = pids;
+            }
         } else {
             print_counts(
                 &args,

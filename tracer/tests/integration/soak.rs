@@ -112,21 +112,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ),
     ("offcputime", "STACKS", "as profile: full (16384)"),
     (
-        "argdist",
-        "VALUE_COUNTS",
-        "-C prev_pid: one key per value ever seen, never removed: full (10240) within 30 s",
-    ),
-    (
-        "forksnoop",
-        "PARENT_COUNTS",
-        "--summary: one key per forking parent ever seen: 330 → 630",
-    ),
-    (
-        "funccount",
-        "PID_COUNTS",
-        "-P: one key per process ever counted: 325 → 625",
-    ),
-    (
         "kstacks",
         "COUNTS",
         "one key per kernel thread and stack ever seen: 144 → 185",
