@@ -110,6 +110,11 @@ pub const TRACE_VALUES: usize = 4;
 /// Bytes of each string a trace event carries (NUL included; longer strings are cut).
 pub const TRACE_STR_LEN: usize = 128;
 
+/// `ProbesConfig::per_pid`: key by process (tgid and comm).
+pub const PER_PID: u8 = 1;
+/// `ProbesConfig::per_pid` (stacks only): key by comm, not by process.
+pub const PER_COMM: u8 = 2;
+
 /// Global `CONFIG` of the probes object, set by the loader before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +123,9 @@ pub struct ProbesConfig {
     pub mode: u8,
     /// Take the probe id from `bpf_get_attach_cookie` (uprobes) instead of `probe_id`.
     pub use_cookie: u8,
-    /// Key counts and histograms by process too (`-P`).
+    /// Key counts and histograms by process too (`-P`): `PER_PID`; stackcount's stacks can
+    /// also be keyed by comm alone (`PER_COMM`), which stays bounded however many processes
+    /// come and go.
     pub per_pid: u8,
     /// Key histograms by probe (funclatency `-F`); otherwise every probe shares probe id 0.
     pub per_probe: u8,

@@ -649,10 +649,10 @@ fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32) {
     } else {
         STACK_NONE
     };
-    let (tgid, comm) = if config.per_pid != 0 {
-        (tgid, bpf_get_current_comm().unwrap_or([0; 16]))
-    } else {
-        (0, [0; 16])
+    let (tgid, comm) = match config.per_pid {
+        0 => (0, [0; 16]),
+        PER_COMM => (0, bpf_get_current_comm().unwrap_or([0; 16])),
+        _ => (tgid, bpf_get_current_comm().unwrap_or([0; 16])),
     };
     increment(
         &STACK_COUNTS,

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use aya::maps::{MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
-use tracer_common::probes::{MODE_STACK, ProbesConfig, StackKey};
+use tracer_common::probes::{MODE_STACK, PER_COMM, PER_PID, ProbesConfig, StackKey};
 
 use crate::{
     output::{Out, comm_str, with_schema},
@@ -83,9 +83,15 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         mode: MODE_STACK,
         kernel_stack: kernel.into(),
         user_stack: user.into(),
-        // Always keyed by process: user frames are symbolized through the process, and the
-        // comm heads folded stacks; without -P the pids are merged away after symbolization.
-        per_pid: 1,
+        // User frames are symbolized through their process, so user stacks are keyed by
+        // process (without -P the pids are merged away after symbolization). Kernel-only stacks
+        // are keyed by comm, which heads folded stacks: that stays bounded however many
+        // processes come and go.
+        per_pid: if args.per_pid || user {
+            PER_PID
+        } else {
+            PER_COMM
+        },
         tgid: args.pid.unwrap_or(0),
         ..ProbesConfig::DEFAULT
     };
