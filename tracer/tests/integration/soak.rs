@@ -89,29 +89,6 @@ const TOOLS: &[(&str, &[&str])] = &[
 /// remove the keys of tasks that have exited (ktop does, and plateaus).
 const KNOWN: &[(&str, &str, &str)] = &[
     (
-        "profile",
-        "RSS",
-        "22 → 76 MiB: user symbols of every sampled process are kept (prefetched while it \
-         lives) for the end-of-run report, never dropped when it exits",
-    ),
-    (
-        "profile",
-        "COUNTS",
-        "keyed by task and stack, never removed: full (16384) within 10 minutes",
-    ),
-    (
-        "profile",
-        "STACKS",
-        "user stacks differ per process (ASLR), so every sampled process adds stacks: 12755",
-    ),
-    ("offcputime", "RSS", "44 → 53 MiB, as profile"),
-    (
-        "offcputime",
-        "OFFCPU",
-        "keyed by task and stack, never removed: full (16384) within 2 minutes",
-    ),
-    ("offcputime", "STACKS", "as profile: full (16384)"),
-    (
         "argdist",
         "VALUE_COUNTS",
         "-C prev_pid: one key per value ever seen, never removed: full (10240) within 30 s",
@@ -126,12 +103,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "PID_COUNTS",
         "-P: one key per process ever counted: 325 → 625",
     ),
-    (
-        "kstacks",
-        "COUNTS",
-        "one key per kernel thread and stack ever seen: 144 → 185",
-    ),
-    ("kstacks", "STACKS", "139 → 177, as COUNTS"),
     (
         "stackcount",
         "STACK_COUNTS",
