@@ -70,6 +70,6 @@ pub struct SwitchOut {
 
 crate::user_pod!(SwitchOut);
 
-/// Entries of `OFFCPU` and `START`.
+/// Entries of `OFFCPU` and `START` (an LRU map: tasks blocked at once, with headroom).
 pub const OFFCPU_ENTRIES: u32 = 16384;
 pub const START_ENTRIES: u32 = 32768;

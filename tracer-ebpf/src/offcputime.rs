@@ -8,7 +8,7 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, PerCpuHashMap, StackTrace},
+    maps::{LruHashMap, PerCpuHashMap, StackTrace},
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
@@ -34,9 +34,12 @@ static CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig::DEFAULT);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
 
-/// Tasks currently switched out that passed the filters, by tid.
+/// Tasks currently switched out that passed the filters, by tid. LRU: the entry of a task that
+/// never runs again (it exited while switched out and its final switch was not seen, or it
+/// sleeps for longer than the churn of START_ENTRIES other blocks takes) is recycled instead of
+/// pinning a slot; such a block is then not counted, where a full map would drop new ones.
 #[map]
-static START: HashMap<u32, SwitchOut> = HashMap::with_max_entries(START_ENTRIES, 0);
+static START: LruHashMap<u32, SwitchOut> = LruHashMap::with_max_entries(START_ENTRIES, 0);
 
 #[map]
 static OFFCPU: PerCpuHashMap<OffcpuKey, OffcpuValue> =

@@ -28,7 +28,7 @@
 //! counted, never dropped.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufWriter, Write as _},
     path::{Path, PathBuf},
@@ -43,7 +43,7 @@ use aya::{
 use blazesym::{
     MaybeDefault,
     symbolize::{
-        Input, Symbolized, Symbolizer,
+        Input, Symbolized, Symbolizer, evict,
         source::{Kernel, Process, Source},
     },
 };
@@ -94,6 +94,26 @@ impl StackMap {
                 Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
                 Err(_) => Frames::Lost(libc::ENOENT),
             },
+        }
+    }
+
+    /// Deletes the stack ids among `candidates` that no key in `referenced` uses any more (the
+    /// stacks of evicted keys). A stack id is the hash bucket of the stack, so should a task hit
+    /// the same stack again, `bpf_get_stackid` stores it again under the same id.
+    pub fn remove_unreferenced(
+        &mut self,
+        candidates: impl IntoIterator<Item = i32>,
+        referenced: impl IntoIterator<Item = i32>,
+    ) {
+        let mut candidates: HashSet<i32> = candidates.into_iter().filter(|&id| id >= 0).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        for id in referenced {
+            candidates.remove(&id);
+        }
+        for id in candidates {
+            let _ = self.map.remove(&(id as u32));
         }
     }
 
@@ -162,6 +182,8 @@ pub struct Symbols {
     user: HashMap<(u32, u64), Rc<str>>,
     unknown: Rc<str>,
     strip_tracing: bool,
+    /// Processes forgotten since the symbolizer was last rebuilt (see `forget_processes`).
+    forgotten: usize,
     /// Frames printed as `[unknown]` so far (kernel, user).
     pub unknown_kernel: u64,
     pub unknown_user: u64,
@@ -179,16 +201,12 @@ impl Default for Symbols {
 impl Symbols {
     pub fn new() -> Self {
         Self {
-            // Names only: source lines and inlined frames would cost DWARF parsing per binary.
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(false)
-                .enable_inlined_fns(false)
-                .enable_demangling(true)
-                .build(),
+            symbolizer: Self::symbolizer(),
             kernel: HashMap::new(),
             user: HashMap::new(),
             unknown: Rc::from(UNKNOWN),
             strip_tracing: false,
+            forgotten: 0,
             unknown_kernel: 0,
             unknown_user: 0,
             frames_kernel: 0,
@@ -243,6 +261,40 @@ impl Symbols {
         if let Frames::Ips(ips) = frames {
             self.fill(Some(pid), lookup_addrs(ips).collect());
         }
+    }
+
+    /// Drops what is cached for processes that exited (their stacks were evicted and will not
+    /// be printed again), so that a long run's memory follows the live processes, not all the
+    /// processes ever sampled. blazesym keeps per-process resolvers keyed by
+    /// /proc/PID/map_files paths that its per-process eviction does not release, so the
+    /// symbolizer itself is rebuilt after every `REBUILD_AFTER` forgotten processes (our own
+    /// caches keep the names of the live processes and the kernel, so only new addresses of live
+    /// processes pay for re-reading their binaries).
+    pub fn forget_processes(&mut self, pids: &HashSet<u32>) {
+        const REBUILD_AFTER: usize = 256;
+        if pids.is_empty() {
+            return;
+        }
+        self.user.retain(|(pid, _), _| !pids.contains(pid));
+        for &pid in pids {
+            let _ = self
+                .symbolizer
+                .evict(&evict::Process::new(pid.into()).into());
+        }
+        self.forgotten += pids.len();
+        if self.forgotten >= REBUILD_AFTER {
+            self.symbolizer = Self::symbolizer();
+            self.forgotten = 0;
+        }
+    }
+
+    fn symbolizer() -> Symbolizer {
+        // Names only: source lines and inlined frames would cost DWARF parsing per binary.
+        Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(false)
+            .enable_demangling(true)
+            .build()
     }
 
     fn frames(&mut self, frames: &Frames, pid: Option<u32>) -> Vec<Rc<str>> {
@@ -489,7 +541,11 @@ pub fn folded_frames(stack: &Stack) -> String {
 /// FlameGraph's collapsed format (`comm;frame;...;leaf count`), identical stacks of several
 /// threads merged, sorted by stack. Nanoseconds are written as microseconds (as BCC does).
 pub fn folded(stacks: &[Stack], unit: Unit) -> Vec<String> {
-    let mut merged: HashMap<String, u64> = HashMap::new();
+    folded_with(HashMap::new(), stacks, unit)
+}
+
+/// `folded` of `stacks` added to already folded totals (`folded_frames` → value).
+pub fn folded_with(mut merged: HashMap<String, u64>, stacks: &[Stack], unit: Unit) -> Vec<String> {
     for stack in stacks {
         *merged.entry(folded_frames(stack)).or_default() += stack.value;
     }
@@ -512,6 +568,101 @@ pub fn folded(stacks: &[Stack], unit: Unit) -> Vec<String> {
         .into_iter()
         .map(|(frames, value)| format!("{frames} {value}"))
         .collect()
+}
+
+/// Whether thread `pid` of process `tgid` is gone (never for the idle tasks, pid 0).
+pub fn thread_gone(tgid: u32, pid: u32) -> bool {
+    pid != 0 && !Path::new(&format!("/proc/{tgid}/task/{pid}")).exists()
+}
+
+/// Retires the keys of exited threads from a cumulative per-task stack map (profile, kstacks,
+/// offcputime in interval mode), so the map holds the live tasks' keys instead of every task
+/// ever seen, with every count kept:
+/// - a key is deleted one round after its thread was first seen gone from /proc (so its last
+///   switch or sample, which can follow the /proc removal by a moment, is in the snapshot the
+///   round reported), and only if the thread is still gone (a reused tid keeps its key);
+/// - the counts of deleted keys are kept as folded stacks (`comm;frames` → value, symbolized
+///   at once from the names cached while the process lived), only when the end of the run needs
+///   totals (`--svg`): bounded by the distinct code paths, not by the tasks.
+pub struct Evictor {
+    /// Keys whose thread was gone at the previous round.
+    marked: HashSet<TaskStackKey>,
+    /// Folded totals of the deleted keys, when kept.
+    folded: Option<HashMap<String, u64>>,
+}
+
+impl Evictor {
+    pub fn new(keep_totals: bool) -> Self {
+        Self {
+            marked: HashSet::new(),
+            folded: keep_totals.then(HashMap::new),
+        }
+    }
+
+    /// Given the keys of this round's snapshot: those to delete now, and marks those whose
+    /// thread is gone now for the next round.
+    pub fn due<'a>(&mut self, keys: impl Iterator<Item = &'a TaskStackKey>) -> Vec<TaskStackKey> {
+        let mut gone: HashMap<(u32, u32), bool> = HashMap::new();
+        let mut due = Vec::new();
+        let mut marked = HashSet::new();
+        for key in keys {
+            let is_gone = *gone
+                .entry((key.tgid, key.pid))
+                .or_insert_with(|| thread_gone(key.tgid, key.pid));
+            if !is_gone {
+                continue;
+            }
+            if self.marked.contains(key) {
+                due.push(*key);
+            } else {
+                marked.insert(*key);
+            }
+        }
+        self.marked = marked;
+        due
+    }
+
+    /// Keeps the totals of deleted keys (when kept), symbolized now.
+    pub fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
+        if let Some(folded) = self.folded.as_mut() {
+            for stack in symbols.resolve_all(raws) {
+                *folded.entry(folded_frames(&stack)).or_default() += stack.value;
+            }
+        }
+    }
+
+    /// The folded totals of the deleted keys (empty when not kept).
+    pub fn take_folded(&mut self) -> HashMap<String, u64> {
+        self.folded.take().unwrap_or_default()
+    }
+}
+
+/// The rest of an eviction round, once `deleted` keys are out of the map and `remaining` lists
+/// every key still there (and, for offcputime, of the tasks blocked now): deletes the stack ids
+/// only deleted keys used, and forgets the cached symbols of the processes that are gone and
+/// have no remaining key. Returns those processes.
+pub fn finish_eviction(
+    deleted: &[TaskStackKey],
+    remaining: &[TaskStackKey],
+    stack_map: &mut StackMap,
+    symbols: &mut Symbols,
+) -> HashSet<u32> {
+    if deleted.is_empty() {
+        return HashSet::new();
+    }
+    stack_map.remove_unreferenced(
+        deleted.iter().flat_map(|k| [k.kstack, k.ustack]),
+        remaining.iter().flat_map(|k| [k.kstack, k.ustack]),
+    );
+    let live: HashSet<u32> = remaining.iter().map(|k| k.tgid).collect();
+    let dead: HashSet<u32> = deleted
+        .iter()
+        .map(|k| k.tgid)
+        .filter(|&tgid| tgid != 0 && !live.contains(&tgid))
+        .filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists())
+        .collect();
+    symbols.forget_processes(&dead);
+    dead
 }
 
 /// One stack as JSON: frames leaf first, `value` in the tool's unit, `pct` of the total.

@@ -23,7 +23,7 @@ use crate::{
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
     session::{self, IntervalArgs},
-    stacks::{self, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stacks::{self, Evictor, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
@@ -131,7 +131,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
     }
-    let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
+    let mut counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
         ebpf.take_map("OFFCPU")
             .ok_or_else(|| anyhow!("OFFCPU map missing (build bug)"))?,
     )?;
@@ -139,7 +139,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         ebpf.take_map("START")
             .ok_or_else(|| anyhow!("START map missing (build bug)"))?,
     )?;
-    let stack_map = StackMap::take(&mut ebpf, "STACKS")?;
+    let mut stack_map = StackMap::take(&mut ebpf, "STACKS")?;
     let stats = StatsReader::take(&mut ebpf)?;
     let title = title(&args);
     eprintln!(
@@ -148,7 +148,6 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         scope(&args)
     );
 
-    let raw = |key: &OffcpuKey, value: u64| stack_map.raw(key, value);
     let mut symbols = Symbols::new().strip_tracing_frames();
     let mut out = Out::new();
     let json = args.common.output.json;
@@ -165,6 +164,9 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     let mut previous = Totals::new();
+    // In interval mode the keys of exited threads are deleted after each report (see profile's
+    // sample_loop and `Evictor`); the end-of-run flame graph gets their folded totals.
+    let mut evictor = Evictor::new(svg.is_some());
     let mut printed = 0u64;
     let mut since = Instant::now();
     loop {
@@ -181,12 +183,12 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
                 continue;
             }
         };
-        let current = snapshot(&counts);
+        let mut current = snapshot(&counts);
         let raws: Vec<RawStack> = current
             .iter()
             .filter_map(|(key, now)| {
                 let before = previous.get(key).map_or(0, |v| v.total_ns);
-                (now.total_ns > before).then(|| raw(key, now.total_ns - before))
+                (now.total_ns > before).then(|| stack_map.raw(key, now.total_ns - before))
             })
             .collect();
         let elapsed = since.elapsed();
@@ -195,17 +197,44 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
             report(&args, &raws, elapsed, &title, &mut symbols, &mut out);
         }
         out.flush();
-        previous = current;
         printed += 1;
-        if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
+        let last = stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c);
+        if args.interval.interval.is_some() && !last {
+            let due = evictor.due(current.keys());
+            if !due.is_empty() {
+                let raws: Vec<RawStack> = due
+                    .iter()
+                    .map(|k| stack_map.raw(k, current[k].total_ns))
+                    .collect();
+                evictor.retire(&mut symbols, &raws);
+                for key in &due {
+                    let _ = counts.remove(key);
+                    current.remove(key);
+                }
+                // The stacks of tasks blocked right now are still to be counted.
+                let remaining: Vec<OffcpuKey> = counts
+                    .keys()
+                    .flatten()
+                    .chain(blocked.iter().flatten().map(|(_, out)| out.key))
+                    .collect();
+                let dead = stacks::finish_eviction(&due, &remaining, &mut stack_map, &mut symbols);
+                warmed.retain(|(tgid, _)| !dead.contains(tgid));
+            }
+        }
+        previous = current;
+        if last {
             break;
         }
     }
 
     if let Some(svg) = svg {
-        let raws: Vec<RawStack> = previous.iter().map(|(k, v)| raw(k, v.total_ns)).collect();
+        let raws: Vec<RawStack> = previous
+            .iter()
+            .map(|(k, v)| stack_map.raw(k, v.total_ns))
+            .collect();
         let resolved = symbols.resolve_all(&raws);
-        svg.write(&stacks::folded(&resolved, Unit::Nanoseconds), &title, "us")?;
+        let lines = stacks::folded_with(evictor.take_folded(), &resolved, Unit::Nanoseconds);
+        svg.write(&lines, &title, "us")?;
     }
     symbols.report_unknown(TOOL);
     let end = stats.read();

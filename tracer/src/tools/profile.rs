@@ -34,7 +34,7 @@ use crate::{
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
     session::{self, IntervalArgs},
-    stacks::{self, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
@@ -339,16 +339,22 @@ fn ticker(interval: Option<Duration>) -> Option<tokio::time::Interval> {
 }
 
 /// Runs until stopped, calling `report` with the counts of each interval (or of the whole run);
-/// returns the totals of the whole run for the flame graph. Every second it symbolizes the user
-/// stacks it has not seen yet, while their processes still exist (short-lived processes would
-/// otherwise end up `[unknown]`); kernel frames wait until printed.
+/// returns the totals of the whole run for the flame graph: the keys still in the map, and the
+/// folded totals of the keys evicted on the way (kept only when `keep_totals`). Every second it
+/// symbolizes the user stacks it has not seen yet, while their processes still exist
+/// (short-lived processes would otherwise end up `[unknown]`); kernel frames wait until printed.
+///
+/// In interval mode, after each report the keys of exited threads are deleted (see `Evictor`),
+/// with the stacks only they used and the cached symbols of their processes, so that the maps
+/// and memory follow the live tasks. Without an interval the end report needs every key.
 async fn sample_loop(
-    sampler: &Sampler,
+    sampler: &mut Sampler,
     sample: &SampleArgs,
     symbols: &mut Symbols,
-    mut report: impl FnMut(&HashMap<SampleKey, u64>, Duration, &mut Symbols, &mut Out),
+    keep_totals: bool,
+    mut report: impl FnMut(&Sampler, &HashMap<SampleKey, u64>, Duration, &mut Symbols, &mut Out),
     out: &mut Out,
-) -> Result<HashMap<SampleKey, u64>> {
+) -> Result<(HashMap<SampleKey, u64>, HashMap<String, u64>)> {
     let stop = session::stop_requested(sample.common.duration.duration);
     tokio::pin!(stop);
     let mut ticker = ticker(sample.interval.interval);
@@ -356,6 +362,7 @@ async fn sample_loop(
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     let mut previous: HashMap<SampleKey, u64> = HashMap::new();
+    let mut evictor = Evictor::new(keep_totals);
     let mut printed = 0u64;
     let mut since = Instant::now();
     loop {
@@ -371,20 +378,36 @@ async fn sample_loop(
                 continue;
             }
         };
-        let current = sampler.snapshot();
+        let mut current = sampler.snapshot();
         let delta: HashMap<SampleKey, u64> =
             loader::increases(&current, &previous).into_iter().collect();
         let elapsed = since.elapsed();
         since = Instant::now();
         // The last partial interval is only printed if it saw something.
         if !stopped || sample.interval.interval.is_none() || !delta.is_empty() {
-            report(&delta, elapsed, symbols, out);
+            report(sampler, &delta, elapsed, symbols, out);
         }
         out.flush();
-        previous = current;
         printed += 1;
-        if stopped || out.closed() || sample.interval.count.is_some_and(|c| printed >= c) {
-            return Ok(previous);
+        let last = stopped || out.closed() || sample.interval.count.is_some_and(|c| printed >= c);
+        if sample.interval.interval.is_some() && !last {
+            let due = evictor.due(current.keys());
+            if !due.is_empty() {
+                let raws: Vec<RawStack> = due.iter().map(|k| sampler.raw(k, current[k])).collect();
+                evictor.retire(symbols, &raws);
+                for key in &due {
+                    let _ = sampler.counts.remove(key);
+                    current.remove(key);
+                }
+                let remaining: Vec<SampleKey> = sampler.counts.keys().flatten().collect();
+                let dead =
+                    stacks::finish_eviction(&due, &remaining, &mut sampler.stack_map, symbols);
+                warmed.retain(|(tgid, _)| !dead.contains(tgid));
+            }
+        }
+        previous = current;
+        if last {
+            return Ok((previous, evictor.take_folded()));
         }
     }
 }
@@ -508,7 +531,7 @@ async fn run_sampler(
         .map(SvgFile::create)
         .transpose()?;
     let softirq = profile.is_some_and(|p| p.softirq);
-    let sampler = Sampler::start(tool, sample, config, softirq)?;
+    let mut sampler = Sampler::start(tool, sample, config, softirq)?;
     let title = what_sampled(tool, profile, sample, sampler.event);
     eprintln!(
         "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
@@ -519,11 +542,12 @@ async fn run_sampler(
 
     let mut symbols = Symbols::new();
     let mut out = Out::new();
-    let totals = sample_loop(
-        &sampler,
+    let (totals, evicted) = sample_loop(
+        &mut sampler,
         sample,
         &mut symbols,
-        |counts, elapsed, symbols, out| {
+        svg.is_some(),
+        |sampler, counts, elapsed, symbols, out| {
             let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
             let resolved = stacks::merge(symbols.resolve_all(&raws));
             if sample.stacks.folded {
@@ -532,7 +556,7 @@ async fn run_sampler(
                 }
                 return;
             }
-            render(&sampler, &title, &resolved, elapsed, out);
+            render(sampler, &title, &resolved, elapsed, out);
         },
         &mut out,
     )
@@ -540,7 +564,8 @@ async fn run_sampler(
     if let Some(svg) = svg {
         let raws: Vec<RawStack> = totals.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
         let resolved = symbols.resolve_all(&raws);
-        svg.write(&stacks::folded(&resolved, Unit::Samples), &title, "samples")?;
+        let lines = stacks::folded_with(evicted, &resolved, Unit::Samples);
+        svg.write(&lines, &title, "samples")?;
     }
     symbols.report_unknown(tool);
     let end = sampler.report_losses(tool);
