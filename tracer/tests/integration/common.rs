@@ -488,22 +488,12 @@ impl Drop for Workload {
     }
 }
 
-/// Names of BPF programs currently loaded in the kernel (bpftool, else aya's listing).
+/// Names of BPF programs currently loaded in the kernel (bpftool).
 pub fn loaded_program_names() -> Vec<String> {
-    let out = output_within(
-        Command::new("bpftool").args(["prog", "show", "--json"]),
-        DEADLINE,
-    );
-    let Ok(out) = out else { return Vec::new() };
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json.as_array()
-        .map(|progs| {
-            progs
-                .iter()
-                .filter_map(|p| p["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    loaded_programs()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Fails if any program whose name starts with `prefix` is still loaded while no process
