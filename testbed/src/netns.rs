@@ -164,10 +164,24 @@ impl NetnsPair {
     /// A SYN flood from the client to `port` on the server at the fastest rate, stopped after
     /// `seconds` by `timeout` (hping3 --flood has no count), so it ends by itself.
     pub fn syn_flood(&self, port: u16, seconds: u32) -> Result<Flood> {
+        self.syn_flood_on(port, seconds, None)
+    }
+
+    /// `syn_flood` with hping3 pinned to `cpu`: with veth, the receive side's softirqs run on
+    /// the sender's CPU, so pinning keeps the whole flood on one CPU and its rate steadier
+    /// (benchmarks compare rates).
+    pub fn syn_flood_on(&self, port: u16, seconds: u32, cpu: Option<u32>) -> Result<Flood> {
         let before = self.server_rx_packets()?;
         let started = Instant::now();
-        let out = self
-            .client_cmd("timeout")
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut cmd = self.client_cmd("taskset");
+                cmd.args(["-c", &cpu.to_string(), "timeout"]);
+                cmd
+            }
+            None => self.client_cmd("timeout"),
+        };
+        let out = cmd
             .args(["-s", "INT", &seconds.to_string(), "hping3", "-S", "-p"])
             .arg(port.to_string())
             .args(["--flood", "-q", &self.server_addr])

@@ -5,7 +5,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
@@ -27,7 +26,12 @@ tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
 #[unsafe(no_mangle)]
-static CONFIG: Global<ForkConfig> = Global::new(ForkConfig::DEFAULT);
+static CONFIG: ForkConfig = ForkConfig::DEFAULT;
+
+#[inline(always)]
+fn config() -> &'static ForkConfig {
+    tracer_ebpf::loader_global(&CONFIG)
+}
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -62,7 +66,7 @@ pub fn forksnoop_raw_tp(ctx: RawTracePointContext) -> i32 {
 pub fn forksnoop_tp(ctx: TracePointContext) -> i32 {
     // The classic record carries pids and comms only: no task pointer, so no thread group
     // and no task flags. A child of kthreadd is still known to be a kernel thread.
-    let offset = CONFIG.load().tp_child_pid_offset as usize;
+    let offset = config().tp_child_pid_offset as usize;
     // SAFETY: the offset comes from this tracepoint's format file and is inside the record.
     let Ok(pid) = (unsafe { ctx.read_at::<u32>(offset) }) else {
         bump(&STATS, STAT_READ_ERRORS);
@@ -94,7 +98,7 @@ fn on_fork_task(child: Task) -> i32 {
 
 #[inline(always)]
 fn on_fork(child: Child) -> i32 {
-    let config = CONFIG.load();
+    let config = config();
     // sched_process_fork fires in the forking task, so "current" is the parent.
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;

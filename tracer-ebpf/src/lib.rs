@@ -8,6 +8,18 @@ pub mod stacks;
 pub mod stats;
 pub mod task;
 
+/// A global the loader sets before load (`EbpfLoader::override_global` on a `#[no_mangle]`
+/// static in .rodata), to be read field by field. `aya_ebpf::Global::load` reads the whole
+/// struct with volatile loads, one per field on every run (and a copy on the 512-byte stack);
+/// through this reference a program loads only the fields it uses, and the verifier, which
+/// knows the frozen .rodata values, prunes the branches they rule out.
+#[inline(always)]
+pub fn loader_global<T>(global: &'static T) -> &'static T {
+    // black_box hides the initializer from the optimizer: the loader rewrites it.
+    // SAFETY: a valid pointer to a static.
+    unsafe { &*core::hint::black_box(global as *const T) }
+}
+
 /// Declares the program license (GPL: the helpers our tools need are GPL-only).
 #[macro_export]
 macro_rules! license {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext, Global,
+    EbpfContext,
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap, StackTrace},
@@ -29,7 +29,12 @@ tracer_ebpf::stats_map!();
 const PF_EXITING: u32 = 0x0000_0004;
 
 #[unsafe(no_mangle)]
-static CONFIG: Global<OffcpuConfig> = Global::new(OffcpuConfig::DEFAULT);
+static CONFIG: OffcpuConfig = OffcpuConfig::DEFAULT;
+
+#[inline(always)]
+fn config() -> &'static OffcpuConfig {
+    tracer_ebpf::loader_global(&CONFIG)
+}
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
@@ -72,7 +77,7 @@ fn on_switch<C: StackIdContext + EbpfContext>(ctx: &C, prev: Task, next: Task) -
 /// `prev` is still "current" here, so the helpers read its comm and stacks.
 #[inline(always)]
 fn switch_out<C: StackIdContext>(ctx: &C, prev: Task, now: u64) {
-    let config = CONFIG.load();
+    let config = config();
     let (Some(pid), Some(tgid), Some(task_flags)) = (prev.pid(), prev.tgid(), prev.flags()) else {
         bump(&STATS, STAT_READ_ERRORS);
         return;
@@ -139,7 +144,7 @@ fn switch_in(next: Task, now: u64) {
         return;
     };
     let _ = START.remove(&pid);
-    let config = CONFIG.load();
+    let config = config();
     let delta = now.saturating_sub(out.ts_ns);
     if delta < config.min_ns || delta > config.max_ns {
         return;

@@ -39,16 +39,13 @@ use tracer_ebpf::{stacks::stack_id, stats::bump};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-/// Set by the loader before load. Read through `config()`, field by field, instead of
-/// `Global::load` copying the whole struct onto the 512-byte stack.
+/// Set by the loader before load; read through `config()` (see `loader_global`).
 #[unsafe(no_mangle)]
 static CONFIG: ProbesConfig = ProbesConfig::DEFAULT;
 
 #[inline(always)]
 fn config() -> &'static ProbesConfig {
-    // black_box hides the initializer from the optimizer: the loader rewrites it.
-    // SAFETY: a valid pointer to a static.
-    unsafe { &*core::hint::black_box(&raw const CONFIG) }
+    tracer_ebpf::loader_global(&CONFIG)
 }
 
 #[map]

@@ -5,7 +5,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap, StackTrace},
@@ -26,7 +25,12 @@ tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
 #[unsafe(no_mangle)]
-static CONFIG: Global<ProfileConfig> = Global::new(ProfileConfig::DEFAULT);
+static CONFIG: ProfileConfig = ProfileConfig::DEFAULT;
+
+#[inline(always)]
+fn config() -> &'static ProfileConfig {
+    tracer_ebpf::loader_global(&CONFIG)
+}
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
@@ -40,7 +44,7 @@ static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[perf_event]
 pub fn profile_sample(ctx: PerfEventContext) -> u32 {
-    let config = CONFIG.load();
+    let config = config();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let pid = pid_tgid as u32;

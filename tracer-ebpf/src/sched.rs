@@ -13,7 +13,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    Global,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
@@ -36,7 +35,12 @@ tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
 #[unsafe(no_mangle)]
-static SCHED_CONFIG: Global<SchedConfig> = Global::new(SchedConfig::DEFAULT);
+static SCHED_CONFIG: SchedConfig = SchedConfig::DEFAULT;
+
+#[inline(always)]
+fn config() -> &'static SchedConfig {
+    tracer_ebpf::loader_global(&SCHED_CONFIG)
+}
 
 /// Task (or idle slot, see `start_key`) → bpf_ktime_get_ns of its wakeup / switch. LRU: a task
 /// that exits before being switched in must not leak an entry.
@@ -161,12 +165,12 @@ fn take_start(key: u32) -> Option<u64> {
 
 #[inline(always)]
 fn on_wakeup(task: Task) -> i32 {
-    let config = SCHED_CONFIG.load();
+    let config = config();
     let Some(pid) = task.pid() else {
         bump(&STATS, STAT_READ_ERRORS);
         return 0;
     };
-    if pid == 0 || !wanted(&config, task, pid) {
+    if pid == 0 || !wanted(config, task, pid) {
         return 0;
     }
     stamp(pid, now());
@@ -225,7 +229,7 @@ fn switch_raw(ctx: &RawTracePointContext) -> Switch {
 
 #[inline(always)]
 fn runqlat_switch(s: Switch) -> i32 {
-    let config = SCHED_CONFIG.load();
+    let config = config();
     let ts = now();
     let (Some(prev_pid), Some(next_pid)) = (s.prev.pid(), s.next.pid()) else {
         bump(&STATS, STAT_READ_ERRORS);
@@ -234,7 +238,7 @@ fn runqlat_switch(s: Switch) -> i32 {
     if prev_pid != 0 {
         if s.prev.state(config.state_offset) == Some(TASK_RUNNING) {
             // Preempted (still runnable): it goes straight back on the run queue.
-            if wanted(&config, s.prev, prev_pid) {
+            if wanted(config, s.prev, prev_pid) {
                 stamp(prev_pid, ts);
             }
         } else {
@@ -249,8 +253,8 @@ fn runqlat_switch(s: Switch) -> i32 {
     let Some(start) = take_start(next_pid) else {
         return 0;
     };
-    let key = hist_key(&config, s.next, next_pid);
-    hist_add(&config, &key, ts.saturating_sub(start));
+    let key = hist_key(config, s.next, next_pid);
+    hist_add(config, &key, ts.saturating_sub(start));
     0
 }
 
@@ -273,7 +277,7 @@ fn cpudist_wanted(config: &SchedConfig, task: Task, pid: u32) -> bool {
 
 #[inline(always)]
 fn cpudist_switch(s: Switch) -> i32 {
-    let config = SCHED_CONFIG.load();
+    let config = config();
     let ts = now();
     let (Some(prev_pid), Some(next_pid)) = (s.prev.pid(), s.next.pid()) else {
         bump(&STATS, STAT_READ_ERRORS);
@@ -289,10 +293,10 @@ fn cpudist_switch(s: Switch) -> i32 {
     // would cost more than the rest of the program.
     // SAFETY: plain u64 read from a map value.
     if let Some(start) = START.get_ptr(start_key(ending_pid)).map(|p| unsafe { *p }) {
-        let key = hist_key(&config, ending, ending_pid);
-        hist_add(&config, &key, ts.saturating_sub(start));
+        let key = hist_key(config, ending, ending_pid);
+        hist_add(config, &key, ts.saturating_sub(start));
     }
-    if cpudist_wanted(&config, starting, starting_pid) {
+    if cpudist_wanted(config, starting, starting_pid) {
         stamp(start_key(starting_pid), ts);
     }
     0
@@ -331,7 +335,7 @@ fn thread_record(key: &ThreadKey, task: Task) -> Option<*mut ThreadStats> {
 
 #[inline(always)]
 fn ktop_switch(s: Switch) -> i32 {
-    let config = SCHED_CONFIG.load();
+    let config = config();
     let ts = now();
     let cpu = cpu();
     let (Some(prev_pid), Some(next_pid)) = (s.prev.pid(), s.next.pid()) else {
@@ -426,7 +430,7 @@ fn on_work(function: u64) -> i32 {
 
 #[inline(always)]
 fn work_function(work: *const u8) -> i32 {
-    let offset = SCHED_CONFIG.load().work_func_offset as usize;
+    let offset = config().work_func_offset as usize;
     // SAFETY: bpf_probe_read_kernel validates the address.
     match unsafe { bpf_probe_read_kernel(work.wrapping_add(offset) as *const u64) } {
         Ok(function) => on_work(function),
@@ -449,7 +453,7 @@ pub fn ktop_work_raw(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint(category = "workqueue", name = "workqueue_execute_start")]
 pub fn ktop_work_tp(ctx: TracePointContext) -> i32 {
-    let offset = SCHED_CONFIG.load().tp_function_offset as usize;
+    let offset = config().tp_function_offset as usize;
     // SAFETY: the offset comes from this tracepoint's format file and is inside the record.
     match unsafe { ctx.read_at::<u64>(offset) } {
         Ok(function) => on_work(function),

@@ -1,6 +1,7 @@
 //! softirq-top's kernel side. Every hot program does one per-CPU array lookup (`CPU_STATE`,
-//! inlined by the verifier) and no atomics: softirq_entry stamps the start and who runs it,
-//! softirq_exit adds count and time to the running totals; sched_switch charges the time since
+//! inlined by the verifier) and no atomics: softirq_entry marks the vector and, for the
+//! softirqs chosen to be timed (all of them below a rate, see `CpuState`), stamps the start;
+//! softirq_exit adds count (and time) to the running totals; sched_switch charges the time since
 //! the previous switch to ksoftirqd when ksoftirqd was the task switched out. Optional parts
 //! (histograms, raise latency, NAPI polls, net_rx_action, stack samples) are their own programs
 //! or are switched off through `CONFIG` (a read-only global the verifier prunes on).
@@ -8,7 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext as _,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
@@ -26,9 +27,10 @@ use aya_ebpf::{
 use tracer_common::{
     hist::{LOG2_SLOTS, log2_slot},
     softirq_top::{
-        CTX_IDLE, CTX_KSOFTIRQD, CTX_SLOTS, CTX_TASK, CpuState, IFNAMSIZ, NAPI_ENTRIES,
-        NR_SOFTIRQS, NapiKey, NapiStats, NetRxAction, STACK_COUNTS_ENTRIES, STACK_TRACES_ENTRIES,
-        STACK_VEC_KSOFTIRQD, SoftirqConfig, StackKey, VEC_SLOTS, VecHist,
+        ADAPT_WINDOW_NS, CTX_IDLE, CTX_KSOFTIRQD, CTX_SLOTS, CTX_TASK, CpuState, IFNAMSIZ,
+        NAPI_ENTRIES, NR_SOFTIRQS, NapiKey, NapiStats, NetRxAction, STACK_COUNTS_ENTRIES,
+        STACK_TRACES_ENTRIES, STACK_VEC_KSOFTIRQD, SoftirqConfig, StackKey, VEC_SLOTS, VecHist,
+        time_shift_for,
     },
     stats::{STAT_MAP_FULL, STAT_READ_ERRORS},
 };
@@ -38,7 +40,12 @@ tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
 #[unsafe(no_mangle)]
-static CONFIG: Global<SoftirqConfig> = Global::new(SoftirqConfig::DEFAULT);
+static CONFIG: SoftirqConfig = SoftirqConfig::DEFAULT;
+
+#[inline(always)]
+fn config() -> &'static SoftirqConfig {
+    tracer_ebpf::loader_global(&CONFIG)
+}
 
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -77,21 +84,17 @@ fn now() -> u64 {
 
 #[inline(always)]
 fn hist_value(ns: u64) -> u64 {
-    if CONFIG.load().hist_ns != 0 {
-        ns
-    } else {
-        ns / 1000
-    }
+    if config().hist_ns != 0 { ns } else { ns / 1000 }
 }
 
 #[inline(always)]
-fn record(map: &PerCpuArray<VecHist>, index: u32, value: u64) {
+fn record(map: &PerCpuArray<VecHist>, index: u32, value: u64, weight: u64) {
     let slot = log2_slot(value) as usize;
     if let Some(hist) = map.get_ptr_mut(index)
         && slot < LOG2_SLOTS
     {
         // SAFETY: per-CPU value from a successful lookup; slot bounds-checked.
-        unsafe { (*hist).slots[slot] += 1 };
+        unsafe { (*hist).slots[slot] += weight };
     }
 }
 
@@ -120,31 +123,43 @@ pub fn softirq_entry_tp(ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn tp_vec(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: the offset comes from the tracepoint's format file.
-    let vec = unsafe { ctx.read_at::<u32>(CONFIG.load().tp_vec_offset as usize) };
+    let vec = unsafe { ctx.read_at::<u32>(config().tp_vec_offset as usize) };
     if vec.is_err() {
         bump(&STATS, STAT_READ_ERRORS);
     }
     vec.ok()
 }
 
+/// Whether this softirq is timed: always while the CPU's `time_shift` is 0, else with
+/// probability 1/2^shift (xorshift32: a few ALU operations, no helper call).
+#[inline(always)]
+fn draw(state: &mut CpuState) -> bool {
+    let shift = state.time_shift;
+    if shift == 0 {
+        return true;
+    }
+    let mut x = state.rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    state.rng = x;
+    x & ((1u32 << (shift & 31)) - 1) == 0
+}
+
 #[inline(always)]
 fn on_entry(vec: u32) -> i32 {
     let Some(state) = state() else { return 0 };
-    let ts = now();
-    let pid = bpf_get_current_pid_tgid() as u32;
-    state.ctx = if pid == 0 {
-        CTX_IDLE as u32
-    } else if pid == state.ksoftirqd_pid {
-        CTX_KSOFTIRQD as u32
-    } else {
-        CTX_TASK as u32
-    };
-    state.entry_ns = ts;
     state.vec = vec + 1;
-    if CONFIG.load().latency_hist != 0 {
+    let latency = config().latency_hist != 0;
+    let timed = draw(state);
+    // --latency needs the clock at every entry (it measures raise → entry).
+    let ts = if timed || latency { now() } else { 0 };
+    state.entry_ns = if timed { ts } else { 0 };
+    state.entry_shift = state.time_shift;
+    if latency {
         let raised = &mut state.raised_ns[vec as usize & (VEC_SLOTS - 1)];
         if *raised != 0 && ts > *raised {
-            record(&LATENCY_HIST, vec, hist_value(ts - *raised));
+            record(&LATENCY_HIST, vec, hist_value(ts - *raised), 1);
         }
         *raised = 0;
     }
@@ -176,23 +191,55 @@ pub fn softirq_exit_tp(ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn on_exit(vec: u32) -> i32 {
     let Some(state) = state() else { return 0 };
-    let start = state.entry_ns;
     let served = state.vec;
-    state.entry_ns = 0;
+    let start = state.entry_ns;
     state.vec = 0;
+    state.entry_ns = 0;
     // An exit without its entry (we attached in the middle of a softirq) is not counted.
-    if start == 0 || served != vec + 1 {
+    if served != vec + 1 {
         return 0;
     }
-    let delta = now().saturating_sub(start);
-    let ctx = state.ctx as usize & (CTX_SLOTS - 1);
-    let counters = &mut state.vecs[vec as usize & (VEC_SLOTS - 1)];
-    counters.count[ctx] += 1;
-    counters.time_ns[ctx] += delta;
-    if CONFIG.load().runtime_hist != 0 {
-        record(&RUNTIME_HIST, vec, hist_value(delta));
+    // Same task as at entry: softirqs do not migrate or sleep.
+    let pid = bpf_get_current_pid_tgid() as u32;
+    let ctx = if pid == 0 {
+        CTX_IDLE
+    } else if pid == state.ksoftirqd_pid {
+        CTX_KSOFTIRQD
+    } else {
+        CTX_TASK
+    };
+    state.vecs[vec as usize & (VEC_SLOTS - 1)].count[ctx & (CTX_SLOTS - 1)] += 1;
+    state.window_count += 1;
+    if start == 0 {
+        return 0;
+    }
+    let ts = now();
+    let shift = state.entry_shift & 31;
+    let delta = ts.saturating_sub(start);
+    state.vecs[vec as usize & (VEC_SLOTS - 1)].time_ns[ctx & (CTX_SLOTS - 1)] += delta << shift;
+    state.timed += 1;
+    if config().runtime_hist != 0 {
+        record(&RUNTIME_HIST, vec, hist_value(delta), 1 << shift);
+    }
+    let budget = config().timed_per_sec;
+    if budget != 0 {
+        adapt(state, ts, budget as u64);
     }
     0
+}
+
+/// Once per `ADAPT_WINDOW_NS`: the smallest `time_shift` that keeps this CPU's timed
+/// softirqs within `budget` a second at the rate of the window just ended.
+#[inline(always)]
+fn adapt(state: &mut CpuState, ts: u64, budget: u64) {
+    let elapsed = ts.saturating_sub(state.window_start_ns);
+    if elapsed < ADAPT_WINDOW_NS {
+        return;
+    }
+    let shift = time_shift_for(state.window_count, elapsed, budget);
+    state.time_shift = shift;
+    state.window_start_ns = ts;
+    state.window_count = 0;
 }
 
 // ---- softirq_raise (--latency) --------------------------------------------------------------
@@ -283,7 +330,7 @@ pub fn napi_poll_raw(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint(category = "napi", name = "napi_poll")]
 pub fn napi_poll_tp(ctx: TracePointContext) -> i32 {
-    let config = CONFIG.load();
+    let config = config();
     // SAFETY: offsets from the tracepoint's format file.
     let fields = unsafe {
         (
@@ -309,7 +356,7 @@ pub fn napi_poll_tp(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_napi_struct(napi: *const u8, work: i32, budget: i32) -> i32 {
-    let config = CONFIG.load();
+    let config = config();
     let mut key = NapiKey { dev: [0; IFNAMSIZ] };
     // SAFETY: bpf_probe_read_kernel checks the address.
     let Ok(dev) = (unsafe {
@@ -417,7 +464,7 @@ fn net_rx_action_return() -> i32 {
 #[perf_event]
 pub fn softirq_stacks(ctx: PerfEventContext) -> u32 {
     let Some(state) = state() else { return 0 };
-    let config = CONFIG.load();
+    let config = config();
     let vec = if state.vec != 0 {
         state.vec - 1
     } else if config.stacks_ksoftirqd != 0

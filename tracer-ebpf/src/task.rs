@@ -1,18 +1,23 @@
 //! Reading `task_struct` members without CO-RE: offsets come from the `TASK_OFFSETS` global,
 //! which the loader fills from the running kernel's BTF.
 
-use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::task::TaskOffsets;
 
 #[unsafe(no_mangle)]
-pub static TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets {
+pub static TASK_OFFSETS: TaskOffsets = TaskOffsets {
     flags: 0,
     pid: 0,
     tgid: 0,
     real_parent: 0,
     comm: 0,
     _reserved: 0,
-});
+};
+
+#[inline(always)]
+fn offsets() -> &'static TaskOffsets {
+    crate::loader_global(&TASK_OFFSETS)
+}
 
 /// A kernel `task_struct *`.
 #[derive(Clone, Copy)]
@@ -32,23 +37,23 @@ impl Task {
 
     #[inline(always)]
     pub fn pid(self) -> Option<u32> {
-        self.read(TASK_OFFSETS.load().pid)
+        self.read(offsets().pid)
     }
 
     #[inline(always)]
     pub fn tgid(self) -> Option<u32> {
-        self.read(TASK_OFFSETS.load().tgid)
+        self.read(offsets().tgid)
     }
 
     #[inline(always)]
     pub fn flags(self) -> Option<u32> {
-        self.read(TASK_OFFSETS.load().flags)
+        self.read(offsets().flags)
     }
 
     /// `task_struct::comm` (NUL-padded).
     #[inline(always)]
     pub fn comm(self) -> Option<[u8; tracer_common::TASK_COMM_LEN]> {
-        self.read(TASK_OFFSETS.load().comm)
+        self.read(offsets().comm)
     }
 
     /// `task_struct::__state` (0 = TASK_RUNNING); its offset is not in `TaskOffsets`, so the

@@ -59,6 +59,11 @@ pub fn tests() -> Vec<Trial> {
             FLOOD,
             syn_flood_net_rx_dominant,
         ),
+        trial(
+            "softirq_top::sampled_times_match_exact",
+            FLOOD,
+            sampled_times_match_exact,
+        ),
         trial("softirq_top::syn_flood_stacks", FLOOD, syn_flood_stacks),
         trial(
             "softirq_top::net_rx_action_timed_where_allowed",
@@ -246,7 +251,8 @@ fn each_attach_mechanism() -> Result<(), Failed> {
 
 /// -D and -L: every exit lands in the run-time histogram, and latencies are recorded.
 fn histograms_count_every_entry() -> Result<(), Failed> {
-    let (records, ..) = around(&["-D", "-L", "0.5"], || {
+    // --exact: a busy CPU would otherwise time (and histogram) a weighted sample.
+    let (records, ..) = around(&["--exact", "-D", "-L", "0.5"], || {
         std::thread::sleep(Duration::from_secs(2));
         Ok(())
     })?;
@@ -439,6 +445,71 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     ensure(first["net"]["net_rx_action"]["source"].is_string(), || {
         format!("net_rx_action source missing: {first}")
     })?;
+    Ok(())
+}
+
+/// The default (sampled) timing against --exact, both attached through the same flood: the
+/// counts are exact in both, the estimated NET_RX time is within a few % of the measured one,
+/// and where a CPU served more softirqs a second than the timing budget, sampling did engage.
+fn sampled_times_match_exact() -> Result<(), Failed> {
+    let net = NetnsPair::create("sx")?;
+    let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
+    let exact = start(&["softirq-top", "--json", "--exact", "1"])?;
+    let sampled = start(&["softirq-top", "--json", "1"])?;
+    let sent = flood(&net, 5)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let sampled = sampled.stop(libc::SIGINT)?.ok()?.json()?;
+    let exact = exact.stop(libc::SIGINT)?.ok()?.json()?;
+    ensure(sent > 2000, || format!("hping3 sent only {sent} packets"))?;
+    let (count_s, count_e) = (
+        summed(&sampled, "NET_RX", "count"),
+        summed(&exact, "NET_RX", "count"),
+    );
+    // Both windows hold the whole flood; they differ by the softirqs of the moments between
+    // the two tools' starts and stops.
+    ensure(within(count_s, count_e, 2.0, 50), || {
+        format!("NET_RX count: sampled run {count_s}, exact run {count_e}")
+    })?;
+    let (time_s, time_e) = (
+        summed(&sampled, "NET_RX", "time_us"),
+        summed(&exact, "NET_RX", "time_us"),
+    );
+    // Each tool's measured softirqs also hold the other's programs (~0.1 us of ~4 us).
+    ensure(within(time_s, time_e, 8.0, 2_000), || {
+        format!("NET_RX time: estimated {time_s} us, measured (--exact) {time_e} us")
+    })?;
+    ensure(
+        intervals(&exact).iter().all(|i| i["timed_pct"] == 100.0),
+        || "--exact left softirqs untimed".into(),
+    )?;
+    // The busiest CPU's softirqs per second in the busiest interval.
+    let busiest = intervals(&sampled)
+        .iter()
+        .flat_map(|i| {
+            let seconds = i["interval_s"].as_f64().unwrap_or(1.0).max(0.01);
+            i["total"]["per_cpu"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |c| c["count"].as_f64().unwrap_or(0.0) / seconds)
+        })
+        .fold(0.0, f64::max);
+    let least_timed = intervals(&sampled)
+        .iter()
+        .filter_map(|i| i["timed_pct"].as_f64())
+        .fold(100.0, f64::min);
+    // Budget 8192 timed a second per CPU; twice that leaves no doubt sampling engaged.
+    if busiest > 16_384.0 {
+        ensure(least_timed < 75.0, || {
+            format!("{busiest:.0} softirqs/s on one CPU, yet {least_timed}% were timed")
+        })?;
+    } else {
+        println!(
+            "    (at most {busiest:.0} softirqs/s per CPU here: below the timing budget, every \
+             softirq timed in both runs)"
+        );
+    }
     Ok(())
 }
 

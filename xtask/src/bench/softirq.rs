@@ -1,6 +1,7 @@
-//! softirq benchmark: a SYN flood (hping3 --flood, bounded by `timeout`) from one network
-//! namespace to nginx in another, over a veth pair we create. Phases of equal length:
-//! nothing attached, `tracer softirq-top`, libbpf-tools `softirqs`, in rotated rounds.
+//! softirq benchmark: a SYN flood (hping3 --flood, bounded by `timeout`, pinned to the last
+//! CPU) from one network namespace to nginx in another, over a veth pair we create. Phases of
+//! equal length: nothing attached, `tracer softirq-top` (default: sampled timing),
+//! `tracer softirq-top --exact`, libbpf-tools `softirqs`, in rotated rounds.
 //! For each phase: packets/s the server received (veth rx_packets), and — with
 //! kernel.bpf_stats_enabled — run_time_ns / run_cnt of every BPF program the tool loaded
 //! (bpftool prog show), so the per-event kernel cost is compared under the same load.
@@ -18,12 +19,15 @@ use super::common::median;
 use crate::util::release_bin;
 use testbed::{netns::NetnsPair, nginx::Nginx};
 
-const FLOOD_SECS: u32 = 4;
-const ROUNDS: usize = 5;
+const FLOOD_SECS: u32 = 5;
+/// The untraced flood rate varies by a few % between rounds on these VMs; medians of 9
+/// paired rounds resolve differences of about 1 %.
+const ROUNDS: usize = 9;
 /// `Phase::round` of the flood run with bpf_stats on, for per-event costs only.
 const COST_ROUND: usize = usize::MAX;
 const UNTRACED: &str = "no tracing";
 const OURS: &str = "tracer softirq-top";
+const OURS_EXACT: &str = "tracer softirq-top --exact";
 const THEIRS: &str = "libbpf-tools softirqs";
 const LIBBPF_SOFTIRQS: &str = "/usr/sbin/softirqs";
 
@@ -31,21 +35,28 @@ const LIBBPF_SOFTIRQS: &str = "/usr/sbin/softirqs";
 struct Net {
     pair: NetnsPair,
     _nginx: Nginx,
+    /// The CPU hping3 runs on (and with it the receive path's softirqs).
+    cpu: u32,
 }
 
 impl Net {
     fn create() -> Result<Self> {
         let pair = NetnsPair::create("bench")?;
         let nginx = Nginx::start(Some(&pair.server), &pair.server_addr, 80)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         Ok(Self {
             pair,
             _nginx: nginx,
+            cpu: cpus - 1,
         })
     }
 
     /// Floods for FLOOD_SECS; returns packets/s received by the server.
     fn flood(&self) -> Result<f64> {
-        Ok(self.pair.syn_flood(80, FLOOD_SECS)?.received_pps())
+        Ok(self
+            .pair
+            .syn_flood_on(80, FLOOD_SECS, Some(self.cpu))?
+            .received_pps())
     }
 }
 
@@ -139,6 +150,16 @@ fn phase_with(name: &'static str, net: &Net, mut cmd: Command) -> Result<Phase> 
     })
 }
 
+/// `tracer softirq-top` as the setup `name` runs it.
+fn ours(tracer: &std::path::Path, name: &str) -> Command {
+    let mut cmd = Command::new(tracer);
+    cmd.args(["softirq-top", "-b", "1"]);
+    if name == OURS_EXACT {
+        cmd.arg("--exact");
+    }
+    cmd
+}
+
 fn per_event(progs: &BTreeMap<String, (u64, u64)>, prefix: &str) -> Option<(f64, u64)> {
     let (t, c) = progs
         .iter()
@@ -167,26 +188,22 @@ pub fn run() -> Result<()> {
     // clock reads per program run, which no user pays. One more flood per tool with it on
     // gives the per-event cost.
     std::fs::write(stats_path, "0").context("cannot set bpf_stats_enabled")?;
-    let result = (|| -> Result<Vec<Phase>> {
+    let result = (|| -> Result<(Vec<Phase>, u32)> {
         let net = Net::create()?;
         let mut phases = Vec::new();
         // Rounds of every setup, rotated each round, so that drift of the flood rate over the run
         // (other load, caches, the CPU's clock) falls on every setup alike; the pps loss is the
         // median of per-round ratios against that round's untraced flood.
         let setups: Vec<&str> = if std::path::Path::new(LIBBPF_SOFTIRQS).exists() {
-            vec![UNTRACED, OURS, THEIRS]
+            vec![UNTRACED, OURS, OURS_EXACT, THEIRS]
         } else {
-            vec![UNTRACED, OURS]
+            vec![UNTRACED, OURS, OURS_EXACT]
         };
         for round in 0..ROUNDS {
             for i in 0..setups.len() {
                 let name = setups[(i + round) % setups.len()];
                 let phase = match name {
-                    OURS => {
-                        let mut ours = Command::new(&tracer);
-                        ours.args(["softirq-top", "-b", "1"]);
-                        phase_with(OURS, &net, ours)?
-                    }
+                    OURS | OURS_EXACT => phase_with(name, &net, ours(&tracer, name))?,
                     THEIRS => {
                         let mut theirs = Command::new(LIBBPF_SOFTIRQS);
                         theirs.args(["1"]);
@@ -203,12 +220,12 @@ pub fn run() -> Result<()> {
             }
         }
         std::fs::write(stats_path, "1").context("cannot enable bpf_stats")?;
-        let mut ours = Command::new(&tracer);
-        ours.args(["softirq-top", "-b", "1"]);
-        phases.push(Phase {
-            round: COST_ROUND,
-            ..phase_with(OURS, &net, ours)?
-        });
+        for name in [OURS, OURS_EXACT] {
+            phases.push(Phase {
+                round: COST_ROUND,
+                ..phase_with(name, &net, ours(&tracer, name))?
+            });
+        }
         if setups.contains(&THEIRS) {
             let mut theirs = Command::new(LIBBPF_SOFTIRQS);
             theirs.args(["1"]);
@@ -217,10 +234,10 @@ pub fn run() -> Result<()> {
                 ..phase_with(THEIRS, &net, theirs)?
             });
         }
-        Ok(phases)
+        Ok((phases, net.cpu))
     })();
     let _ = std::fs::write(stats_path, old_stats.trim());
-    let phases = result?;
+    let (phases, flood_cpu) = result?;
 
     let untraced: BTreeMap<usize, f64> = phases
         .iter()
@@ -228,10 +245,11 @@ pub fn run() -> Result<()> {
         .map(|p| (p.round, p.pps))
         .collect();
     println!(
-        "SYN flood (hping3 --flood over veth to nginx, 2 namespaces): {ROUNDS} rounds of {FLOOD_SECS} s per setup, order rotated"
+        "SYN flood (hping3 --flood over veth to nginx, 2 namespaces, hping3 on CPU {}): {ROUNDS} rounds of {FLOOD_SECS} s per setup, order rotated",
+        flood_cpu
     );
     println!(
-        "{:<24} {:>12} {:>21} {:>12} {:>16} {:>14} {:>16}",
+        "{:<28} {:>12} {:>21} {:>12} {:>16} {:>14} {:>16}",
         "SETUP", "RX PPS", "MIN-MAX", "PPS VS NONE", "NS/SOFTIRQ", "SOFTIRQS", "NS/SCHED_SWITCH"
     );
     let mut names: Vec<&str> = Vec::new();
@@ -272,7 +290,7 @@ pub fn run() -> Result<()> {
         let min = pps.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = pps.iter().cloned().fold(0.0, f64::max);
         println!(
-            "{:<24} {:>12.0} {:>21} {:>11.1}% {:>16} {:>14} {:>16}",
+            "{:<28} {:>12.0} {:>21} {:>11.1}% {:>16} {:>14} {:>16}",
             name,
             median(pps),
             format!("{min:.0}-{max:.0}"),
