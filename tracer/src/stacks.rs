@@ -680,8 +680,44 @@ impl Evictor {
         grown
     }
 
+    /// After a round's report in interval mode: deletes the keys due (see the type's doc) with
+    /// `delete` (a lookup-and-delete returning what the key held then), keeps their totals when
+    /// asked to, then deletes the stack ids only they used and keeps only the cached names that
+    /// keys still to be reported use. `remaining` returns the keys in the map, read after the
+    /// deletes (a key stored since the snapshot may use a stack of a deleted one), plus any
+    /// the tool still needs (offcputime: those of tasks blocked now); `prefetched`, the
+    /// (process, user stack) pairs symbolized ahead, follows them, since the names of the
+    /// others may be gone from the cache.
+    pub fn evict(
+        &mut self,
+        stack_map: &mut StackMap,
+        symbols: &mut Symbols,
+        prefetched: &mut HashSet<(u32, i32)>,
+        mut delete: impl FnMut(&TaskStackKey) -> Result<Option<u64>>,
+        remaining: impl FnOnce() -> Vec<TaskStackKey>,
+    ) -> Result<()> {
+        let due = self.due();
+        let mut raws = Vec::with_capacity(due.len());
+        for key in &due {
+            let held = delete(key)?;
+            raws.push(stack_map.raw(key, self.deleted(key, held)));
+        }
+        self.retire(symbols, &raws);
+        let dropped: Vec<TaskStackKey> =
+            due.iter().chain(&self.reported_carried).copied().collect();
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let mut remaining = remaining();
+        remaining.extend(self.carried.keys().copied());
+        finish_eviction(&dropped, &remaining, stack_map, symbols);
+        let live: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
+        prefetched.retain(|pair| live.contains(pair));
+        Ok(())
+    }
+
     /// The keys to delete after this round's report (see the type's doc).
-    pub fn due(&mut self) -> Vec<TaskStackKey> {
+    fn due(&mut self) -> Vec<TaskStackKey> {
         let mut gone: HashMap<(u32, u32), bool> = HashMap::new();
         let mut due = Vec::new();
         let mut marked = HashSet::new();
@@ -709,7 +745,7 @@ impl Evictor {
     /// Records that `key` was deleted holding `value` then (None: it was not in the map any
     /// more); returns the key's total, for `retire`. What it gained since this round's snapshot
     /// goes into the next round.
-    pub fn deleted(&mut self, key: &TaskStackKey, value: Option<u64>) -> u64 {
+    fn deleted(&mut self, key: &TaskStackKey, value: Option<u64>) -> u64 {
         let seen = self.previous.remove(key).unwrap_or(0);
         self.idle.remove(key);
         let value = value.unwrap_or(seen);
@@ -719,19 +755,8 @@ impl Evictor {
         value
     }
 
-    /// Keys whose gain is carried into the next round: their stacks and names are still needed.
-    pub fn carried(&self) -> impl Iterator<Item = &TaskStackKey> {
-        self.carried.keys()
-    }
-
-    /// Keys not in the map that the last round reported a carried gain of: their stacks can
-    /// go, like those of deleted keys (unless a key in the map uses them).
-    pub fn reported_carried(&self) -> &[TaskStackKey] {
-        &self.reported_carried
-    }
-
     /// Keeps the totals of deleted keys (when kept), symbolized now.
-    pub fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
+    fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
         if let Some(folded) = self.folded.as_mut() {
             for stack in symbols.resolve_all(raws) {
                 *folded.entry(folded_frames(&stack)).or_default() += stack.value;
@@ -748,19 +773,15 @@ impl Evictor {
 
 /// The rest of an eviction round, once keys are out of the map. `dropped`: the keys deleted
 /// (and those whose carried gain was just reported); `remaining`: every key that can still be
-/// reported, read after the deletes (the keys in the map, those carried to the next round, and
-/// for offcputime the keys of tasks blocked now). Deletes the stack ids only dropped keys used,
-/// keeps the cached names of the addresses remaining keys use (see `Symbols::retain`), and
-/// forgets what is cached for the processes that are gone and have no remaining key.
-pub fn finish_eviction(
+/// reported. Deletes the stack ids only dropped keys used, keeps the cached names of the
+/// addresses remaining keys use (see `Symbols::retain`), and forgets what is cached for the
+/// processes that are gone and have no remaining key.
+fn finish_eviction(
     dropped: &[TaskStackKey],
     remaining: &[TaskStackKey],
     stack_map: &mut StackMap,
     symbols: &mut Symbols,
 ) {
-    if dropped.is_empty() {
-        return;
-    }
     stack_map.remove_unreferenced(
         dropped.iter().flat_map(|k| [k.kstack, k.ustack]),
         remaining.iter().flat_map(|k| [k.kstack, k.ustack]),
@@ -968,13 +989,13 @@ mod tests {
         assert_eq!(evictor.due(), vec![cold]);
         // The delete found 4: one sample landed after the snapshot.
         assert_eq!(evictor.deleted(&cold, Some(4)), 4);
-        assert_eq!(evictor.carried().collect::<Vec<_>>(), vec![&cold]);
+        assert_eq!(evictor.carried.keys().collect::<Vec<_>>(), vec![&cold]);
         // The key came back with 2 more: reported with the carried one.
         let grown = round(&mut evictor, &[(hot, 7), (cold, 2)]);
         assert_eq!(grown.get(&cold), Some(&3));
         assert_eq!(grown.get(&hot), None);
-        assert_eq!(evictor.reported_carried(), &[cold]);
-        assert_eq!(evictor.carried().count(), 0);
+        assert_eq!(evictor.reported_carried, vec![cold]);
+        assert!(evictor.carried.is_empty());
         assert_eq!(evictor.evicted_idle, 1);
         // Every count reported once: 7 + 4 deleted + 2 in the map again.
         assert_eq!(reported, 7 + 4 + 2);

@@ -197,31 +197,26 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
             break;
         }
         if args.interval.interval.is_some() {
-            let due = evictor.due();
-            let mut raws = Vec::with_capacity(due.len());
-            for key in &due {
-                let held =
-                    loader::lookup_and_delete_per_cpu::<OffcpuKey, OffcpuValue>(counts.map(), key)?
-                        .map(|per_cpu| per_cpu.iter().map(|v| v.total_ns).sum());
-                raws.push(stack_map.raw(key, evictor.deleted(key, held)));
-            }
-            evictor.retire(&mut symbols, &raws);
-            let dropped: Vec<OffcpuKey> = due
-                .iter()
-                .chain(evictor.reported_carried())
-                .copied()
-                .collect();
-            // Read after the deletes (see profile's `evict`); the stacks of tasks blocked right
-            // now are still to be counted.
-            let remaining: Vec<OffcpuKey> = counts
-                .keys()
-                .flatten()
-                .chain(evictor.carried().copied())
-                .chain(blocked.iter().flatten().map(|(_, out)| out.key))
-                .collect();
-            stacks::finish_eviction(&dropped, &remaining, &mut stack_map, &mut symbols);
-            let live: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
-            warmed.retain(|pair| live.contains(pair));
+            evictor.evict(
+                &mut stack_map,
+                &mut symbols,
+                &mut warmed,
+                |key| {
+                    let held = loader::lookup_and_delete_per_cpu::<OffcpuKey, OffcpuValue>(
+                        counts.map(),
+                        key,
+                    )?;
+                    Ok(held.map(|per_cpu| per_cpu.iter().map(|v| v.total_ns).sum()))
+                },
+                // The stacks of tasks blocked right now are still to be counted.
+                || {
+                    counts
+                        .keys()
+                        .flatten()
+                        .chain(blocked.iter().flatten().map(|(_, out)| out.key))
+                        .collect()
+                },
+            )?;
         }
     }
     if args.common.verbose && args.interval.interval.is_some() {

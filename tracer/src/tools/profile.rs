@@ -393,7 +393,20 @@ async fn sample_loop(
             break;
         }
         if sample.interval.interval.is_some() {
-            evict(sampler, &mut evictor, symbols, &mut warmed)?;
+            let Sampler {
+                counts, stack_map, ..
+            } = &mut *sampler;
+            evictor.evict(
+                stack_map,
+                symbols,
+                &mut warmed,
+                |key| {
+                    let held =
+                        loader::lookup_and_delete_per_cpu::<SampleKey, u64>(counts.map(), key)?;
+                    Ok(held.map(|per_cpu| per_cpu.iter().sum()))
+                },
+                || counts.keys().flatten().collect(),
+            )?;
         }
     }
     if sample.common.verbose && sample.interval.interval.is_some() {
@@ -405,42 +418,6 @@ async fn sample_loop(
         );
     }
     Ok(evictor.totals())
-}
-
-/// One eviction round of `sample_loop`: deletes the keys `evictor` says are due, exactly (what
-/// they gained since the snapshot goes into the next report), then the stacks and names only
-/// they used.
-fn evict(
-    sampler: &mut Sampler,
-    evictor: &mut Evictor,
-    symbols: &mut Symbols,
-    warmed: &mut HashSet<(u32, i32)>,
-) -> Result<()> {
-    let due = evictor.due();
-    let mut raws = Vec::with_capacity(due.len());
-    for key in &due {
-        let held = loader::lookup_and_delete_per_cpu::<SampleKey, u64>(sampler.counts.map(), key)?
-            .map(|per_cpu| per_cpu.iter().sum());
-        raws.push(sampler.raw(key, evictor.deleted(key, held)));
-    }
-    evictor.retire(symbols, &raws);
-    let dropped: Vec<SampleKey> = due
-        .iter()
-        .chain(evictor.reported_carried())
-        .copied()
-        .collect();
-    // Read after the deletes: a key stored since the snapshot may use a stack of a deleted one.
-    let remaining: Vec<SampleKey> = sampler
-        .counts
-        .keys()
-        .flatten()
-        .chain(evictor.carried().copied())
-        .collect();
-    stacks::finish_eviction(&dropped, &remaining, &mut sampler.stack_map, symbols);
-    // Their names may be gone from the cache: prefetch them again should the key come back.
-    let live: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
-    warmed.retain(|pair| live.contains(pair));
-    Ok(())
 }
 
 fn what_sampled(
