@@ -115,58 +115,18 @@ pub fn increases<K: Copy + Eq + std::hash::Hash>(
 }
 
 /// Removes every key of a per-CPU hash map, returning what each held, one lookup-and-delete
-/// per key (BPF_MAP_LOOKUP_AND_DELETE_ELEM, Linux 5.14+, atomic per key): an increment made
-/// before the call is returned, one made after it starts a fresh key for the next drain. Only
-/// a program that looked the key up just before the delete and increments just after it (a
-/// window of nanoseconds) can lose its increment, as with BCC's read-and-clear. Interval modes
-/// drain instead of diffing snapshots, so keys of exited tasks or one-off values do not pile up
-/// until the map is full. aya 0.14 offers this operation only for queues and stacks.
+/// per key (see `lookup_and_delete_per_cpu`): an increment made before the call is returned,
+/// one made after it starts a fresh key for the next drain. Interval modes drain instead of
+/// diffing snapshots, so keys of exited tasks or one-off values do not pile up until the map
+/// is full.
 pub fn drain_per_cpu<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, Vec<V>)>> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-    /// `bpf_attr` for the map element commands.
-    #[repr(C)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value_or_next_key: u64,
-        flags: u64,
-    }
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
-    let call = |cmd: libc::c_long, key: *const K, out: *mut u8| -> std::io::Result<()> {
-        let attr = ElemAttr {
-            map_fd: fd,
-            _pad: 0,
-            key: key as u64,
-            value_or_next_key: out as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` is the kernel's layout for this command; `key` is null or points to a
-        // K, `out` to a buffer of the size the kernel writes (a K, or the per-CPU values).
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                &raw const attr,
-                size_of::<ElemAttr>() as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
     // Walk the keys first: deleting while walking would restart the walk.
     let mut keys: Vec<K> = Vec::new();
     let mut next = std::mem::MaybeUninit::<K>::uninit();
     let mut current: Option<K> = None;
     loop {
         let key_ptr = current.as_ref().map_or(std::ptr::null(), |k| k as *const K);
-        match call(BPF_MAP_GET_NEXT_KEY, key_ptr, next.as_mut_ptr().cast()) {
+        match map_elem_call(map, BPF_MAP_GET_NEXT_KEY, key_ptr, next.as_mut_ptr().cast()) {
             // SAFETY: the kernel wrote a whole key.
             Ok(()) => {
                 let key = unsafe { next.assume_init_read() };
@@ -177,31 +137,106 @@ pub fn drain_per_cpu<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, 
             Err(e) => return Err(anyhow!("cannot walk a map's keys: {e}")),
         }
     }
-    let cpus =
-        aya::util::nr_cpus().map_err(|(what, e)| anyhow!("cannot count CPUs ({what}): {e}"))?;
-    // Per-CPU values come back 8-byte aligned, one slot per possible CPU.
-    let stride = size_of::<V>().next_multiple_of(8);
-    let mut buffer = vec![0u8; stride * cpus];
     let mut drained = Vec::with_capacity(keys.len());
     for key in keys {
-        match call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &key, buffer.as_mut_ptr()) {
-            Ok(()) => {
-                let values = (0..cpus)
-                    // SAFETY: each slot holds a V written by the kernel; read unaligned.
-                    .map(|cpu| unsafe {
-                        std::ptr::read_unaligned(buffer[cpu * stride..].as_ptr().cast::<V>())
-                    })
-                    .collect();
-                drained.push((key, values));
-            }
-            // Gone meanwhile (another reader): nothing to report for it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(anyhow!(
-                    "cannot drain a map (lookup-and-delete needs Linux 5.14+): {e}"
-                ));
-            }
+        // None: gone meanwhile (another reader), nothing to report for it.
+        if let Some(values) = lookup_and_delete_per_cpu(map, &key)? {
+            drained.push((key, values));
         }
     }
     Ok(drained)
+}
+
+/// Removes `key` from a per-CPU hash map and returns what it held on each possible CPU (None
+/// when it is not there), with BPF_MAP_LOOKUP_AND_DELETE_ELEM (Linux 5.14+, atomic per key:
+/// the values are copied and the key unlinked under the bucket lock). An increment made before
+/// the call is in the values; one made after it creates the key afresh. Only a program that
+/// looked the key up just before the delete and increments just after it (a window of
+/// nanoseconds) can lose its increment, as with BCC's read-and-clear. aya 0.14 offers this
+/// operation only for queues and stacks.
+pub fn lookup_and_delete_per_cpu<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    key: &K,
+) -> Result<Option<Vec<V>>> {
+    let cpus = possible_cpus()?;
+    // Per-CPU values come back 8-byte aligned, one slot per possible CPU.
+    let stride = size_of::<V>().next_multiple_of(8);
+    let mut buffer = vec![0u8; stride * cpus];
+    match map_elem_call(
+        map,
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+        key,
+        buffer.as_mut_ptr(),
+    ) {
+        Ok(()) => Ok(Some(
+            (0..cpus)
+                // SAFETY: each slot holds a V written by the kernel; read unaligned.
+                .map(|cpu| unsafe {
+                    std::ptr::read_unaligned(buffer[cpu * stride..].as_ptr().cast::<V>())
+                })
+                .collect(),
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(anyhow!(
+            "cannot delete a map key (lookup-and-delete needs Linux 5.14+): {e}"
+        )),
+    }
+}
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// bpf(2) with `cmd`, one of the map element commands, on `map`: `key` is null or points to a
+/// K, `out` to a buffer of the size the kernel writes for `cmd` (a K for GET_NEXT_KEY, the
+/// per-CPU values for LOOKUP_AND_DELETE_ELEM).
+fn map_elem_call<K>(
+    map: &MapData,
+    cmd: libc::c_long,
+    key: *const K,
+    out: *mut u8,
+) -> std::io::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    /// `bpf_attr` for the map element commands.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value_or_next_key: u64,
+        flags: u64,
+    }
+    let attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: key as u64,
+        value_or_next_key: out as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the kernel's layout for these commands; the caller passes pointers to
+    // buffers of the sizes the kernel reads and writes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &raw const attr,
+            size_of::<ElemAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Possible CPUs (the slots of a per-CPU map value), read once.
+fn possible_cpus() -> Result<usize> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&cpus) = CPUS.get() {
+        return Ok(cpus);
+    }
+    let cpus =
+        aya::util::nr_cpus().map_err(|(what, e)| anyhow!("cannot count CPUs ({what}): {e}"))?;
+    Ok(*CPUS.get_or_init(|| cpus))
 }

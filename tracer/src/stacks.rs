@@ -72,6 +72,10 @@ pub enum Frames {
 /// A BPF stack-trace map (`BPF_MAP_TYPE_STACK_TRACE`).
 pub struct StackMap {
     map: StackTraceMap<MapData>,
+    /// Frames of ids this map deleted (`remove_unreferenced`), kept while some key still names
+    /// them: a kernel program can take an id just before its delete and store a key with it
+    /// just after (the stack is stored again only at its next hit).
+    deleted: HashMap<u32, Vec<u64>>,
 }
 
 impl StackMap {
@@ -82,6 +86,7 @@ impl StackMap {
             .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
         Ok(Self {
             map: StackTraceMap::try_from(map)?,
+            deleted: HashMap::new(),
         })
     }
 
@@ -92,7 +97,10 @@ impl StackMap {
             id if id < 0 => Frames::Lost(-id),
             id => match self.map.get(&(id as u32), 0) {
                 Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
-                Err(_) => Frames::Lost(libc::ENOENT),
+                Err(_) => match self.deleted.get(&(id as u32)) {
+                    Some(ips) => Frames::Ips(ips.clone()),
+                    None => Frames::Lost(libc::ENOENT),
+                },
             },
         }
     }
@@ -100,20 +108,31 @@ impl StackMap {
     /// Deletes the stack ids among `candidates` that no key in `referenced` uses any more (the
     /// stacks of evicted keys). A stack id is the hash bucket of the stack, so should a task hit
     /// the same stack again, `bpf_get_stackid` stores it again under the same id.
+    ///
+    /// `referenced` must be read after the keys were deleted. A key stored between that read
+    /// and the delete of one of its ids still resolves: the frames of deleted ids are kept until
+    /// a later call finds no key naming them.
     pub fn remove_unreferenced(
         &mut self,
         candidates: impl IntoIterator<Item = i32>,
         referenced: impl IntoIterator<Item = i32>,
     ) {
-        let mut candidates: HashSet<i32> = candidates.into_iter().filter(|&id| id >= 0).collect();
-        if candidates.is_empty() {
-            return;
-        }
-        for id in referenced {
-            candidates.remove(&id);
-        }
+        let referenced: HashSet<i32> = referenced.into_iter().filter(|&id| id >= 0).collect();
+        self.deleted
+            .retain(|&id, _| referenced.contains(&(id as i32)));
+        let candidates: HashSet<i32> = candidates
+            .into_iter()
+            .filter(|&id| id >= 0 && !referenced.contains(&id))
+            .collect();
         for id in candidates {
-            let _ = self.map.remove(&(id as u32));
+            let id = id as u32;
+            let Ok(trace) = self.map.get(&id, 0) else {
+                continue;
+            };
+            if self.map.remove(&id).is_ok() {
+                self.deleted
+                    .insert(id, trace.frames().iter().map(|f| f.ip).collect());
+            }
         }
     }
 
@@ -286,6 +305,15 @@ impl Symbols {
             self.symbolizer = Self::symbolizer();
             self.forgotten = 0;
         }
+    }
+
+    /// Keeps the cached names of these kernel and (process, user) addresses only: those the
+    /// stacks still in the maps use, so that in interval mode the caches follow what can still
+    /// be printed rather than every address a long run ever met. Dropped addresses of live
+    /// processes resolve again if they come back.
+    pub fn retain(&mut self, kernel: &HashSet<u64>, user: &HashSet<(u32, u64)>) {
+        self.kernel.retain(|addr, _| kernel.contains(addr));
+        self.user.retain(|key, _| user.contains(key));
     }
 
     fn symbolizer() -> Symbolizer {
@@ -575,46 +603,138 @@ pub fn thread_gone(tgid: u32, pid: u32) -> bool {
     pid != 0 && !Path::new(&format!("/proc/{tgid}/task/{pid}")).exists()
 }
 
-/// Retires the keys of exited threads from a cumulative per-task stack map (profile, kstacks,
-/// offcputime in interval mode), so the map holds the live tasks' keys instead of every task
-/// ever seen, with every count kept:
-/// - a key is deleted one round after its thread was first seen gone from /proc (so its last
-///   switch or sample, which can follow the /proc removal by a moment, is in the snapshot the
-///   round reported), and only if the thread is still gone (a reused tid keeps its key);
-/// - the counts of deleted keys are kept as folded stacks (`comm;frames` → value, symbolized
-///   at once from the names cached while the process lived), only when the end of the run needs
-///   totals (`--svg`): bounded by the distinct code paths, not by the tasks.
+/// Rounds a key of a live task may stay unchanged before interval mode evicts it. One round
+/// would tell idle keys from active ones too, but a task sampled less often than every
+/// interval (at 49 Hz, one using 1 % of a CPU with a 2 s interval) would have its keys deleted
+/// and created again all the time, each time paying a map insert in the kernel and a new
+/// symbolization; with two, keys hit at least every other interval stay, and the map holds
+/// what the last three intervals saw. More rounds only raise that level.
+pub const IDLE_ROUNDS: u32 = 2;
+
+/// Rounds of a cumulative per-task stack map (profile, kstacks, offcputime): what each round
+/// adds, and in interval mode the keys to delete so that the map, the stack map and the symbol
+/// caches follow recent activity instead of everything a long run saw:
+/// - keys of exited threads, one round after the thread was first seen gone from /proc (so its
+///   last switch or sample, which can follow the /proc removal by a moment, is in the snapshot
+///   the round reported), and only if the thread is still gone (a reused tid keeps its key);
+/// - keys of live tasks that did not change for `IDLE_ROUNDS` rounds.
+///
+/// Keys are deleted with lookup-and-delete (`loader::lookup_and_delete_per_cpu`), and what a
+/// key gained between the round's snapshot and its delete is carried into the next round, so
+/// every count is reported once. The totals of deleted keys are kept as folded stacks
+/// (`comm;frames` → value, symbolized at once from the names cached while the process lived)
+/// only when the end of the run needs them (`--svg`): bounded by the distinct code paths, not
+/// by the tasks or the rounds.
 pub struct Evictor {
+    /// The last snapshot: every key in the map and its value.
+    previous: HashMap<TaskStackKey, u64>,
+    /// Consecutive rounds each key of `previous` has not changed.
+    idle: HashMap<TaskStackKey, u32>,
     /// Keys whose thread was gone at the previous round.
     marked: HashSet<TaskStackKey>,
+    /// What deleted keys gained after the snapshot they were last reported from, for the next
+    /// round's report.
+    carried: HashMap<TaskStackKey, u64>,
+    /// Keys whose carried gain the last round reported (their stacks are no longer needed
+    /// unless the key came back).
+    reported_carried: Vec<TaskStackKey>,
     /// Folded totals of the deleted keys, when kept.
     folded: Option<HashMap<String, u64>>,
+    /// Keys deleted so far because their thread exited, and because they were idle.
+    pub evicted_exited: u64,
+    pub evicted_idle: u64,
 }
 
 impl Evictor {
     pub fn new(keep_totals: bool) -> Self {
         Self {
+            previous: HashMap::new(),
+            idle: HashMap::new(),
             marked: HashSet::new(),
+            carried: HashMap::new(),
+            reported_carried: Vec::new(),
             folded: keep_totals.then(HashMap::new),
+            evicted_exited: 0,
+            evicted_idle: 0,
         }
     }
 
-    /// Given the keys of this round's snapshot: those to delete now, and marks those whose
-    /// thread is gone now for the next round.
-    pub fn due<'a>(&mut self, keys: impl Iterator<Item = &'a TaskStackKey>) -> Vec<TaskStackKey> {
+    /// Takes this round's snapshot (the value of every key in the map) and returns what grew
+    /// since the previous one, with what was carried from deleted keys.
+    pub fn round(&mut self, current: HashMap<TaskStackKey, u64>) -> HashMap<TaskStackKey, u64> {
+        self.reported_carried = self.carried.keys().copied().collect();
+        let mut grown = std::mem::take(&mut self.carried);
+        let mut idle = HashMap::with_capacity(current.len());
+        for (key, &now) in &current {
+            let before = self.previous.get(key).copied().unwrap_or(0);
+            let rounds = if now > before {
+                *grown.entry(*key).or_default() += now - before;
+                0
+            } else {
+                self.idle.get(key).map_or(1, |n| n + 1)
+            };
+            idle.insert(*key, rounds);
+        }
+        self.previous = current;
+        self.idle = idle;
+        grown
+    }
+
+    /// After a round's report in interval mode: deletes the keys due (see the type's doc) with
+    /// `delete` (a lookup-and-delete returning what the key held then), keeps their totals when
+    /// asked to, then deletes the stack ids only they used and keeps only the cached names that
+    /// keys still to be reported use. `remaining` returns the keys in the map, read after the
+    /// deletes (a key stored since the snapshot may use a stack of a deleted one), plus any
+    /// the tool still needs (offcputime: those of tasks blocked now); `prefetched`, the
+    /// (process, user stack) pairs symbolized ahead, follows them, since the names of the
+    /// others may be gone from the cache.
+    pub fn evict(
+        &mut self,
+        stack_map: &mut StackMap,
+        symbols: &mut Symbols,
+        prefetched: &mut HashSet<(u32, i32)>,
+        mut delete: impl FnMut(&TaskStackKey) -> Result<Option<u64>>,
+        remaining: impl FnOnce() -> Vec<TaskStackKey>,
+    ) -> Result<()> {
+        let due = self.due();
+        let mut raws = Vec::with_capacity(due.len());
+        for key in &due {
+            let held = delete(key)?;
+            raws.push(stack_map.raw(key, self.deleted(key, held)));
+        }
+        self.retire(symbols, &raws);
+        let dropped: Vec<TaskStackKey> =
+            due.iter().chain(&self.reported_carried).copied().collect();
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let mut remaining = remaining();
+        remaining.extend(self.carried.keys().copied());
+        finish_eviction(&dropped, &remaining, stack_map, symbols);
+        let live: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
+        prefetched.retain(|pair| live.contains(pair));
+        Ok(())
+    }
+
+    /// The keys to delete after this round's report (see the type's doc).
+    fn due(&mut self) -> Vec<TaskStackKey> {
         let mut gone: HashMap<(u32, u32), bool> = HashMap::new();
         let mut due = Vec::new();
         let mut marked = HashSet::new();
-        for key in keys {
+        for key in self.previous.keys() {
             let is_gone = *gone
                 .entry((key.tgid, key.pid))
                 .or_insert_with(|| thread_gone(key.tgid, key.pid));
-            if !is_gone {
-                continue;
-            }
-            if self.marked.contains(key) {
+            let exited = is_gone && self.marked.contains(key);
+            let idle = self.idle.get(key).is_some_and(|&n| n >= IDLE_ROUNDS);
+            if exited || idle {
                 due.push(*key);
-            } else {
+                if is_gone {
+                    self.evicted_exited += 1;
+                } else {
+                    self.evicted_idle += 1;
+                }
+            } else if is_gone {
                 marked.insert(*key);
             }
         }
@@ -622,8 +742,21 @@ impl Evictor {
         due
     }
 
+    /// Records that `key` was deleted holding `value` then (None: it was not in the map any
+    /// more); returns the key's total, for `retire`. What it gained since this round's snapshot
+    /// goes into the next round.
+    fn deleted(&mut self, key: &TaskStackKey, value: Option<u64>) -> u64 {
+        let seen = self.previous.remove(key).unwrap_or(0);
+        self.idle.remove(key);
+        let value = value.unwrap_or(seen);
+        if value > seen {
+            *self.carried.entry(*key).or_default() += value - seen;
+        }
+        value
+    }
+
     /// Keeps the totals of deleted keys (when kept), symbolized now.
-    pub fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
+    fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
         if let Some(folded) = self.folded.as_mut() {
             for stack in symbols.resolve_all(raws) {
                 *folded.entry(folded_frames(&stack)).or_default() += stack.value;
@@ -631,38 +764,51 @@ impl Evictor {
         }
     }
 
-    /// The folded totals of the deleted keys (empty when not kept).
-    pub fn take_folded(&mut self) -> HashMap<String, u64> {
-        self.folded.take().unwrap_or_default()
+    /// The last snapshot (the keys still in the map), and the folded totals of the deleted keys
+    /// (empty when not kept); together, the totals of the whole run.
+    pub fn totals(self) -> (HashMap<TaskStackKey, u64>, HashMap<String, u64>) {
+        (self.previous, self.folded.unwrap_or_default())
     }
 }
 
-/// The rest of an eviction round, once `deleted` keys are out of the map and `remaining` lists
-/// every key still there (and, for offcputime, of the tasks blocked now): deletes the stack ids
-/// only deleted keys used, and forgets the cached symbols of the processes that are gone and
-/// have no remaining key. Returns those processes.
-pub fn finish_eviction(
-    deleted: &[TaskStackKey],
+/// The rest of an eviction round, once keys are out of the map. `dropped`: the keys deleted
+/// (and those whose carried gain was just reported); `remaining`: every key that can still be
+/// reported. Deletes the stack ids only dropped keys used, keeps the cached names of the
+/// addresses remaining keys use (see `Symbols::retain`), and forgets what is cached for the
+/// processes that are gone and have no remaining key.
+fn finish_eviction(
+    dropped: &[TaskStackKey],
     remaining: &[TaskStackKey],
     stack_map: &mut StackMap,
     symbols: &mut Symbols,
-) -> HashSet<u32> {
-    if deleted.is_empty() {
-        return HashSet::new();
-    }
+) {
     stack_map.remove_unreferenced(
-        deleted.iter().flat_map(|k| [k.kstack, k.ustack]),
+        dropped.iter().flat_map(|k| [k.kstack, k.ustack]),
         remaining.iter().flat_map(|k| [k.kstack, k.ustack]),
     );
+    let kernel_ids: HashSet<i32> = remaining.iter().map(|k| k.kstack).collect();
+    let user_ids: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
+    let mut kernel = HashSet::new();
+    for id in kernel_ids {
+        if let Frames::Ips(ips) = stack_map.frames(id) {
+            kernel.extend(lookup_addrs(&ips));
+        }
+    }
+    let mut user = HashSet::new();
+    for (tgid, id) in user_ids {
+        if let Frames::Ips(ips) = stack_map.frames(id) {
+            user.extend(lookup_addrs(&ips).map(|addr| (tgid, addr)));
+        }
+    }
+    symbols.retain(&kernel, &user);
     let live: HashSet<u32> = remaining.iter().map(|k| k.tgid).collect();
-    let dead: HashSet<u32> = deleted
+    let dead: HashSet<u32> = dropped
         .iter()
         .map(|k| k.tgid)
         .filter(|&tgid| tgid != 0 && !live.contains(&tgid))
         .filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists())
         .collect();
     symbols.forget_processes(&dead);
-    dead
 }
 
 /// One stack as JSON: frames leaf first, `value` in the tool's unit, `pct` of the total.
@@ -810,6 +956,68 @@ mod tests {
         let lines = folded(&[stack("s", &["f"], &[], 1_500_000)], Unit::Nanoseconds);
         assert_eq!(lines, vec!["s;f 1500".to_string()]);
         assert_eq!(format_ns(1_002_000_000), "1.002s");
+    }
+
+    fn key(pid: u32, kstack: i32) -> TaskStackKey {
+        TaskStackKey {
+            tgid: pid,
+            pid,
+            kstack,
+            ustack: STACK_NONE,
+            flags: 0,
+            _reserved: 0,
+            comm: [0; 16],
+        }
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_and_late_gains_carried() {
+        let me = std::process::id();
+        let (hot, cold) = (key(me, 1), key(me, 2));
+        let mut evictor = Evictor::new(false);
+        let mut reported = 0;
+        let mut round = |evictor: &mut Evictor, values: &[(TaskStackKey, u64)]| {
+            let grown = evictor.round(values.iter().copied().collect());
+            reported += grown.values().sum::<u64>();
+            grown
+        };
+        assert_eq!(round(&mut evictor, &[(hot, 5), (cold, 3)]).len(), 2);
+        assert!(evictor.due().is_empty());
+        round(&mut evictor, &[(hot, 6), (cold, 3)]);
+        assert!(evictor.due().is_empty(), "idle for one round only");
+        round(&mut evictor, &[(hot, 7), (cold, 3)]);
+        assert_eq!(evictor.due(), vec![cold]);
+        // The delete found 4: one sample landed after the snapshot.
+        assert_eq!(evictor.deleted(&cold, Some(4)), 4);
+        assert_eq!(evictor.carried.keys().collect::<Vec<_>>(), vec![&cold]);
+        // The key came back with 2 more: reported with the carried one.
+        let grown = round(&mut evictor, &[(hot, 7), (cold, 2)]);
+        assert_eq!(grown.get(&cold), Some(&3));
+        assert_eq!(grown.get(&hot), None);
+        assert_eq!(evictor.reported_carried, vec![cold]);
+        assert!(evictor.carried.is_empty());
+        assert_eq!(evictor.evicted_idle, 1);
+        // Every count reported once: 7 + 4 deleted + 2 in the map again.
+        assert_eq!(reported, 7 + 4 + 2);
+        let (totals, _) = evictor.totals();
+        assert_eq!(totals.get(&cold), Some(&2));
+    }
+
+    #[test]
+    fn exited_threads_keys_go_after_one_round() {
+        // No such thread: tid u32::MAX - 1 of our own process.
+        let gone = TaskStackKey {
+            pid: u32::MAX - 1,
+            ..key(std::process::id(), 1)
+        };
+        let mut evictor = Evictor::new(false);
+        evictor.round([(gone, 1)].into_iter().collect());
+        assert!(evictor.due().is_empty(), "marked first");
+        evictor.round([(gone, 2)].into_iter().collect());
+        assert_eq!(evictor.due(), vec![gone]);
+        assert_eq!(evictor.deleted(&gone, None), 2);
+        assert_eq!((evictor.evicted_exited, evictor.evicted_idle), (1, 0));
+        assert!(evictor.round(HashMap::new()).is_empty());
     }
 
     #[test]

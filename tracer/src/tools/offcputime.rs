@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
 use tracer_common::{
@@ -73,8 +73,6 @@ pub struct OffcputimeArgs {
     pub common: CommonArgs,
 }
 
-type Totals = HashMap<OffcpuKey, OffcpuValue>;
-
 pub async fn run(args: OffcputimeArgs) -> Result<()> {
     args.task.check()?;
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
@@ -131,7 +129,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
     }
-    let mut counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
+    let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
         ebpf.take_map("OFFCPU")
             .ok_or_else(|| anyhow!("OFFCPU map missing (build bug)"))?,
     )?;
@@ -163,9 +161,8 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut warm = tokio::time::interval(Duration::from_secs(1));
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
-    let mut previous = Totals::new();
-    // In interval mode the keys of exited threads are deleted after each report (see profile's
-    // sample_loop and `Evictor`); the end-of-run flame graph gets their folded totals.
+    // In interval mode keys are deleted after each report (see profile's sample_loop and
+    // `Evictor`); the end-of-run flame graph gets their folded totals.
     let mut evictor = Evictor::new(svg.is_some());
     let mut printed = 0u64;
     let mut since = Instant::now();
@@ -183,13 +180,10 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
                 continue;
             }
         };
-        let mut current = snapshot(&counts);
-        let raws: Vec<RawStack> = current
+        let raws: Vec<RawStack> = evictor
+            .round(snapshot(&counts))
             .iter()
-            .filter_map(|(key, now)| {
-                let before = previous.get(key).map_or(0, |v| v.total_ns);
-                (now.total_ns > before).then(|| stack_map.raw(key, now.total_ns - before))
-            })
+            .map(|(key, &ns)| stack_map.raw(key, ns))
             .collect();
         let elapsed = since.elapsed();
         since = Instant::now();
@@ -199,41 +193,46 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         out.flush();
         printed += 1;
         let last = stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c);
-        if args.interval.interval.is_some() && !last {
-            let due = evictor.due(current.keys());
-            if !due.is_empty() {
-                let raws: Vec<RawStack> = due
-                    .iter()
-                    .map(|k| stack_map.raw(k, current[k].total_ns))
-                    .collect();
-                evictor.retire(&mut symbols, &raws);
-                for key in &due {
-                    let _ = counts.remove(key);
-                    current.remove(key);
-                }
-                // The stacks of tasks blocked right now are still to be counted.
-                let remaining: Vec<OffcpuKey> = counts
-                    .keys()
-                    .flatten()
-                    .chain(blocked.iter().flatten().map(|(_, out)| out.key))
-                    .collect();
-                let dead = stacks::finish_eviction(&due, &remaining, &mut stack_map, &mut symbols);
-                warmed.retain(|(tgid, _)| !dead.contains(tgid));
-            }
-        }
-        previous = current;
         if last {
             break;
         }
+        if args.interval.interval.is_some() {
+            evictor.evict(
+                &mut stack_map,
+                &mut symbols,
+                &mut warmed,
+                |key| {
+                    let held = loader::lookup_and_delete_per_cpu::<OffcpuKey, OffcpuValue>(
+                        counts.map(),
+                        key,
+                    )?;
+                    Ok(held.map(|per_cpu| per_cpu.iter().map(|v| v.total_ns).sum()))
+                },
+                // The stacks of tasks blocked right now are still to be counted.
+                || {
+                    counts
+                        .keys()
+                        .flatten()
+                        .chain(blocked.iter().flatten().map(|(_, out)| out.key))
+                        .collect()
+                },
+            )?;
+        }
+    }
+    if args.common.verbose && args.interval.interval.is_some() {
+        eprintln!(
+            "{TOOL}: evicted {} keys of exited threads and {} keys idle for {} intervals",
+            evictor.evicted_exited,
+            evictor.evicted_idle,
+            stacks::IDLE_ROUNDS
+        );
     }
 
     if let Some(svg) = svg {
-        let raws: Vec<RawStack> = previous
-            .iter()
-            .map(|(k, v)| stack_map.raw(k, v.total_ns))
-            .collect();
+        let (totals, evicted) = evictor.totals();
+        let raws: Vec<RawStack> = totals.iter().map(|(k, &ns)| stack_map.raw(k, ns)).collect();
         let resolved = symbols.resolve_all(&raws);
-        let lines = stacks::folded_with(evictor.take_folded(), &resolved, Unit::Nanoseconds);
+        let lines = stacks::folded_with(evicted, &resolved, Unit::Nanoseconds);
         svg.write(&lines, &title, "us")?;
     }
     symbols.report_unknown(TOOL);
@@ -261,14 +260,11 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     Ok(())
 }
 
-fn snapshot(counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>) -> Totals {
-    let mut totals = Totals::new();
+/// Blocked nanoseconds per key so far (summed over CPUs).
+fn snapshot(counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>) -> HashMap<OffcpuKey, u64> {
+    let mut totals = HashMap::new();
     for (key, per_cpu) in counts.iter().flatten() {
-        let total = totals.entry(key).or_default();
-        for v in per_cpu.iter() {
-            total.total_ns += v.total_ns;
-            total.count += v.count;
-        }
+        *totals.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
     }
     totals
 }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
+    maps::{IterableMap as _, MapData, PerCpuHashMap},
     programs::{
         PerfEvent,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -344,10 +344,12 @@ fn ticker(interval: Option<Duration>) -> Option<tokio::time::Interval> {
 /// symbolizes the user stacks it has not seen yet, while their processes still exist
 /// (short-lived processes would otherwise end up `[unknown]`); kernel frames wait until printed.
 ///
-/// In interval mode, after each report the keys of exited threads are deleted (see `Evictor`),
-/// with the stacks only they used and the cached symbols of their processes, so that the maps
-/// and memory follow the live tasks. Without an interval the end report needs every key.
+/// In interval mode, after each report the keys of exited threads and the keys idle for a few
+/// rounds are deleted (see `Evictor`), with the stacks only they used and the cached symbols no
+/// remaining key needs, so that the maps and memory follow recent activity. Without an
+/// interval the end report needs every key.
 async fn sample_loop(
+    tool: &str,
     sampler: &mut Sampler,
     sample: &SampleArgs,
     symbols: &mut Symbols,
@@ -361,7 +363,6 @@ async fn sample_loop(
     let mut warm = tokio::time::interval(Duration::from_secs(1));
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
-    let mut previous: HashMap<SampleKey, u64> = HashMap::new();
     let mut evictor = Evictor::new(keep_totals);
     let mut printed = 0u64;
     let mut since = Instant::now();
@@ -378,9 +379,7 @@ async fn sample_loop(
                 continue;
             }
         };
-        let mut current = sampler.snapshot();
-        let delta: HashMap<SampleKey, u64> =
-            loader::increases(&current, &previous).into_iter().collect();
+        let delta = evictor.round(sampler.snapshot());
         let elapsed = since.elapsed();
         since = Instant::now();
         // The last partial interval is only printed if it saw something.
@@ -390,26 +389,35 @@ async fn sample_loop(
         out.flush();
         printed += 1;
         let last = stopped || out.closed() || sample.interval.count.is_some_and(|c| printed >= c);
-        if sample.interval.interval.is_some() && !last {
-            let due = evictor.due(current.keys());
-            if !due.is_empty() {
-                let raws: Vec<RawStack> = due.iter().map(|k| sampler.raw(k, current[k])).collect();
-                evictor.retire(symbols, &raws);
-                for key in &due {
-                    let _ = sampler.counts.remove(key);
-                    current.remove(key);
-                }
-                let remaining: Vec<SampleKey> = sampler.counts.keys().flatten().collect();
-                let dead =
-                    stacks::finish_eviction(&due, &remaining, &mut sampler.stack_map, symbols);
-                warmed.retain(|(tgid, _)| !dead.contains(tgid));
-            }
-        }
-        previous = current;
         if last {
-            return Ok((previous, evictor.take_folded()));
+            break;
+        }
+        if sample.interval.interval.is_some() {
+            let Sampler {
+                counts, stack_map, ..
+            } = &mut *sampler;
+            evictor.evict(
+                stack_map,
+                symbols,
+                &mut warmed,
+                |key| {
+                    let held =
+                        loader::lookup_and_delete_per_cpu::<SampleKey, u64>(counts.map(), key)?;
+                    Ok(held.map(|per_cpu| per_cpu.iter().sum()))
+                },
+                || counts.keys().flatten().collect(),
+            )?;
         }
     }
+    if sample.common.verbose && sample.interval.interval.is_some() {
+        eprintln!(
+            "{tool}: evicted {} keys of exited threads and {} keys idle for {} intervals",
+            evictor.evicted_exited,
+            evictor.evicted_idle,
+            stacks::IDLE_ROUNDS
+        );
+    }
+    Ok(evictor.totals())
 }
 
 fn what_sampled(
@@ -543,6 +551,7 @@ async fn run_sampler(
     let mut symbols = Symbols::new();
     let mut out = Out::new();
     let (totals, evicted) = sample_loop(
+        tool,
         &mut sampler,
         sample,
         &mut symbols,

@@ -50,8 +50,34 @@ pub fn tests() -> Vec<Trial> {
             ROOT,
             offcputime_nanosleep,
         ),
+        trial(
+            "profile::interval_mode_evicts_idle_keys_and_counts_every_sample",
+            ROOT,
+            interval_eviction_is_exact,
+        ),
+        trial(
+            "profile::offcputime_interval_mode_evicts_idle_keys",
+            ROOT,
+            offcputime_interval_eviction,
+        ),
         trial("profile::bad_input_one_line_errors", &[], bad_input),
     ]
+}
+
+/// (keys of exited threads, idle keys) from the `-v` line of an interval run.
+fn evicted(stderr: &[String]) -> Result<(u64, u64), Failed> {
+    let line = stderr
+        .iter()
+        .find(|l| l.contains(": evicted "))
+        .ok_or_else(|| fail(format!("no eviction line with -v: {}", stderr.join(" | "))))?;
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match numbers[..] {
+        [exited, idle, _rounds] => Ok((exited, idle)),
+        _ => Err(fail(format!("unexpected eviction line: {line}"))),
+    }
 }
 
 /// Runs `tracer ARGS` (which must stop by itself, `-d`) while a workload runs.
@@ -430,6 +456,71 @@ fn offcputime_nanosleep() -> Result<(), Failed> {
     }
     ensure((950_000_000..=1_300_000_000).contains(&slept), || {
         format!("nanosleep stacks hold {slept} ns, slept 1 s: {offcpu}")
+    })?;
+    assert_nothing_loaded("offcputime_")
+}
+
+/// In interval mode the keys of the hot phase go idle while the process lives on and are
+/// deleted; the samples every interval printed still add up to the samples the kernel took (a
+/// sample landing between a snapshot and the delete is carried into the next interval, none is
+/// lost or counted twice).
+fn interval_eviction_is_exact() -> Result<(), Failed> {
+    let (_, done) = around_workload(
+        &["hot", "1.5", "spin", "3"],
+        &["profile", "-F", "199", "-d", "7", "--json", "-v", "1"],
+        true,
+    )?;
+    let records = done.json()?;
+    let printed: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "profile")
+        .map(|r| r["samples"].as_u64().unwrap_or(0))
+        .sum();
+    let end = record(&records, "end")?;
+    let taken = end["stats"]["samples"].as_u64().unwrap_or(0);
+    let map_full = end["stats"]["map_full"].as_u64().unwrap_or(0);
+    ensure(taken > 100, || format!("only {taken} samples: {end}"))?;
+    ensure(printed == taken - map_full, || {
+        format!(
+            "intervals printed {printed} samples, the kernel counted {taken} ({map_full} not stored)"
+        )
+    })?;
+    let (_, idle) = evicted(&done.stderr)?;
+    ensure(idle > 0, || {
+        format!(
+            "no idle key evicted though the hot phase ended 3 s before the run: {}",
+            done.stderr.join(" | ")
+        )
+    })?;
+    assert_nothing_loaded("profile_")
+}
+
+/// The one long nanosleep's key goes idle and is deleted while the process spins on; its
+/// time was printed once, in full.
+fn offcputime_interval_eviction() -> Result<(), Failed> {
+    let (_, done) = around_workload(
+        &["sleep", "1", "spin", "3"],
+        &["offcputime", "-d", "6", "--json", "--top", "100", "-v", "1"],
+        true,
+    )?;
+    let records = done.json()?;
+    let mut slept = 0u64;
+    for offcpu in records.iter().filter(|r| r["type"] == "offcpu") {
+        for s in offcpu["stacks"].as_array().into_iter().flatten() {
+            if names(&s["kernel"]).iter().any(|f| f.contains("nanosleep")) {
+                slept += s["value"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    ensure((950_000_000..=1_300_000_000).contains(&slept), || {
+        format!("nanosleep stacks hold {slept} ns over the intervals, slept 1 s")
+    })?;
+    let (_, idle) = evicted(&done.stderr)?;
+    ensure(idle > 0, || {
+        format!(
+            "no idle key evicted though the sleep ended 2 s before the spin did: {}",
+            done.stderr.join(" | ")
+        )
     })?;
     assert_nothing_loaded("offcputime_")
 }

@@ -1,25 +1,33 @@
 //! Soak: every live tool at once, each in its interval mode (read, print and clear every few
 //! seconds, as someone watching it live would run it), for TRACER_SOAK_SECS seconds (default
 //! 600) under a steady load of forks, context switches, writes and a hot function. Sampled
-//! every few seconds: each tool's RSS and the entry count of each of its BPF hash maps.
-//! It runs only in the soak stage of `cargo xtask test` (TRACER_SOAK=1).
+//! every few seconds: each tool's RSS and the entry count of each of its BPF hash maps; a tool
+//! in interval mode `SETTLE` after one of its reports (so always at the same point of its
+//! drain or eviction cycle), serve right after two scrapes in a row (see `Tool::sample`).
+//! It runs only in the soak stage of `cargo xtask test` (TRACER_SOAK=1); TRACER_SOAK_SAMPLES=FILE
+//! writes every sample to FILE.
 //!
 //! Verdicts:
 //! - RSS is flat: the median of the last third of the samples is at most the median of the
 //!   first third + max(2 MiB, 10 %). A per-interval leak of even a few KiB grows well past
 //!   that over hundreds of intervals; allocator noise and warm caches do not.
 //! - Maps stop growing after warm-up: the median entry count of the last third is at most the
-//!   median of the middle third + max(64, 25 %). (Medians, not maxima: maps that are drained
+//!   median of the middle third + max(64, 25 %). Medians, not maxima: maps that are drained
 //!   or evicted every interval hover at a level set by the load's churn, and a peak is not
-//!   growth, and a drained map's level depends on when in the interval it is sampled; a map
-//!   growing linearly has a last-third median 5/3 of the middle one's.) A map whose keys are never
-//!   removed (per-interval clearing forgotten, entries of exited tasks kept) grows about as
-//!   much in the last third as in the middle third under this steady load and fails; a map
-//!   sized by the live key space (cleared per interval, LRU, entries deleted on switch/exit)
-//!   plateaus. Every count must also stay within the map's max_entries, and a map sitting at
-//!   max_entries (full, so losing updates) fails too. LRU maps (bounded caches that evict)
-//!   and one-entry maps are not judged. Growth already measured and not fixed yet is listed
-//!   in `KNOWN` and shown as KNOWN instead of failing.
+//!   growth. Sampling at a fixed point of each tool's interval takes the sampling phase out of
+//!   that level (argdist's VALUE_COUNTS read at random points of its 2 s interval ranged from
+//!   its floor to ~1000 distinct pids); what is left is the load's own noise: thirds' medians
+//!   differing by up to 11 % in a quiet 300 s run, and far more while other work shares the
+//!   machine (another job's burst of ~8000 threads moved four tools' maps for 20 s). 25 % is
+//!   about twice the quiet noise, and a map growing linearly has a last-third median 5/3 of
+//!   the middle one's. A map whose keys are never removed (per-interval clearing forgotten,
+//!   entries of exited tasks kept) grows about as much in the last third as in the middle
+//!   third under this steady load and fails; a map sized by the live key space (cleared per
+//!   interval, LRU, entries deleted on switch/exit, idle keys evicted) plateaus. Every count
+//!   must also stay within the map's max_entries, and a map sitting at max_entries (full, so
+//!   losing updates) fails too. LRU maps (bounded caches that evict) and one-entry maps are
+//!   not judged. Growth already measured and not fixed yet is listed in `KNOWN` and shown as
+//!   KNOWN instead of failing.
 //! - Each tool is still running at every sample and exits cleanly (0) on SIGINT at the end.
 
 use std::{
@@ -82,63 +90,16 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("ktop", &[INTERVAL]),
     ("runqlat", &[INTERVAL]),
     ("cpudist", &[INTERVAL]),
-    // Scraped at every sample (see `scrape`).
+    // Scraped twice at every sample (see `Tool::sample`).
     ("serve", &["--listen", "127.0.0.1:0"]),
 ];
 
 /// Growth the soak has measured and that is not fixed yet: (tool, "RSS" or map name, why).
 /// Shown as KNOWN in the summary instead of failing the stage; each is a finding to fix, after
-/// which its row goes. Numbers from a 600 s soak with the load below (~400 new tasks/s). The
-/// common cause of the map rows: interval modes print deltas of cumulative maps and never
-/// remove the keys of tasks that have exited (ktop does, and plateaus).
-const KNOWN: &[(&str, &str, &str)] = &[
-    (
-        "profile",
-        "COUNTS",
-        "keys of exited threads are evicted (150 s: never more than a round's worth of dead \
-         keys), but a live long-lived process keeps adding (kernel stack, user stack) pairs, \
-         the user leaf IP varying with where hot code was hit: 1195 → 1683 in a 150 s soak \
-         (one load process 24 → 56 keys in 20 s); needs eviction of long-unchanged keys of \
-         live tasks with an exact read-and-delete (BPF_MAP_LOOKUP_AND_DELETE_ELEM)",
-    ),
-    (
-        "profile",
-        "STACKS",
-        "as COUNTS: stacks of live tasks' keys: 1101 → 1502 in a 150 s soak",
-    ),
-    (
-        "profile",
-        "RSS",
-        "as COUNTS (symbols of live processes' new stacks); exited processes' symbols are \
-         dropped: 17.1 → 20.0 MiB in a 150 s soak (was 22 → 76 MiB over 600 s)",
-    ),
-    (
-        "offcputime",
-        "OFFCPU",
-        "as profile COUNTS: keys of exited threads are evicted, live tasks keep adding \
-         stacks: 2964 → 3400 in a 150 s soak (another run: 3134 → 3263, passing)",
-    ),
-    (
-        "offcputime",
-        "STACKS",
-        "as OFFCPU: the stacks of live tasks' keys still grow: 1158 → 1442, 1171 → 1749 \
-         in 150 s soaks",
-    ),
-    (
-        "kstacks",
-        "COUNTS",
-        "kernel threads live on and keep meeting new kernel stacks (kworkers running other \
-         work): 120 → 174 over 600 s, bounded by distinct kernel stacks but not flat",
-    ),
-    ("kstacks", "STACKS", "as COUNTS: 112 → 163 over 600 s"),
-    (
-        "serve",
-        "THREADS",
-        "not growth but churn: exited threads are evicted at every scrape, so the level follows \
-         how many threads the load made since the last one (600 s runs: 3710 → 2925, \
-         2136 → 3297); a criterion that knows the live thread count would judge it",
-    ),
-];
+/// which its row goes. None at the moment: the last rows (profile, kstacks and offcputime
+/// keeping the keys of live tasks' old stacks; serve's THREADS judged at a random point of its
+/// eviction cycle) were fixed by evicting idle keys and by scraping serve twice before sampling.
+const KNOWN: &[(&str, &str, &str)] = &[];
 
 /// The steady load, one long-lived process per kind of activity: many short-lived tasks
 /// (~500 a second, what makes per-task keys pile up) but little CPU (about a fifth of one),
@@ -150,7 +111,15 @@ const LOAD: &[&[&str]] = &[
     &["hot", "0.01", "sleep", "0.2"],
 ];
 
+/// How long after an interval tool's report its maps are sampled. Each tool drains or evicts
+/// its maps right before or right after printing, so a map's level depends on when in the
+/// interval it is read; reading every tool at the same point (its drain and eviction done, a
+/// little of the next interval in) measures the same level every time.
+const SETTLE: Duration = Duration::from_millis(300);
+
 struct Sample {
+    /// Since the start of the soak.
+    at: Duration,
     rss_kib: u64,
     /// map id → entries.
     maps: BTreeMap<u32, u64>,
@@ -160,7 +129,11 @@ struct Tool {
     name: String,
     args: Vec<String>,
     child: Child,
+    /// Runs in interval mode (sampled `SETTLE` after each report).
+    interval: bool,
     stdout_lines: Arc<AtomicU64>,
+    /// When stdout last delivered something, in ns since the soak began (0: never).
+    last_output_ns: Arc<AtomicU64>,
     stderr: Arc<Mutex<Vec<String>>>,
     samples: Vec<Sample>,
     /// map id → (name, max_entries), for hash-like maps.
@@ -169,6 +142,62 @@ struct Tool {
     /// HOST:PORT of a metrics endpoint (serve), scraped at every sample.
     metrics: Option<String>,
     scrape_failures: Vec<String>,
+}
+
+impl Tool {
+    fn last_output(&self, began: Instant) -> Option<Instant> {
+        match self.last_output_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(began + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Notes it if it exited; true while it runs.
+    fn check_alive(&mut self, began: Instant) -> bool {
+        if self.dead.is_some() {
+            return false;
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let said = self
+                .stderr
+                .lock()
+                .map(|s| s.join(" | "))
+                .unwrap_or_default();
+            self.dead = Some(format!(
+                "exited ({status}) after {:?}: {said}",
+                began.elapsed()
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Scrapes it first if it serves metrics, then samples its RSS and maps.
+    fn sample(&mut self, began: Instant) {
+        if let Some(addr) = &self.metrics {
+            // Twice in a row: serve forgets exited threads at a scrape when the previous
+            // collection saw them dead and done, so after the second scrape its maps hold the
+            // live threads and the few milliseconds in between, whenever its own housekeeping
+            // last ran. A map that kept exited threads would still grow.
+            for _ in 0..2 {
+                if let Err(e) = scrape(addr) {
+                    self.scrape_failures.push(e);
+                    break;
+                }
+            }
+        }
+        let pid = self.child.id();
+        let maps = self
+            .maps
+            .iter()
+            .filter_map(|(&id, _)| map_entries(id).map(|n| (id, n)))
+            .collect();
+        self.samples.push(Sample {
+            at: began.elapsed(),
+            rss_kib: rss_kib(pid).unwrap_or(0),
+            maps,
+        });
+    }
 }
 
 fn all_live_tools() -> Result<(), Failed> {
@@ -199,6 +228,7 @@ fn all_live_tools() -> Result<(), Failed> {
 }
 
 fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
+    let began = Instant::now();
     let mut tools = Vec::new();
     let mut left_out = Vec::new();
     for (name, args) in TOOLS {
@@ -209,51 +239,53 @@ fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
                     .replace("{workload}", WORKLOAD)
             })
             .collect();
-        match spawn(name, &args)? {
+        match spawn(name, &args, began)? {
             Some(tool) => tools.push(tool),
             None => left_out.push(*name),
         }
     }
-    let began = Instant::now();
-    let end = began + Duration::from_secs(secs);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let interval = Duration::from_secs(INTERVAL.parse().expect("a number of seconds"));
     let mut failures = Vec::new();
     loop {
-        for tool in &mut tools {
-            if tool.dead.is_some() {
-                continue;
+        let round = Instant::now();
+        let mut alive: Vec<usize> = Vec::new();
+        for (i, tool) in tools.iter_mut().enumerate() {
+            if tool.check_alive(began) {
+                alive.push(i);
             }
-            if let Ok(Some(status)) = tool.child.try_wait() {
-                let said = tool
-                    .stderr
-                    .lock()
-                    .map(|s| s.join(" | "))
-                    .unwrap_or_default();
-                tool.dead = Some(format!(
-                    "exited ({status}) after {:?}: {said}",
-                    began.elapsed()
-                ));
-                continue;
-            }
-            if let Some(addr) = &tool.metrics
-                && let Err(e) = scrape(addr)
-            {
-                tool.scrape_failures.push(e);
-            }
-            let pid = tool.child.id();
-            let maps = tool
-                .maps
-                .iter()
-                .filter_map(|(&id, _)| map_entries(id).map(|n| (id, n)))
-                .collect();
-            tool.samples.push(Sample {
-                rss_kib: rss_kib(pid).unwrap_or(0),
-                maps,
+        }
+        // Interval tools at the same point of their interval (see `SETTLE`): each after its
+        // next report. One that printed nothing for two intervals is sampled anyway.
+        let (mut waiting, free): (Vec<usize>, Vec<usize>) =
+            alive.into_iter().partition(|&i| tools[i].interval);
+        for &i in &free {
+            tools[i].sample(began);
+        }
+        let give_up = round + 2 * interval + SETTLE;
+        while !waiting.is_empty() {
+            let now = Instant::now();
+            waiting.retain(|&i| {
+                let tool = &mut tools[i];
+                let due = now >= give_up
+                    || tool
+                        .last_output(began)
+                        .is_some_and(|at| at > round && now >= at + SETTLE);
+                if due {
+                    tool.sample(began);
+                }
+                !due
             });
+            thread::sleep(Duration::from_millis(20));
         }
         if Instant::now() >= end {
             break;
         }
-        thread::sleep(period.min(end.saturating_duration_since(Instant::now())));
+        let next = round + period;
+        thread::sleep(next.min(end).saturating_duration_since(Instant::now()));
+    }
+    for tool in &mut tools {
+        tool.check_alive(began);
     }
     // Stop them all; each must exit cleanly.
     for tool in &mut tools {
@@ -288,8 +320,9 @@ fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
     }
 
     println!(
-        "\nsoak: {} tools for {secs} s, sampled every {period:?} (RSS MiB: first-third median → \
-         last-third median; maps: entries middle-third median → last-third median / max_entries)",
+        "\nsoak: {} tools for {secs} s, sampled every {period:?}, interval tools {SETTLE:?} after a \
+         report (RSS MiB: first-third median → last-third median; maps: entries middle-third \
+         median → last-third median / max_entries)",
         tools.len()
     );
     println!(
@@ -339,10 +372,39 @@ fn soak(secs: u64, period: Duration, writer: &str) -> Result<(), Failed> {
     for name in left_out {
         println!("{name:<13} left out: not implemented yet");
     }
+    if let Some(path) = std::env::var_os("TRACER_SOAK_SAMPLES") {
+        write_samples(&tools, std::path::Path::new(&path));
+    }
     if failures.is_empty() {
         Ok(())
     } else {
         Err(fail(failures.join("\n")))
+    }
+}
+
+/// Every sample, one line each (tool, args, seconds, RSS KiB, MAP=entries ...), for looking at
+/// a run's curves (TRACER_SOAK_SAMPLES=FILE).
+fn write_samples(tools: &[Tool], path: &std::path::Path) {
+    let mut text = String::new();
+    for tool in tools {
+        for sample in &tool.samples {
+            let maps: Vec<String> = sample
+                .maps
+                .iter()
+                .filter_map(|(id, n)| tool.maps.get(id).map(|(name, _)| format!("{name}={n}")))
+                .collect();
+            text.push_str(&format!(
+                "{}\t{}\t{:.1}\t{}\t{}\n",
+                tool.name,
+                tool.args.join(" "),
+                sample.at.as_secs_f64(),
+                sample.rss_kib,
+                maps.join(" ")
+            ));
+        }
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        println!("cannot write the samples to {}: {e}", path.display());
     }
 }
 
@@ -356,7 +418,7 @@ fn truncate(text: &str, n: usize) -> String {
 
 /// Starts one tool (stdout counted and dropped, stderr kept) and waits until it is attached;
 /// `None` if it is not implemented yet.
-fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
+fn spawn(name: &str, args: &[String], began: Instant) -> Result<Option<Tool>, Failed> {
     let mut child = Command::new(TRACER)
         .arg(name)
         .args(args)
@@ -366,14 +428,16 @@ fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
         .spawn()
         .map_err(|e| fail(format!("cannot start tracer {name}: {e}")))?;
     let stdout_lines = Arc::new(AtomicU64::new(0));
+    let last_output_ns = Arc::new(AtomicU64::new(0));
     let mut stdout = child.stdout.take().expect("piped");
-    let counter = stdout_lines.clone();
+    let (counter, last_output) = (stdout_lines.clone(), last_output_ns.clone());
     thread::spawn(move || {
         let mut buf = [0u8; 65536];
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
                 break;
             }
+            last_output.store(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let lines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
             counter.fetch_add(lines, Ordering::Relaxed);
         }
@@ -429,7 +493,10 @@ fn spawn(name: &str, args: &[String]) -> Result<Option<Tool>, Failed> {
         name: name.to_string(),
         args: args.to_vec(),
         child,
+        // Interval modes take the interval as their last argument.
+        interval: args.last().is_some_and(|a| a == INTERVAL),
         stdout_lines,
+        last_output_ns,
         stderr,
         samples: Vec::new(),
         maps,
