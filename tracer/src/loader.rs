@@ -240,3 +240,14 @@ fn possible_cpus() -> Result<usize> {
         aya::util::nr_cpus().map_err(|(what, e)| anyhow!("cannot count CPUs ({what}): {e}"))?;
     Ok(*CPUS.get_or_init(|| cpus))
 }
+
+/// Hands freed heap memory back to the kernel. After a burst (thousands of threads in one
+/// snapshot) glibc keeps the freed pages in its arenas, and a long interval-mode run would
+/// carry the burst's peak RSS to its end. Costs a walk of the free lists: call it when a lot
+/// was just freed, not every interval.
+pub fn trim_heap() {
+    // SAFETY: plain libc call (0 = keep no extra padding); glibc locks its arenas itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

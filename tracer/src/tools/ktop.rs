@@ -30,7 +30,7 @@ use crate::{
     attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
     kthread_roles,
-    loader::{Stats, StatsReader},
+    loader::{self, Stats, StatsReader},
     output::{Clock, Out, comm_str, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{Frames, RawStack, Symbols},
@@ -449,7 +449,11 @@ impl View {
             if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
                 break;
             }
-            self.forget_dead(&mut now, &before);
+            let gone = self.forget_dead(&mut now, &before);
+            if gone.len() >= BURST_GONE {
+                now.threads.shrink_to_fit();
+                loader::trim_heap();
+            }
             before = now;
         }
         if args.common.output.json {
@@ -462,6 +466,10 @@ impl View {
         Ok(())
     }
 }
+
+/// Threads gone in one interval that mark the end of a burst: then the snapshot's table is
+/// shrunk and freed memory handed back (see `loader::trim_heap`).
+const BURST_GONE: usize = 256;
 
 fn keep(args: &KtopArgs, row: &Row) -> bool {
     (!args.kthreads || row.kthread) && args.pid.is_none_or(|p| row.tgid == p)
