@@ -53,7 +53,7 @@ struct Child {
 pub fn forksnoop_tp_btf(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child)
     let child: *const u8 = ctx.arg(1);
-    on_fork_task(Task::from_ptr(child))
+    on_fork_task(Task::from_btf_arg(child))
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]

@@ -55,7 +55,7 @@ pub fn offcputime_switch_btf(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    on_switch(&ctx, Task::from_ptr(prev), Task::from_ptr(next))
+    on_switch(&ctx, Task::from_btf_arg(prev), Task::from_btf_arg(next))
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]

@@ -179,7 +179,7 @@ fn on_wakeup(task: Task) -> i32 {
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(Task::from_ptr(ctx.arg(0)))
+    on_wakeup(Task::from_btf_arg(ctx.arg(0)))
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
@@ -189,7 +189,7 @@ pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wnew_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(Task::from_ptr(ctx.arg(0)))
+    on_wakeup(Task::from_btf_arg(ctx.arg(0)))
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
@@ -211,8 +211,8 @@ struct Switch {
 fn switch_btf(ctx: &BtfTracePointContext) -> Switch {
     Switch {
         preempt: ctx.arg::<u64>(0) & 0xff != 0,
-        prev: Task::from_ptr(ctx.arg(1)),
-        next: Task::from_ptr(ctx.arg(2)),
+        prev: Task::from_btf_arg(ctx.arg(1)),
+        next: Task::from_btf_arg(ctx.arg(2)),
     }
 }
 
