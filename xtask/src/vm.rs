@@ -206,12 +206,22 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
     fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
 
     let log_path = dir.join("console.log");
-    let run = boot(
-        &kernel.vmlinux,
-        &initrd,
-        &log_path,
-        Duration::from_secs(args.timeout_minutes * 60),
-    )?;
+    let timeout = Duration::from_secs(args.timeout_minutes * 60);
+    let mut run = boot(&kernel.vmlinux, &initrd, &log_path, timeout)?;
+    if emulator_text_patch_race(&run.console) {
+        // Seen once in many runs (6.12, the guest's jump-label patching hit its own int3
+        // under multi-threaded TCG on a busy host): an artefact of the emulator, not of a
+        // test. One more boot; a second crash fails the stage as any panic does.
+        let first = log_path.with_extension("first.log");
+        let _ = fs::copy(&log_path, &first);
+        println!(
+            "vm-test {}: the guest died of an int3 inside kernel text patching (a TCG \
+             cross-modifying-code race; console kept in {}); booting once more",
+            spec.name,
+            first.display()
+        );
+        run = boot(&kernel.vmlinux, &initrd, &log_path, timeout)?;
+    }
     if args.exec.is_some() {
         let ok = run.reported == Some(0);
         println!("vm-test {}: --exec {}", spec.name, describe_exit(&run));
@@ -222,6 +232,14 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         });
     }
     Ok(verdict(spec, &run, &log_path))
+}
+
+/// Whether the guest died of an int3 trap hit while the kernel patched its own text (static
+/// keys, jump labels): under multi-threaded TCG another vCPU can run a stale translation of the
+/// breakpoint after the patching CPU has removed its handler entry.
+fn emulator_text_patch_race(console: &str) -> bool {
+    console.contains("Oops: int3")
+        && (console.contains("jump_label") || console.contains("text_poke"))
 }
 
 /// What came back from one VM.
