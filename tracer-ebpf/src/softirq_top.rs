@@ -154,8 +154,12 @@ fn on_entry(vec: u32) -> i32 {
     let timed = draw(state);
     // --latency needs the clock at every entry (it measures raise → entry).
     let ts = if timed || latency { now() } else { 0 };
-    state.entry_ns = if timed { ts } else { 0 };
-    state.entry_shift = state.time_shift;
+    if timed {
+        state.entry_ns = ts;
+        state.entry_shift = state.time_shift;
+    } else {
+        state.entry_ns = 0;
+    }
     if latency {
         let raised = &mut state.raised_ns[vec as usize & (VEC_SLOTS - 1)];
         if *raised != 0 && ts > *raised {
