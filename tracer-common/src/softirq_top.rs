@@ -43,7 +43,7 @@ pub struct VecCounters {
 /// reads the whole value once per interval and prints differences.
 ///
 /// Timing: every softirq is counted, but only the *timed* ones read the clock (two
-/// bpf_ktime_get_ns per softirq are most of the tool's cost, ~100 ns of ~200 on the machines
+/// bpf_ktime_get_ns per softirq are the largest part of its cost, ~100 of ~250 ns on the machines
 /// measured). A CPU times every softirq until it serves more than `SoftirqConfig::timed_per_sec`
 /// a second; then each one is timed with probability 1/2^`time_shift` (chosen anew every
 /// `ADAPT_WINDOW_NS`) and its duration is added `2^shift` times, so `time_ns` stays an unbiased

@@ -90,8 +90,8 @@ pub struct SoftirqTopArgs {
     #[arg(short = 'N', long = "nanoseconds")]
     pub nanoseconds: bool,
     /// Time every softirq. By default a CPU serving more than 8192 softirqs a second times a
-    /// random sample of them (enough for ~1-2 % accuracy) and estimates the rest, which halves
-    /// the cost per softirq under a flood; counts are always exact.
+    /// random sample of them (enough for ~1-2 % accuracy) and estimates the rest, which cuts
+    /// the cost per softirq under a flood by ~40 %; counts are always exact.
     #[arg(long)]
     pub exact: bool,
     /// NET_RX drill-down: NAPI polls, packets and budget use per device (napi:napi_poll),
