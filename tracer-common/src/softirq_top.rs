@@ -67,8 +67,10 @@ pub struct CpuState {
     /// Start of the current rate window, and softirqs served since.
     pub window_start_ns: u64,
     pub window_count: u64,
-    /// Softirqs timed (of all `vecs[..].count`).
-    pub timed: u64,
+    /// Softirqs counted in `vecs[..].count` but not timed (sampled out). The exception is
+    /// what gets counted so that a snapshot taken between a softirq's count and its time (the
+    /// loader reads while programs run on other CPUs) cannot make `--exact` look sampled.
+    pub untimed: u64,
     /// Time of the last sched_switch on this CPU (0: none seen yet).
     pub last_switch_ns: u64,
     /// Total time ksoftirqd ran on this CPU (sched_switch accounting).
@@ -126,7 +128,7 @@ impl CpuState {
         _reserved: 0,
         window_start_ns: 0,
         window_count: 0,
-        timed: 0,
+        untimed: 0,
         last_switch_ns: 0,
         ksoftirqd_ns: 0,
         ksoftirqd_runs: 0,

@@ -215,13 +215,13 @@ fn on_exit(vec: u32) -> i32 {
     state.vecs[vec as usize & (VEC_SLOTS - 1)].count[ctx & (CTX_SLOTS - 1)] += 1;
     state.window_count += 1;
     if start == 0 {
+        state.untimed += 1;
         return 0;
     }
     let ts = now();
     let shift = state.entry_shift & 31;
     let delta = ts.saturating_sub(start);
     state.vecs[vec as usize & (VEC_SLOTS - 1)].time_ns[ctx & (CTX_SLOTS - 1)] += delta << shift;
-    state.timed += 1;
     if config().runtime_hist != 0 {
         record(&RUNTIME_HIST, vec, hist_value(delta), 1 << shift);
     }

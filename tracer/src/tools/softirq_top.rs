@@ -484,9 +484,9 @@ impl Cell {
 /// What one interval showed, before rendering.
 struct Interval {
     seconds: f64,
-    /// Softirqs served and timed on the selected CPUs (equal when every one was timed).
+    /// Softirqs served on the selected CPUs, and those of them not timed (sampled out).
     served: u64,
-    timed: u64,
+    untimed: u64,
     cpus: Vec<u32>,
     vecs: Vec<usize>,
     /// [vec][i] for cpus[i].
@@ -608,20 +608,20 @@ fn compute(args: &SoftirqTopArgs, ctx: &RunContext, now: &Snapshot, before: &Sna
         )),
         _ => None,
     };
-    let (mut served, mut timed) = (0, 0);
+    let (mut served, mut untimed) = (0, 0);
     for &cpu in &ctx.cpus {
         if let (Some(a), Some(b)) = (now.cpus.get(cpu as usize), before.cpus.get(cpu as usize)) {
             served += (0..NR_SOFTIRQS)
                 .flat_map(|v| (0..NR_CTX).map(move |x| (v, x)))
                 .map(|(v, x)| a.vecs[v].count[x].saturating_sub(b.vecs[v].count[x]))
                 .sum::<u64>();
-            timed += a.timed.saturating_sub(b.timed);
+            untimed += a.untimed.saturating_sub(b.untimed);
         }
     }
     Interval {
         seconds,
         served,
-        timed,
+        untimed,
         cpus: ctx.cpus.clone(),
         vecs,
         cells,
@@ -690,13 +690,14 @@ impl Interval {
         if self.served == 0 {
             100.0
         } else {
-            (self.timed as f64 / self.served as f64 * 100.0).min(100.0)
+            let timed = self.served.saturating_sub(self.untimed);
+            timed as f64 / self.served as f64 * 100.0
         }
     }
 
     /// How the times were obtained, for the header.
     fn timing(&self) -> String {
-        if self.timed >= self.served {
+        if self.untimed == 0 {
             "every softirq timed".into()
         } else {
             format!(

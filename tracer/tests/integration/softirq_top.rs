@@ -478,10 +478,16 @@ fn sampled_times_match_exact() -> Result<(), Failed> {
     ensure(within(time_s, time_e, 8.0, 2_000), || {
         format!("NET_RX time: estimated {time_s} us, measured (--exact) {time_e} us")
     })?;
-    ensure(
-        intervals(&exact).iter().all(|i| i["timed_pct"] == 100.0),
-        || "--exact left softirqs untimed".into(),
-    )?;
+    let exact_pcts: Vec<String> = intervals(&exact)
+        .iter()
+        .map(|i| i["timed_pct"].to_string())
+        .collect();
+    ensure(exact_pcts.iter().all(|p| p == "100.0"), || {
+        format!(
+            "--exact left softirqs untimed: timed_pct per interval {}",
+            exact_pcts.join(", ")
+        )
+    })?;
     // The busiest CPU's softirqs per second in the busiest interval.
     let busiest = intervals(&sampled)
         .iter()
