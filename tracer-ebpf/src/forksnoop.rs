@@ -25,13 +25,7 @@ use tracer_ebpf::{ringbuf::submit_flags, stats::bump, task::Task};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-#[unsafe(no_mangle)]
-static CONFIG: ForkConfig = ForkConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static ForkConfig {
-    tracer_ebpf::loader_global(&CONFIG)
-}
+tracer_ebpf::loader_config!(CONFIG: ForkConfig = ForkConfig::DEFAULT);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

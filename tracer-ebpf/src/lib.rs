@@ -20,6 +20,21 @@ pub fn loader_global<T>(global: &'static T) -> &'static T {
     unsafe { &*core::hint::black_box(global as *const T) }
 }
 
+/// Declares `static $name: $ty = $init`, a loader-set global (the loader overrides it by
+/// that symbol name), and `fn config() -> &'static $ty` reading it through `loader_global`.
+#[macro_export]
+macro_rules! loader_config {
+    ($name:ident: $ty:ty = $init:expr) => {
+        #[unsafe(no_mangle)]
+        static $name: $ty = $init;
+
+        #[inline(always)]
+        fn config() -> &'static $ty {
+            $crate::loader_global(&$name)
+        }
+    };
+}
+
 /// Declares the program license (GPL: the helpers our tools need are GPL-only).
 #[macro_export]
 macro_rules! license {

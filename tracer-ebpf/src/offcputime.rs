@@ -28,13 +28,7 @@ tracer_ebpf::stats_map!();
 /// `task_struct::flags`: the task is in do_exit().
 const PF_EXITING: u32 = 0x0000_0004;
 
-#[unsafe(no_mangle)]
-static CONFIG: OffcpuConfig = OffcpuConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static OffcpuConfig {
-    tracer_ebpf::loader_global(&CONFIG)
-}
+tracer_ebpf::loader_config!(CONFIG: OffcpuConfig = OffcpuConfig::DEFAULT);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);

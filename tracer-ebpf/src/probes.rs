@@ -39,14 +39,8 @@ use tracer_ebpf::{stacks::stack_id, stats::bump};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-/// Set by the loader before load; read through `config()` (see `loader_global`).
-#[unsafe(no_mangle)]
-static CONFIG: ProbesConfig = ProbesConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static ProbesConfig {
-    tracer_ebpf::loader_global(&CONFIG)
-}
+// Set by the loader before load; read through `config()` (see `loader_global`).
+tracer_ebpf::loader_config!(CONFIG: ProbesConfig = ProbesConfig::DEFAULT);
 
 #[map]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);

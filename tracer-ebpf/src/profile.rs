@@ -24,13 +24,7 @@ use tracer_ebpf::{stacks::stack_id, stats::bump, task::Task};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-#[unsafe(no_mangle)]
-static CONFIG: ProfileConfig = ProfileConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static ProfileConfig {
-    tracer_ebpf::loader_global(&CONFIG)
-}
+tracer_ebpf::loader_config!(CONFIG: ProfileConfig = ProfileConfig::DEFAULT);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);

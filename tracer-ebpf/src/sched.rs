@@ -34,13 +34,7 @@ use tracer_ebpf::{stats::bump, task::Task};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-#[unsafe(no_mangle)]
-static SCHED_CONFIG: SchedConfig = SchedConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static SchedConfig {
-    tracer_ebpf::loader_global(&SCHED_CONFIG)
-}
+tracer_ebpf::loader_config!(SCHED_CONFIG: SchedConfig = SchedConfig::DEFAULT);
 
 /// Task (or idle slot, see `start_key`) → bpf_ktime_get_ns of its wakeup / switch. LRU: a task
 /// that exits before being switched in must not leak an entry.

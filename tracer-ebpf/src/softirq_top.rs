@@ -39,13 +39,7 @@ use tracer_ebpf::{stacks::stack_id, stats::bump};
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
-#[unsafe(no_mangle)]
-static CONFIG: SoftirqConfig = SoftirqConfig::DEFAULT;
-
-#[inline(always)]
-fn config() -> &'static SoftirqConfig {
-    tracer_ebpf::loader_global(&CONFIG)
-}
+tracer_ebpf::loader_config!(CONFIG: SoftirqConfig = SoftirqConfig::DEFAULT);
 
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);

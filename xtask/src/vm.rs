@@ -209,8 +209,7 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
     let timeout = Duration::from_secs(args.timeout_minutes * 60);
     let mut run = boot(&kernel.vmlinux, &initrd, &log_path, timeout)?;
     if emulator_text_patch_race(&run.console) {
-        // Seen twice under multi-threaded TCG (6.12, in doctor and in a softirq_top test):
-        // an artefact of the emulator, not of a test. One more boot; a second crash fails
+        // An artefact of the emulator, not of a test. One more boot; a second crash fails
         // the stage as any panic does.
         let first = log_path.with_extension("first.log");
         let _ = fs::copy(&log_path, &first);
@@ -234,10 +233,12 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
     Ok(verdict(spec, &run, &log_path))
 }
 
-/// Whether the guest died of an int3 trap hit while the kernel patched its own text (static
-/// keys, jump labels): under multi-threaded TCG another vCPU can run a stale translation of the
-/// breakpoint after the patching CPU has removed its handler entry. Round-robin TCG (see
-/// `boot`) should rule it out; this stays as a second line of defence.
+/// Whether the guest died of an int3 trap hit while the kernel patched its own text: under
+/// multi-threaded TCG a vCPU can run a stale translation of the int3 that text_poke_bp plants
+/// while the other vCPU flips a static key (every tracepoint attach and detach does), after
+/// the kernel has dropped the breakpoint's handler entry (seen on 6.12 in doctor and in a
+/// softirq_top test). Round-robin TCG (see `boot`) should rule it out; this stays as a second
+/// line of defence.
 ///
 /// The trace names the patching code only when the patching CPU is the one that trapped; the
 /// other vCPU's oops shows just the patched function (handle_softirqs+0xc2 at a
@@ -264,12 +265,8 @@ struct VmRun {
 /// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
 fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Result<VmRun> {
     let mut child = Command::new(QEMU)
-        // One host thread runs both vCPUs in turn (thread=single): under multi-threaded TCG a
-        // vCPU can run a stale translation of the int3 that text_poke_bp plants while another
-        // vCPU flips a static key (every tracepoint attach and detach does), after the kernel
-        // has dropped the breakpoint's handler entry, and the guest dies of "Oops: int3" in
-        // the patched function (seen in doctor and in softirq_top tests on 6.12). Round-robin
-        // TCG invalidates translations before the other vCPU runs again.
+        // One host thread runs both vCPUs in turn (thread=single), which invalidates a stale
+        // translation before the other vCPU runs again: see `emulator_text_patch_race`.
         .args(["-accel", "tcg,thread=single"])
         .args(["-cpu", "max", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-net", "none", "-bios", QBOOT])
