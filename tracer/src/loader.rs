@@ -246,6 +246,8 @@ fn possible_cpus() -> Result<usize> {
 /// carry the burst's peak RSS to its end. Costs a walk of the free lists: call it when a lot
 /// was just freed, not every interval.
 pub fn trim_heap() {
+    // musl's allocator returns freed pages on its own and has no malloc_trim.
+    #[cfg(target_env = "gnu")]
     // SAFETY: plain libc call (0 = keep no extra padding); glibc locks its arenas itself.
     unsafe {
         libc::malloc_trim(0);

@@ -139,7 +139,8 @@ impl Clock {
 
 /// Local wall-clock time as HH:MM:SS, as BCC's `-T` prints it.
 pub fn hms(unix_ns: i128) -> String {
-    let secs = (unix_ns / 1_000_000_000) as libc::time_t;
+    // `as _`: time_t's width is the libc's (musl's alias is marked deprecated by the libc crate).
+    let secs = (unix_ns / 1_000_000_000) as _;
     // SAFETY: localtime_r writes into the provided struct.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&secs, &mut tm) };

@@ -5,9 +5,11 @@
 //! `cargo xtask run -- TOOL ...`  setup + release build + run a tool as root
 //! `cargo xtask test`             setup + fmt/clippy + unit tests + integration tests + VM tests
 //! `cargo xtask vm-test`          the integration tests inside qemu on other kernels
+//! `cargo xtask dist`             the static binary and its tarball (target/dist/)
 //! `cargo xtask bench [NAME...]`  benchmarks, side by side with libbpf-tools and bpftrace
 
 mod bench;
+mod dist;
 mod setup;
 mod test;
 mod util;
@@ -38,6 +40,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// The integration tests inside qemu on Debian kernels (kprobe/fentry paths).
     VmTest(vm::VmArgs),
+    /// The release artifact: a static (musl) tracer with symlinks, man pages and completions,
+    /// as target/dist/tracer-VERSION-x86_64-linux-musl.tar.gz plus its SHA-256.
+    Dist,
     /// Benchmarks (not tests): overhead and cost against libbpf-tools and bpftrace.
     Bench(bench::BenchArgs),
 }
@@ -53,6 +58,10 @@ fn main() -> Result<()> {
             setup::setup()?;
             util::build_release()?;
             util::exec_tracer(&args)
+        }
+        Cmd::Dist => {
+            setup::setup()?;
+            dist::dist().map(drop)
         }
         Cmd::Test(args) => test::test(args),
         Cmd::VmTest(args) => {

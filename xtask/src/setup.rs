@@ -1,5 +1,6 @@
 //! Bootstrap of a fresh machine, idempotent and fast when everything is present:
-//! - the rust-src component (core is built for bpfel-unknown-none from source);
+//! - the rust-src component (core is built for bpfel-unknown-none from source) and the musl
+//!   target (the static binary of `cargo xtask dist`);
 //! - bpf-linker 0.13 built against the running rustc's own libLLVM (no matching LLVM can be
 //!   downloaded; Debian's is too old), into target/tools;
 //! - the Debian packages the tests and benchmarks use.
@@ -40,6 +41,7 @@ const PACKAGES: &[&str] = &[
 
 pub fn setup() -> Result<()> {
     ensure_rust_src()?;
+    ensure_rust_target(crate::dist::MUSL_TARGET)?;
     ensure_bpf_linker()?;
     ensure_packages()?;
     Ok(())
@@ -51,6 +53,22 @@ fn rustc_output(args: &[&str]) -> Result<String> {
         .output()
         .context("rustc not found: install rustup")?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// A rustup target's standard library (the static musl build of `cargo xtask dist`).
+pub fn ensure_rust_target(target: &str) -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup not found: install rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    println!("setup: installing the {target} target");
+    run(Command::new("rustup").args(["target", "add", target]))
 }
 
 fn ensure_rust_src() -> Result<()> {

@@ -106,6 +106,10 @@ pub fn test(args: TestArgs) -> Result<()> {
     tally.add_libtest(&out);
     ok &= unit_ok;
 
+    // The static binary the dist tests run from an empty root, here and in every VM kernel.
+    println!("== dist");
+    crate::dist::dist()?;
+
     println!("== integration tests (this kernel: {})", kernel_release());
     let mut cmd = cargo();
     cmd.args([

@@ -7,7 +7,7 @@
 //! in a chroot, and read the verdict from isa-debug-exit and the libtest summary on the serial
 //! console. docs/testing.md describes the recipe.
 
-mod initramfs;
+pub(crate) mod initramfs;
 mod kernel;
 
 use std::{
@@ -25,7 +25,7 @@ use clap::Args;
 
 use crate::{
     test::Tally,
-    util::{cargo, repo_root},
+    util::{cargo, repo_root, target_dir},
 };
 use initramfs::GuestPlan;
 use kernel::{KERNELS, KernelSpec};
@@ -148,15 +148,6 @@ pub(crate) fn build_test_binaries() -> Result<Binaries> {
     let integration =
         integration.ok_or_else(|| anyhow!("cargo did not report the integration test binary"))?;
     let tracer = tracer.ok_or_else(|| anyhow!("cargo did not report the tracer binary"))?;
-    // The guest sees the host root read-only with tmpfs on /tmp: binaries must live elsewhere.
-    for bin in [&integration, &tracer] {
-        if bin.starts_with("/tmp") || bin.starts_with("/run") {
-            bail!(
-                "{} is under a folder the guest hides with tmpfs: use a target dir outside /tmp",
-                bin.display()
-            );
-        }
-    }
     Ok(Binaries {
         tracer,
         integration,
@@ -201,13 +192,14 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         test_args,
         exec: args.exec.clone(),
         test_cwd: repo_root().join("tracer"),
+        shared_dirs: shared_dirs(),
     };
     let initrd = dir.join("initramfs.cpio");
     fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
 
     let log_path = dir.join("console.log");
     let timeout = Duration::from_secs(args.timeout_minutes * 60);
-    let mut run = boot(&kernel.vmlinux, &initrd, &log_path, timeout)?;
+    let mut run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
     if emulator_text_patch_race(&run.console) {
         // An artefact of the emulator, not of a test. One more boot; a second crash fails
         // the stage as any panic does.
@@ -219,7 +211,7 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
             spec.name,
             first.display()
         );
-        run = boot(&kernel.vmlinux, &initrd, &log_path, timeout)?;
+        run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
     }
     if args.exec.is_some() {
         let ok = run.reported == Some(0);
@@ -263,8 +255,36 @@ struct VmRun {
 }
 
 /// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
-fn boot(vmlinux: &Path, initrd: &Path, log_path: &Path, timeout: Duration) -> Result<VmRun> {
-    let mut child = Command::new(QEMU)
+/// The host folders the guest mounts again at their own paths (`GuestPlan::shared_dirs`): the
+/// checkout, and the target dir when it lives elsewhere (CARGO_TARGET_DIR).
+fn shared_dirs() -> Vec<PathBuf> {
+    let canonical = |p: PathBuf| p.canonicalize().unwrap_or(p);
+    let repo = canonical(repo_root());
+    let target = canonical(target_dir());
+    let mut dirs = vec![repo.clone()];
+    if !target.starts_with(&repo) {
+        dirs.push(target);
+    }
+    dirs
+}
+
+fn boot(
+    vmlinux: &Path,
+    initrd: &Path,
+    log_path: &Path,
+    plan: &GuestPlan,
+    timeout: Duration,
+) -> Result<VmRun> {
+    let mut qemu = Command::new(QEMU);
+    for (i, dir) in plan.shared_dirs.iter().enumerate() {
+        qemu.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag={},security_model=none,readonly=on,multidevs=remap",
+            // qemu's option syntax doubles a comma inside a value.
+            dir.display().to_string().replace(',', ",,"),
+            initramfs::shared_dir_tag(i)
+        ));
+    }
+    let mut child = qemu
         // One host thread runs both vCPUs in turn (thread=single), which invalidates a stale
         // translation before the other vCPU runs again: see `emulator_text_patch_race`.
         .args(["-accel", "tcg,thread=single"])

@@ -8,6 +8,7 @@
 mod bad_input;
 mod cli;
 mod common;
+mod dist;
 mod doctor;
 mod forksnoop;
 mod overload;
@@ -25,6 +26,7 @@ fn main() {
     trials.extend(cli::tests());
     trials.extend(bad_input::tests());
     trials.extend(doctor::tests());
+    trials.extend(dist::tests());
     trials.extend(forksnoop::tests());
     trials.extend(softirq_top::tests());
     trials.extend(profile::tests());

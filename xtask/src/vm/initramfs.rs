@@ -37,6 +37,15 @@ pub struct GuestPlan {
     pub exec: Option<String>,
     /// Working directory for the tests (the tracer package, as `cargo test` does).
     pub test_cwd: PathBuf,
+    /// Host folders shared again, each as its own 9p export (mount tag `dirN`, N its index),
+    /// at its own path after the guest's tmpfs folders are mounted: the checkout and the
+    /// target dir, which a clone under /tmp would otherwise have hidden by the guest's /tmp.
+    pub shared_dirs: Vec<PathBuf>,
+}
+
+/// The 9p mount tag of `GuestPlan::shared_dirs[index]`.
+pub fn shared_dir_tag(index: usize) -> String {
+    format!("dir{index}")
 }
 
 /// Builds the initramfs for `modules_dir` (lib/modules/<release> of the unpacked package).
@@ -126,6 +135,9 @@ mount -t cgroup2 cgroup2 $H/sys/fs/cgroup 2>/dev/null
 for d in tmp run var/tmp var/log var/lib/nginx var/cache/nginx; do
     [ -d $H/$d ] && mount -t tmpfs -o mode=1777 tmpfs $H/$d
 done
+# The checkout and target dir at their own paths again, wherever the clone lives (under /tmp
+# the tmpfs above would hide them). Mounted always, so this path is the one every run takes.
+{shared_mounts}
 ip link set lo up
 hostname vm-{kernel}
 
@@ -141,6 +153,20 @@ dmesg | grep -E 'WARNING:|BUG:|Oops|Call Trace|Kernel panic|segfault' | head -n 
 report $rc
 "#,
         kernel = plan.kernel_name,
+        shared_mounts = plan
+            .shared_dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let at = format!("\"$H\"{}", quote(&dir.display().to_string()));
+                format!(
+                    "mkdir -p {at} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose,ro {tag} {at} \\\n    || fatal \"cannot mount {path} over 9p\"",
+                    tag = shared_dir_tag(i),
+                    path = dir.display(),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         cwd = cwd,
         body = body,
         bin_dir = quote(
@@ -300,7 +326,7 @@ fn elf_section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
 }
 
 /// True if the ELF64 file has no PT_INTERP program header (statically linked).
-fn is_static_elf(elf: &[u8]) -> bool {
+pub(crate) fn is_static_elf(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let read = |off: usize, len: usize| -> Option<usize> {
         let bytes = elf.get(off..off + len)?;
