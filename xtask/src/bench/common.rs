@@ -113,6 +113,8 @@ pub struct RunTimes {
     pub pid: u32,
     pub wall: f64,
     pub cpu: f64,
+    /// Peak resident set size of the process, in MiB (ru_maxrss).
+    pub max_rss_mib: f64,
 }
 
 pub fn timed(cmd: &mut Command) -> Result<RunTimes> {
@@ -135,6 +137,7 @@ pub fn timed(cmd: &mut Command) -> Result<RunTimes> {
         pid,
         wall,
         cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
     })
 }
 

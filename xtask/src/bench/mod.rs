@@ -9,13 +9,14 @@ mod profile;
 mod sched;
 mod serve;
 mod softirq;
+mod startup;
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve, startup.
     pub names: Vec<String>,
 }
 
@@ -28,6 +29,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("probes", probes::run),
     ("sched", sched::run),
     ("serve", serve::run),
+    ("startup", startup::run),
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
