@@ -299,7 +299,16 @@ fn kstacks_only_kernel_threads() -> Result<(), Failed> {
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
     let file = dir.join("data");
     let tool = start(&[
-        "kstacks", "-F", "997", "-d", "3", "--json", "--top", "100", "--stacks", "5",
+        "kstacks",
+        "-F",
+        "997",
+        "-d",
+        "3",
+        "--json",
+        "--top",
+        "100",
+        "--stacks-per-thread",
+        "5",
     ])?;
     let deadline = Instant::now() + Duration::from_millis(2500);
     let mut f = std::fs::File::create(&file).map_err(|e| fail(e.to_string()))?;
@@ -538,7 +547,13 @@ fn bad_input() -> Result<(), Failed> {
         &["kstacks", "--svg", unwritable],
         &["offcputime", "-p", "999999999"],
         &["offcputime", "--svg", unwritable],
-        &["offcputime", "-m", "10", "-M", "5"],
+        &[
+            "offcputime",
+            "--min-block-time",
+            "10",
+            "--max-block-time",
+            "5",
+        ],
     ];
     for args in cases {
         let started = Instant::now();

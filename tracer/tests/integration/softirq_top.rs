@@ -252,7 +252,7 @@ fn each_attach_mechanism() -> Result<(), Failed> {
 /// -D and -L: every exit lands in the run-time histogram, and latencies are recorded.
 fn histograms_count_every_entry() -> Result<(), Failed> {
     // --exact: a busy CPU would otherwise time (and histogram) a weighted sample.
-    let (records, ..) = around(&["--exact", "-D", "-L", "0.5"], || {
+    let (records, ..) = around(&["--exact", "-D", "--latency", "0.5"], || {
         std::thread::sleep(Duration::from_secs(2));
         Ok(())
     })?;
