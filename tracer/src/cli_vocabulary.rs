@@ -386,6 +386,59 @@ mod tests {
         assert!(checked > 60, "only {checked} example commands found");
     }
 
+    /// `--attach` takes the kernel's spelling and clap's hyphenated one, and every mechanism
+    /// prints as the spelling `--attach` lists.
+    #[test]
+    fn attach_spellings() {
+        use clap::ValueEnum as _;
+
+        use crate::{Tool, attach::Mechanism};
+        for (spelling, expected) in [
+            ("tp_btf", Mechanism::TpBtf),
+            ("tp-btf", Mechanism::TpBtf),
+            ("raw_tp", Mechanism::RawTp),
+            ("raw-tp", Mechanism::RawTp),
+            ("uprobe_multi", Mechanism::UprobeMulti),
+            ("uprobe-multi", Mechanism::UprobeMulti),
+            ("tracepoint", Mechanism::Tracepoint),
+        ] {
+            let cli = <Cli as clap::Parser>::try_parse_from([
+                "tracer",
+                "forksnoop",
+                "--attach",
+                spelling,
+            ])
+            .unwrap_or_else(|e| panic!("--attach {spelling}: {e}"));
+            let Tool::Forksnoop(args) = cli.tool else {
+                panic!("not forksnoop");
+            };
+            assert_eq!(args.common.attach, Some(expected), "--attach {spelling}");
+        }
+        for mechanism in Mechanism::value_variants() {
+            let listed = mechanism.to_possible_value().unwrap();
+            assert_eq!(listed.get_name(), mechanism.name());
+        }
+        let forced = |m| crate::tools::CommonArgs {
+            attach: Some(m),
+            ..Default::default()
+        };
+        let tracepoints = [Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint];
+        let err = forced(Mechanism::Kprobe)
+            .attach_for("forksnoop", &tracepoints)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--attach kprobe: forksnoop cannot attach with kprobe (choose one of tp_btf, raw_tp, tracepoint)"
+        );
+        assert_eq!(
+            forced(Mechanism::RawTp)
+                .attach_for("forksnoop", &tracepoints)
+                .unwrap(),
+            Some(Mechanism::RawTp)
+        );
+    }
+
     #[test]
     fn shell_splitting() {
         let w = |s| shell_words(s).unwrap();

@@ -170,7 +170,10 @@ fn bad_input() -> Result<(), Failed> {
         (vec!["softirq-top", "1", "0"], "not a positive count"),
         (vec!["softirq-top", "-C", "1-x"], "not a CPU list"),
         (vec!["softirq-top", "--folded"], "--stacks"),
-        (vec!["softirq-top", "--attach", "kprobe"], "does not apply"),
+        (
+            vec!["softirq-top", "--attach", "kprobe"],
+            "choose one of tp_btf, raw_tp, tracepoint",
+        ),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
