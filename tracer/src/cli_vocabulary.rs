@@ -110,6 +110,7 @@ mod tests {
         }
         let by_long: BTreeMap<&str, &Row> = rows.iter().map(|r| (r.long.as_str(), r)).collect();
         let mut takers: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut aliases_in_code: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         let cli = Cli::command();
         for tool in cli.get_subcommands().filter(|t| !t.is_hide_set()) {
             let name = tool.get_name();
@@ -152,6 +153,10 @@ mod tests {
                         row.line
                     ));
                 }
+                aliases_in_code
+                    .entry(row.long.as_str())
+                    .or_default()
+                    .extend(aliases);
             }
         }
         for row in &rows {
@@ -160,6 +165,15 @@ mod tests {
                 problems.push(format!(
                     "docs/cli.md:{}: --{} is listed for {:?} but taken by {:?}",
                     row.line, row.long, row.tools, actual
+                ));
+            }
+            let in_code = aliases_in_code
+                .remove(row.long.as_str())
+                .unwrap_or_default();
+            for alias in row.aliases.difference(&in_code) {
+                problems.push(format!(
+                    "docs/cli.md:{}: old spelling {alias} of --{} is accepted by no tool",
+                    row.line, row.long
                 ));
             }
         }

@@ -35,10 +35,15 @@ pub struct StackcountArgs {
     /// Probes (globs allowed; all counted together), then optional INTERVAL and COUNT.
     #[arg(value_name = "PROBE... [INTERVAL [COUNT]]", required = true, num_args = 1..)]
     pub items: Vec<String>,
-    /// Kernel stacks only.
-    #[arg(short = 'K', long = "kernel-stacks-only", alias = "kernel-stacks", conflicts_with_all = ["user", "both_stacks"])]
+    /// Kernel stacks only (both halves: --both-stacks).
+    #[arg(
+        short = 'K',
+        long = "kernel-stacks-only",
+        alias = "kernel-stacks",
+        conflicts_with_all = ["user", "both_stacks"]
+    )]
     pub kernel: bool,
-    /// User stacks only.
+    /// User stacks only (both halves: --both-stacks).
     #[arg(
         short = 'U',
         long = "user-stacks-only",
