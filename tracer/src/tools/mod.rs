@@ -44,7 +44,7 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     /// The `--attach` mechanism for a tool whose probes offer only `accepted`: a value it
-    /// cannot use is refused in one line naming the ones it can, before anything loads.
+    /// cannot use is refused in one line naming the ones it can, before anything attaches.
     pub fn attach_for(&self, tool: &str, accepted: &[Mechanism]) -> Result<Option<Mechanism>> {
         match self.attach {
             Some(m) if !accepted.contains(&m) => {
