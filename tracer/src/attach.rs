@@ -19,17 +19,23 @@ use crate::btf::KernelBtf;
 /// A way of attaching a BPF program to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+// `--attach` takes the kernel's own spelling (tp_btf, the word errors, -v and JSON print) and,
+// as an old spelling, clap's hyphenated one (tp-btf).
 pub enum Mechanism {
     Fentry,
     Fexit,
     Kprobe,
     Kretprobe,
+    #[value(name = "tp_btf", alias = "tp-btf")]
     TpBtf,
+    #[value(name = "raw_tp", alias = "raw-tp")]
     RawTp,
     Tracepoint,
     /// One uprobe_multi link per binary for all its u: probes (Linux ≥ 6.6).
+    #[value(name = "uprobe_multi", alias = "uprobe-multi")]
     UprobeMulti,
     /// The same with BPF_F_UPROBE_MULTI_RETURN, for ur: probes.
+    #[value(name = "uretprobe_multi", alias = "uretprobe-multi")]
     UretprobeMulti,
     /// One perf-event uprobe per offset.
     Uprobe,

@@ -3,6 +3,7 @@
 
 mod attach;
 mod btf;
+mod cli_vocabulary;
 mod filters;
 mod hist;
 mod kthread_roles;

@@ -151,6 +151,17 @@ pub fn hms_now() -> String {
     hms(clock_ns(libc::CLOCK_REALTIME))
 }
 
+impl Out {
+    /// Opens an interval's text block with the wall-clock time, when `show` (the tool's rule:
+    /// `-T`, and for some tools every periodic interval): one `HH:MM:SS` line, the one
+    /// interval-header format every interval tool prints (docs/cli.md).
+    pub fn interval_header(&mut self, show: bool) {
+        if show {
+            self.line(&hms_now());
+        }
+    }
+}
+
 /// A NUL-padded kernel comm as a string.
 pub fn comm_str(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());

@@ -26,11 +26,11 @@ const TOOL: &str = "argdist";
     after_help = "EXPR: arg0..arg5 (entry probes), $retval (ur:/kr:), $pid, $tid, $cpu, or a\n\
 tracepoint field by name (tplist -v t:CATEGORY:EVENT lists them).\n\
 Examples:\n  \
-    argdist -C t:sched:sched_switch prev_state        how tasks leave the CPU\n  \
+    argdist --count t:sched:sched_switch prev_state   how tasks leave the CPU\n  \
     argdist -H u:libc:malloc arg0                     malloc sizes (log2)\n  \
-    argdist -C ur:libc:write '$retval' -p 1234        write() results of one process\n  \
+    argdist --count ur:libc:write '$retval' -p 1234   write() results of one process\n  \
     argdist -H t:syscalls:sys_exit_read ret 1 10      read sizes every second\n  \
-    argdist -C t:sched:sched_switch prev_state --filter 'prev_prio < 120'"
+    argdist --count t:sched:sched_switch prev_state --filter 'prev_prio < 120'"
 )]
 pub struct ArgdistArgs {
     /// PROBE EXPR, then optional INTERVAL and COUNT.
@@ -40,7 +40,7 @@ pub struct ArgdistArgs {
     #[arg(short = 'H', long = "histogram", conflicts_with = "count")]
     pub histogram: bool,
     /// Count each distinct value (the default).
-    #[arg(short = 'C', long = "count")]
+    #[arg(long = "count")]
     pub count: bool,
     /// Only when EXPR OP NUMBER holds (e.g. 'arg2 > 100'); evaluated in the kernel.
     #[arg(long, value_name = "FILTER")]
@@ -61,7 +61,7 @@ pub struct ArgdistArgs {
 pub async fn run(args: ArgdistArgs) -> Result<()> {
     let (probe_text, expr_text, rest) = match args.items.as_slice() {
         [probe, expr, rest @ ..] => (probe, expr, rest),
-        _ => bail!("give a PROBE and an EXPR (e.g. argdist -C t:sched:sched_switch prev_state)"),
+        _ => bail!("give a PROBE and an EXPR (e.g. argdist t:sched:sched_switch prev_state)"),
     };
     let mut positionals = vec![probe_text.clone()];
     positionals.extend(rest.iter().cloned());
@@ -192,9 +192,7 @@ fn print_counts(
         ));
         return;
     }
-    if periodic || args.common.output.timestamp {
-        out.line(&format!("[{}]", hms_now()));
-    }
+    out.interval_header(periodic || args.common.output.timestamp);
     let many = probes.len() > 1;
     out.line(&format!(
         "{:>10}  {}{}{}",
@@ -247,9 +245,7 @@ fn print_hists(
 ) {
     let mut keys: Vec<&HistKey> = now.keys().collect();
     keys.sort_by_key(|k| (k.probe_id, k.tgid));
-    if periodic && !args.common.output.json {
-        out.line(&format!("[{}]", hms_now()));
-    }
+    out.interval_header((periodic || args.common.output.timestamp) && !args.common.output.json);
     for key in keys {
         let hist = now[key].since(before.get(key));
         if hist.count == 0 {

@@ -6,7 +6,7 @@ use clap::Args;
 use tracer_common::sched::{CPUDIST_OFF_CPU, CPUDIST_ON_CPU, SchedConfig};
 
 use super::runqlat::{self, HistView, KeyArgs, SchedTool};
-use crate::{btf::KernelBtf, session::IntervalArgs, tools::CommonArgs};
+use crate::{attach::Mechanism, btf::KernelBtf, session::IntervalArgs, tools::CommonArgs};
 
 const TOOL: &str = "cpudist";
 
@@ -57,7 +57,10 @@ pub async fn run(args: CpudistArgs) -> Result<()> {
     };
     let btf = KernelBtf::new();
     let mut ebpf = runqlat::load(&btf, config, SchedTool::Cpudist)?;
-    let switch = runqlat::attach_switch(&mut ebpf, &btf, "cpudist", view.common.attach)?;
+    let force = view
+        .common
+        .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?;
+    let switch = runqlat::attach_switch(&mut ebpf, &btf, "cpudist", force)?;
     if view.common.verbose {
         eprintln!("{TOOL}: {}", switch.summary());
     }

@@ -57,10 +57,10 @@ pub struct ForksnoopArgs {
     #[arg(long)]
     pub kthreads: bool,
     /// Count forks per parent in the kernel and print the top parents instead of events.
-    #[arg(short = 's', long)]
+    #[arg(long)]
     pub summary: bool,
     /// With --summary: how many parents to print per interval.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
     #[command(flatten)]
     pub interval: IntervalArgs,
@@ -91,7 +91,13 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
         comm: filters::comm_filter(args.comm.as_deref())?,
     };
 
-    let (mut ebpf, attachment) = load_and_attach(config, args.common.attach)?;
+    let (mut ebpf, attachment) = load_and_attach(
+        config,
+        args.common.attach_for(
+            TOOL,
+            &[Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint],
+        )?,
+    )?;
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
     }
@@ -432,9 +438,7 @@ fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out:
                    "parents_total": rows.len(), "parents": parents}),
         ));
     } else {
-        if args.interval.interval.is_some() || args.common.output.timestamp {
-            out.line(&hms_now());
-        }
+        out.interval_header(args.interval.interval.is_some() || args.common.output.timestamp);
         out.line(&format!(
             "{:<16} {:>7} {:>9} {:>9} {:>9}",
             "PCOMM", "PID", "FORKS", "PROCESSES", "THREADS"

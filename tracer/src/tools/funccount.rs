@@ -39,7 +39,7 @@ pub struct FunccountArgs {
     #[arg(short = 'P', long = "per-pid")]
     pub per_pid: bool,
     /// Print only the N busiest rows.
-    #[arg(long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N")]
     pub top: Option<usize>,
     /// Also print probes that were not hit.
     #[arg(long)]
@@ -169,8 +169,9 @@ fn print_counts(
         return;
     }
     if periodic || args.common.output.timestamp {
-        out.line(&format!("\n{}", hms_now()));
+        out.line("");
     }
+    out.interval_header(periodic || args.common.output.timestamp);
     let width = rows[..shown]
         .iter()
         .map(|(i, _)| probes[*i].name.len())
@@ -226,8 +227,9 @@ fn print_per_pid(
         return;
     }
     if periodic || args.common.output.timestamp {
-        out.line(&format!("\n{}", hms_now()));
+        out.line("");
     }
+    out.interval_header(periodic || args.common.output.timestamp);
     let width = rows[..shown]
         .iter()
         .map(|(k, _)| name(k).len())

@@ -26,7 +26,7 @@ const TOOL: &str = "funclatency";
 #[derive(Args, Clone, Debug)]
 #[command(after_help = "Examples:\n  \
     funclatency u:/usr/sbin/nginx:ngx_http_process_request      ns histogram until Ctrl-C\n  \
-    funclatency -u -F 'u:/usr/sbin/nginx:ngx_http_*_handler' 5  one µs histogram per handler, every 5 s\n  \
+    funclatency -u --function 'u:/usr/sbin/nginx:ngx_http_*_handler' 5  one µs histogram per handler, every 5 s\n  \
     funclatency -m k:do_sys_openat2                              kernel function (fentry/fexit or kprobes)\n  \
     funclatency -p 1234 -P u:libc:malloc                         one process, per PID\n  \
     funclatency --start t:sched:sched_wakeup --start-key pid \\\n              \
@@ -42,7 +42,7 @@ pub struct FunclatencyArgs {
     #[arg(short = 'm', long = "milliseconds")]
     pub milliseconds: bool,
     /// One histogram per function (with a glob).
-    #[arg(short = 'F', long = "function")]
+    #[arg(long = "function")]
     pub per_function: bool,
     /// One histogram per process.
     #[arg(short = 'P', long = "per-pid")]
@@ -281,8 +281,9 @@ fn print(
     keys.sort_by_key(|k| (k.probe_id, k.tgid));
     let json = args.common.output.json;
     if !json && (periodic || args.common.output.timestamp) {
-        out.line(&format!("\n{}", hms_now()));
+        out.line("");
     }
+    out.interval_header(!json && (periodic || args.common.output.timestamp));
     let mut any = false;
     for key in keys {
         let hist = now[key].since(before.get(key));

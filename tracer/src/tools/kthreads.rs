@@ -29,7 +29,7 @@ pub struct KthreadsArgs {
     #[arg(long)]
     pub group: bool,
     /// Order: pid (the tree) or cpu (cumulative CPU time, largest first).
-    #[arg(long, value_enum, default_value = "pid")]
+    #[arg(short = 's', long, value_enum, default_value = "pid")]
     pub sort: SortBy,
     /// Only threads whose name matches: exact, or a prefix ending in '*' ('kworker/*').
     #[arg(long, value_name = "NAME")]
@@ -74,6 +74,7 @@ pub async fn run(args: KthreadsArgs) -> Result<()> {
         filter.matches(&comm)
     });
     let mut out = Out::new();
+    out.interval_header(args.output.timestamp && !args.output.json);
     if args.group {
         print_groups(&args, &threads, &mut out);
     } else {

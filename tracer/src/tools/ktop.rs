@@ -58,7 +58,7 @@ pub struct KtopArgs {
     #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 20)]
     pub top: usize,
     /// Print plain blocks even on a terminal (no clear-and-redraw).
-    #[arg(long)]
+    #[arg(short = 'b', long, alias = "batch")]
     pub no_redraw: bool,
     #[command(flatten)]
     pub interval: IntervalArgs,
@@ -85,14 +85,17 @@ pub async fn run(args: KtopArgs) -> Result<()> {
         ..SchedConfig::DEFAULT
     };
     let mut ebpf = runqlat::load(&btf, config, SchedTool::Ktop)?;
-    let switch = runqlat::attach_switch(&mut ebpf, &btf, "ktop", args.common.attach)?;
-    let wakeups = runqlat::attach_wakeups(&mut ebpf, &btf, args.common.attach)?;
+    let force = args
+        .common
+        .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?;
+    let switch = runqlat::attach_switch(&mut ebpf, &btf, "ktop", force)?;
+    let wakeups = runqlat::attach_wakeups(&mut ebpf, &btf, force)?;
     let work = attach_work(
         &mut ebpf,
         &btf,
         work_func_offset.is_some(),
         tp_function_offset.is_some(),
-        args.common.attach,
+        force,
     );
     if args.common.verbose {
         for a in wakeups.iter().chain([&switch]) {

@@ -33,12 +33,30 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub duration: DurationArgs,
     /// Attach only with this mechanism instead of climbing the ladder (tp_btf → raw_tp →
-    /// tracepoint; fentry → kprobe; uprobe-multi → uprobe for u:/ur: probes).
+    /// tracepoint; fentry → kprobe; uprobe_multi → uprobe for u:/ur: probes); a tool takes
+    /// only the ones it has.
     #[arg(long, value_enum, value_name = "MECHANISM")]
     pub attach: Option<Mechanism>,
     /// Say how each probe was attached and why other mechanisms were not used.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+}
+
+impl CommonArgs {
+    /// The `--attach` mechanism for a tool whose probes offer only `accepted`: a value it
+    /// cannot use is refused in one line naming the ones it can, before anything attaches.
+    pub fn attach_for(&self, tool: &str, accepted: &[Mechanism]) -> Result<Option<Mechanism>> {
+        match self.attach {
+            Some(m) if !accepted.contains(&m) => {
+                let names: Vec<&str> = accepted.iter().map(|m| m.name()).collect();
+                bail!(
+                    "--attach {m}: {tool} cannot attach with {m} (choose one of {})",
+                    names.join(", ")
+                )
+            }
+            forced => Ok(forced),
+        }
+    }
 }
 
 /// `-p PID` / `-t TID` of the tools that filter in the kernel by task.

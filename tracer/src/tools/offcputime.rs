@@ -35,7 +35,7 @@ const TOOL: &str = "offcputime";
     offcputime -d 10                 all tasks for 10 s, longest-blocked stacks\n  \
     offcputime -p 1234               why PID 1234 waits\n  \
     offcputime --kthreads -K         why kernel threads (kworker, jbd2, ...) wait\n  \
-    offcputime -m 1000 -f > out.folded   blocks of 1 ms or more, folded (values in us)\n  \
+    offcputime --min-block-time 1000 -f > out.folded   blocks of 1 ms or more, folded (values in us)\n  \
     offcputime --svg offcpu.svg -d 30    off-CPU flame graph")]
 pub struct OffcputimeArgs {
     #[command(flatten)]
@@ -47,23 +47,18 @@ pub struct OffcputimeArgs {
     #[arg(long, conflicts_with = "user_threads_only")]
     pub kthreads: bool,
     /// Only user tasks (no kernel threads).
-    #[arg(short = 'u', long)]
+    #[arg(long)]
     pub user_threads_only: bool,
     #[command(flatten)]
     pub stack_kind: StackKindArgs,
     /// Ignore blocks shorter than this many microseconds.
-    #[arg(
-        short = 'm',
-        long = "min-block-time",
-        value_name = "US",
-        default_value_t = 1
-    )]
+    #[arg(long = "min-block-time", value_name = "US", default_value_t = 1)]
     pub min_us: u64,
     /// Ignore blocks longer than this many microseconds.
-    #[arg(short = 'M', long = "max-block-time", value_name = "US")]
+    #[arg(long = "max-block-time", short_alias = 'M', value_name = "US")]
     pub max_us: Option<u64>,
     /// How many stacks to print (text and JSON).
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
     #[command(flatten)]
     pub stacks: StackOutputArgs,
@@ -78,7 +73,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
     if max_us < args.min_us {
         bail!(
-            "-M {max_us} is below -m {}: no block could match",
+            "--max-block-time {max_us} is below --min-block-time {}: no block could match",
             args.min_us
         );
     }
@@ -125,7 +120,14 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         category: "sched",
         event: "sched_switch",
     };
-    let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
+    let attachment = attach::attach(
+        &mut ebpf,
+        &btf,
+        target,
+        &rungs,
+        args.common
+            .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?,
+    )?;
     if args.common.verbose {
         eprintln!("{TOOL}: {}", attachment.summary());
     }
@@ -298,9 +300,7 @@ fn report(
         ));
         return;
     }
-    if args.interval.interval.is_some() || args.common.output.timestamp {
-        out.line(&hms_now());
-    }
+    out.interval_header(args.interval.interval.is_some() || args.common.output.timestamp);
     out.line(&format!(
         "{} off CPU in {:.1}s of tracing ({} distinct stacks) — {title}",
         stacks::format_ns(total),

@@ -61,9 +61,9 @@ pub struct SampleArgs {
         default_value_t = 49
     )]
     pub frequency: u64,
-    /// Sample only this CPU (default: all CPUs).
-    #[arg(short = 'C', long = "cpu", value_name = "CPU")]
-    pub cpu: Option<u32>,
+    /// Sample only these CPUs: a list like 0,2-3 (default: all CPUs).
+    #[arg(short = 'C', long = "cpu", value_name = "CPUS")]
+    pub cpu: Option<String>,
     /// The perf event that triggers samples.
     #[arg(long, value_enum, default_value_t = SampleEvent::CpuClock)]
     pub event: SampleEvent,
@@ -105,7 +105,7 @@ pub struct ProfileArgs {
     #[command(flatten)]
     pub stack_kind: StackKindArgs,
     /// How many stacks to print (text and JSON).
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
     #[command(flatten)]
     pub sample: SampleArgs,
@@ -116,13 +116,13 @@ pub struct ProfileArgs {
 #[command(after_help = "Examples:\n  \
     kstacks -d 10                    busiest kernel threads and their stacks\n  \
     kstacks --comm 'kworker/*' 1 5   kworkers, every second, 5 times\n  \
-    kstacks --svg kthreads.svg -d 30 flame graph of kernel-thread CPU time")]
+    kstacks --svg kthreads.svg -d 30  flame graph of kernel-thread CPU time")]
 pub struct KstacksArgs {
     /// How many threads to print.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub top: usize,
     /// How many stacks to print per thread.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long = "stacks-per-thread", value_name = "N", default_value_t = 3)]
     pub stacks: usize,
     #[command(flatten)]
     pub sample: SampleArgs,
@@ -159,17 +159,19 @@ impl Sampler {
             .task_offsets()
             .context("profile reads task flags (kernel threads) at offsets from kernel BTF")?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow!("cannot list CPUs ({what}): {e}"))?;
-        let cpus: Vec<u32> = match sample.cpu {
-            Some(cpu) if !cpus.contains(&cpu) => {
-                bail!(
-                    "-C {cpu}: no such online CPU (online: {})",
-                    cpus_text(&cpus)
-                )
-            }
-            Some(cpu) => vec![cpu],
+        let cpus: Vec<u32> = match &sample.cpu {
+            Some(list) => filters::cpu_list(list, &cpus).map_err(|e| anyhow!("-C {list}: {e}"))?,
             None => cpus,
         };
         sample.stacks.check()?;
+        if !softirq && let Some(m) = sample.common.attach {
+            let with_softirq = if tool == "profile" {
+                ", unless --softirq (then choose one of tp_btf, raw_tp)"
+            } else {
+                ""
+            };
+            bail!("--attach {m}: {tool} attaches only perf events{with_softirq}");
+        }
         let mut ebpf = loader::load(objects::PROFILE, |l| {
             l.override_global("CONFIG", &config, true);
             l.override_global("TASK_OFFSETS", &offsets, false);
@@ -202,8 +204,10 @@ impl Sampler {
                     category: "irq",
                     event,
                 };
-                let attachment =
-                    attach::attach(&mut ebpf, &btf, target, &rungs, sample.common.attach)?;
+                let force = sample
+                    .common
+                    .attach_for(tool, &[Mechanism::TpBtf, Mechanism::RawTp])?;
+                let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, force)?;
                 if sample.common.verbose {
                     eprintln!("{tool}: {}", attachment.summary());
                 }
@@ -449,6 +453,7 @@ fn what_sampled(
     }
     let cpus = sample
         .cpu
+        .as_ref()
         .map(|c| format!("CPU {c}"))
         .unwrap_or_else(|| "all CPUs".into());
     let filter = if what.is_empty() {
@@ -500,9 +505,9 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
                 ));
                 return;
             }
-            if sample.interval.interval.is_some() || sample.common.output.timestamp {
-                out.line(&hms_now());
-            }
+            out.interval_header(
+                sample.interval.interval.is_some() || sample.common.output.timestamp,
+            );
             out.line(&format!(
                 "{total} samples in {:.1}s ({} distinct stacks) — {}",
                 elapsed.as_secs_f64(),
@@ -682,9 +687,9 @@ fn print_threads(
         ));
         return;
     }
-    if args.sample.interval.interval.is_some() || args.sample.common.output.timestamp {
-        out.line(&hms_now());
-    }
+    out.interval_header(
+        args.sample.interval.interval.is_some() || args.sample.common.output.timestamp,
+    );
     out.line(&format!(
         "{} kernel-thread samples in {:.1}s at {} Hz on {} CPU(s) ({}); CPU% is of one CPU",
         total,
@@ -712,7 +717,7 @@ fn print_threads(
         }
         if thread_stacks.len() > args.stacks {
             out.line(&format!(
-                "  ... {} more stacks (--stacks to show more)",
+                "  ... {} more stacks (--stacks-per-thread to show more)",
                 thread_stacks.len() - args.stacks
             ));
         }

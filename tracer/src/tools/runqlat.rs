@@ -65,10 +65,10 @@ pub struct KeyArgs {
     #[arg(short = 'm', long = "milliseconds")]
     pub milliseconds: bool,
     /// One histogram per process (thread group).
-    #[arg(short = 'P', long = "pids", conflicts_with = "tids")]
+    #[arg(short = 'P', long = "per-pid", alias = "pids", conflicts_with = "tids")]
     pub pids: bool,
     /// One histogram per thread.
-    #[arg(short = 'L', long = "tids")]
+    #[arg(short = 'L', long = "per-tid", alias = "tids")]
     pub tids: bool,
     /// Only kernel threads, one histogram per group (ksoftirqd/*, kworker/*...; -L: per thread).
     #[arg(long, conflicts_with = "pids")]
@@ -89,8 +89,11 @@ pub async fn run(args: RunqlatArgs) -> Result<()> {
     let config = view.config()?;
     let btf = KernelBtf::new();
     let mut ebpf = load(&btf, config, SchedTool::Runqlat)?;
-    let switch = attach_switch(&mut ebpf, &btf, "runqlat", view.common.attach)?;
-    let wakeups = attach_wakeups(&mut ebpf, &btf, view.common.attach)?;
+    let force = view
+        .common
+        .attach_for("runqlat", &[Mechanism::TpBtf, Mechanism::RawTp])?;
+    let switch = attach_switch(&mut ebpf, &btf, "runqlat", force)?;
+    let wakeups = attach_wakeups(&mut ebpf, &btf, force)?;
     if view.common.verbose {
         for a in wakeups.iter().chain([&switch]) {
             eprintln!("{TOOL}: {}", a.summary());
@@ -403,9 +406,7 @@ impl HistView {
             out.flush();
             return;
         }
-        if self.common.output.timestamp {
-            out.line(&hms_now());
-        }
+        out.interval_header(self.common.output.timestamp);
         for (label, hist, threads, name) in &rows {
             match label {
                 Label::All => {}

@@ -37,6 +37,7 @@ use tracer_common::{
 use crate::{
     attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
+    filters,
     hist::Log2,
     loader::{self, StatsReader, objects, take},
     output::{Clock, Out, comm_str, hms_now, with_schema},
@@ -66,7 +67,7 @@ pub enum SortKey {
     softirq-top 2 5                  every 2 s, 5 times\n  \
     softirq-top --vec NET_RX -C 0    only NET_RX, only CPU 0\n  \
     softirq-top --net                NET_RX drill-down: NAPI polls and packets per device\n  \
-    softirq-top -L -D                raise->entry latency and run-time histograms per vector\n  \
+    softirq-top --latency -D         raise->entry latency and run-time histograms per vector\n  \
     softirq-top --stacks -d 10       hot kernel stacks while serving softirqs, for 10 s\n  \
     softirq-top --stacks --svg si.svg -d 10   flame graph of softirq context\n  \
     softirq-top --json 1 3           one JSON object per interval")]
@@ -84,7 +85,7 @@ pub struct SoftirqTopArgs {
     #[arg(short = 'D', long = "dist")]
     pub dist: bool,
     /// Per-vector raise→entry latency histograms (irq:softirq_raise).
-    #[arg(short = 'L', long)]
+    #[arg(long)]
     pub latency: bool,
     /// Histograms in nanoseconds instead of microseconds.
     #[arg(short = 'N', long = "nanoseconds")]
@@ -107,82 +108,25 @@ pub struct SoftirqTopArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub frequency: u64,
     /// With --stacks: how many stacks to print.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub top: usize,
     /// With --stacks: entries of the stack map (more means fewer hash collisions).
     #[arg(long, value_name = "N", default_value_t = STACK_TRACES_ENTRIES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub stack_storage_size: u32,
     /// With --stacks: print folded stacks (FlameGraph's input) instead of the top list.
-    #[arg(long)]
+    #[arg(short = 'f', long)]
     pub folded: bool,
     /// With --stacks: write a flame graph of softirq context to FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Plain interval blocks even on a terminal (no screen redraw).
-    #[arg(short = 'b', long)]
+    #[arg(short = 'b', long = "no-redraw", alias = "batch")]
     pub batch: bool,
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
     pub common: CommonArgs,
-}
-
-/// Parses "0,2-3" against the online CPUs.
-fn parse_cpus(text: &str, online: &[u32]) -> Result<Vec<u32>> {
-    let describe = || describe_cpus(online);
-    let mut cpus = Vec::new();
-    for part in text.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let parse = |s: &str| {
-            s.parse::<u32>().map_err(|_| {
-                anyhow!(
-                    "'{text}' is not a CPU list (e.g. 0 or 0,2-3; online CPUs: {})",
-                    describe()
-                )
-            })
-        };
-        let (lo, hi) = (parse(lo)?, parse(hi)?);
-        if lo > hi {
-            bail!(
-                "'{part}' is an empty CPU range (online CPUs: {})",
-                describe()
-            );
-        }
-        for cpu in lo..=hi {
-            if !online.contains(&cpu) {
-                bail!("CPU {cpu} is not online (online CPUs: {})", describe());
-            }
-            if !cpus.contains(&cpu) {
-                cpus.push(cpu);
-            }
-        }
-    }
-    cpus.sort_unstable();
-    Ok(cpus)
-}
-
-fn describe_cpus(cpus: &[u32]) -> String {
-    let mut ranges: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        let mut end = start;
-        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
-            i += 1;
-            end = cpus[i];
-        }
-        ranges.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    ranges.join(",")
 }
 
 /// Parses "NET_RX,timer" into vector numbers.
@@ -716,7 +660,7 @@ fn render_text(ctx: &RunContext, iv: &Interval, net_rx: (u64, u64), live: bool) 
         "softirq-top  {}  interval {:.2}s  CPUs {}  softirq {:.1}% of CPU time  [{}; {}]",
         hms_now(),
         iv.seconds,
-        describe_cpus(&iv.cpus),
+        filters::describe_cpus(&iv.cpus),
         pct(total.time_ns(), iv.seconds, n),
         ctx.attach,
         iv.timing()
@@ -1059,7 +1003,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     let online =
         aya::util::online_cpus().map_err(|(_, e)| anyhow!("cannot read the online CPUs: {e}"))?;
     let cpus = match &args.cpu {
-        Some(text) => parse_cpus(text, &online)?,
+        Some(text) => filters::cpu_list(text, &online)?,
         None => online.clone(),
     };
     let vecs = match &args.vec {
@@ -1125,19 +1069,10 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
 
     let (state, ksoftirqd) = init_cpu_state(&mut ebpf)?;
 
-    let force = args.common.attach.filter(|m| {
-        matches!(
-            m,
-            Mechanism::TpBtf | Mechanism::RawTp | Mechanism::Tracepoint
-        )
-    });
-    if let Some(m) = args.common.attach
-        && force.is_none()
-    {
-        bail!(
-            "--attach {m} does not apply: softirq-top attaches to tracepoints (tp_btf, raw_tp, tracepoint)"
-        );
-    }
+    let force = args.common.attach_for(
+        "softirq-top",
+        &[Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint],
+    )?;
     let mut attachments = attach_core(&mut ebpf, &btf, force)?;
     let mut attach_tp = |ebpf: &mut Ebpf,
                          category: &'static str,
@@ -1248,9 +1183,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
                 if live {
                     out.line(&format!("\x1b[H\x1b[2J{}", text.trim_end()));
                 } else {
-                    if args.common.output.timestamp {
-                        out.line(&hms_now());
-                    }
+                    out.interval_header(args.common.output.timestamp);
                     out.line(&text);
                 }
             }
@@ -1485,21 +1418,6 @@ fn print_stacks(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists() {
-        let online = [0, 1, 2, 3];
-        assert_eq!(parse_cpus("0,2-3", &online).unwrap(), vec![0, 2, 3]);
-        assert_eq!(parse_cpus("1", &online).unwrap(), vec![1]);
-        let err = parse_cpus("99", &online).unwrap_err().to_string();
-        assert!(
-            err.contains("CPU 99 is not online (online CPUs: 0-3)"),
-            "{err}"
-        );
-        assert!(parse_cpus("x", &online).is_err());
-        assert!(parse_cpus("3-1", &online).is_err());
-        assert_eq!(describe_cpus(&[0, 1, 3, 5, 6]), "0-1,3,5-6");
-    }
 
     #[test]
     fn vector_names() {

@@ -25,22 +25,35 @@ const TOOL: &str = "stackcount";
 #[derive(Args, Clone, Debug)]
 #[command(
     after_help = "By default uprobes collect user stacks, kernel functions and tracepoints kernel\n\
-stacks; -U and -K choose (both: -U -K).\n\
+stacks; -K (kernel only), -U (user only) and --both-stacks choose.\n\
 Examples:\n  \
     stackcount u:/usr/sbin/nginx:ngx_http_process_request    who calls it in nginx\n  \
-    stackcount -K -U t:sched:sched_switch -d 5 --folded       kernel+user, folded\n  \
+    stackcount --both-stacks t:sched:sched_switch -d 5 --folded  kernel+user, folded\n  \
     stackcount --svg fork.svg t:sched:sched_process_fork      flame graph of fork callers"
 )]
 pub struct StackcountArgs {
     /// Probes (globs allowed; all counted together), then optional INTERVAL and COUNT.
     #[arg(value_name = "PROBE... [INTERVAL [COUNT]]", required = true, num_args = 1..)]
     pub items: Vec<String>,
-    /// Collect kernel stacks.
-    #[arg(short = 'K', long = "kernel-stacks")]
+    /// Kernel stacks only (both halves: --both-stacks).
+    #[arg(
+        short = 'K',
+        long = "kernel-stacks-only",
+        alias = "kernel-stacks",
+        conflicts_with_all = ["user", "both_stacks"]
+    )]
     pub kernel: bool,
-    /// Collect user stacks.
-    #[arg(short = 'U', long = "user-stacks")]
+    /// User stacks only (both halves: --both-stacks).
+    #[arg(
+        short = 'U',
+        long = "user-stacks-only",
+        alias = "user-stacks",
+        conflicts_with = "both_stacks"
+    )]
     pub user: bool,
+    /// Kernel and user stacks.
+    #[arg(long)]
+    pub both_stacks: bool,
     /// Separate stacks per process (PID and COMM).
     #[arg(short = 'P', long = "per-pid")]
     pub per_pid: bool,
@@ -54,7 +67,7 @@ pub struct StackcountArgs {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Print only the N most frequent stacks.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -75,9 +88,9 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         .transpose()?;
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let all_user = probes.iter().all(|p| p.kind.is_user());
-    let (kernel, user) = match (args.kernel, args.user) {
-        (false, false) => (!all_user, all_user),
-        chosen => chosen,
+    let (kernel, user) = match (args.kernel, args.user, args.both_stacks) {
+        (false, false, false) => (!all_user, all_user),
+        (kernel, user, both) => (kernel || both, user || both),
     };
     let config = ProbesConfig {
         mode: MODE_STACK,

@@ -18,11 +18,11 @@ const TOOL: &str = "tplist";
 /// List tracepoints and their fields, kernel functions, or a binary's functions.
 #[derive(Args, Clone, Debug)]
 #[command(after_help = "Examples:\n  \
-    tplist 'sched:*'                      scheduler tracepoints\n  \
-    tplist -v sched:sched_switch          its fields (names argdist/trace take)\n  \
-    tplist -k 'tcp_*'                     kernel functions (k:/kr: probes)\n  \
-    tplist -b /usr/sbin/nginx 'ngx_http*' functions a uprobe can attach to\n  \
-    tplist -b libc 'mall*'                a library, found like the dynamic loader does")]
+    tplist 'sched:*'                       scheduler tracepoints\n  \
+    tplist -v sched:sched_switch           its fields (names argdist/trace take)\n  \
+    tplist -k 'tcp_*'                      kernel functions (k:/kr: probes)\n  \
+    tplist -l /usr/sbin/nginx 'ngx_http*'  functions a uprobe can attach to\n  \
+    tplist -l libc 'mall*'                 a library, found like the dynamic loader does")]
 pub struct TplistArgs {
     /// Glob on `category:event`, function or symbol names (default: everything).
     #[arg(value_name = "GLOB")]
@@ -34,7 +34,7 @@ pub struct TplistArgs {
     #[arg(short = 'k', long = "kernel", conflicts_with = "binary")]
     pub kernel: bool,
     /// List the functions of this binary or library (path or name like libc).
-    #[arg(short = 'b', long = "binary", value_name = "BINARY")]
+    #[arg(short = 'l', long = "binary", alias = "lib", value_name = "BINARY")]
     pub binary: Option<String>,
     /// Resolve a library name through this process's maps.
     #[arg(short = 'p', long = "pid", value_name = "PID", requires = "binary")]

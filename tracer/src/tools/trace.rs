@@ -50,7 +50,7 @@ pub struct TraceArgs {
     #[arg(long = "max-rate", value_name = "N")]
     pub max_rate: Option<u32>,
     /// Stop after N events.
-    #[arg(short = 'n', long = "max-events", value_name = "N")]
+    #[arg(long = "max-events", value_name = "N")]
     pub max_events: Option<u64>,
     #[command(flatten)]
     pub common: CommonArgs,

@@ -133,8 +133,9 @@ const CASES: &[Case] = &[
         &["profile", "-F", "100000000"],
         "sampling frequency must be 1 to 10000",
     ),
-    usage(&["profile", "-C", "abc"], "invalid value 'abc'"),
-    error(&["profile", "-C", "999"], "no such online CPU"),
+    error(&["profile", "-C", "abc"], "is not a CPU list"),
+    error(&["profile", "-C", "999"], "is not online"),
+    error(&["profile", "-C", "0,999"], "CPU 999 is not online"),
     error(&["softirq-top", "-C", "999"], "is not online"),
     error(&["softirq-top", "-C", "x"], "is not a CPU list"),
     // Unknown PIDs and TIDs.
@@ -157,9 +158,36 @@ const CASES: &[Case] = &[
         &["forksnoop", "--comm", "averyveryverylongname"],
         "longer than",
     ),
-    error(&["forksnoop", "--attach", "kprobe"], "not offered"),
-    error(&["softirq-top", "--attach", "fentry"], "does not apply"),
-    error(&["offcputime", "-m", "10", "-M", "5"], "below -m 10"),
+    error(
+        &["forksnoop", "--attach", "kprobe"],
+        "forksnoop cannot attach with kprobe (choose one of tp_btf, raw_tp, tracepoint)",
+    ),
+    error(
+        &["softirq-top", "--attach", "fentry"],
+        "choose one of tp_btf, raw_tp, tracepoint",
+    ),
+    error(
+        &["profile", "--attach", "kprobe", "-d", "0.1"],
+        "profile attaches only perf events, unless --softirq",
+    ),
+    error(
+        &["profile", "--softirq", "--attach", "kprobe", "-d", "0.1"],
+        "choose one of tp_btf, raw_tp",
+    ),
+    error(
+        &["runqlat", "--attach", "tracepoint", "-d", "0.1"],
+        "runqlat cannot attach with tracepoint (choose one of tp_btf, raw_tp)",
+    ),
+    error(
+        &[
+            "offcputime",
+            "--min-block-time",
+            "10",
+            "--max-block-time",
+            "5",
+        ],
+        "below --min-block-time 10",
+    ),
     error(
         &["profile", "--svg", "/proc/nope/x.svg", "-d", "0.1"],
         "cannot write the flame graph",
@@ -178,7 +206,12 @@ const CASES: &[Case] = &[
         "times one probe",
     ),
     error(
-        &["argdist", "-C", "t:sched:sched_switch", "no_such_field"],
+        &[
+            "argdist",
+            "--count",
+            "t:sched:sched_switch",
+            "no_such_field",
+        ],
         "has no field 'no_such_field'",
     ),
     error(
@@ -219,9 +252,9 @@ const CASES: &[Case] = &[
     error(&["funccount", "u:{dir}:main"], "is a directory"),
     error(&["funccount", "u:{text}:main"], "not an ELF file"),
     error(&["funccount", "u:{fifo}:main"], "not a regular file"),
-    error(&["tplist", "-b", "{fifo}"], "not a regular file"),
+    error(&["tplist", "-l", "{fifo}"], "not a regular file"),
     error(&["funccount", "u:/proc/self/mem:main"], "cannot read"),
-    error(&["tplist", "-b", "/no/such/bin"], "no such file"),
+    error(&["tplist", "-l", "/no/such/bin"], "no such file"),
     // No tracefs and no BTF (nowhere to mount tracefs).
     error_in(
         Env::NoSysKernel,

@@ -5,12 +5,17 @@ use std::process::Command;
 
 use libtest_mimic::{Failed, Trial};
 
-use crate::common::{TRACER, ensure, run, trial};
+use crate::common::{Need, TRACER, ensure, run, trial};
 
 pub fn tests() -> Vec<Trial> {
     vec![
         trial("cli::help_lists_every_tool", &[], help_lists_every_tool),
         trial("cli::symlink_invocation", &[], symlink_invocation),
+        trial(
+            "cli::interval_header_is_one_format",
+            &[Need::Root],
+            interval_header_is_one_format,
+        ),
     ]
 }
 
@@ -42,4 +47,75 @@ fn symlink_invocation() -> Result<(), Failed> {
         out.status.success() && help.contains("Usage: tracer forksnoop"),
         || format!("symlink help: {help}"),
     )
+}
+
+/// `HH:MM:SS` on a line of its own.
+fn is_time_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() == 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+}
+
+/// With -T every interval tool opens its interval blocks with the same `HH:MM:SS` line
+/// (docs/cli.md), from one shared function; argdist used `[HH:MM:SS]`, kthreads ignored -T.
+fn interval_header_is_one_format() -> Result<(), Failed> {
+    let cases: &[&[&str]] = &[
+        &[
+            "argdist",
+            "-T",
+            "-d",
+            "1.3",
+            "t:sched:sched_switch",
+            "prev_pid",
+            "0.5",
+        ],
+        &[
+            "funccount",
+            "-T",
+            "-d",
+            "1.3",
+            "t:sched:sched_switch",
+            "0.5",
+        ],
+        &[
+            "funclatency",
+            "-T",
+            "-d",
+            "1.3",
+            "--start",
+            "t:sched:sched_wakeup",
+            "--start-key",
+            "pid",
+            "--end",
+            "t:sched:sched_switch",
+            "--end-key",
+            "next_pid",
+            "0.5",
+        ],
+        &["runqlat", "-T", "-d", "1.3", "0.5"],
+        &["cpudist", "-T", "-d", "1.3", "0.5"],
+        &["offcputime", "-T", "-d", "1.3", "0.5"],
+        &["profile", "-T", "-d", "1.3", "0.5"],
+        &["softirq-top", "-T", "-d", "1.3", "0.5"],
+        &["kthreads", "-T"],
+    ];
+    for args in cases {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure(out.status.success(), || {
+            format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr))
+        })?;
+        ensure(stdout.lines().any(is_time_line), || {
+            format!("{args:?}: no HH:MM:SS header line in:\n{stdout}")
+        })?;
+        ensure(
+            !stdout
+                .lines()
+                .any(|l| l.starts_with('[') && is_time_line(l.trim_matches(['[', ']']))),
+            || format!("{args:?}: a [HH:MM:SS] header:\n{stdout}"),
+        )?;
+    }
+    Ok(())
 }

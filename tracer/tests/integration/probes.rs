@@ -146,13 +146,18 @@ fn spec_errors_are_one_line() -> Result<(), Failed> {
         ),
         (vec!["funclatency", "t:sched:sched_switch"], "--start"),
         (
-            vec!["argdist", "-C", "t:sched:sched_switch", "no_such_field"],
+            vec![
+                "argdist",
+                "--count",
+                "t:sched:sched_switch",
+                "no_such_field",
+            ],
             "no field",
         ),
         (
             vec![
                 "argdist",
-                "-C",
+                "--count",
                 "u:/usr/sbin/nginx:ngx_http_process_request",
                 "$retval",
             ],
@@ -163,7 +168,7 @@ fn spec_errors_are_one_line() -> Result<(), Failed> {
             "2 conversions",
         ),
         (
-            vec!["tplist", "-b", "/usr/sbin/nginx", "no_such_fn*"],
+            vec!["tplist", "-l", "/usr/sbin/nginx", "no_such_fn*"],
             "no function matches",
         ),
     ];
@@ -249,7 +254,7 @@ fn nginx_funclatency_glob() -> Result<(), Failed> {
     let url = format!("http://127.0.0.1:{}/", nginx.port);
     let tool = start(&[
         "funclatency",
-        "-F",
+        "--function",
         "--json",
         "u:/usr/sbin/nginx:ngx_http_*_handler",
     ])?;
@@ -381,7 +386,7 @@ fn argdist_prev_state() -> Result<(), Failed> {
     let pid = workload.pid.to_string();
     let tool = start(&[
         "argdist",
-        "-C",
+        "--count",
         "--json",
         "-p",
         &pid,
@@ -411,7 +416,7 @@ fn argdist_libc_write() -> Result<(), Failed> {
     for (probe, expr) in [("u:libc:write", "arg2"), ("ur:libc:write", "$retval")] {
         let workload = Workload::spawn(&["write", &N.to_string()])?;
         let pid = workload.pid.to_string();
-        let tool = start(&["argdist", "-C", "--json", "-p", &pid, probe, expr])?;
+        let tool = start(&["argdist", "--count", "--json", "-p", &pid, probe, expr])?;
         workload.go_and_wait()?;
         let done = tool.stop(libc::SIGINT)?.ok()?;
         let records = done.json()?;
@@ -582,13 +587,13 @@ fn tplist() -> Result<(), Failed> {
             && text.contains("prev_state"),
         || text.to_string(),
     )?;
-    let out = run(&["tplist", "-b", NGINX, "ngx_http_process_*"]);
+    let out = run(&["tplist", "-l", NGINX, "ngx_http_process_*"]);
     let text = String::from_utf8_lossy(&out.stdout);
     ensure(
         out.status.success() && text.lines().any(|l| l == "ngx_http_process_request"),
         || text.to_string(),
     )?;
-    let out = run(&["tplist", "-b", "libc", "mallo?"]);
+    let out = run(&["tplist", "-l", "libc", "mallo?"]);
     let text = String::from_utf8_lossy(&out.stdout);
     ensure(
         out.status.success() && text.lines().any(|l| l == "malloc"),

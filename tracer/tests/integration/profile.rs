@@ -60,6 +60,16 @@ pub fn tests() -> Vec<Trial> {
             ROOT,
             offcputime_interval_eviction,
         ),
+        trial(
+            "profile::cpu_list_samples_only_those_cpus",
+            &[Need::Root, Need::Command("taskset")],
+            cpu_list_samples_only_those_cpus,
+        ),
+        trial(
+            "profile::attach_takes_both_spellings_with_softirq",
+            ROOT,
+            attach_spellings,
+        ),
         trial("profile::bad_input_one_line_errors", &[], bad_input),
     ]
 }
@@ -299,7 +309,16 @@ fn kstacks_only_kernel_threads() -> Result<(), Failed> {
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
     let file = dir.join("data");
     let tool = start(&[
-        "kstacks", "-F", "997", "-d", "3", "--json", "--top", "100", "--stacks", "5",
+        "kstacks",
+        "-F",
+        "997",
+        "-d",
+        "3",
+        "--json",
+        "--top",
+        "100",
+        "--stacks-per-thread",
+        "5",
     ])?;
     let deadline = Instant::now() + Duration::from_millis(2500);
     let mut f = std::fs::File::create(&file).map_err(|e| fail(e.to_string()))?;
@@ -525,6 +544,107 @@ fn offcputime_interval_eviction() -> Result<(), Failed> {
     assert_nothing_loaded("offcputime_")
 }
 
+/// The samples of `pid` in one profile run's JSON.
+fn samples_of(done: &Finished) -> Result<u64, Failed> {
+    let records = done.json()?;
+    let profile = record(&records, "profile")?;
+    Ok(profile["samples"].as_u64().unwrap_or(0))
+}
+
+/// A workload pinned to the last CPU (taskset) is sampled by `-C` lists that include that CPU
+/// and not by one that leaves it out; `-C 0,1`-style lists used to be refused.
+fn cpu_list_samples_only_those_cpus() -> Result<(), Failed> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let last: u32 = online
+        .trim()
+        .rsplit(['-', ','])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if last == 0 {
+        return Ok(()); // One CPU: nothing to leave out.
+    }
+    let workload = Workload::spawn(&["hot", "3"])?;
+    let pid = workload.pid.to_string();
+    let last_text = last.to_string();
+    let pinned = std::process::Command::new("taskset")
+        .args(["-p", "-c", &last_text, &pid])
+        .output()
+        .map_err(|e| fail(format!("taskset: {e}")))?;
+    ensure(pinned.status.success(), || {
+        format!(
+            "taskset failed: {}",
+            String::from_utf8_lossy(&pinned.stderr)
+        )
+    })?;
+    let all_but_last = if last == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", last - 1)
+    };
+    let with_last = format!("0,{last}");
+    let run = |cpus: &str| {
+        start(&[
+            "profile", "-C", cpus, "-p", &pid, "-F", "99", "-d", "2.5", "--json",
+        ])
+    };
+    let without = run(&all_but_last)?;
+    let with = run(&with_last)?;
+    let range = run(&format!("0-{last}"))?;
+    let runner = thread::spawn(move || workload.go_and_wait());
+    let without = without.wait(Duration::from_secs(30))?.ok()?;
+    let with = with.wait(Duration::from_secs(30))?.ok()?;
+    let range = range.wait(Duration::from_secs(30))?.ok()?;
+    runner
+        .join()
+        .map_err(|_| fail("workload thread panicked"))??;
+    let (without, with, range) = (
+        samples_of(&without)?,
+        samples_of(&with)?,
+        samples_of(&range)?,
+    );
+    // The workload spins on the last CPU for the whole 2.5 s: ~250 samples at 99 Hz.
+    ensure(with >= 100 && range >= 100, || {
+        format!("-C {with_last}: {with} samples, -C 0-{last}: {range}; expected ~250")
+    })?;
+    // At most a few from before the pinning took effect.
+    ensure(without <= 5, || {
+        format!("-C {all_but_last}: {without} samples of a task pinned to CPU {last}")
+    })?;
+    assert_nothing_loaded("profile_")
+}
+
+/// `--attach` takes the kernel's spelling (tp_btf) and clap's (tp-btf), and says tp_btf.
+fn attach_spellings() -> Result<(), Failed> {
+    for spelling in ["tp_btf", "tp-btf", "raw_tp", "raw-tp"] {
+        let out = run(&[
+            "profile",
+            "--softirq",
+            "--attach",
+            spelling,
+            "-v",
+            "-d",
+            "0.3",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(out.status.success(), || {
+            format!("--attach {spelling}: {stderr}")
+        })?;
+        let said = spelling.replace('-', "_");
+        ensure(
+            stderr.contains(&format!("irq:softirq_entry via {said}")),
+            || format!("--attach {spelling}: -v should say 'via {said}': {stderr}"),
+        )?;
+    }
+    let out = run(&["forksnoop", "--attach", "tp-btf", "-v", "-d", "0.3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.success() && stderr.contains("sched:sched_process_fork via tp_btf"),
+        || format!("forksnoop --attach tp-btf: {stderr}"),
+    )?;
+    assert_nothing_loaded("profile_")
+}
+
 fn bad_input() -> Result<(), Failed> {
     let unwritable = "/nonexistent-dir/x.svg";
     let cases: &[&[&str]] = &[
@@ -538,7 +658,13 @@ fn bad_input() -> Result<(), Failed> {
         &["kstacks", "--svg", unwritable],
         &["offcputime", "-p", "999999999"],
         &["offcputime", "--svg", unwritable],
-        &["offcputime", "-m", "10", "-M", "5"],
+        &[
+            "offcputime",
+            "--min-block-time",
+            "10",
+            "--max-block-time",
+            "5",
+        ],
     ];
     for args in cases {
         let started = Instant::now();

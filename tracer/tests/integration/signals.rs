@@ -41,7 +41,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ),
     (
         "argdist",
-        &["--json", "-C", "t:sched:sched_switch", "prev_pid"],
+        &["--json", "--count", "t:sched:sched_switch", "prev_pid"],
         Last::JsonEnd,
     ),
     (

@@ -81,7 +81,7 @@ const TOOLS: &[(&str, &[&str])] = &[
     ),
     (
         "argdist",
-        &["-C", "t:sched:sched_switch", "prev_pid", INTERVAL],
+        &["--count", "t:sched:sched_switch", "prev_pid", INTERVAL],
     ),
     ("trace", &["u:{workload}:tracer_workload_hot_function"]),
     // No interval mode: counts until the end; kernel stacks are keyed by comm, so its maps

@@ -170,7 +170,10 @@ fn bad_input() -> Result<(), Failed> {
         (vec!["softirq-top", "1", "0"], "not a positive count"),
         (vec!["softirq-top", "-C", "1-x"], "not a CPU list"),
         (vec!["softirq-top", "--folded"], "--stacks"),
-        (vec!["softirq-top", "--attach", "kprobe"], "does not apply"),
+        (
+            vec!["softirq-top", "--attach", "kprobe"],
+            "choose one of tp_btf, raw_tp, tracepoint",
+        ),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -252,7 +255,7 @@ fn each_attach_mechanism() -> Result<(), Failed> {
 /// -D and -L: every exit lands in the run-time histogram, and latencies are recorded.
 fn histograms_count_every_entry() -> Result<(), Failed> {
     // --exact: a busy CPU would otherwise time (and histogram) a weighted sample.
-    let (records, ..) = around(&["--exact", "-D", "-L", "0.5"], || {
+    let (records, ..) = around(&["--exact", "-D", "--latency", "0.5"], || {
         std::thread::sleep(Duration::from_secs(2));
         Ok(())
     })?;

@@ -146,7 +146,7 @@ pub fn run() -> Result<()> {
 
     // Attach and detach times for several uprobes at once.
     let out = Command::new(release_bin("tracer"))
-        .args(["tplist", "-b", NGINX, "ngx_http_*"])
+        .args(["tplist", "-l", NGINX, "ngx_http_*"])
         .output()?;
     let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
