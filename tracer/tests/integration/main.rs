@@ -11,6 +11,7 @@ mod common;
 mod doctor;
 mod forksnoop;
 mod overload;
+mod probe_tools;
 mod probes;
 mod profile;
 mod sched;
@@ -29,6 +30,7 @@ fn main() {
     trials.extend(softirq_top::tests());
     trials.extend(profile::tests());
     trials.extend(probes::tests());
+    trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
     trials.extend(overload::tests());
     trials.extend(serve::tests());
