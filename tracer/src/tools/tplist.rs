@@ -24,7 +24,8 @@ const TOOL: &str = "tplist";
     tplist -b /usr/sbin/nginx 'ngx_http*' functions a uprobe can attach to\n  \
     tplist -b libc 'mall*'                a library, found like the dynamic loader does")]
 pub struct TplistArgs {
-    /// Glob on `category:event`, function or symbol names (default: everything).
+    /// Glob on `category:event` (or `t:category:event`), function or symbol names (default:
+    /// everything).
     #[arg(value_name = "GLOB")]
     pub pattern: Option<String>,
     /// Show each tracepoint's fields (type, name, offset, size).
