@@ -14,9 +14,9 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
-        generated::bpf_get_attach_cookie,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user_str_bytes, generated::bpf_get_attach_cookie,
     },
     macros::{
         btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint, uprobe,
@@ -33,8 +33,9 @@ use tracer_common::{
     probes::*,
     stacks::{BPF_F_USER_STACK, STACK_NONE},
     stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRORS},
+    task::PF_KTHREAD,
 };
-use tracer_ebpf::{stacks::stack_id, stats::bump};
+use tracer_ebpf::{stacks::stack_id, stats::bump, task::Task};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -629,17 +630,30 @@ fn read_string<C: Source>(
 }
 
 #[inline(always)]
+fn current_is_kthread() -> bool {
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    let task = Task::from_ptr(unsafe { bpf_get_current_task() } as *const u8);
+    task.flags().is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+#[inline(always)]
 fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32) {
     let kernel_stack = if config.kernel_stack != 0 {
         stack_id(ctx, &STACKS, 0, &STATS)
     } else {
         STACK_NONE
     };
-    let user_stack = if config.user_stack != 0 && tgid != 0 {
+    // Kernel threads (and the idle tasks, tgid 0) have no user stack: asking would count a
+    // `[lost: stack not readable]` stack for every hit. TASK_OFFSETS is set in stack mode.
+    let user_stack = if config.user_stack != 0 && tgid != 0 && !current_is_kthread() {
         stack_id(ctx, &STACKS, BPF_F_USER_STACK, &STATS)
     } else {
         STACK_NONE
     };
+    if kernel_stack == STACK_NONE && user_stack == STACK_NONE {
+        // User stacks only, and this task has none: nothing to count.
+        return;
+    }
     let (tgid, comm) = match config.per_pid {
         0 => (0, [0; 16]),
         PER_COMM => (0, bpf_get_current_comm().unwrap_or([0; 16])),

@@ -381,3 +381,42 @@ pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
         }
     }
 }
+
+/// Why k:/kr: probes cannot attach here, if they cannot: no kprobes, and fentry refused for
+/// a function every kernel has (tried for real, as libbpf's fentry_can_attach does). tplist
+/// says it, and `serve --check` refuses a config with k:/kr: probes for it, as the start would.
+pub fn kernel_functions_unavailable() -> Option<String> {
+    let kprobe = precheck(Mechanism::Kprobe)?;
+    let fentry = precheck(Mechanism::Fentry).or_else(|| {
+        let config = tracer_common::probes::ProbesConfig::DEFAULT;
+        let mut ebpf = match crate::loader::load(crate::loader::objects::PROBES, |l| {
+            l.override_global("CONFIG", &config, true);
+        }) {
+            Ok(ebpf) => ebpf,
+            Err(e) => return Some(format!("{e:#}")),
+        };
+        let btf = crate::btf::KernelBtf::new();
+        attach(
+            &mut ebpf,
+            &btf,
+            Target::Function {
+                name: "do_sys_openat2",
+                on_return: false,
+            },
+            &[Rung {
+                mechanism: Mechanism::Fentry,
+                program: "probes_fentry",
+            }],
+            None,
+        )
+        .err()
+        .map(|e| {
+            e.declined
+                .iter()
+                .map(|d| d.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    })?;
+    Some(format!("kprobe: {kprobe}; fentry: {fentry}"))
+}

@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, hash::Hash, num::NonZeroU32, path::Path};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
@@ -79,8 +79,21 @@ pub struct ProbeStats {
 fn load(config: &ProbesConfig) -> Result<Ebpf> {
     let mode = config.mode;
     let per_pid = config.per_pid != 0;
+    // Stack mode reads the task's flags to skip kernel threads' (absent) user stacks.
+    let task_offsets = if mode == MODE_STACK && config.user_stack != 0 {
+        Some(
+            crate::btf::KernelBtf::new()
+                .task_offsets()
+                .context("user stacks skip kernel threads by task flags read via kernel BTF")?,
+        )
+    } else {
+        None
+    };
     loader::load(objects::PROBES, |l: &mut EbpfLoader<'_>| {
         l.override_global("CONFIG", config, true);
+        if let Some(offsets) = &task_offsets {
+            l.override_global("TASK_OFFSETS", offsets, false);
+        }
         let shrink = |l: &mut EbpfLoader<'_>, name: &'static str, keep: bool| {
             if !keep {
                 l.map_max_entries(name, 1);
@@ -466,7 +479,7 @@ impl Hist {
         self.max = self.max.max(other.max);
     }
 
-    fn from_per_cpu(values: &PerCpuValues<ValueHist>) -> Self {
+    fn from_per_cpu(values: &[ValueHist]) -> Self {
         let mut h = Hist {
             log2: Log2::new(),
             min: u64::MAX,
@@ -487,7 +500,8 @@ impl Hist {
         h
     }
 
-    /// `self - earlier` for per-interval output; min and max stay running values.
+    /// `self - earlier` for the cumulative view; min and max stay running values, so
+    /// per-interval output drains the map instead (`Loaded::hists(true)`).
     pub fn since(&self, earlier: Option<&Hist>) -> Hist {
         match earlier {
             None => self.clone(),
@@ -623,10 +637,26 @@ impl Loaded {
         self.counters("VALUE_COUNTS", drain)
     }
 
-    pub fn hists(&self) -> Result<HashMap<HistKey, Hist>> {
-        self.sum_hash("HISTS", |acc: &mut Hist, v: &PerCpuValues<ValueHist>| {
-            acc.merge(&Hist::from_per_cpu(v))
-        })
+    /// Histograms per (probe, process): cumulative, or since the last drain (interval mode).
+    /// Interval output must drain: min and max cannot be taken apart like counts can.
+    pub fn hists(&self, drain: bool) -> Result<HashMap<HistKey, Hist>> {
+        if !drain {
+            return self.sum_hash("HISTS", |acc: &mut Hist, v: &PerCpuValues<ValueHist>| {
+                acc.merge(&Hist::from_per_cpu(v))
+            });
+        }
+        let mut all: HashMap<HistKey, Hist> = HashMap::new();
+        for instance in &self.instances {
+            let Map::PerCpuHashMap(data) = Self::map(instance, "HISTS")? else {
+                bail!("HISTS is not a per-CPU hash map (build bug)");
+            };
+            for (key, values) in crate::loader::drain_per_cpu::<HistKey, ValueHist>(data)? {
+                all.entry(key)
+                    .or_default()
+                    .merge(&Hist::from_per_cpu(&values));
+            }
+        }
+        Ok(all)
     }
 
     pub fn stats(&self) -> ProbeStats {

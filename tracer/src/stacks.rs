@@ -531,14 +531,25 @@ fn percent(value: u64, total: u64) -> f64 {
 /// Prints stacks BCC-style but header first: value, share of `total`, task; then kernel frames
 /// (leaf first), `--`, user frames (leaf first).
 pub fn print_top(out: &mut Out, stacks: &[Stack], total: u64, unit: Unit) {
+    print_top_as(out, stacks, total, unit, |stack| {
+        format!("{} [pid {} tid {}]", stack.comm, stack.pid, stack.tid)
+    });
+}
+
+/// `print_top` with the task named by `task` (for tools whose keys hold no tid, or no pid).
+pub fn print_top_as(
+    out: &mut Out,
+    stacks: &[Stack],
+    total: u64,
+    unit: Unit,
+    task: impl Fn(&Stack) -> String,
+) {
     for stack in stacks {
         out.line(&format!(
-            "{}  {:.2}%  {} [pid {} tid {}]",
+            "{}  {:.2}%  {}",
             format_value(stack.value, unit),
             percent(stack.value, total),
-            stack.comm,
-            stack.pid,
-            stack.tid
+            task(stack)
         ));
         for frame in &stack.kernel {
             out.line(&format!("    {frame}"));
@@ -892,10 +903,15 @@ impl StackLoss {
 
     /// One stderr line when any stack was lost.
     pub fn report(&self, tool: &str) {
+        self.report_with_hint(tool, "a bigger --stack-storage-size helps");
+    }
+
+    /// `report` for a tool whose stack map has a fixed size: `hint` says what helps there.
+    pub fn report_with_hint(&self, tool: &str, hint: &str) {
         if self.lost + self.collisions > 0 {
             eprintln!(
                 "{tool}: {} stacks lost ({} stack-map hash collisions, {} map full or unreadable); \
-                 their samples are counted under [lost: ...] (a bigger --stack-storage-size helps)",
+                 their samples are counted under [lost: ...] ({hint})",
                 self.lost + self.collisions,
                 self.collisions,
                 self.lost

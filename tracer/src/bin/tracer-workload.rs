@@ -11,6 +11,7 @@
 //!                   switches); prints "pingpong N NS_PER_ROUND_TRIP" (for sched benchmarks)
 //!   open N          N open(2)+close(2) of /dev/null (kernel-function tests)
 //!   write N         N calls of libc write(2), one byte each to /dev/null (uprobe tests)
+//!   read N BYTES    N read(2) calls of BYTES bytes each from /dev/zero (value-histogram tests)
 //!   repeat SECS ... run the commands after it again and again for SECS seconds (soak load)
 //! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
 //! starting, so a tracer can attach with `-p PID` first.
@@ -89,6 +90,27 @@ fn write_dev_null(n: u64) {
         let byte = [0u8; 1];
         for _ in 0..n {
             libc::write(fd, byte.as_ptr().cast(), 1);
+        }
+        libc::close(fd);
+    }
+}
+
+/// Exactly `n` read(2) calls of `bytes` bytes each from /dev/zero: each returns `bytes`, a
+/// known value for histograms of sys_exit_read's `ret`.
+fn read_dev_zero(n: u64, bytes: usize) {
+    let mut buffer = vec![0u8; bytes];
+    // SAFETY: open/read/close on a path and a buffer we own.
+    unsafe {
+        let fd = libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY);
+        if fd < 0 {
+            eprintln!(
+                "tracer-workload: cannot open /dev/zero: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(1);
+        }
+        for _ in 0..n {
+            libc::read(fd, buffer.as_mut_ptr().cast(), bytes);
         }
         libc::close(fd);
     }
@@ -223,10 +245,17 @@ fn run(args: &[String]) {
             "pingpong" => pingpong(number(args, i + 1, "pingpong") as u64),
             "write" => write_dev_null(number(args, i + 1, "write") as u64),
             "open" => open_dev_null(number(args, i + 1, "open") as u64),
+            "read" => {
+                read_dev_zero(
+                    number(args, i + 1, "read") as u64,
+                    number(args, i + 2, "read") as usize,
+                );
+                i += 1;
+            }
             other => {
                 eprintln!(
                     "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
-                     pingpong, open, write, repeat)"
+                     pingpong, open, write, read, repeat)"
                 );
                 std::process::exit(2);
             }

@@ -13,9 +13,10 @@ use crate::{
     loader,
     output::{Out, hms_now, with_schema},
     probe_attach::{self, Expr, Hist, ProbeStats, Request},
-    probe_spec::{self, Probe},
+    probe_spec::{self, Point, Probe},
     session,
     tools::CommonArgs,
+    tracefs::{self, Symbolic},
 };
 
 const TOOL: &str = "argdist";
@@ -24,7 +25,8 @@ const TOOL: &str = "argdist";
 #[derive(Args, Clone, Debug)]
 #[command(
     after_help = "EXPR: arg0..arg5 (entry probes), $retval (ur:/kr:), $pid, $tid, $cpu, or a\n\
-tracepoint field by name (tplist -v t:CATEGORY:EVENT lists them).\n\
+tracepoint field by name (tplist -v t:CATEGORY:EVENT lists them). -C shows the kernel's\n\
+own name next to values of fields it prints by name (prev_state: S, D, I...).\n\
 Examples:\n  \
     argdist --count t:sched:sched_switch prev_state   how tasks leave the CPU\n  \
     argdist -H u:libc:malloc arg0                     malloc sizes (log2)\n  \
@@ -104,6 +106,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
         probes.len(),
         loaded.mechanism()
     );
+    let names = symbolic_names(&probes, &expr);
     let mut out = Out::new();
     let mut reported = ProbeStats::default();
     let mut prev_counts: HashMap<ValueKey, u64> = HashMap::new();
@@ -111,9 +114,12 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     let periodic = interval.interval.is_some();
     probe_attach::every_interval(&interval, args.common.duration.duration, |_| {
         if args.histogram {
-            let now = loaded.hists()?;
+            // Interval mode drains the map: an interval's min and max are its own.
+            let now = loaded.hists(periodic)?;
             print_hists(&args, &probes, &expr, &now, &prev_hists, periodic, &mut out);
-            prev_hists = now;
+            if !periodic {
+                prev_hists = now;
+            }
         } else {
             // Interval mode drains the map: values seen once (pids, pointers, sizes) would
             // otherwise fill it within minutes.
@@ -122,6 +128,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
                 &args,
                 &probes,
                 &expr,
+                &names,
                 &now,
                 &prev_counts,
                 periodic,
@@ -157,6 +164,26 @@ fn shown(value: u64, expr: &Expr) -> i128 {
     }
 }
 
+/// For each probe (by id), how its kernel prints the field EXPR names, if by name: task
+/// states, softirq vectors... from the running kernel's format file.
+fn symbolic_names(probes: &[Probe], expr: &Expr) -> Vec<Option<Symbolic>> {
+    probes
+        .iter()
+        .map(|probe| match &probe.point {
+            Point::Tracepoint { category, event } if expr.needs_record => {
+                tracefs::symbolic_fields(category, event)
+                    .ok()?
+                    .remove(&expr.text)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn symbol(names: &[Option<Symbolic>], key: &ValueKey) -> Option<String> {
+    names.get(key.probe_id as usize)?.as_ref()?.name(key.value)
+}
+
 fn probe_name(probes: &[Probe], id: u32) -> String {
     probes
         .get(id as usize)
@@ -164,10 +191,15 @@ fn probe_name(probes: &[Probe], id: u32) -> String {
         .unwrap_or_default()
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one printing pass over everything a count table shows"
+)]
 fn print_counts(
     args: &ArgdistArgs,
     probes: &[Probe],
     expr: &Expr,
+    names: &[Option<Symbolic>],
     now: &HashMap<ValueKey, u64>,
     before: &HashMap<ValueKey, u64>,
     periodic: bool,
@@ -181,8 +213,8 @@ fn print_counts(
         let values: Vec<_> = shown_rows
             .iter()
             .map(|(k, n)| {
-                json!({"value": shown(k.value, expr), "count": n, "probe": probe_name(probes, k.probe_id),
-                       "pid": args.per_pid.then_some(k.tgid)})
+                json!({"value": shown(k.value, expr), "symbol": symbol(names, k), "count": n,
+                       "probe": probe_name(probes, k.probe_id), "pid": args.per_pid.then_some(k.tgid)})
             })
             .collect();
         out.json(&with_schema(
@@ -222,7 +254,10 @@ fn print_counts(
             } else {
                 String::new()
             },
-            shown(k.value, expr)
+            match symbol(names, k) {
+                Some(name) => format!("{} ({name})", shown(k.value, expr)),
+                None => shown(k.value, expr).to_string(),
+            }
         ));
     }
     if rows.len() > shown_rows.len() {

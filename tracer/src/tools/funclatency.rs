@@ -195,19 +195,16 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     let mut out = Out::new();
     let mut previous: HashMap<HistKey, Hist> = HashMap::new();
     let mut reported = ProbeStats::default();
+    let periodic = interval.interval.is_some();
     probe_attach::every_interval(&interval, args.common.duration.duration, |_last| {
-        let now = loaded.hists()?;
+        // Each interval drains the map, so its count, min and max are its own.
+        let now = loaded.hists(periodic)?;
         print(
-            &args,
-            &probes,
-            &now,
-            &previous,
-            unit,
-            div,
-            interval.interval.is_some(),
-            &mut out,
+            &args, &probes, &now, &previous, unit, div, periodic, &mut out,
         );
-        previous = now;
+        if !periodic {
+            previous = now;
+        }
         loaded.report_problems(TOOL, &mut reported);
         out.flush();
         Ok(!out.closed())

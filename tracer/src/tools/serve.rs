@@ -54,7 +54,7 @@ const TOOL: &str = "serve";
     serve                                  softirq, forks, run queue, kthreads on 127.0.0.1:9435\n  \
     serve --config tracer.toml             plus the probes the file declares\n  \
     serve --listen 0.0.0.0:9435            every interface (only when asked for)\n  \
-    serve --config tracer.toml --check     check the file and exit, loading nothing\n\
+    serve --config tracer.toml --check     check the file and this kernel, and exit\n\
     \n\
     Config file (TOML):\n  \
     [collectors]\n  \
@@ -78,7 +78,8 @@ pub struct ServeArgs {
     /// Serve even if a probe or collector cannot attach (reported in tracer_probe_attached).
     #[arg(long)]
     pub keep_going: bool,
-    /// Check the config file (and the probes it names) and exit without loading anything.
+    /// Check the config file, the probes it names and that this kernel can attach them (as
+    /// the start would), and exit without serving.
     #[arg(long)]
     pub check: bool,
     /// Say how each probe was attached and why other mechanisms were not used.
@@ -103,6 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => Config::default(),
     };
     if args.check {
+        check_kernel_can_attach(&config)?;
         println!(
             "{}: ok ({} probes; collectors: {})",
             args.config
@@ -149,6 +151,29 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     eprintln!("Detaching...");
     drop(rx);
     drop(exporter);
+    Ok(())
+}
+
+/// What the start would refuse for lack of a kernel feature, refused by `--check` too: k:/kr:
+/// probes need kprobes or fentry, tried as tplist -k tries them (the object is unloaded again).
+fn check_kernel_can_attach(config: &Config) -> Result<()> {
+    let Some(probe) = config.probes.iter().find(|p| {
+        p.probes.iter().any(|q| {
+            matches!(
+                q.kind,
+                crate::probe_spec::Kind::Kprobe | crate::probe_spec::Kind::Kretprobe
+            )
+        })
+    }) else {
+        return Ok(());
+    };
+    if let Some(why) = crate::attach::kernel_functions_unavailable() {
+        bail!(
+            "probe '{}' ({}) cannot attach on this kernel: {why}",
+            probe.name,
+            probe.spec
+        );
+    }
     Ok(())
 }
 
@@ -823,7 +848,7 @@ impl Collector for ProbeMetric {
             }
             ProbeKind::Latency => {
                 let mut total = Hist::default();
-                for hist in self.loaded.hists()?.values() {
+                for hist in self.loaded.hists(false)?.values() {
                     total.merge(hist);
                 }
                 let slots = if total.log2.slots.is_empty() {

@@ -96,10 +96,9 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         mode: MODE_STACK,
         kernel_stack: kernel.into(),
         user_stack: user.into(),
-        // User frames are symbolized through their process, so user stacks are keyed by
-        // process (without -P the pids are merged away after symbolization). Kernel-only stacks
-        // are keyed by comm, which heads folded stacks: that stays bounded however many
-        // processes come and go.
+        // User frames are symbolized through their process, so user stacks are counted per
+        // process. Kernel-only stacks are keyed by comm (unless -P), which heads folded
+        // stacks: that stays bounded however many processes come and go.
         per_pid: if args.per_pid || user {
             PER_PID
         } else {
@@ -159,7 +158,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         }
     }
     let mut symbols = Symbols::new().strip_tracing_frames();
-    let mut resolved = symbols.resolve_all(&raws);
+    let resolved = symbols.resolve_all(&raws);
     let names: HashMap<u32, String> = probe_of
         .iter()
         .map(|id| {
@@ -172,11 +171,8 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             )
         })
         .collect();
-    if !args.per_pid {
-        for stack in &mut resolved {
-            stack.pid = 0;
-        }
-    }
+    // Keys hold a process only when it was asked for or user stacks need one; never a thread.
+    let has_pid = args.per_pid || user;
     let stacks = stacks::merge(resolved);
     let total: u64 = stacks.iter().map(|s| s.value).sum();
     let mut out = Out::new();
@@ -184,6 +180,14 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     if args.common.output.json {
         for stack in shown {
             let mut value = stacks::stack_json(stack, total);
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("tid");
+            }
+            value["pid"] = if has_pid {
+                json!(stack.pid)
+            } else {
+                json!(null)
+            };
             value["type"] = json!("stack");
             value["count"] = json!(stack.value);
             out.json(&with_schema(TOOL, value));
@@ -199,7 +203,13 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             out.line(&line);
         }
     } else {
-        stacks::print_top(&mut out, shown, total, Unit::Samples);
+        stacks::print_top_as(&mut out, shown, total, Unit::Samples, |stack| {
+            if has_pid {
+                format!("{} [pid {}]", stack.comm, stack.pid)
+            } else {
+                stack.comm.clone()
+            }
+        });
         if stacks.len() > shown.len() {
             out.line(&format!(
                 "... {} more stacks (--top to show more)",
@@ -214,7 +224,10 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         svg.write(&stacks::folded(&stacks, Unit::Samples), &title, "hits")?;
     }
     symbols.report_unknown(TOOL);
-    loaded.stack_loss().report(TOOL);
+    loaded.stack_loss().report_with_hint(
+        TOOL,
+        "its stack map is fixed: fewer probes, -p PID or a shorter -d leave fewer distinct stacks",
+    );
     if probes.iter().any(|p| p.kind == Kind::Uprobe) && !user {
         eprintln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
     }

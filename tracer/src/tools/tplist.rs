@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::{
-    attach::{self, Mechanism},
+    attach,
     output::{Out, with_schema},
     probe_spec::{self, ElfSymbols},
     session, tracefs,
@@ -19,12 +19,13 @@ const TOOL: &str = "tplist";
 #[derive(Args, Clone, Debug)]
 #[command(after_help = "Examples:\n  \
     tplist 'sched:*'                       scheduler tracepoints\n  \
-    tplist -v sched:sched_switch           its fields (names argdist/trace take)\n  \
+    tplist -v t:sched:sched_switch         its fields (names argdist/trace take)\n  \
     tplist -k 'tcp_*'                      kernel functions (k:/kr: probes)\n  \
     tplist -l /usr/sbin/nginx 'ngx_http*'  functions a uprobe can attach to\n  \
     tplist -l libc 'mall*'                 a library, found like the dynamic loader does")]
 pub struct TplistArgs {
-    /// Glob on `category:event`, function or symbol names (default: everything).
+    /// Glob on `category:event` (or `t:category:event`), function or symbol names (default:
+    /// everything).
     #[arg(value_name = "GLOB")]
     pub pattern: Option<String>,
     /// Show each tracepoint's fields (type, name, offset, size).
@@ -45,7 +46,14 @@ pub struct TplistArgs {
 }
 
 pub async fn run(args: TplistArgs) -> Result<()> {
-    let pattern = args.pattern.clone().unwrap_or_else(|| "*".into());
+    let mut pattern = args.pattern.clone().unwrap_or_else(|| "*".into());
+    if args.binary.is_none()
+        && !args.kernel
+        && let Some(tracepoint) = pattern.strip_prefix("t:")
+    {
+        // The probe tools' own spelling (t:CATEGORY:EVENT), as their messages suggest it.
+        pattern = tracepoint.to_string();
+    }
     let mut out = Out::new();
     if let Some(binary) = &args.binary {
         if let Some(pid) = args.pid {
@@ -80,7 +88,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         return Ok(());
     }
     if args.kernel {
-        if let Some(why) = kernel_functions_unavailable() {
+        if let Some(why) = attach::kernel_functions_unavailable() {
             eprintln!(
                 "{TOOL}: kernel functions cannot be probed on this kernel ({why}); listing them anyway"
             );
@@ -136,7 +144,12 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         out.line(&name);
         if args.verbose {
             for f in fields {
-                out.line(&format!("    {};", f.declaration));
+                out.line(&format!(
+                    "    {:<40} offset:{:<4} size:{}",
+                    format!("{};", f.declaration),
+                    f.offset,
+                    f.size
+                ));
             }
         }
         if out.closed() {
@@ -144,42 +157,4 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Why k:/kr: probes cannot attach here, if they cannot: no kprobes, and fentry refused for
-/// a function every kernel has (tried for real, as libbpf's fentry_can_attach does).
-fn kernel_functions_unavailable() -> Option<String> {
-    let kprobe = attach::precheck(Mechanism::Kprobe)?;
-    let fentry = attach::precheck(Mechanism::Fentry).or_else(|| {
-        let config = tracer_common::probes::ProbesConfig::DEFAULT;
-        let mut ebpf = match crate::loader::load(crate::loader::objects::PROBES, |l| {
-            l.override_global("CONFIG", &config, true);
-        }) {
-            Ok(ebpf) => ebpf,
-            Err(e) => return Some(format!("{e:#}")),
-        };
-        let btf = crate::btf::KernelBtf::new();
-        attach::attach(
-            &mut ebpf,
-            &btf,
-            attach::Target::Function {
-                name: "do_sys_openat2",
-                on_return: false,
-            },
-            &[attach::Rung {
-                mechanism: Mechanism::Fentry,
-                program: "probes_fentry",
-            }],
-            None,
-        )
-        .err()
-        .map(|e| {
-            e.declined
-                .iter()
-                .map(|d| d.reason.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-    })?;
-    Some(format!("kprobe: {kprobe}; fentry: {fentry}"))
 }

@@ -12,6 +12,7 @@ mod dist;
 mod doctor;
 mod forksnoop;
 mod overload;
+mod probe_tools;
 mod probes;
 mod profile;
 mod sched;
@@ -31,6 +32,7 @@ fn main() {
     trials.extend(softirq_top::tests());
     trials.extend(profile::tests());
     trials.extend(probes::tests());
+    trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
     trials.extend(overload::tests());
     trials.extend(serve::tests());
