@@ -546,10 +546,10 @@ impl Loaded {
     /// For `-v`: one line per kernel-side attachment.
     pub fn print_summary(&self, tool: &str) {
         for a in &self.attachments {
-            eprintln!("{tool}: {}", a.summary());
+            errln!("{tool}: {}", a.summary());
         }
         if self.attachments.is_empty() {
-            eprintln!("{tool}: attached via {}", self.mechanism());
+            errln!("{tool}: attached via {}", self.mechanism());
         }
     }
 
@@ -666,25 +666,25 @@ impl Loaded {
     pub fn report_problems(&self, tool: &str, last: &mut ProbeStats) {
         let now = self.stats();
         if now.common.lost > last.common.lost {
-            eprintln!(
+            errln!(
                 "{tool}: {} events lost so far (ring buffer full)",
                 now.common.lost
             );
         }
         if now.common.map_full > last.common.map_full {
-            eprintln!(
+            errln!(
                 "{tool}: {} updates not counted so far: a map was full",
                 now.common.map_full
             );
         }
         if now.common.read_errors > last.common.read_errors {
-            eprintln!(
+            errln!(
                 "{tool}: {} values could not be read so far",
                 now.common.read_errors
             );
         }
         if now.throttled > last.throttled {
-            eprintln!(
+            errln!(
                 "{tool}: {} events suppressed so far by the rate limit",
                 now.throttled
             );

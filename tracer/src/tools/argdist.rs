@@ -98,7 +98,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     if args.common.verbose {
         loaded.print_summary(TOOL);
     }
-    eprintln!(
+    errln!(
         "Tracing {} of {} probes for \"{probe_text}\" ({})... Hit Ctrl-C to end.",
         expr.text,
         probes.len(),
@@ -142,7 +142,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
             json!({"type": "end", "stats": loaded.stats(), "attach": loaded.mechanisms}),
         ));
     } else {
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ pub async fn run(args: CpudistArgs) -> Result<()> {
     let mut ebpf = runqlat::load(&btf, config, SchedTool::Cpudist)?;
     let switch = runqlat::attach_switch(&mut ebpf, &btf, "cpudist", view.common.attach)?;
     if view.common.verbose {
-        eprintln!("{TOOL}: {}", switch.summary());
+        errln!("{TOOL}: {}", switch.summary());
     }
     view.report(&mut ebpf, &switch).await
 }

@@ -93,7 +93,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
 
     let (mut ebpf, attachment) = load_and_attach(config, args.common.attach)?;
     if args.common.verbose {
-        eprintln!("{TOOL}: {}", attachment.summary());
+        errln!("{TOOL}: {}", attachment.summary());
     }
     let stats = StatsReader::take(&mut ebpf)?;
 
@@ -103,7 +103,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
             ebpf.take_map("PARENT_COUNTS")
                 .ok_or_else(|| anyhow!("PARENT_COUNTS map missing"))?,
         )?;
-        eprintln!(
+        errln!(
             "Counting forks per parent ({})... Hit Ctrl-C to end.",
             attachment.mechanism
         );
@@ -113,7 +113,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| anyhow!("EVENTS map missing"))?,
         )?;
-        eprintln!(
+        errln!(
             "Tracing forks ({})... Hit Ctrl-C to end.",
             attachment.mechanism
         );
@@ -325,14 +325,14 @@ fn event_json(event: &ForkEvent, clock: &Clock) -> serde_json::Value {
 
 fn report_drops(stats: &Stats, reported_lost: &mut u64) {
     if stats.lost > *reported_lost {
-        eprintln!(
+        errln!(
             "{TOOL}: lost {} events so far (ring buffer full; --summary counts exactly)",
             stats.lost
         );
         *reported_lost = stats.lost;
     }
     if stats.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} forks not counted: per-parent map full",
             stats.map_full
         );

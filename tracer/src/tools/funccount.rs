@@ -79,7 +79,7 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
     } else {
         format!("{} patterns", specs.len())
     };
-    eprintln!(
+    errln!(
         "Tracing {} probes for {what} ({})... Hit Ctrl-C to end.",
         probes.len(),
         loaded.mechanism()
@@ -136,7 +136,7 @@ fn finish(args: &FunccountArgs, loaded: &Loaded, out: &mut Out) {
         ));
     } else {
         // On stderr, so piped output holds only the table.
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     out.flush();
 }

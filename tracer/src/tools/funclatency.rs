@@ -186,7 +186,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     if args.common.verbose {
         loaded.print_summary(TOOL);
     }
-    eprintln!(
+    errln!(
         "Tracing {} functions for {what} ({})... Hit Ctrl-C to end.",
         probes.len(),
         loaded.mechanism()
@@ -244,12 +244,12 @@ fn finish(args: &FunclatencyArgs, loaded: &Loaded, out: &mut Out) {
         ));
     } else {
         if stats.unpaired > 0 && args.common.verbose {
-            eprintln!(
+            errln!(
                 "{TOOL}: {} returns without a recorded entry (calls in flight at attach)",
                 stats.unpaired
             );
         }
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     out.flush();
 }

@@ -127,7 +127,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     };
     let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, args.common.attach)?;
     if args.common.verbose {
-        eprintln!("{TOOL}: {}", attachment.summary());
+        errln!("{TOOL}: {}", attachment.summary());
     }
     let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
         ebpf.take_map("OFFCPU")
@@ -140,7 +140,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut stack_map = StackMap::take(&mut ebpf, "STACKS")?;
     let stats = StatsReader::take(&mut ebpf)?;
     let title = title(&args);
-    eprintln!(
+    errln!(
         "Tracing off-CPU time ({}) of {}... Hit Ctrl-C to end.",
         attachment.mechanism,
         scope(&args)
@@ -220,7 +220,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         }
     }
     if args.common.verbose && args.interval.interval.is_some() {
-        eprintln!(
+        errln!(
             "{TOOL}: evicted {} keys of exited threads and {} keys idle for {} intervals",
             evictor.evicted_exited,
             evictor.evicted_idle,
@@ -240,13 +240,13 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let loss = StackLoss::read(&stats);
     loss.report(TOOL);
     if end.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} blocks not counted: a map was full (too many blocked tasks or stacks)",
             end.map_full
         );
     }
     if end.read_errors > 0 {
-        eprintln!("{TOOL}: {} task_struct reads failed", end.read_errors);
+        errln!("{TOOL}: {} task_struct reads failed", end.read_errors);
     }
     if json {
         out.json(&with_schema(

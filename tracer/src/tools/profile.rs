@@ -205,7 +205,7 @@ impl Sampler {
                 let attachment =
                     attach::attach(&mut ebpf, &btf, target, &rungs, sample.common.attach)?;
                 if sample.common.verbose {
-                    eprintln!("{tool}: {}", attachment.summary());
+                    errln!("{tool}: {}", attachment.summary());
                 }
             }
         }
@@ -221,7 +221,7 @@ impl Sampler {
         })?;
         let event = attach_sampler(program, &cpus, sample.frequency, sample.event)?;
         if sample.common.verbose {
-            eprintln!(
+            errln!(
                 "{tool}: perf event {event} at {} Hz on CPUs {}",
                 sample.frequency,
                 cpus_text(&cpus)
@@ -262,7 +262,7 @@ impl Sampler {
         let loss = StackLoss::read(&self.stats);
         loss.report(tool);
         if stats.map_full > 0 {
-            eprintln!(
+            errln!(
                 "{tool}: {} samples not counted: the counts map was full",
                 stats.map_full
             );
@@ -410,7 +410,7 @@ async fn sample_loop(
         }
     }
     if sample.common.verbose && sample.interval.interval.is_some() {
-        eprintln!(
+        errln!(
             "{tool}: evicted {} keys of exited threads and {} keys idle for {} intervals",
             evictor.evicted_exited,
             evictor.evicted_idle,
@@ -541,7 +541,7 @@ async fn run_sampler(
     let softirq = profile.is_some_and(|p| p.softirq);
     let mut sampler = Sampler::start(tool, sample, config, softirq)?;
     let title = what_sampled(tool, profile, sample, sampler.event);
-    eprintln!(
+    errln!(
         "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
         title_scope(&title),
         sample.frequency,

@@ -103,7 +103,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => Config::default(),
     };
     if args.check {
-        println!(
+        outln!(
             "{}: ok ({} probes; collectors: {})",
             args.config
                 .as_deref()
@@ -128,7 +128,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut exporter = Exporter::start(&config, &args)?;
     let (tx, mut rx) = mpsc::channel::<http::Exchange>(16);
     http::spawn(listener, tx);
-    eprintln!(
+    errln!(
         "Serving metrics on http://{local}/metrics ({} programs attached)... Hit Ctrl-C to end.",
         exporter.links
     );
@@ -146,7 +146,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = housekeeping.tick() => exporter.maintain(),
         }
     }
-    eprintln!("Detaching...");
+    errln!("Detaching...");
     drop(rx);
     drop(exporter);
     Ok(())
@@ -224,7 +224,7 @@ impl Exporter {
                     exporter.links += attachments.len();
                     for a in attachments {
                         if args.verbose {
-                            eprintln!("{TOOL}: {name}: {}", a.summary());
+                            errln!("{TOOL}: {name}: {}", a.summary());
                         }
                         exporter.attached.push(AttachRow {
                             probe: format!("{name}/{}", a.target),
@@ -273,7 +273,7 @@ impl Exporter {
                 "{what}: {err:#} (--keep-going serves the rest and reports it in tracer_probe_attached)"
             );
         }
-        eprintln!("{TOOL}: warning: {what} not attached: {err:#}");
+        errln!("{TOOL}: warning: {what} not attached: {err:#}");
         self.attached.push(AttachRow {
             probe: label.to_string(),
             rung: None,
@@ -313,7 +313,7 @@ impl Exporter {
             let started = Instant::now();
             if let Err(e) = collector.collect(&mut scrape) {
                 let name = collector.name();
-                eprintln!("{TOOL}: cannot read {name}: {e:#}");
+                errln!("{TOOL}: cannot read {name}: {e:#}");
                 *self.scrape_errors.entry(name).or_default() += 1;
             }
             durations.push((collector.name(), started.elapsed()));

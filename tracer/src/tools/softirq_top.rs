@@ -1166,10 +1166,10 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     let attach_summary = summarize_mechanisms(&attachments);
     if args.common.verbose {
         for a in &attachments {
-            eprintln!("{TOOL}: {}", a.summary());
+            errln!("{TOOL}: {}", a.summary());
         }
         if let Some(NetRxSource::Softirq(why)) = &net_source {
-            eprintln!("{TOOL}: net_rx_action(): {why}; using NET_RX softirq entry/exit time");
+            errln!("{TOOL}: net_rx_action(): {why}; using NET_RX softirq entry/exit time");
         }
     }
     if args.stacks {
@@ -1217,7 +1217,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     } else {
         None
     };
-    eprintln!("Tracing softirqs ({attach_summary})... Hit Ctrl-C to end.");
+    errln!("Tracing softirqs ({attach_summary})... Hit Ctrl-C to end.");
 
     let reader = Reader {
         maps: &maps,
@@ -1270,13 +1270,13 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     }
     let end = stats.read();
     if end.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} updates not counted: a map was full",
             end.map_full
         );
     }
     if end.read_errors > 0 {
-        eprintln!("{TOOL}: {} kernel reads failed", end.read_errors);
+        errln!("{TOOL}: {} kernel reads failed", end.read_errors);
     }
     if json {
         out.json(&with_schema(

@@ -110,7 +110,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     for instance in &mut loaded.instances {
         maps.push(StackMap::take(&mut instance.ebpf, "STACKS")?);
     }
-    eprintln!(
+    errln!(
         "Tracing {} probes for {} ({}; {} stacks)... Hit Ctrl-C to end.",
         probes.len(),
         specs.join(" "),
@@ -203,7 +203,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     symbols.report_unknown(TOOL);
     loaded.stack_loss().report(TOOL);
     if probes.iter().any(|p| p.kind == Kind::Uprobe) && !user {
-        eprintln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
+        errln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
     }
     Ok(())
 }

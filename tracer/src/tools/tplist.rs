@@ -81,7 +81,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
     }
     if args.kernel {
         if let Some(why) = kernel_functions_unavailable() {
-            eprintln!(
+            errln!(
                 "{TOOL}: kernel functions cannot be probed on this kernel ({why}); listing them anyway"
             );
         }

@@ -189,7 +189,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("EVENTS map missing (build bug)"))?;
         rings.push(RingBuf::try_from(map)?);
     }
-    eprintln!(
+    errln!(
         "Tracing {} probes for \"{}\" ({})... Hit Ctrl-C to end.",
         probes.len(),
         args.probe,
@@ -250,7 +250,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             json!({"type": "end", "events": printed, "stats": stats, "attach": loaded.mechanisms}),
         ));
     } else if stats.throttled > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} events suppressed by --max-rate",
             stats.throttled
         );

@@ -11,6 +11,7 @@ mod common;
 mod doctor;
 mod forksnoop;
 mod overload;
+mod pipes;
 mod probes;
 mod profile;
 mod sched;
@@ -31,6 +32,7 @@ fn main() {
     trials.extend(probes::tests());
     trials.extend(sched::tests());
     trials.extend(overload::tests());
+    trials.extend(pipes::tests());
     trials.extend(serve::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
