@@ -1,6 +1,6 @@
 //! Turning user filter syntax into the plain structs the kernel programs match against.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use tracer_common::{
     TASK_COMM_LEN,
     comm::{COMM_MATCH_EXACT, COMM_MATCH_PREFIX, CommFilter},
@@ -17,13 +17,13 @@ pub fn comm_filter(pattern: Option<&str>) -> Result<CommFilter> {
         None => (pattern, COMM_MATCH_EXACT),
     };
     if text.contains(['*', '?', '[']) {
-        bail!("--comm '{pattern}': only a trailing '*' is supported (e.g. 'kworker/*')");
+        usage_bail!("--comm '{pattern}': only a trailing '*' is supported (e.g. 'kworker/*')");
     }
     if text.is_empty() && mode == COMM_MATCH_EXACT {
-        bail!("--comm needs a name (e.g. --comm nginx or --comm 'ksoftirqd/*')");
+        usage_bail!("--comm needs a name (e.g. --comm nginx or --comm 'ksoftirqd/*')");
     }
     if text.len() >= TASK_COMM_LEN {
-        bail!(
+        usage_bail!(
             "--comm '{pattern}' is longer than the kernel's {} characters; use its first {} and a '*'",
             TASK_COMM_LEN - 1,
             TASK_COMM_LEN - 2

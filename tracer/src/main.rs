@@ -4,9 +4,11 @@
 // Print through output.rs's `outln!`/`errln!`/`Out`: std's print macros panic on a closed pipe.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-// First, so that every module below can use its macros (`errln!`, `outln!`).
+// First, so that every module below can use their macros (`errln!`, `usage_bail!`, ...).
 #[macro_use]
 mod output;
+#[macro_use]
+mod usage;
 
 mod attach;
 mod btf;
@@ -156,7 +158,11 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: what failed and what to do ({:#} joins the context chain).
             errln!("{prefix}: error: {err:#}");
-            ExitCode::FAILURE
+            if usage::is_usage_error(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -202,7 +202,7 @@ async fn wait_for_stop(duration: Option<Duration>) -> Result<StopReason> {
 /// Validates that a pid names a live process.
 pub fn check_pid(pid: u32) -> Result<()> {
     if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        bail!("no process with PID {pid} (check the PID with 'ps -p {pid}')");
+        usage_bail!("no process with PID {pid} (check the PID with 'ps -p {pid}')");
     }
     Ok(())
 }

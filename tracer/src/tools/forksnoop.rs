@@ -70,7 +70,7 @@ pub struct ForksnoopArgs {
 
 pub async fn run(args: ForksnoopArgs) -> Result<()> {
     if args.interval.interval.is_some() && !args.summary {
-        bail!("INTERVAL and COUNT apply to --summary (e.g. 'forksnoop --summary 1 5')");
+        usage_bail!("INTERVAL and COUNT apply to --summary (e.g. 'forksnoop --summary 1 5')");
     }
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;

@@ -1,7 +1,7 @@
 //! funccount: calls per probe (uprobes, kernel functions, tracepoints), counted in the kernel,
 //! optionally per process, printed at the end or every interval.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
@@ -54,7 +54,7 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if args.top == Some(0) {
-        bail!("--top needs a positive number");
+        usage_bail!("--top needs a positive number");
     }
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let config = ProbesConfig {

@@ -71,7 +71,7 @@ pub async fn run(args: KtopArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if args.top == 0 {
-        bail!("--top must be at least 1");
+        usage_bail!("--top must be at least 1");
     }
     let btf = KernelBtf::new();
     // Workqueue functions: tp_btf/raw_tp read work_struct::func, the classic tracepoint has it

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
@@ -77,7 +77,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     args.task.check()?;
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
     if max_us < args.min_us {
-        bail!(
+        usage_bail!(
             "-M {max_us} is below -m {}: no block could match",
             args.min_us
         );

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{IterableMap as _, MapData, PerCpuHashMap},
@@ -142,7 +142,9 @@ struct Sampler {
 
 fn check_frequency(hz: u64) -> Result<()> {
     if hz == 0 || hz > MAX_HZ {
-        bail!("-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)");
+        usage_bail!(
+            "-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)"
+        );
     }
     Ok(())
 }
@@ -161,7 +163,7 @@ impl Sampler {
         let cpus = online_cpus().map_err(|(what, e)| anyhow!("cannot list CPUs ({what}): {e}"))?;
         let cpus: Vec<u32> = match sample.cpu {
             Some(cpu) if !cpus.contains(&cpu) => {
-                bail!(
+                usage_bail!(
                     "-C {cpu}: no such online CPU (online: {})",
                     cpus_text(&cpus)
                 )

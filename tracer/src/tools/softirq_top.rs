@@ -139,7 +139,7 @@ fn parse_cpus(text: &str, online: &[u32]) -> Result<Vec<u32>> {
         };
         let parse = |s: &str| {
             s.parse::<u32>().map_err(|_| {
-                anyhow!(
+                usage_err!(
                     "'{text}' is not a CPU list (e.g. 0 or 0,2-3; online CPUs: {})",
                     describe()
                 )
@@ -147,14 +147,14 @@ fn parse_cpus(text: &str, online: &[u32]) -> Result<Vec<u32>> {
         };
         let (lo, hi) = (parse(lo)?, parse(hi)?);
         if lo > hi {
-            bail!(
+            usage_bail!(
                 "'{part}' is an empty CPU range (online CPUs: {})",
                 describe()
             );
         }
         for cpu in lo..=hi {
             if !online.contains(&cpu) {
-                bail!("CPU {cpu} is not online (online CPUs: {})", describe());
+                usage_bail!("CPU {cpu} is not online (online CPUs: {})", describe());
             }
             if !cpus.contains(&cpu) {
                 cpus.push(cpu);
@@ -192,7 +192,7 @@ fn parse_vecs(text: &str) -> Result<Vec<usize>> {
         let upper = name.to_ascii_uppercase();
         let upper = upper.strip_suffix("_SOFTIRQ").unwrap_or(&upper);
         let Some(v) = VEC_NAMES.iter().position(|n| *n == upper) else {
-            bail!(
+            usage_bail!(
                 "unknown softirq vector '{name}' (known: {})",
                 VEC_NAMES.join(", ")
             );
@@ -1067,7 +1067,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         None => (0..NR_SOFTIRQS).collect(),
     };
     if !args.stacks && (args.folded || args.svg.is_some()) {
-        bail!("--folded and --svg print sampled stacks: add --stacks");
+        usage_bail!("--folded and --svg print sampled stacks: add --stacks");
     }
     let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
 
@@ -1134,7 +1134,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     if let Some(m) = args.common.attach
         && force.is_none()
     {
-        bail!(
+        usage_bail!(
             "--attach {m} does not apply: softirq-top attaches to tracepoints (tp_btf, raw_tp, tracepoint)"
         );
     }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
@@ -66,7 +66,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if interval.interval.is_some() {
-        bail!("stackcount prints once at the end: use -d SECS instead of INTERVAL");
+        usage_bail!("stackcount prints once at the end: use -d SECS instead of INTERVAL");
     }
     let svg = args
         .svg

@@ -2,7 +2,7 @@
 //! fields, as argdist and trace name them), kernel functions (`-k`, when this kernel lets us
 //! attach to them), and a binary's or library's functions (`-b`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
@@ -55,7 +55,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         let elf = ElfSymbols::read(&path)?;
         let found = elf.matching(&pattern);
         if found.is_empty() {
-            bail!(
+            usage_bail!(
                 "no function matches '{pattern}' in {} ({} functions in all)",
                 path.display(),
                 elf.functions.len()
@@ -110,7 +110,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         found.dedup();
     }
     if found.is_empty() {
-        bail!("no tracepoint matches '{pattern}' (try 'tplist \"sched:*\"')");
+        usage_bail!("no tracepoint matches '{pattern}' (try 'tplist \"sched:*\"')");
     }
     for (category, event) in found {
         let name = format!("{category}:{event}");
