@@ -339,7 +339,7 @@ pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
     {
         let log = verifier_log.to_string();
         if std::env::var_os("TRACER_VERIFIER_LOG").is_some() {
-            eprintln!("--- verifier log ({mechanism}) ---\n{log}");
+            errln!("--- verifier log ({mechanism}) ---\n{log}");
         }
         // The verifier's own summary lines come last; the reason is just before them.
         let last = log

@@ -17,13 +17,13 @@ pub fn comm_filter(pattern: Option<&str>) -> Result<CommFilter> {
         None => (pattern, COMM_MATCH_EXACT),
     };
     if text.contains(['*', '?', '[']) {
-        bail!("--comm '{pattern}': only a trailing '*' is supported (e.g. 'kworker/*')");
+        usage_bail!("--comm '{pattern}': only a trailing '*' is supported (e.g. 'kworker/*')");
     }
     if text.is_empty() && mode == COMM_MATCH_EXACT {
-        bail!("--comm needs a name (e.g. --comm nginx or --comm 'ksoftirqd/*')");
+        usage_bail!("--comm needs a name (e.g. --comm nginx or --comm 'ksoftirqd/*')");
     }
     if text.len() >= TASK_COMM_LEN {
-        bail!(
+        usage_bail!(
             "--comm '{pattern}' is longer than the kernel's {} characters; use its first {} and a '*'",
             TASK_COMM_LEN - 1,
             TASK_COMM_LEN - 2
@@ -48,7 +48,7 @@ pub fn cpu_list(text: &str, online: &[u32]) -> Result<Vec<u32>> {
         };
         let parse = |s: &str| {
             s.parse::<u32>().map_err(|_| {
-                anyhow!(
+                usage_err!(
                     "'{text}' is not a CPU list (e.g. 0 or 0,2-3; online CPUs: {})",
                     describe()
                 )
@@ -56,14 +56,14 @@ pub fn cpu_list(text: &str, online: &[u32]) -> Result<Vec<u32>> {
         };
         let (lo, hi) = (parse(lo)?, parse(hi)?);
         if lo > hi {
-            bail!(
+            usage_bail!(
                 "'{part}' is an empty CPU range (online CPUs: {})",
                 describe()
             );
         }
         for cpu in lo..=hi {
             if !online.contains(&cpu) {
-                bail!("CPU {cpu} is not online (online CPUs: {})", describe());
+                usage_bail!("CPU {cpu} is not online (online CPUs: {})", describe());
             }
             if !cpus.contains(&cpu) {
                 cpus.push(cpu);

@@ -1,6 +1,15 @@
 //! tracer: BCC-style eBPF tracing tools in one binary. `tracer <tool> ...`, or a tool's name
 //! as a symlink to this binary (`forksnoop ...`), busybox style.
 
+// Print through output.rs's `outln!`/`errln!`/`Out`: std's print macros panic on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+// First, so that every module below can use their macros (`errln!`, `usage_bail!`, ...).
+#[macro_use]
+mod output;
+#[macro_use]
+mod usage;
+
 mod attach;
 mod btf;
 mod cli_vocabulary;
@@ -9,7 +18,6 @@ mod hist;
 mod kthread_roles;
 mod loader;
 mod metrics;
-mod output;
 mod privileges;
 mod probe_attach;
 mod probe_spec;
@@ -31,7 +39,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
     version,
     about = "BCC-style eBPF tracing tools: live, in-kernel aggregation, one static binary",
     after_help = "Each tool is also available as a command of its own name (forksnoop ...) \
-                  through the symlinks `cargo xtask setup` creates.\n\
+                  through the symlinks `cargo xtask build` creates.\n\
                   Run 'tracer doctor' to see what this kernel allows."
 )]
 struct Cli {
@@ -76,13 +84,11 @@ enum Tool {
     /// Expose in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
     Serve(tools::serve::ServeArgs),
     /// Write man pages for tracer and every tool into a directory.
-    #[command(hide = true)]
     Man {
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
     },
-    /// Print a shell completion script.
-    #[command(hide = true)]
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the tool names (for the busybox-style symlinks).
     #[command(hide = true)]
@@ -128,43 +134,36 @@ fn argv() -> Vec<OsString> {
     args
 }
 
+/// The name errors start with: the tool's (`forksnoop: error: ...`) whether it was run as
+/// `tracer forksnoop` or through its symlink, else `tracer`.
+fn error_prefix(argv: &[OsString]) -> &'static str {
+    argv.get(1)
+        .and_then(|arg| TOOL_NAMES.iter().find(|&&tool| arg.as_os_str() == tool))
+        .copied()
+        .unwrap_or("tracer")
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(argv()) {
+    let argv = argv();
+    let prefix = error_prefix(&argv);
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version (closed stdout is fine)
         Err(err) => {
-            eprintln!("tracer: {} (see --help)", usage_error_line(&err));
+            errln!("{prefix}: {} (see --help)", usage_error_line(&err));
             return ExitCode::from(2);
         }
-    };
-    let tool = match &cli.tool {
-        Tool::Forksnoop(_) => "forksnoop",
-        Tool::Doctor(_) => "doctor",
-        Tool::SoftirqTop(_) => "softirq-top",
-        Tool::Profile(_) => "profile",
-        Tool::Kstacks(_) => "kstacks",
-        Tool::Offcputime(_) => "offcputime",
-        Tool::Funccount(_) => "funccount",
-        Tool::Funclatency(_) => "funclatency",
-        Tool::Argdist(_) => "argdist",
-        Tool::Trace(_) => "trace",
-        Tool::Tplist(_) => "tplist",
-        Tool::Stackcount(_) => "stackcount",
-        Tool::Ktop(_) => "ktop",
-        Tool::Runqlat(_) => "runqlat",
-        Tool::Cpudist(_) => "cpudist",
-        Tool::Kthreads(_) => "kthreads",
-        Tool::Serve(_) => "serve",
-        Tool::Man { .. } => "man",
-        Tool::Completions { .. } => "completions",
-        Tool::ListTools => "list-tools",
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: what failed and what to do ({:#} joins the context chain).
-            eprintln!("{tool}: error: {err:#}");
-            ExitCode::FAILURE
+            errln!("{prefix}: error: {err:#}");
+            if usage::is_usage_error(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -211,11 +210,14 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),
         Tool::Man { out_dir } => write_man_pages(&out_dir),
         Tool::ListTools => {
-            println!("{}", TOOL_NAMES.join("\n"));
+            outln!("{}", TOOL_NAMES.join("\n"));
             Ok(())
         }
         Tool::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "tracer", &mut std::io::stdout());
+            // Generated into memory: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tracer", &mut script);
+            output::write_stdout_bytes(&script);
             Ok(())
         }
     }

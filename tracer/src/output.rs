@@ -1,8 +1,18 @@
 //! Output shared by every tool: human text or JSON lines (each object carries a `schema`
 //! version), optional wall-clock timestamps, and a stdout that turns a closed pipe
 //! (`tracer forksnoop | head`) into a clean stop instead of a panic.
+//!
+//! Every line tracer prints goes through here: `Out` for a tool's output, `outln!` for a
+//! one-off stdout line, `errln!` for stderr. std's `println!`/`eprintln!` panic when the pipe
+//! is closed (Rust ignores SIGPIPE, so the write returns EPIPE); these never do. A stdout
+//! whose reader went away ends the run as Ctrl-C would (`session::stop_requested` watches
+//! `stdout_gone`), with everything detached and exit status 0; a closed stderr is ignored.
 
-use std::io::{self, IsTerminal as _, Write};
+use std::{
+    fmt,
+    io::{self, IsTerminal as _, Write},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use clap::Args;
 use serde_json::Value;
@@ -18,21 +28,103 @@ pub struct OutputArgs {
     pub timestamp: bool,
 }
 
+/// `println!` that never panics: a failed write marks stdout closed (see `stdout_gone`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: a closed stderr is ignored.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr_line(format_args!($($arg)*))
+    };
+}
+
+/// Set when a write to stdout failed: nobody reads the tool's output any more.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Set when the tool made stdout its output channel (`Out::new`): from then on a reader that
+/// goes away ends the run even before the next write. `serve`, whose output is HTTP, does not.
+static STDOUT_IS_OUTPUT: AtomicBool = AtomicBool::new(false);
+
+/// Whether the tool should stop because its output cannot be read: a write to stdout failed,
+/// or stdout is the tool's output and a pipe whose reader has exited (poll reports POLLERR
+/// on the write end of a pipe without readers, so `tracer funccount ... 10 | head -3` stops
+/// when head does, not at the next interval).
+pub fn stdout_gone() -> bool {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return true;
+    }
+    if !STDOUT_IS_OUTPUT.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut stdout = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let ready = unsafe { libc::poll(&mut stdout, 1, 0) };
+    ready == 1 && stdout.revents & libc::POLLERR != 0
+}
+
+fn mark_stdout_closed(err: &io::Error) {
+    // A closed pipe is a normal way to stop; anything else is worth one line.
+    if err.kind() != io::ErrorKind::BrokenPipe && !STDOUT_CLOSED.load(Ordering::Relaxed) {
+        errln!("tracer: cannot write output: {err}");
+    }
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+}
+
+/// What `outln!` expands to: one line on stdout, written at once.
+pub fn write_stdout_line(args: fmt::Arguments) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format!("{args}\n");
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        mark_stdout_closed(&e);
+    }
+}
+
+/// Raw bytes on stdout (a generated completion script), with `outln!`'s error handling.
+pub fn write_stdout_bytes(bytes: &[u8]) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        mark_stdout_closed(&e);
+    }
+}
+
+/// What `errln!` expands to: one line on stderr in one write (so it does not interleave with
+/// stdout mid-line under `2>&1`); errors, a closed pipe included, are dropped.
+pub fn write_stderr_line(args: fmt::Arguments) {
+    let line = format!("{args}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Buffered stdout that flushes per line on a terminal and per batch when piped.
 pub struct Out {
     inner: io::BufWriter<io::Stdout>,
     tty: bool,
-    closed: bool,
 }
 
 impl Out {
     pub fn new() -> Self {
         let stdout = io::stdout();
         let tty = stdout.is_terminal();
+        STDOUT_IS_OUTPUT.store(true, Ordering::Relaxed);
         Self {
             inner: io::BufWriter::with_capacity(64 * 1024, stdout),
             tty,
-            closed: false,
         }
     }
 
@@ -42,11 +134,11 @@ impl Out {
 
     /// Whether the reader went away (EPIPE): the tool should stop.
     pub fn closed(&self) -> bool {
-        self.closed
+        STDOUT_CLOSED.load(Ordering::Relaxed)
     }
 
     pub fn line(&mut self, text: &str) {
-        if self.closed {
+        if self.closed() {
             return;
         }
         let result = writeln!(self.inner, "{text}");
@@ -61,19 +153,15 @@ impl Out {
     }
 
     pub fn flush(&mut self) {
-        if !self.closed {
+        if !self.closed() {
             let result = self.inner.flush();
             self.check(result);
         }
     }
 
-    fn check(&mut self, result: io::Result<()>) {
+    fn check(&self, result: io::Result<()>) {
         if let Err(e) = result {
-            // A closed pipe is a normal way to stop; anything else is worth one line.
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                eprintln!("tracer: cannot write output: {e}");
-            }
-            self.closed = true;
+            mark_stdout_closed(&e);
         }
     }
 }

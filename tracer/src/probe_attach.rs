@@ -122,7 +122,7 @@ fn load(config: &ProbesConfig) -> Result<Ebpf> {
 /// Loads and attaches everything in `req`. Errors are one line naming the probe that failed.
 pub fn attach_all(req: &Request<'_>) -> Result<Loaded> {
     if req.probes.len() > MAX_PROBES as usize {
-        bail!(
+        usage_bail!(
             "too many probes ({}; at most {MAX_PROBES})",
             req.probes.len()
         );
@@ -271,7 +271,7 @@ pub fn attach_pair(
     let mut ebpf = load(&config)?;
     for (probe, is_end, record) in [(start, false, needs_record.0), (end, true, needs_record.1)] {
         let Point::Tracepoint { category, event } = &probe.point else {
-            bail!(
+            usage_bail!(
                 "--start and --end take tracepoints (t:CATEGORY:EVENT), not {}",
                 probe.spec()
             );
@@ -304,7 +304,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
     let mut ebpf = load(&config)?;
     let scope = match req.pid {
         Some(pid) => UProbeScope::OneProcess(
-            NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?,
+            NonZeroU32::new(pid).ok_or_else(|| usage_err!("PID 0 is not a process"))?,
         ),
         None => UProbeScope::AllProcesses,
     };
@@ -560,10 +560,10 @@ impl Loaded {
     /// For `-v`: one line per kernel-side attachment.
     pub fn print_summary(&self, tool: &str) {
         for a in &self.attachments {
-            eprintln!("{tool}: {}", a.summary());
+            errln!("{tool}: {}", a.summary());
         }
         if self.attachments.is_empty() {
-            eprintln!("{tool}: attached via {}", self.mechanism());
+            errln!("{tool}: attached via {}", self.mechanism());
         }
     }
 
@@ -696,25 +696,25 @@ impl Loaded {
     pub fn report_problems(&self, tool: &str, last: &mut ProbeStats) {
         let now = self.stats();
         if now.common.lost > last.common.lost {
-            eprintln!(
+            errln!(
                 "{tool}: {} events lost so far (ring buffer full)",
                 now.common.lost
             );
         }
         if now.common.map_full > last.common.map_full {
-            eprintln!(
+            errln!(
                 "{tool}: {} updates not counted so far: a map was full",
                 now.common.map_full
             );
         }
         if now.common.read_errors > last.common.read_errors {
-            eprintln!(
+            errln!(
                 "{tool}: {} values could not be read so far",
                 now.common.read_errors
             );
         }
         if now.throttled > last.throttled {
-            eprintln!(
+            errln!(
                 "{tool}: {} events suppressed so far by the rate limit",
                 now.throttled
             );
@@ -780,30 +780,30 @@ pub fn split_positionals(items: &[String]) -> Result<(Vec<String>, crate::sessio
     let rest = &items[probes.len()..];
     if probes.is_empty() {
         match items.first() {
-            Some(first) => bail!(
+            Some(first) => usage_bail!(
                 "'{first}' is not a probe: use u:BINARY:SYMBOL, k:FUNCTION or t:CATEGORY:EVENT"
             ),
-            None => bail!("no probe given (e.g. u:/usr/sbin/nginx:ngx_http_process_request)"),
+            None => usage_bail!("no probe given (e.g. u:/usr/sbin/nginx:ngx_http_process_request)"),
         }
     }
     if rest.len() > 2 {
-        bail!(
+        usage_bail!(
             "too many arguments after the probes: expected [INTERVAL [COUNT]], got '{}'",
             rest.join(" ")
         );
     }
     if let Some(bad) = rest.iter().find(|s| s.contains(':')) {
-        bail!("probe '{bad}' must come before INTERVAL and COUNT");
+        usage_bail!("probe '{bad}' must come before INTERVAL and COUNT");
     }
     let interval = rest
         .first()
-        .map(|s| crate::session::parse_seconds(s).map_err(|e| anyhow!(e)))
+        .map(|s| crate::session::parse_seconds(s).map_err(crate::usage::usage))
         .transpose()?;
     let count = rest
         .get(1)
         .map(|s| match s.parse::<u64>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(anyhow!("'{s}' is not a positive count")),
+            _ => Err(usage_err!("'{s}' is not a positive count")),
         })
         .transpose()?;
     Ok((probes, crate::session::IntervalArgs { interval, count }))
@@ -875,9 +875,9 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
             .parse()
             .ok()
             .filter(|i| *i <= 5)
-            .ok_or_else(|| anyhow!("'{text}' is not an argument: use arg0..arg5"))?;
+            .ok_or_else(|| usage_err!("'{text}' is not an argument: use arg0..arg5"))?;
         if any_return {
-            bail!(
+            usage_bail!(
                 "{text} is not available at a return probe (ur:/kr:): arguments are read at entry (u:/k:)"
             );
         }
@@ -888,7 +888,7 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
     match text {
         "$retval" | "retval" => {
             if !all_return {
-                bail!("$retval needs a return probe (ur:BINARY:SYMBOL or kr:FUNCTION)");
+                usage_bail!("$retval needs a return probe (ur:BINARY:SYMBOL or kr:FUNCTION)");
             }
             return Ok(simple(VAL_RET, true));
         }
@@ -898,7 +898,7 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
         _ => {}
     }
     if !all_tracepoints {
-        bail!("'{text}' is not a value here: use {EXPRS}");
+        usage_bail!("'{text}' is not a value here: use {EXPRS}");
     }
     let mut found: Option<crate::tracefs::Field> = None;
     for probe in probes {
@@ -906,23 +906,23 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
             continue;
         };
         let field = crate::tracefs::fields(category, event)?.into_iter().find(|f| f.name == text).ok_or_else(|| {
-            anyhow!("tracepoint {category}:{event} has no field '{text}' ('tplist -v {category}:{event}' lists them)")
+            usage_err!("tracepoint {category}:{event} has no field '{text}' ('tplist -v {category}:{event}' lists them)")
         })?;
         if let Some(seen) = &found
             && (seen.offset != field.offset || seen.size != field.size)
         {
-            bail!(
+            usage_bail!(
                 "field '{text}' sits at different offsets in the matched tracepoints: name one tracepoint"
             );
         }
         found = Some(field);
     }
-    let field = found.ok_or_else(|| anyhow!("no tracepoint to read '{text}' from"))?;
+    let field = found.ok_or_else(|| usage_err!("no tracepoint to read '{text}' from"))?;
     let decl = field.declaration.as_str();
     let mut signed = field.signed;
     let (size, string) = if !string {
         if field.size > 8 || decl.contains('[') {
-            bail!("field '{text}' ({decl}) is not a number");
+            usage_bail!("field '{text}' ({decl}) is not a number");
         }
         // Syscall tracepoints store every argument in 8 bytes and say "signed:0" even for
         // `int dfd`: the C type decides how much of the slot is the value, and its sign.
@@ -940,7 +940,7 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
     } else if decl.contains('*') {
         (8, STR_PTR)
     } else {
-        bail!("field '{text}' ({decl}) is not a string: use %d, %u or %x");
+        usage_bail!("field '{text}' ({decl}) is not a string: use %d, %u or %x");
     };
     Ok(Expr {
         text: text.to_string(),
@@ -995,13 +995,13 @@ pub fn parse_filter(text: &str, probes: &[Probe]) -> Result<(Filter, bool)> {
         .iter()
         .find_map(|(sym, op)| text.split_once(sym).map(|(l, r)| (l.trim(), *op, r.trim())))
         .ok_or_else(|| {
-            anyhow!(
+            usage_err!(
                 "filter '{text}' is not EXPR OP NUMBER (OP: == != < <= > >=), e.g. 'arg2 > 100'"
             )
         })?;
     let expr = parse_expr(lhs, probes, false)?;
-    let constant =
-        parse_constant(rhs).ok_or_else(|| anyhow!("'{rhs}' in filter '{text}' is not a number"))?;
+    let constant = parse_constant(rhs)
+        .ok_or_else(|| usage_err!("'{rhs}' in filter '{text}' is not a number"))?;
     let mut value = expr.spec;
     // Comparisons against negative constants are signed.
     if constant < 0 || expr.signed {

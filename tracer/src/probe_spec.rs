@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 
 /// At most this many uprobes from one glob (one loaded object serves them all, told apart by
@@ -151,9 +151,9 @@ const SYNTAX: &str =
 pub fn parse(text: &str) -> Result<ProbeSpec> {
     let text = text.trim();
     let Some((prefix, rest)) = text.split_once(':') else {
-        bail!("'{text}' is not a probe: {SYNTAX}");
+        usage_bail!("'{text}' is not a probe: {SYNTAX}");
     };
-    let bad = |why: &str| anyhow!("bad probe '{text}': {why} ({SYNTAX})");
+    let bad = |why: &str| usage_err!("bad probe '{text}': {why} ({SYNTAX})");
     let check_name = |name: &str, what: &str| -> Result<()> {
         if name.is_empty() {
             return Err(bad(&format!("empty {what}")));
@@ -213,7 +213,7 @@ pub fn parse(text: &str) -> Result<ProbeSpec> {
                 event: event.to_string(),
             })
         }
-        _ => Err(anyhow!(
+        _ => Err(usage_err!(
             "unknown probe type '{prefix}:' in '{text}': {SYNTAX}"
         )),
     }
@@ -388,7 +388,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
             match location {
                 UserLocation::Address(addr) => {
                     let offset = elf.file_offset(*addr).ok_or_else(|| {
-                        anyhow!(
+                        usage_err!(
                             "address {addr:#x} is not in a loaded segment of {}",
                             path.display()
                         )
@@ -441,7 +441,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                         return Err(elf.not_found(pattern));
                     }
                     if probes.len() > MAX_UPROBES {
-                        bail!(
+                        usage_bail!(
                             "'{pattern}' matches {} functions in {}; at most {MAX_UPROBES} uprobes \
                              can be attached at once: narrow the pattern",
                             probes.len(),
@@ -455,13 +455,13 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
         ProbeSpec::Kernel { pattern, .. } => {
             let functions = kernel_functions(pattern)?;
             if functions.is_empty() {
-                bail!(
+                usage_bail!(
                     "no kernel function matches '{pattern}' (not in /proc/kallsyms; 'tplist -k \
                      PATTERN' lists them)"
                 );
             }
             if functions.len() > MAX_KERNEL_PROBES {
-                bail!(
+                usage_bail!(
                     "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} can be \
                      attached at once: narrow the pattern",
                     functions.len()
@@ -479,12 +479,12 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
         ProbeSpec::Tracepoint { category, event } => {
             let found = tracepoints(category, event)?;
             if found.is_empty() {
-                bail!(
+                usage_bail!(
                     "no tracepoint {category}:{event} on this kernel ('tplist \"{category}:*\"' lists them)"
                 );
             }
             if found.len() > MAX_KERNEL_PROBES {
-                bail!(
+                usage_bail!(
                     "'{category}:{event}' matches {} tracepoints; at most {MAX_KERNEL_PROBES} can be \
                      attached at once: narrow the pattern",
                     found.len()
@@ -523,7 +523,9 @@ pub fn resolve_binary(target: &str, pid: Option<u32>) -> Result<PathBuf> {
     if target.contains('/') {
         let path = PathBuf::from(target);
         if !path.exists() {
-            bail!("{target}: no such file (give the binary's path or a library name like libc)");
+            usage_bail!(
+                "{target}: no such file (give the binary's path or a library name like libc)"
+            );
         }
         return Ok(path);
     }
@@ -567,10 +569,10 @@ pub fn resolve_binary(target: &str, pid: Option<u32>) -> Result<PathBuf> {
         }
     }
     match pid {
-        Some(pid) => bail!(
+        Some(pid) => usage_bail!(
             "cannot find library or binary '{target}' (not mapped by PID {pid}, not in ld.so.cache or $PATH)"
         ),
-        None => bail!(
+        None => usage_bail!(
             "cannot find library or binary '{target}' (not in ld.so.cache, the library directories or $PATH): give its path"
         ),
     }
@@ -687,16 +689,16 @@ impl ElfSymbols {
         let shown = path.display();
         let meta = std::fs::metadata(path).with_context(|| format!("{shown}: cannot read"))?;
         if meta.is_dir() {
-            bail!("{shown} is a directory, not an ELF binary or library");
+            usage_bail!("{shown} is a directory, not an ELF binary or library");
         }
         // A FIFO or a device would block or never end; uprobes need a regular file anyway.
         if !meta.is_file() {
-            bail!(
+            usage_bail!(
                 "{shown} is not a regular file (uprobes need a compiled binary or shared library)"
             );
         }
         if meta.len() > MAX_ELF_BYTES {
-            bail!(
+            usage_bail!(
                 "{shown} is {} GiB: too large for a binary or library (at most {} GiB)",
                 meta.len() >> 30,
                 MAX_ELF_BYTES >> 30
@@ -704,10 +706,12 @@ impl ElfSymbols {
         }
         let data = std::fs::read(path).with_context(|| format!("{shown}: cannot read"))?;
         if !data.starts_with(b"\x7fELF") {
-            bail!("{shown} is not an ELF file (uprobes need a compiled binary or shared library)");
+            usage_bail!(
+                "{shown} is not an ELF file (uprobes need a compiled binary or shared library)"
+            );
         }
         let file =
-            object::File::parse(&*data).map_err(|e| anyhow!("{shown}: bad ELF file: {e}"))?;
+            object::File::parse(&*data).map_err(|e| usage_err!("{shown}: bad ELF file: {e}"))?;
         let mut functions = BTreeMap::new();
         let mut sizes = HashMap::new();
         let mut has_symtab = false;
@@ -811,7 +815,7 @@ impl ElfSymbols {
         if let Some(size) = size
             && offset >= size
         {
-            bail!("{name}+{offset:#x} is past the end of {name} ({size} bytes)");
+            usage_bail!("{name}+{offset:#x} is past the end of {name} ({size} bytes)");
         }
         if !self.x86_64 {
             return Ok(());
@@ -834,14 +838,14 @@ impl ElfSymbols {
         while at < offset && decoder.can_decode() {
             let insn = decoder.decode();
             if insn.is_invalid() {
-                bail!(
+                usage_bail!(
                     "{name}+{offset:#x}: cannot decode {name} up to there (at +{at:#x}); \
                      give an offset that starts an instruction"
                 );
             }
             let next = insn.next_ip();
             if next > offset {
-                bail!(
+                usage_bail!(
                     "{name}+{offset:#x} is inside an instruction (+{at:#x}..+{next:#x}): a \
                      uprobe there would corrupt it; use +{at:#x} or +{next:#x}"
                 );
@@ -867,9 +871,9 @@ impl ElfSymbols {
             "no function"
         };
         if self.has_symtab || self.debug_file.is_some() {
-            anyhow!("{what} '{pattern}' in {path} ('tplist -b {path}' lists its functions)")
+            usage_err!("{what} '{pattern}' in {path} ('tplist -b {path}' lists its functions)")
         } else {
-            anyhow!(
+            usage_err!(
                 "{what} '{pattern}' in {path}: it is stripped (no .symtab; {} exported functions in \
                  .dynsym; no debug file under /usr/lib/debug): install its debug symbols, or probe \
                  an address (u:{}:0xADDR) or an exported symbol plus offset (SYMBOL+0xOFF)",

@@ -1,4 +1,5 @@
-//! How a tool run ends: Ctrl-C, SIGTERM, a duration (`-d`), or `[interval] [count]` running out.
+//! How a tool run ends: Ctrl-C, SIGTERM, a duration (`-d`), `[interval] [count]` running out,
+//! or nobody reading the output any more (`tracer forksnoop | head`).
 //! Dropping the `aya::Ebpf` afterwards detaches and unloads everything (nothing is pinned).
 
 use std::{
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -58,7 +59,12 @@ pub enum StopReason {
     Interrupted,
     Terminated,
     DurationElapsed,
+    /// stdout's reader went away (see `output::stdout_gone`).
+    OutputClosed,
 }
+
+/// How often a waiting tool looks whether its stdout's reader went away.
+const OUTPUT_CHECK_PERIOD: Duration = Duration::from_millis(200);
 
 /// SIGINT, SIGTERM and SIGHUP listeners, registered once when the runtime starts (see
 /// `install_signal_handlers`): a Ctrl-C that arrives between "Hit Ctrl-C to end." and the
@@ -179,18 +185,24 @@ async fn wait_for_stop(duration: Option<Duration>) -> Result<StopReason> {
             None => std::future::pending().await,
         }
     };
+    let output_gone = async {
+        while !crate::output::stdout_gone() {
+            tokio::time::sleep(OUTPUT_CHECK_PERIOD).await;
+        }
+    };
     Ok(tokio::select! {
         _ = s.int.recv() => StopReason::Interrupted,
         _ = s.term.recv() => StopReason::Terminated,
         _ = s.hup.recv() => StopReason::Terminated,
         _ = sleep => StopReason::DurationElapsed,
+        _ = output_gone => StopReason::OutputClosed,
     })
 }
 
 /// Validates that a pid names a live process.
 pub fn check_pid(pid: u32) -> Result<()> {
     if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        bail!("no process with PID {pid} (check the PID with 'ps -p {pid}')");
+        usage_bail!("no process with PID {pid} (check the PID with 'ps -p {pid}')");
     }
     Ok(())
 }

@@ -411,17 +411,19 @@ impl Symbols {
     /// One stderr line when many printed frames did not resolve, with the likely reason.
     pub fn report_unknown(&self, tool: &str) {
         if self.frames_user > 0 && self.unknown_user * 5 > self.frames_user {
-            eprintln!(
+            errln!(
                 "{tool}: {} of {} user frames are [unknown] (process exited before symbolization, \
                  stripped binary, or code built without frame pointers)",
-                self.unknown_user, self.frames_user
+                self.unknown_user,
+                self.frames_user
             );
         }
         if self.frames_kernel > 0 && self.unknown_kernel * 5 > self.frames_kernel {
-            eprintln!(
+            errln!(
                 "{tool}: {} of {} kernel frames are [unknown] (is /proc/kallsyms readable? \
                  kernel.kptr_restrict)",
-                self.unknown_kernel, self.frames_kernel
+                self.unknown_kernel,
+                self.frames_kernel
             );
         }
     }
@@ -870,7 +872,7 @@ impl SvgFile {
             Ok(()) => Ok(()),
             // inferno still wrote a valid SVG saying so.
             Err(_) if lines.is_empty() => {
-                eprintln!(
+                errln!(
                     "{}: no stacks were collected; the flame graph is empty",
                     self.path.display()
                 );
@@ -909,7 +911,7 @@ impl StackLoss {
     /// `report` for a tool whose stack map has a fixed size: `hint` says what helps there.
     pub fn report_with_hint(&self, tool: &str, hint: &str) {
         if self.lost + self.collisions > 0 {
-            eprintln!(
+            errln!(
                 "{tool}: {} stacks lost ({} stack-map hash collisions, {} map full or unreadable); \
                  their samples are counted under [lost: ...] ({hint})",
                 self.lost + self.collisions,

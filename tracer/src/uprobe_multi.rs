@@ -234,7 +234,7 @@ fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedF
             let text = String::from_utf8_lossy(&log);
             let text = text.trim_end_matches('\0');
             if std::env::var_os("TRACER_VERIFIER_LOG").is_some() {
-                eprintln!("--- verifier log (uprobe_multi {name}) ---\n{text}");
+                errln!("--- verifier log (uprobe_multi {name}) ---\n{text}");
             }
             let reason = text
                 .lines()

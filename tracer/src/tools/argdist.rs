@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tracer_common::probes::{HistKey, MODE_VALUE, ProbesConfig, ValueKey};
@@ -63,7 +63,9 @@ pub struct ArgdistArgs {
 pub async fn run(args: ArgdistArgs) -> Result<()> {
     let (probe_text, expr_text, rest) = match args.items.as_slice() {
         [probe, expr, rest @ ..] => (probe, expr, rest),
-        _ => bail!("give a PROBE and an EXPR (e.g. argdist t:sched:sched_switch prev_state)"),
+        _ => usage_bail!(
+            "give a PROBE and an EXPR (e.g. argdist --count t:sched:sched_switch prev_state)"
+        ),
     };
     let mut positionals = vec![probe_text.clone()];
     positionals.extend(rest.iter().cloned());
@@ -100,7 +102,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     if args.common.verbose {
         loaded.print_summary(TOOL);
     }
-    eprintln!(
+    errln!(
         "Tracing {} of {} probes for \"{probe_text}\" ({})... Hit Ctrl-C to end.",
         expr.text,
         probes.len(),
@@ -149,7 +151,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
             json!({"type": "end", "stats": loaded.stats(), "attach": loaded.mechanisms}),
         ));
     } else {
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ pub async fn run(args: CpudistArgs) -> Result<()> {
         .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?;
     let switch = runqlat::attach_switch(&mut ebpf, &btf, "cpudist", force)?;
     if view.common.verbose {
-        eprintln!("{TOOL}: {}", switch.summary());
+        errln!("{TOOL}: {}", switch.summary());
     }
     view.report(&mut ebpf, &switch).await
 }

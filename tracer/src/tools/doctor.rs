@@ -74,7 +74,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     if args.json {
         out.json(&with_schema(
             TOOL,
-            json!({ "kernel": kernel_release(), "checks": checks }),
+            json!({ "type": "report", "kernel": kernel_release(), "checks": checks }),
         ));
     } else {
         out.line(&format!("kernel {}", kernel_release()));

@@ -70,7 +70,7 @@ pub struct ForksnoopArgs {
 
 pub async fn run(args: ForksnoopArgs) -> Result<()> {
     if args.interval.interval.is_some() && !args.summary {
-        bail!("INTERVAL and COUNT apply to --summary (e.g. 'forksnoop --summary 1 5')");
+        usage_bail!("INTERVAL and COUNT apply to --summary (e.g. 'forksnoop --summary 1 5')");
     }
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
@@ -99,7 +99,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
         )?,
     )?;
     if args.common.verbose {
-        eprintln!("{TOOL}: {}", attachment.summary());
+        errln!("{TOOL}: {}", attachment.summary());
     }
     let stats = StatsReader::take(&mut ebpf)?;
 
@@ -109,7 +109,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
             ebpf.take_map("PARENT_COUNTS")
                 .ok_or_else(|| anyhow!("PARENT_COUNTS map missing"))?,
         )?;
-        eprintln!(
+        errln!(
             "Counting forks per parent ({})... Hit Ctrl-C to end.",
             attachment.mechanism
         );
@@ -119,7 +119,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| anyhow!("EVENTS map missing"))?,
         )?;
-        eprintln!(
+        errln!(
             "Tracing forks ({})... Hit Ctrl-C to end.",
             attachment.mechanism
         );
@@ -331,14 +331,14 @@ fn event_json(event: &ForkEvent, clock: &Clock) -> serde_json::Value {
 
 fn report_drops(stats: &Stats, reported_lost: &mut u64) {
     if stats.lost > *reported_lost {
-        eprintln!(
+        errln!(
             "{TOOL}: lost {} events so far (ring buffer full; --summary counts exactly)",
             stats.lost
         );
         *reported_lost = stats.lost;
     }
     if stats.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} forks not counted: per-parent map full",
             stats.map_full
         );

@@ -1,7 +1,7 @@
 //! funccount: calls per probe (uprobes, kernel functions, tracepoints), counted in the kernel,
 //! optionally per process, printed at the end or every interval.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
@@ -54,7 +54,7 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if args.top == Some(0) {
-        bail!("--top needs a positive number");
+        usage_bail!("--top needs a positive number");
     }
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let config = ProbesConfig {
@@ -79,7 +79,7 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
     } else {
         format!("{} patterns", specs.len())
     };
-    eprintln!(
+    errln!(
         "Tracing {} probes for {what} ({})... Hit Ctrl-C to end.",
         probes.len(),
         loaded.mechanism()
@@ -136,7 +136,7 @@ fn finish(args: &FunccountArgs, loaded: &Loaded, out: &mut Out) {
         ));
     } else {
         // On stderr, so piped output holds only the table.
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     out.flush();
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tracer_common::probes::{
@@ -91,7 +91,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
         (&args.start, &args.end)
     {
         if !args.items.iter().all(|s| !s.contains(':')) {
-            bail!("give either PROBE or --start/--end, not both");
+            usage_bail!("give either PROBE or --start/--end, not both");
         }
         let (_, interval) = split_numbers(&args.items)?;
         let start = one_tracepoint(start, "--start")?;
@@ -106,7 +106,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
                 kind: VAL_CPU,
                 ..ValueSpec::NONE
             },
-            other => bail!(
+            other => usage_bail!(
                 "--key takes tid, pid or cpu, not '{other}' (record fields: --start-key/--end-key)"
             ),
         };
@@ -117,14 +117,14 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
                 .into_iter()
                 .find(|f| &f.name == name)
                 .ok_or_else(|| {
-                    anyhow::anyhow!(
+                    usage_err!(
                         "tracepoint {} has no field '{name}' ('tplist -v {}' lists them)",
                         probe.name,
                         probe.name
                     )
                 })?;
             if field.size > 8 || field.declaration.contains('[') {
-                bail!("field '{name}' of {} is not a number", probe.name);
+                usage_bail!("field '{name}' of {} is not a number", probe.name);
             }
             Ok(Some(ValueSpec {
                 kind: VAL_FIELD,
@@ -157,7 +157,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     } else {
         let (specs, interval) = probe_attach::split_positionals(&args.items)?;
         if specs.len() != 1 {
-            bail!(
+            usage_bail!(
                 "funclatency times one probe (a glob is fine): got {}",
                 specs.len()
             );
@@ -166,10 +166,12 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
         match spec.kind() {
             Kind::Uprobe | Kind::Kprobe => {}
             Kind::Uretprobe | Kind::Kretprobe => {
-                bail!("funclatency attaches entry and return itself: give u:/k:, not ur:/kr:")
+                usage_bail!("funclatency attaches entry and return itself: give u:/k:, not ur:/kr:")
             }
             Kind::Tracepoint => {
-                bail!("a tracepoint has no return: time two of them with --start t:... --end t:...")
+                usage_bail!(
+                    "a tracepoint has no return: time two of them with --start t:... --end t:..."
+                )
             }
         }
         let probes = probe_spec::resolve(&spec, args.pid)?;
@@ -186,7 +188,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     if args.common.verbose {
         loaded.print_summary(TOOL);
     }
-    eprintln!(
+    errln!(
         "Tracing {} functions for {what} ({})... Hit Ctrl-C to end.",
         probes.len(),
         loaded.mechanism()
@@ -226,7 +228,7 @@ fn split_numbers(items: &[String]) -> Result<(Vec<String>, session::IntervalArgs
 fn one_tracepoint(text: &str, option: &str) -> Result<Probe> {
     let spec = probe_spec::parse(text)?;
     if spec.kind() != Kind::Tracepoint || spec.is_glob() {
-        bail!("{option} takes one tracepoint (t:CATEGORY:EVENT), not '{text}'");
+        usage_bail!("{option} takes one tracepoint (t:CATEGORY:EVENT), not '{text}'");
     }
     let mut probes = probe_spec::resolve(&spec, None)?;
     Ok(probes.remove(0))
@@ -241,12 +243,12 @@ fn finish(args: &FunclatencyArgs, loaded: &Loaded, out: &mut Out) {
         ));
     } else {
         if stats.unpaired > 0 && args.common.verbose {
-            eprintln!(
+            errln!(
                 "{TOOL}: {} returns without a recorded entry (calls in flight at attach)",
                 stats.unpaired
             );
         }
-        eprintln!("Detaching...");
+        errln!("Detaching...");
     }
     out.flush();
 }

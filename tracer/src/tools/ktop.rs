@@ -71,7 +71,7 @@ pub async fn run(args: KtopArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if args.top == 0 {
-        bail!("--top must be at least 1");
+        usage_bail!("--top must be at least 1");
     }
     let btf = KernelBtf::new();
     // Workqueue functions: tp_btf/raw_tp read work_struct::func, the classic tracepoint has it
@@ -99,17 +99,17 @@ pub async fn run(args: KtopArgs) -> Result<()> {
     );
     if args.common.verbose {
         for a in wakeups.iter().chain([&switch]) {
-            eprintln!("{TOOL}: {}", a.summary());
+            errln!("{TOOL}: {}", a.summary());
         }
         match &work {
-            Ok(a) => eprintln!("{TOOL}: {}", a.summary()),
-            Err(e) => eprintln!("{TOOL}: no kworker functions: {e}"),
+            Ok(a) => errln!("{TOOL}: {}", a.summary()),
+            Err(e) => errln!("{TOOL}: no kworker functions: {e}"),
         }
     }
     let mut view = View::new(&mut ebpf, work.is_ok())?;
     kick_cpus(&view.online);
     view.wait_for_cpus().await;
-    eprintln!(
+    errln!(
         "Tracing on-CPU time ({})... Hit Ctrl-C to end.",
         switch.mechanism
     );

@@ -20,7 +20,7 @@ pub mod trace;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 
 use crate::{attach::Mechanism, output::OutputArgs, session, session::DurationArgs};
@@ -49,7 +49,7 @@ impl CommonArgs {
         match self.attach {
             Some(m) if !accepted.contains(&m) => {
                 let names: Vec<&str> = accepted.iter().map(|m| m.name()).collect();
-                bail!(
+                usage_bail!(
                     "--attach {m}: {tool} cannot attach with {m} (choose one of {})",
                     names.join(", ")
                 )
@@ -79,7 +79,7 @@ impl TaskArgs {
         if let Some(tid) = self.tid
             && (tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists())
         {
-            bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
+            usage_bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
         }
         Ok(())
     }
@@ -135,7 +135,7 @@ pub struct StackOutputArgs {
 impl StackOutputArgs {
     pub fn check(&self) -> Result<()> {
         if self.stack_storage_size == 0 || self.stack_storage_size > 1 << 20 {
-            bail!("--stack-storage-size must be 1 to 1048576");
+            usage_bail!("--stack-storage-size must be 1 to 1048576");
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
@@ -72,7 +72,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     args.task.check()?;
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
     if max_us < args.min_us {
-        bail!(
+        usage_bail!(
             "--max-block-time {max_us} is below --min-block-time {}: no block could match",
             args.min_us
         );
@@ -129,7 +129,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
             .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?,
     )?;
     if args.common.verbose {
-        eprintln!("{TOOL}: {}", attachment.summary());
+        errln!("{TOOL}: {}", attachment.summary());
     }
     let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
         ebpf.take_map("OFFCPU")
@@ -142,7 +142,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut stack_map = StackMap::take(&mut ebpf, "STACKS")?;
     let stats = StatsReader::take(&mut ebpf)?;
     let title = title(&args);
-    eprintln!(
+    errln!(
         "Tracing off-CPU time ({}) of {}... Hit Ctrl-C to end.",
         attachment.mechanism,
         scope(&args)
@@ -222,7 +222,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         }
     }
     if args.common.verbose && args.interval.interval.is_some() {
-        eprintln!(
+        errln!(
             "{TOOL}: evicted {} keys of exited threads and {} keys idle for {} intervals",
             evictor.evicted_exited,
             evictor.evicted_idle,
@@ -242,13 +242,13 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let loss = StackLoss::read(&stats);
     loss.report(TOOL);
     if end.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} blocks not counted: a map was full (too many blocked tasks or stacks)",
             end.map_full
         );
     }
     if end.read_errors > 0 {
-        eprintln!("{TOOL}: {} task_struct reads failed", end.read_errors);
+        errln!("{TOOL}: {} task_struct reads failed", end.read_errors);
     }
     if json {
         out.json(&with_schema(

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{IterableMap as _, MapData, PerCpuHashMap},
@@ -142,7 +142,9 @@ struct Sampler {
 
 fn check_frequency(hz: u64) -> Result<()> {
     if hz == 0 || hz > MAX_HZ {
-        bail!("-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)");
+        usage_bail!(
+            "-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)"
+        );
     }
     Ok(())
 }
@@ -160,7 +162,7 @@ impl Sampler {
             .context("profile reads task flags (kernel threads) at offsets from kernel BTF")?;
         let cpus = online_cpus().map_err(|(what, e)| anyhow!("cannot list CPUs ({what}): {e}"))?;
         let cpus: Vec<u32> = match &sample.cpu {
-            Some(list) => filters::cpu_list(list, &cpus).map_err(|e| anyhow!("-C {list}: {e}"))?,
+            Some(list) => filters::cpu_list(list, &cpus).with_context(|| format!("-C {list}"))?,
             None => cpus,
         };
         sample.stacks.check()?;
@@ -170,7 +172,7 @@ impl Sampler {
             } else {
                 ""
             };
-            bail!("--attach {m}: {tool} attaches only perf events{with_softirq}");
+            usage_bail!("--attach {m}: {tool} attaches only perf events{with_softirq}");
         }
         let mut ebpf = loader::load(objects::PROFILE, |l| {
             l.override_global("CONFIG", &config, true);
@@ -209,7 +211,7 @@ impl Sampler {
                     .attach_for(tool, &[Mechanism::TpBtf, Mechanism::RawTp])?;
                 let attachment = attach::attach(&mut ebpf, &btf, target, &rungs, force)?;
                 if sample.common.verbose {
-                    eprintln!("{tool}: {}", attachment.summary());
+                    errln!("{tool}: {}", attachment.summary());
                 }
             }
         }
@@ -225,7 +227,7 @@ impl Sampler {
         })?;
         let event = attach_sampler(program, &cpus, sample.frequency, sample.event)?;
         if sample.common.verbose {
-            eprintln!(
+            errln!(
                 "{tool}: perf event {event} at {} Hz on CPUs {}",
                 sample.frequency,
                 cpus_text(&cpus)
@@ -266,7 +268,7 @@ impl Sampler {
         let loss = StackLoss::read(&self.stats);
         loss.report(tool);
         if stats.map_full > 0 {
-            eprintln!(
+            errln!(
                 "{tool}: {} samples not counted: the counts map was full",
                 stats.map_full
             );
@@ -414,7 +416,7 @@ async fn sample_loop(
         }
     }
     if sample.common.verbose && sample.interval.interval.is_some() {
-        eprintln!(
+        errln!(
             "{tool}: evicted {} keys of exited threads and {} keys idle for {} intervals",
             evictor.evicted_exited,
             evictor.evicted_idle,
@@ -546,7 +548,7 @@ async fn run_sampler(
     let softirq = profile.is_some_and(|p| p.softirq);
     let mut sampler = Sampler::start(tool, sample, config, softirq)?;
     let title = what_sampled(tool, profile, sample, sampler.event);
-    eprintln!(
+    errln!(
         "Sampling {} at {} Hz ({})... Hit Ctrl-C to end.",
         title_scope(&title),
         sample.frequency,

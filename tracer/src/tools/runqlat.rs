@@ -96,7 +96,7 @@ pub async fn run(args: RunqlatArgs) -> Result<()> {
     let wakeups = attach_wakeups(&mut ebpf, &btf, force)?;
     if view.common.verbose {
         for a in wakeups.iter().chain([&switch]) {
-            eprintln!("{TOOL}: {}", a.summary());
+            errln!("{TOOL}: {}", a.summary());
         }
     }
     view.report(&mut ebpf, &switch).await
@@ -201,13 +201,13 @@ pub(super) fn attach_wakeups(
 /// Stderr lines for the kernel side's drop counters.
 pub(super) fn report_drops(tool: &str, stats: &Stats, reported: &mut Stats) {
     if stats.map_full > reported.map_full {
-        eprintln!(
+        errln!(
             "{tool}: {} updates dropped so far: a map was full (too many tasks; narrow with -p)",
             stats.map_full
         );
     }
     if stats.read_errors > reported.read_errors {
-        eprintln!("{tool}: {} task reads failed so far", stats.read_errors);
+        errln!("{tool}: {} task reads failed so far", stats.read_errors);
     }
     *reported = *stats;
 }
@@ -305,9 +305,10 @@ impl HistView {
             ebpf.take_map("HISTS")
                 .ok_or_else(|| anyhow!("HISTS map missing (build bug)"))?,
         )?;
-        eprintln!(
+        errln!(
             "Tracing {} ({})... Hit Ctrl-C to end.",
-            self.what, attachment.mechanism
+            self.what,
+            attachment.mechanism
         );
         let mut out = Out::new();
         let stop = session::stop_requested(self.common.duration.duration);

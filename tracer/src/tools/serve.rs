@@ -105,7 +105,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     if args.check {
         check_kernel_can_attach(&config)?;
-        println!(
+        outln!(
             "{}: ok ({} probes; collectors: {})",
             args.config
                 .as_deref()
@@ -130,7 +130,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut exporter = Exporter::start(&config, &args)?;
     let (tx, mut rx) = mpsc::channel::<http::Exchange>(16);
     http::spawn(listener, tx);
-    eprintln!(
+    errln!(
         "Serving metrics on http://{local}/metrics ({} programs attached)... Hit Ctrl-C to end.",
         exporter.links
     );
@@ -148,7 +148,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = housekeeping.tick() => exporter.maintain(),
         }
     }
-    eprintln!("Detaching...");
+    errln!("Detaching...");
     drop(rx);
     drop(exporter);
     Ok(())
@@ -249,7 +249,7 @@ impl Exporter {
                     exporter.links += attachments.len();
                     for a in attachments {
                         if args.verbose {
-                            eprintln!("{TOOL}: {name}: {}", a.summary());
+                            errln!("{TOOL}: {name}: {}", a.summary());
                         }
                         exporter.attached.push(AttachRow {
                             probe: format!("{name}/{}", a.target),
@@ -298,7 +298,7 @@ impl Exporter {
                 "{what}: {err:#} (--keep-going serves the rest and reports it in tracer_probe_attached)"
             );
         }
-        eprintln!("{TOOL}: warning: {what} not attached: {err:#}");
+        errln!("{TOOL}: warning: {what} not attached: {err:#}");
         self.attached.push(AttachRow {
             probe: label.to_string(),
             rung: None,
@@ -338,7 +338,7 @@ impl Exporter {
             let started = Instant::now();
             if let Err(e) = collector.collect(&mut scrape) {
                 let name = collector.name();
-                eprintln!("{TOOL}: cannot read {name}: {e:#}");
+                errln!("{TOOL}: cannot read {name}: {e:#}");
                 *self.scrape_errors.entry(name).or_default() += 1;
             }
             durations.push((collector.name(), started.elapsed()));

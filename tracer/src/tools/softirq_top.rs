@@ -136,7 +136,7 @@ fn parse_vecs(text: &str) -> Result<Vec<usize>> {
         let upper = name.to_ascii_uppercase();
         let upper = upper.strip_suffix("_SOFTIRQ").unwrap_or(&upper);
         let Some(v) = VEC_NAMES.iter().position(|n| *n == upper) else {
-            bail!(
+            usage_bail!(
                 "unknown softirq vector '{name}' (known: {})",
                 VEC_NAMES.join(", ")
             );
@@ -1011,7 +1011,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         None => (0..NR_SOFTIRQS).collect(),
     };
     if !args.stacks && (args.folded || args.svg.is_some()) {
-        bail!("--folded and --svg print sampled stacks: add --stacks");
+        usage_bail!("--folded and --svg print sampled stacks: add --stacks");
     }
     let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
 
@@ -1101,10 +1101,10 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     let attach_summary = summarize_mechanisms(&attachments);
     if args.common.verbose {
         for a in &attachments {
-            eprintln!("{TOOL}: {}", a.summary());
+            errln!("{TOOL}: {}", a.summary());
         }
         if let Some(NetRxSource::Softirq(why)) = &net_source {
-            eprintln!("{TOOL}: net_rx_action(): {why}; using NET_RX softirq entry/exit time");
+            errln!("{TOOL}: net_rx_action(): {why}; using NET_RX softirq entry/exit time");
         }
     }
     if args.stacks {
@@ -1152,7 +1152,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     } else {
         None
     };
-    eprintln!("Tracing softirqs ({attach_summary})... Hit Ctrl-C to end.");
+    errln!("Tracing softirqs ({attach_summary})... Hit Ctrl-C to end.");
 
     let reader = Reader {
         maps: &maps,
@@ -1203,13 +1203,13 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     }
     let end = stats.read();
     if end.map_full > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} updates not counted: a map was full",
             end.map_full
         );
     }
     if end.read_errors > 0 {
-        eprintln!("{TOOL}: {} kernel reads failed", end.read_errors);
+        errln!("{TOOL}: {} kernel reads failed", end.read_errors);
     }
     if json {
         out.json(&with_schema(

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
@@ -79,7 +79,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     if interval.interval.is_some() {
-        bail!("stackcount prints once at the end: use -d SECS instead of INTERVAL");
+        usage_bail!("stackcount prints once at the end: use -d SECS instead of INTERVAL");
     }
     let svg = args
         .svg
@@ -122,7 +122,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     for instance in &mut loaded.instances {
         maps.push(StackMap::take(&mut instance.ebpf, "STACKS")?);
     }
-    eprintln!(
+    errln!(
         "Tracing {} probes for {} ({}; {} stacks)... Hit Ctrl-C to end.",
         probes.len(),
         specs.join(" "),
@@ -229,7 +229,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         "its stack map is fixed: fewer probes, -p PID or a shorter -d leave fewer distinct stacks",
     );
     if probes.iter().any(|p| p.kind == Kind::Uprobe) && !user {
-        eprintln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
+        errln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
     }
     Ok(())
 }

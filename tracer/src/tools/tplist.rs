@@ -2,7 +2,7 @@
 //! fields, as argdist and trace name them), kernel functions (`-k`, when this kernel lets us
 //! attach to them), and a binary's or library's functions (`-b`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
@@ -63,7 +63,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         let elf = ElfSymbols::read(&path)?;
         let found = elf.matching(&pattern);
         if found.is_empty() {
-            bail!(
+            usage_bail!(
                 "no function matches '{pattern}' in {} ({} functions in all)",
                 path.display(),
                 elf.functions.len()
@@ -89,7 +89,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
     }
     if args.kernel {
         if let Some(why) = attach::kernel_functions_unavailable() {
-            eprintln!(
+            errln!(
                 "{TOOL}: kernel functions cannot be probed on this kernel ({why}); listing them anyway"
             );
         }
@@ -118,7 +118,7 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         found.dedup();
     }
     if found.is_empty() {
-        bail!("no tracepoint matches '{pattern}' (try 'tplist \"sched:*\"')");
+        usage_bail!("no tracepoint matches '{pattern}' (try 'tplist \"sched:*\"')");
     }
     for (category, event) in found {
         let name = format!("{category}:{event}");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use serde_json::json;
@@ -102,9 +102,11 @@ fn parse_format(format: &str) -> Result<Vec<Piece>> {
             Some('c') => Conv::Char,
             Some('s') => Conv::Str,
             Some(other) => {
-                bail!("unsupported conversion '%{other}' in '{format}' (use %d %u %x %X %p %c %s)")
+                usage_bail!(
+                    "unsupported conversion '%{other}' in '{format}' (use %d %u %x %X %p %c %s)"
+                )
             }
-            None => bail!("format '{format}' ends with a lone '%'"),
+            None => usage_bail!("format '{format}' ends with a lone '%'"),
         };
         if !text.is_empty() {
             pieces.push(Piece::Text(std::mem::take(&mut text)));
@@ -133,20 +135,20 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         })
         .collect();
     if convs.len() != args.args.len() {
-        bail!(
+        usage_bail!(
             "the format has {} conversions but {} arguments were given",
             convs.len(),
             args.args.len()
         );
     }
     if convs.len() > TRACE_VALUES {
-        bail!(
+        usage_bail!(
             "at most {TRACE_VALUES} values per event ({} given)",
             convs.len()
         );
     }
     if args.max_rate == Some(0) {
-        bail!("--max-rate needs a positive number of events per second");
+        usage_bail!("--max-rate needs a positive number of events per second");
     }
     let spec = probe_spec::parse(&args.probe)?;
     let probes = probe_spec::resolve(&spec, args.pid)?;
@@ -189,7 +191,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("EVENTS map missing (build bug)"))?;
         rings.push(RingBuf::try_from(map)?);
     }
-    eprintln!(
+    errln!(
         "Tracing {} probes for \"{}\" ({})... Hit Ctrl-C to end.",
         probes.len(),
         args.probe,
@@ -250,7 +252,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             json!({"type": "end", "events": printed, "stats": stats, "attach": loaded.mechanisms}),
         ));
     } else if stats.throttled > 0 {
-        eprintln!(
+        errln!(
             "{TOOL}: {} events suppressed by --max-rate",
             stats.throttled
         );

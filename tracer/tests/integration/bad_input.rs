@@ -1,8 +1,11 @@
 //! The bad-input matrix: unknown tools, probes, symbols, PIDs and CPUs, malformed probe specs,
 //! absurd intervals and frequencies, files that are not binaries, huge globs, a machine
 //! without tracefs or BTF, dropped capabilities. Each must give exactly one clear stderr line
-//! and a non-zero exit (2 for usage errors, 1 for the rest) within a deadline — never a panic,
-//! a verifier dump or a hang — and leave nothing loaded in the kernel.
+//! and a non-zero exit within a deadline — never a panic, a verifier dump or a hang — and leave
+//! nothing loaded in the kernel. The exit status follows README's rule: 2 when what the user
+//! typed is wrong (syntax, ranges, combinations, or a PID, CPU, probe, symbol, file or field
+//! that does not exist), 1 when a correct request fails here (no tracefs or BTF, missing
+//! privileges, an I/O error, a mechanism the ladder does not offer on this kernel).
 
 use std::{process::Command, time::Duration};
 
@@ -49,7 +52,7 @@ struct Case {
     args: &'static [&'static str],
     /// Must appear in the one stderr line.
     says: &'static str,
-    /// 2: usage error (clap); 1: everything else.
+    /// 2: usage error (clap's, or tracer's own after parsing); 1: everything else.
     code: i32,
     env: Env,
 }
@@ -122,63 +125,68 @@ const CASES: &[Case] = &[
         "not a positive count",
     ),
     usage(&["ktop", "-d", "inf"], "out of range"),
-    error(&["funccount", "u:libc:write", "0.001"], "out of range"),
-    error(&["forksnoop", "1"], "apply to --summary"),
+    usage(&["funccount", "u:libc:write", "0.001"], "out of range"),
+    usage(&["forksnoop", "1"], "apply to --summary"),
     // Absurd frequencies, unknown CPUs.
-    error(
+    usage(
         &["profile", "-F", "0"],
         "sampling frequency must be 1 to 10000",
     ),
-    error(
+    usage(
         &["profile", "-F", "100000000"],
         "sampling frequency must be 1 to 10000",
     ),
-    error(&["profile", "-C", "abc"], "is not a CPU list"),
-    error(&["profile", "-C", "999"], "is not online"),
-    error(&["profile", "-C", "0,999"], "CPU 999 is not online"),
-    error(&["softirq-top", "-C", "999"], "is not online"),
-    error(&["softirq-top", "-C", "x"], "is not a CPU list"),
+    usage(&["profile", "-C", "abc"], "is not a CPU list"),
+    usage(&["profile", "-C", "999"], "is not online"),
+    usage(&["profile", "-C", "0,999"], "CPU 999 is not online"),
+    usage(&["softirq-top", "-C", "999"], "is not online"),
+    usage(&["softirq-top", "-C", "x"], "is not a CPU list"),
+    usage(&["softirq-top", "-C", "99"], "CPU 99 is not online"),
+    usage(
+        &["softirq-top", "--vec", "BOGUS"],
+        "unknown softirq vector 'BOGUS'",
+    ),
     // Unknown PIDs and TIDs.
-    error(
+    usage(
         &["forksnoop", "-p", "999999999"],
         "no process with PID 999999999",
     ),
-    error(&["ktop", "-p", "0"], "no process with PID 0"),
-    error(
+    usage(&["ktop", "-p", "0"], "no process with PID 0"),
+    usage(
         &["offcputime", "-t", "999999999"],
         "no thread with TID 999999999",
     ),
-    error(
+    usage(
         &["funccount", "-p", "999999999", "t:sched:sched_switch"],
         "no process with PID",
     ),
     // Other options that cannot work.
-    error(&["forksnoop", "--comm", "a*b"], "only a trailing '*'"),
-    error(
+    usage(&["forksnoop", "--comm", "a*b"], "only a trailing '*'"),
+    usage(
         &["forksnoop", "--comm", "averyveryverylongname"],
         "longer than",
     ),
-    error(
+    usage(
         &["forksnoop", "--attach", "kprobe"],
         "forksnoop cannot attach with kprobe (choose one of tp_btf, raw_tp, tracepoint)",
     ),
-    error(
+    usage(
         &["softirq-top", "--attach", "fentry"],
         "choose one of tp_btf, raw_tp, tracepoint",
     ),
-    error(
+    usage(
         &["profile", "--attach", "kprobe", "-d", "0.1"],
         "profile attaches only perf events, unless --softirq",
     ),
-    error(
+    usage(
         &["profile", "--softirq", "--attach", "kprobe", "-d", "0.1"],
         "choose one of tp_btf, raw_tp",
     ),
-    error(
+    usage(
         &["runqlat", "--attach", "tracepoint", "-d", "0.1"],
         "runqlat cannot attach with tracepoint (choose one of tp_btf, raw_tp)",
     ),
-    error(
+    usage(
         &[
             "offcputime",
             "--min-block-time",
@@ -193,11 +201,12 @@ const CASES: &[Case] = &[
         "cannot write the flame graph",
     ),
     // Malformed probe specs.
-    error(&["funccount", "x:foo"], "unknown probe type 'x:'"),
-    error(&["funccount", "t:sched"], "a tracepoint is CATEGORY:EVENT"),
-    error(&["funccount", "u:{workload}:"], "empty symbol"),
-    error(&["funclatency", "t:sched:sched_switch"], "has no return"),
-    error(
+    usage(&["funccount", "foo"], "'foo' is not a probe"),
+    usage(&["funccount", "x:foo"], "unknown probe type 'x:'"),
+    usage(&["funccount", "t:sched"], "a tracepoint is CATEGORY:EVENT"),
+    usage(&["funccount", "u:{workload}:"], "empty symbol"),
+    usage(&["funclatency", "t:sched:sched_switch"], "has no return"),
+    usage(
         &[
             "funclatency",
             "u:{workload}:tracer_workload_hot_function",
@@ -205,7 +214,7 @@ const CASES: &[Case] = &[
         ],
         "times one probe",
     ),
-    error(
+    usage(
         &[
             "argdist",
             "--count",
@@ -214,47 +223,47 @@ const CASES: &[Case] = &[
         ],
         "has no field 'no_such_field'",
     ),
-    error(
+    usage(
         &["trace", "t:sched:sched_switch", "%d %d", "prev_pid"],
         "2 conversions but 1 arguments",
     ),
-    error(
+    usage(
         &["trace", "t:sched:sched_switch", "%s", "prev_pid"],
         "is not a string",
     ),
     // Unknown probes, symbols, libraries; huge globs.
-    error(
+    usage(
         &["funccount", "t:no_such_category:x"],
         "no tracepoint no_such_category:x",
     ),
-    error(
+    usage(
         &["funccount", "k:no_such_kernel_function_xyz"],
         "no kernel function matches",
     ),
-    error(
+    usage(
         &["funccount", "u:{workload}:no_such_symbol_xyz"],
         "no function 'no_such_symbol_xyz'",
     ),
-    error(
+    usage(
         &["funccount", "u:nosuchlibrary_xyz:main"],
         "cannot find library or binary",
     ),
-    error(&["funccount", "t:*:*"], "at most 64 can be attached"),
-    error(&["funccount", "u:libc:*"], "at most 1000 uprobes"),
+    usage(&["funccount", "t:*:*"], "at most 64 can be attached"),
+    usage(&["funccount", "u:libc:*"], "at most 1000 uprobes"),
     // Offsets that would corrupt code.
-    error(&["funccount", "u:libc:write+1"], "inside an instruction"),
-    error(
+    usage(&["funccount", "u:libc:write+1"], "inside an instruction"),
+    usage(
         &["funccount", "u:libc:write+99999999999"],
         "past the end of write",
     ),
     // Files that are not binaries.
-    error(&["funccount", "u:/no/such/binary:main"], "no such file"),
-    error(&["funccount", "u:{dir}:main"], "is a directory"),
-    error(&["funccount", "u:{text}:main"], "not an ELF file"),
-    error(&["funccount", "u:{fifo}:main"], "not a regular file"),
-    error(&["tplist", "-l", "{fifo}"], "not a regular file"),
+    usage(&["funccount", "u:/no/such/binary:main"], "no such file"),
+    usage(&["funccount", "u:{dir}:main"], "is a directory"),
+    usage(&["funccount", "u:{text}:main"], "not an ELF file"),
+    usage(&["funccount", "u:{fifo}:main"], "not a regular file"),
+    usage(&["tplist", "-l", "{fifo}"], "not a regular file"),
     error(&["funccount", "u:/proc/self/mem:main"], "cannot read"),
-    error(&["tplist", "-l", "/no/such/bin"], "no such file"),
+    usage(&["tplist", "-l", "/no/such/bin"], "no such file"),
     // No tracefs and no BTF (nowhere to mount tracefs).
     error_in(
         Env::NoSysKernel,

@@ -31,6 +31,10 @@ fn checks() -> Result<Vec<Value>, Failed> {
     ensure(json["schema"] == "tracer.doctor.v1", || {
         format!("schema: {}", json["schema"])
     })?;
+    // README: every JSON object has a "schema" and a "type".
+    ensure(json["type"] == "report", || {
+        format!("type: {}", json["type"])
+    })?;
     Ok(json["checks"].as_array().cloned().unwrap_or_default())
 }
 

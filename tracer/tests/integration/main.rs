@@ -12,6 +12,7 @@ mod dist;
 mod doctor;
 mod forksnoop;
 mod overload;
+mod pipes;
 mod probe_tools;
 mod probes;
 mod profile;
@@ -35,6 +36,7 @@ fn main() {
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
     trials.extend(overload::tests());
+    trials.extend(pipes::tests());
     trials.extend(serve::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
