@@ -1,6 +1,6 @@
 //! Turning user filter syntax into the plain structs the kernel programs match against.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use tracer_common::{
     TASK_COMM_LEN,
     comm::{COMM_MATCH_EXACT, COMM_MATCH_PREFIX, CommFilter},
