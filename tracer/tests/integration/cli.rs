@@ -211,7 +211,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &[
             "argdist",
             "--json",
-            "-C",
+            "--count",
             "t:sched:sched_switch",
             "prev_state",
             "-d",
