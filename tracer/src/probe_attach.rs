@@ -79,6 +79,14 @@ pub struct ProbeStats {
 }
 
 fn load(config: &ProbesConfig) -> Result<Ebpf> {
+    let config = &ProbesConfig {
+        exclude_tgid: if config.include_self != 0 {
+            0
+        } else {
+            std::process::id()
+        },
+        ..*config
+    };
     let mode = config.mode;
     let per_pid = config.per_pid != 0;
     loader::load(objects::PROBES, |l: &mut EbpfLoader<'_>| {
