@@ -36,7 +36,7 @@ const KERNEL_CMDLINE: &str = "console=ttyS0 loglevel=5 panic=-1 softlockup_panic
 
 #[derive(Args, Clone, Debug)]
 pub struct VmArgs {
-    /// Which kernel(s) to boot: debian-6.1, debian-6.12, debian-5.10 or all (6.1 and 6.12).
+    /// Which kernel(s) to boot: debian-6.1, debian-6.12, debian-5.10 or all.
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Only integration tests whose name contains this (passed to the test binary).

@@ -60,7 +60,7 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: Suite::Private("bullseye"),
         package_prefix: "linux-image-5.10.0-",
         doctor_expects: &["kprobe", "kretprobe", "fentry", "fexit"],
-        in_all: false,
+        in_all: true,
     },
 ];
 
