@@ -12,4 +12,5 @@ pub const PROBE_HIT_UPROBE: u32 = 7;
 pub const PROBE_HIT_URETPROBE: u32 = 8;
 pub const PROBE_HIT_PERF_EVENT: u32 = 9;
 pub const PROBE_HIT_UPROBE_MULTI: u32 = 10;
-pub const PROBE_HIT_SLOTS: u32 = 11;
+pub const PROBE_HIT_FEXIT_RET: u32 = 11;
+pub const PROBE_HIT_SLOTS: u32 = 12;

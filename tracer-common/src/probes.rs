@@ -134,11 +134,15 @@ pub struct ProbesConfig {
     /// MODE_STACK: record the kernel stack / the user stack.
     pub kernel_stack: u8,
     pub user_stack: u8,
-    pub _reserved: u8,
+    /// `--include-self`: do not set `exclude_tgid` (the loader's own choice, see below).
+    pub include_self: u8,
     /// The probe id when there is no cookie.
     pub probe_id: u32,
     /// Only this process (thread group id); 0: any. Uprobes are also scoped at attach time.
     pub tgid: u32,
+    /// Never this process: tracer's own, set by the loader unless `include_self`, so a probe
+    /// on libc (malloc, write) does not count or trace tracer's own calls. 0: none.
+    pub exclude_tgid: u32,
     /// MODE_TRACE: at most this many events per second (all CPUs); 0: no limit.
     pub rate_limit: u32,
     /// MODE_LATENCY / MODE_VALUE histograms: divide before bucketing (1, 1000 for µs, 10^6
@@ -164,9 +168,10 @@ impl ProbesConfig {
         hist_values: 0,
         kernel_stack: 1,
         user_stack: 1,
-        _reserved: 0,
+        include_self: 0,
         probe_id: 0,
         tgid: 0,
+        exclude_tgid: 0,
         rate_limit: 0,
         unit_div: 1,
         values: [ValueSpec::NONE; TRACE_VALUES],

@@ -65,6 +65,16 @@ pub fn probe_fexit(_ctx: FExitContext) -> i32 {
     hit(PROBE_HIT_FEXIT) as i32
 }
 
+/// An fexit that reads the return value with `bpf_get_func_ret` (Linux 5.17+): loads only where
+/// the helper exists.
+#[fexit]
+pub fn probe_fexit_ret(ctx: FExitContext) -> i32 {
+    if ctx.ret::<u64>().is_err() {
+        return 0;
+    }
+    hit(PROBE_HIT_FEXIT_RET) as i32
+}
+
 #[uprobe]
 pub fn probe_uprobe(_ctx: ProbeContext) -> u32 {
     hit(PROBE_HIT_UPROBE)

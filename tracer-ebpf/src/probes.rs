@@ -278,7 +278,9 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
     let config = config();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if config.tgid != 0 && config.tgid != tgid {
+    if (config.tgid != 0 && config.tgid != tgid)
+        || (config.exclude_tgid != 0 && config.exclude_tgid == tgid)
+    {
         return;
     }
     let probe_id = if config.use_cookie != 0 {

@@ -4,7 +4,9 @@
 //!
 //! All uprobes share one loaded object: each attach point carries its probe id as the BPF
 //! cookie, and each binary gets one uprobe_multi link for all its offsets where the kernel has
-//! them (see `uprobe_multi`; else one perf-event uprobe per offset). Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
+//! them (see `uprobe_multi`; else one perf-event uprobe per offset). A kernel without BPF
+//! cookies (before 5.15) gets one object per user probe instead, as kernel functions do.
+//! Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
 //! tp_btf programs are loaded for one target each), so each gets an object of its own with
 //! `CONFIG.probe_id` set. Counts per probe are exact either way. Maps a mode does not use are
 //! shrunk to one entry before load.
@@ -77,6 +79,14 @@ pub struct ProbeStats {
 }
 
 fn load(config: &ProbesConfig) -> Result<Ebpf> {
+    let config = &ProbesConfig {
+        exclude_tgid: if config.include_self != 0 {
+            0
+        } else {
+            std::process::id()
+        },
+        ..*config
+    };
     let mode = config.mode;
     let per_pid = config.per_pid != 0;
     // Stack mode reads the task's flags to skip kernel threads' (absent) user stacks.
@@ -297,6 +307,9 @@ type UserPoint<'a> = (u32, &'a str, u64);
 /// aya's perf-event uprobes, one per offset. Each attach point carries its probe id as the BPF
 /// cookie either way. `--attach uprobe` / `--attach uprobe-multi` pins one rung.
 fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loaded) -> Result<()> {
+    if !kernel_has_attach_cookies() {
+        return attach_uprobes_without_cookies(req, users, loaded);
+    }
     let config = ProbesConfig {
         use_cookie: 1,
         ..req.config
@@ -442,6 +455,134 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         instance.multi_links = multi_links;
     }
     Ok(())
+}
+
+/// Whether uprobe attach points can carry a BPF cookie: the `bpf_get_attach_cookie` helper
+/// and perf-event BPF links (both Linux 5.15), which aya needs to attach a cookie. aya probes
+/// both once per process with real loads.
+pub fn kernel_has_attach_cookies() -> bool {
+    let features = aya::features();
+    features.bpf_cookie() && features.bpf_perf_link()
+}
+
+/// At most this many user functions on a kernel without BPF cookies: each needs an object of
+/// its own (about 16 file descriptors and 100 KiB of maps), as kernel functions do.
+pub const MAX_UPROBES_WITHOUT_COOKIES: usize = 256;
+
+/// Why uprobe_multi is not tried where attach cookies are missing (for `-v`).
+const NO_COOKIES: &str = "no BPF cookies in this kernel (bpf_get_attach_cookie and perf-event \
+                          links need Linux 5.15; uprobe_multi 6.6): one object per probe";
+
+/// User probes on a kernel without BPF cookies (Linux < 5.15): one object per probe with its
+/// id in `CONFIG.probe_id`, like kernel functions, so the programs never call
+/// `bpf_get_attach_cookie` (the verifier prunes the cookie branch on the frozen config). A
+/// funclatency probe's entry and return live in the same object and share its `START` map, so
+/// pairing stays exact.
+fn attach_uprobes_without_cookies(
+    req: &Request<'_>,
+    users: &[(u32, &Probe)],
+    loaded: &mut Loaded,
+) -> Result<()> {
+    if matches!(
+        req.force,
+        Some(Mechanism::UprobeMulti | Mechanism::UretprobeMulti)
+    ) {
+        bail!("--attach uprobe-multi: {NO_COOKIES}");
+    }
+    if users.len() > MAX_UPROBES_WITHOUT_COOKIES {
+        bail!(
+            "{} user functions to probe; without BPF cookies (Linux 5.15+) each needs its own \
+             program and at most {MAX_UPROBES_WITHOUT_COOKIES} can be attached at once: narrow \
+             the pattern",
+            users.len()
+        );
+    }
+    let scope = match req.pid {
+        Some(pid) => UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?,
+        ),
+        None => UProbeScope::AllProcesses,
+    };
+    raise_open_files_limit();
+    for (id, probe) in users {
+        let Point::User {
+            path,
+            symbol,
+            offset,
+        } = &probe.point
+        else {
+            continue;
+        };
+        let config = ProbesConfig {
+            probe_id: *id,
+            use_cookie: 0,
+            ..req.config
+        };
+        let mut ebpf = load(&config)?;
+        let mut links = Vec::new();
+        for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
+            if probe.kind.is_return() != ret && !req.entry_and_return {
+                continue;
+            }
+            let (multi, single) = if ret {
+                (Mechanism::UretprobeMulti, Mechanism::Uretprobe)
+            } else {
+                (Mechanism::UprobeMulti, Mechanism::Uprobe)
+            };
+            let prog: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+                .try_into()?;
+            prog.load().map_err(|e| {
+                anyhow!(
+                    "cannot load the {program} program: {}",
+                    attach::describe(Mechanism::Kprobe, &e)
+                )
+            })?;
+            let link = prog
+                .attach(UProbeAttachLocation::AbsoluteOffset(*offset), path, scope)
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot attach {} to {symbol} in {}: {}",
+                        if ret { "a uretprobe" } else { "a uprobe" },
+                        path.display(),
+                        chain(&e)
+                    )
+                })?;
+            links.push((program, vec![link]));
+            loaded.note(Attachment {
+                target: format!("{symbol} in {}", path.display()),
+                mechanism: single,
+                program: program.into(),
+                declined: vec![Declined {
+                    mechanism: multi,
+                    reason: NO_COOKIES.into(),
+                }],
+            });
+        }
+        loaded.push(ebpf, vec![*id])?;
+        if let Some(instance) = loaded.instances.last_mut() {
+            instance.uprobe_links = links;
+        }
+    }
+    Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one: an object per probe holds a dozen map
+/// fds, and 1024 (the usual soft limit) runs out at about 60 probes.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// An error and its sources on one line.

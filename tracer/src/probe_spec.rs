@@ -461,6 +461,15 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                 );
             }
             if functions.len() > MAX_KERNEL_PROBES {
+                // Past the limit only kprobes could help (fentry takes one object per
+                // function too): a kernel without them gets that reason, not the limit.
+                if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+                    bail!(
+                        "kprobes not built into this kernel (CONFIG_KPROBES unset): '{pattern}' \
+                         ({} kernel functions) cannot be attached; use t: tracepoints or u: probes",
+                        functions.len()
+                    );
+                }
                 usage_bail!(
                     "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} can be \
                      attached at once: narrow the pattern",

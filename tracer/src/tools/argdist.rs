@@ -56,6 +56,10 @@ pub struct ArgdistArgs {
     /// Print only the N most frequent values (-C).
     #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also probe tracer's own process (left out by default, so that a probe on libc does not
+    /// see tracer's own calls).
+    #[arg(long)]
+    pub include_self: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -78,6 +82,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     let expr = probe_attach::parse_expr(expr_text, &probes, false)?;
     let mut config = ProbesConfig {
         mode: MODE_VALUE,
+        include_self: args.include_self.into(),
         hist_values: args.histogram.into(),
         per_pid: args.per_pid.into(),
         per_probe: 1,

@@ -31,7 +31,8 @@ const TOOL: &str = "doctor";
 const KFUNC: &str = "vfs_read";
 
 /// Check what this kernel allows: BTF, tracepoints, tp_btf, raw_tp, kprobes, fentry, uprobes,
-/// perf_event sampling, ring buffer, kprobe_multi, bpf_stats.
+/// perf_event sampling, ring buffer, kprobe_multi, BPF cookies, perf links, bpf_get_func_ret,
+/// hash map lookup-and-delete and batch operations, bpf_stats.
 #[derive(Args, Clone, Debug)]
 pub struct DoctorArgs {
     /// Print one JSON object instead of a table.
@@ -78,10 +79,10 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         ));
     } else {
         out.line(&format!("kernel {}", kernel_release()));
-        out.line(&format!("{:<12} {:<4} DETAIL", "FEATURE", "OK"));
+        out.line(&format!("{:<13} {:<4} DETAIL", "FEATURE", "OK"));
         for c in &checks {
             out.line(&format!(
-                "{:<12} {:<4} {}",
+                "{:<13} {:<4} {}",
                 c.feature,
                 if c.available { "yes" } else { "no" },
                 c.detail
@@ -207,6 +208,23 @@ fn checks() -> Result<Vec<Check>> {
             Err(e) => checks.push(check(feature, Err(e.declined[0].reason.clone()))),
         }
     }
+    // bpf_get_func_ret: a second fexit on the same function, one that reads the return value.
+    let func_ret = attach::attach(
+        &mut ebpf,
+        &btf,
+        exit,
+        &[Rung {
+            mechanism: Mechanism::Fexit,
+            program: "probe_fexit_ret",
+        }],
+        None,
+    )
+    .map_err(|e| {
+        format!(
+            "{}: $retval and kr: values use kretprobe instead of fexit (needs Linux 5.17)",
+            e.declined[0].reason
+        )
+    });
     let uprobes = attach_uprobes(&mut ebpf);
     let uprobe_multi = attach_uprobe_multi(&ebpf);
     let perf = attach_perf_event(&mut ebpf);
@@ -259,7 +277,17 @@ fn checks() -> Result<Vec<Check>> {
         "perf_event",
         perf.and_then(|()| verdict("software cpu-clock sampling".into(), PROBE_HIT_PERF_EVENT)),
     ));
+    checks.push(check(
+        "func_ret",
+        func_ret.and_then(|a| {
+            verdict(
+                format!("{} via bpf_get_func_ret", a.target),
+                PROBE_HIT_FEXIT_RET,
+            )
+        }),
+    ));
     checks.push(check("ringbuf", ringbuf()));
+    checks.extend(attach_features());
     checks.push(check("kprobe_multi", kprobe_multi()));
     checks.push(check("bpf_stats", bpf_stats()));
     // Present in the order a reader thinks about them.
@@ -278,8 +306,13 @@ fn checks() -> Result<Vec<Check>> {
         "uprobe",
         "uretprobe",
         "uprobe_multi",
+        "bpf_cookie",
+        "perf_link",
+        "func_ret",
         "perf_event",
         "ringbuf",
+        "lookup_delete",
+        "map_batch",
         "bpf_stats",
     ];
     checks.sort_by_key(|c| {
@@ -384,10 +417,74 @@ fn attach_perf_event(ebpf: &mut Ebpf) -> Result<(), String> {
     Ok(())
 }
 
+/// BPF cookies, perf-event links and the hash map operations the interval modes use. Each is
+/// proven by aya's own probe loads (a kprobe program calling `bpf_get_attach_cookie`; a perf
+/// link created on a perf event) or by the operation on a scratch map (`loader::hash_map_ops`);
+/// the probe tools and drains consult the same answers to pick their fallbacks.
+fn attach_features() -> Vec<Check> {
+    let features = aya::features();
+    let ops = loader::hash_map_ops();
+    vec![
+        check(
+            "bpf_cookie",
+            if features.bpf_cookie() {
+                Ok("bpf_get_attach_cookie loads: one object serves all u:/ur: probes".into())
+            } else {
+                Err(format!(
+                    "no bpf_get_attach_cookie (Linux 5.15): u:/ur: probes load one object per \
+                     probe (at most {} at once)",
+                    crate::probe_attach::MAX_UPROBES_WITHOUT_COOKIES
+                ))
+            },
+        ),
+        check(
+            "perf_link",
+            if features.bpf_perf_link() {
+                Ok("BPF_LINK_CREATE on a perf event".into())
+            } else {
+                Err(
+                    "no perf-event BPF links (Linux 5.15): programs attach with \
+                     PERF_EVENT_IOC_SET_BPF, and uprobes carry no cookie (one object per probe)"
+                        .into(),
+                )
+            },
+        ),
+        check(
+            "lookup_delete",
+            if ops.lookup_and_delete {
+                Ok("BPF_MAP_LOOKUP_AND_DELETE_ELEM on a per-CPU hash map".into())
+            } else {
+                Err(
+                    "hash maps refuse BPF_MAP_LOOKUP_AND_DELETE_ELEM (Linux 5.14): interval \
+                     drains (forksnoop --summary, funccount -P, argdist) use the batch command; \
+                     profile/kstacks/offcputime eviction looks up, then deletes"
+                        .into(),
+                )
+            },
+        ),
+        check(
+            "map_batch",
+            if ops.batch {
+                Ok("BPF_MAP_LOOKUP_AND_DELETE_BATCH on a per-CPU hash map".into())
+            } else {
+                Err(
+                    "no BPF_MAP_LOOKUP_AND_DELETE_BATCH (Linux 5.6): without lookup_delete, \
+                     drains look up, then delete (an increment between the two is lost)"
+                        .into(),
+                )
+            },
+        ),
+    ]
+}
+
 fn ringbuf() -> Result<String, String> {
     match aya::sys::is_map_supported(MapType::RingBuf) {
         Ok(true) => Ok("BPF_MAP_TYPE_RINGBUF created".into()),
-        Ok(false) => Err("BPF_MAP_TYPE_RINGBUF not supported (kernel < 5.8)".into()),
+        Ok(false) => Err(
+            "BPF_MAP_TYPE_RINGBUF not supported (Linux 5.8): every tool sends its events \
+             through one; tracer needs 5.10+"
+                .into(),
+        ),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -44,6 +44,10 @@ pub struct FunccountArgs {
     /// Also print probes that were not hit.
     #[arg(long)]
     pub zero: bool,
+    /// Also probe tracer's own process (left out by default, so that a probe on libc does not
+    /// see tracer's own calls).
+    #[arg(long)]
+    pub include_self: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -59,6 +63,7 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let config = ProbesConfig {
         mode: MODE_COUNT,
+        include_self: args.include_self.into(),
         per_pid: args.per_pid.into(),
         tgid: args.pid.unwrap_or(0),
         ..ProbesConfig::DEFAULT

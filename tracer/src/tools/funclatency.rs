@@ -65,6 +65,10 @@ pub struct FunclatencyArgs {
     /// Pair by this field of the --end record.
     #[arg(long, value_name = "FIELD", requires = "start_key")]
     pub end_key: Option<String>,
+    /// Also probe tracer's own process (left out by default, so that a probe on libc does not
+    /// see tracer's own calls).
+    #[arg(long)]
+    pub include_self: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -80,6 +84,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     };
     let mut config = ProbesConfig {
         mode: MODE_LATENCY,
+        include_self: args.include_self.into(),
         per_pid: args.per_pid.into(),
         per_probe: args.per_function.into(),
         tgid: args.pid.unwrap_or(0),

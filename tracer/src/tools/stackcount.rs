@@ -69,6 +69,10 @@ pub struct StackcountArgs {
     /// Print only the N most frequent stacks.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also probe tracer's own process (left out by default, so that a probe on libc does not
+    /// see tracer's own calls).
+    #[arg(long)]
+    pub include_self: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -94,6 +98,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     };
     let config = ProbesConfig {
         mode: MODE_STACK,
+        include_self: args.include_self.into(),
         kernel_stack: kernel.into(),
         user_stack: user.into(),
         // User frames are symbolized through their process, so user stacks are counted per

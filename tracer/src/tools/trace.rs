@@ -52,6 +52,10 @@ pub struct TraceArgs {
     /// Stop after N events.
     #[arg(long = "max-events", value_name = "N")]
     pub max_events: Option<u64>,
+    /// Also probe tracer's own process (left out by default, so that a probe on libc does not
+    /// see tracer's own calls).
+    #[arg(long)]
+    pub include_self: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -158,6 +162,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     }
     let mut config = ProbesConfig {
         mode: MODE_TRACE,
+        include_self: args.include_self.into(),
         tgid: args.pid.unwrap_or(0),
         rate_limit: args.max_rate.unwrap_or(0),
         ..ProbesConfig::DEFAULT

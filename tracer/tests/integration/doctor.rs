@@ -5,6 +5,8 @@ use std::path::Path;
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
+use std::time::Duration;
+
 use crate::common::{Need, Workload, ensure, fail, kernel_has_uprobe_multi, run, start, trial};
 
 pub fn tests() -> Vec<Trial> {
@@ -18,6 +20,11 @@ pub fn tests() -> Vec<Trial> {
             "doctor::claims_match_the_ladder",
             &[Need::Root],
             claims_match_the_ladder,
+        ),
+        trial(
+            "doctor::fallback_rows_match_the_tools",
+            &[Need::Root],
+            fallback_rows_match_the_tools,
         ),
     ]
 }
@@ -110,5 +117,84 @@ fn claims_match_the_ladder() -> Result<(), Failed> {
         .ok_or_else(|| fail("no -v attach line"))?;
     ensure(line.contains(&format!("via {expected}")), || {
         format!("doctor picks {expected}, forksnoop said: {line}")
+    })
+}
+
+/// The capability rows the probe tools and drains fall back on (cookies, perf links, hash
+/// lookup-and-delete, batch ops, ring buffer, bpf_get_func_ret) against what the tools do: a
+/// libc uprobe says "no BPF cookies" in `-v` exactly when doctor says cookies or perf links are
+/// missing, and funccount -P's interval drains (whichever map operation the kernel has) count
+/// every call once.
+fn fallback_rows_match_the_tools() -> Result<(), Failed> {
+    const N: u64 = 300;
+    let checks = checks()?;
+    let row = |feature: &str| available(&checks, feature);
+    // Every tool needs the ring buffer; a kernel that has fexit but not bpf_get_func_ret is
+    // older than 5.17, and one without fexit cannot have it.
+    let (ringbuf, detail) = row("ringbuf")?;
+    ensure(ringbuf, || format!("ringbuf: {detail}"))?;
+    let (fexit, _) = row("fexit")?;
+    let (func_ret, detail) = row("func_ret")?;
+    ensure(fexit || !func_ret, || {
+        format!("func_ret without fexit: {detail}")
+    })?;
+    if !func_ret {
+        ensure(detail.contains("kretprobe"), || {
+            format!("func_ret: {detail}")
+        })?;
+    }
+    let (cookie, _) = row("bpf_cookie")?;
+    let (perf_link, _) = row("perf_link")?;
+    let (lookup_delete, _) = row("lookup_delete")?;
+    let (batch, batch_detail) = row("map_batch")?;
+    // uprobe_multi (6.6) carries cookies itself; lookup-and-delete (5.14) is newer than batch
+    // ops (5.6).
+    if kernel_has_uprobe_multi() {
+        ensure(cookie && perf_link, || {
+            "uprobe_multi without cookies".to_string()
+        })?;
+    }
+    ensure(!lookup_delete || batch, || {
+        format!("map_batch: {batch_detail}")
+    })?;
+    if std::env::var_os("TRACER_VM").is_none() {
+        // This host's kernel (6.18) has all of them.
+        ensure(cookie && perf_link && lookup_delete && batch, || {
+            format!(
+                "cookie {cookie}, perf_link {perf_link}, lookup_delete {lookup_delete}, batch {batch}"
+            )
+        })?;
+    }
+
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "funccount",
+        "-v",
+        "--json",
+        "-P",
+        "-p",
+        &pid,
+        "u:libc:write",
+        "1",
+    ])?;
+    workload.go_and_wait()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let said_no_cookies = done.stderr.iter().any(|l| l.contains("no BPF cookies"));
+    ensure(said_no_cookies != (cookie && perf_link), || {
+        format!(
+            "doctor: cookie {cookie}, perf_link {perf_link}; funccount -v: {}",
+            done.stderr.join(" | ")
+        )
+    })?;
+    let records = done.json()?;
+    let counted: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "counts_per_pid")
+        .filter_map(|r| r["total"].as_u64())
+        .sum();
+    ensure(counted == N, || {
+        format!("funccount -P intervals counted {counted} write() calls, workload made {N}")
     })
 }

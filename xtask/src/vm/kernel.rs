@@ -33,6 +33,9 @@ pub struct KernelSpec {
     pub package_prefix: &'static str,
     /// Features `tracer doctor` must report as available in this guest.
     pub doctor_expects: &'static [&'static str],
+    /// Whether `--kernel all` (and so `cargo xtask test`) boots it; a kernel joins once its
+    /// whole suite passes.
+    pub in_all: bool,
 }
 
 pub const KERNELS: &[KernelSpec] = &[
@@ -41,12 +44,23 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: Suite::Host,
         package_prefix: "linux-image-6.1.0-",
         doctor_expects: &["kprobe", "kretprobe", "fentry", "fexit"],
+        in_all: true,
     },
     KernelSpec {
         name: "debian-6.12",
         suite: Suite::Private("trixie"),
         package_prefix: "linux-image-6.12.",
         doctor_expects: &["kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi"],
+        in_all: true,
+    },
+    // Debian 11 (bullseye): the oldest kernel tracer supports. No BPF cookies, no perf-event
+    // BPF links, no hash lookup-and-delete, no kprobe_multi/uprobe_multi.
+    KernelSpec {
+        name: "debian-5.10",
+        suite: Suite::Private("bullseye"),
+        package_prefix: "linux-image-5.10.0-",
+        doctor_expects: &["kprobe", "kretprobe", "fentry", "fexit"],
+        in_all: true,
     },
 ];
 
