@@ -748,7 +748,7 @@ fn bad_input() -> Result<(), Failed> {
         (&["ktop", "-p", "999999999"], 2, "no process with PID"),
         (&["ktop", "--top", "0"], 2, "--top"),
         (&["ktop", "-1"], 2, ""),
-        (&["ktop", "--attach", "kprobe"], 1, "cannot attach"),
+        (&["ktop", "--attach", "kprobe"], 2, "cannot attach"),
         (&["kthreads", "--comm", "a*b"], 2, "only a trailing"),
         (&["kthreads", "--sort", "size"], 2, "invalid value"),
     ];
