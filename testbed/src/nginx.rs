@@ -148,14 +148,25 @@ impl Nginx {
     }
 
     /// The (single) worker process: the one that serves requests and runs probed functions.
+    /// The master listens before it forks the worker, so a started nginx may not have one yet
+    /// (seen under qemu's TCG): wait a few seconds for it.
     pub fn worker(&self) -> Result<u32> {
         let pid = self.pid();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("nginx has no worker")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+            if let Some(worker) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                return Ok(worker);
+            }
+            if Instant::now() > deadline {
+                bail!("nginx (pid {pid}) has no worker after 10 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

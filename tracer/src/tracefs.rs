@@ -304,12 +304,14 @@ fn strip_parens(mut text: &str) -> &str {
     text
 }
 
-/// Byte length of `text` up to the `)` that closes an already opened `(`.
-fn closing_paren(text: &str) -> Option<usize> {
+/// The characters of `text` outside C string literals, each with its byte index and the
+/// bracket depth before it (`(` and `{` open, `)` and `}` close): what the print fmt parsers
+/// below split and match on.
+fn outside_strings(text: &str) -> impl Iterator<Item = (usize, char, usize)> + '_ {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
-    for (i, c) in text.char_indices() {
+    text.char_indices().filter_map(move |(i, c)| {
         if in_string {
             match c {
                 _ if escaped => escaped = false,
@@ -317,46 +319,33 @@ fn closing_paren(text: &str) -> Option<usize> {
                 '"' => in_string = false,
                 _ => {}
             }
-            continue;
+            return None;
         }
+        let before = depth;
         match c {
             '"' => in_string = true,
             '(' | '{' => depth += 1,
-            ')' if depth == 0 => return Some(i),
             ')' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-    }
-    None
+        (c != '"').then_some((i, c, before))
+    })
+}
+
+/// Byte length of `text` up to the `)` that closes an already opened `(`.
+fn closing_paren(text: &str) -> Option<usize> {
+    outside_strings(text)
+        .find(|&(_, c, depth)| c == ')' && depth == 0)
+        .map(|(i, ..)| i)
 }
 
 /// Splits at commas outside parentheses, braces and strings.
 fn split_top_level(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
     let mut start = 0;
-    for (i, c) in text.char_indices() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '(' | '{' => depth += 1,
-            ')' | '}' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                parts.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
+    for (i, _, _) in outside_strings(text).filter(|&(_, c, depth)| c == ',' && depth == 0) {
+        parts.push(&text[start..i]);
+        start = i + 1;
     }
     parts.push(&text[start..]);
     parts
