@@ -315,12 +315,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         ..req.config
     };
     let mut ebpf = load(&config)?;
-    let scope = match req.pid {
-        Some(pid) => UProbeScope::OneProcess(
-            NonZeroU32::new(pid).ok_or_else(|| usage_err!("PID 0 is not a process"))?,
-        ),
-        None => UProbeScope::AllProcesses,
-    };
+    let scope = uprobe_scope(req.pid)?;
     let mut links = Vec::new();
     let mut multi_links = Vec::new();
     for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
@@ -497,12 +492,7 @@ fn attach_uprobes_without_cookies(
             users.len()
         );
     }
-    let scope = match req.pid {
-        Some(pid) => UProbeScope::OneProcess(
-            NonZeroU32::new(pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?,
-        ),
-        None => UProbeScope::AllProcesses,
-    };
+    let scope = uprobe_scope(req.pid)?;
     raise_open_files_limit();
     for (id, probe) in users {
         let Point::User {
@@ -570,6 +560,16 @@ fn attach_uprobes_without_cookies(
 
 /// Lifts the soft limit on open files to the hard one: an object per probe holds a dozen map
 /// fds, and 1024 (the usual soft limit) runs out at about 60 probes.
+/// `-p PID` as the uprobe attach scope (one process, or all).
+fn uprobe_scope(pid: Option<u32>) -> Result<UProbeScope> {
+    Ok(match pid {
+        Some(pid) => UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| usage_err!("PID 0 is not a process"))?,
+        ),
+        None => UProbeScope::AllProcesses,
+    })
+}
+
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -50,20 +50,24 @@ pub struct Field {
     pub signed: bool,
 }
 
-/// Reads and parses `events/<category>/<event>/format`.
-pub fn fields(category: &str, event: &str) -> Result<Vec<Field>> {
+/// The text of `events/<category>/<event>/format`.
+fn format_file(category: &str, event: &str) -> Result<String> {
     let path = root()?
         .join("events")
         .join(category)
         .join(event)
         .join("format");
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    std::fs::read_to_string(&path).with_context(|| {
         format!(
             "tracepoint {category}:{event} not found ({})",
             path.display()
         )
-    })?;
-    Ok(parse_format(&text))
+    })
+}
+
+/// Reads and parses `events/<category>/<event>/format`.
+pub fn fields(category: &str, event: &str) -> Result<Vec<Field>> {
+    Ok(parse_format(&format_file(category, event)?))
 }
 
 /// Offset of one field, with an error naming the tracepoint.
@@ -183,18 +187,7 @@ impl Symbolic {
 
 /// The symbolic fields of `events/<category>/<event>/format`, by field name.
 pub fn symbolic_fields(category: &str, event: &str) -> Result<HashMap<String, Symbolic>> {
-    let path = root()?
-        .join("events")
-        .join(category)
-        .join(event)
-        .join("format");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "tracepoint {category}:{event} not found ({})",
-            path.display()
-        )
-    })?;
-    Ok(parse_symbolic(&text))
+    Ok(parse_symbolic(&format_file(category, event)?))
 }
 
 /// Parses the `print fmt:` line of a format file; arguments it cannot read are skipped.
