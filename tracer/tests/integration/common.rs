@@ -25,6 +25,24 @@ pub type TestResult = Result<Completion, Failed>;
 /// test instead of stalling the suite.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The qemu kernel this suite runs in (`TRACER_VM`, set by the VM stage's init), or None on
+/// the host. Under qemu's TCG emulation everything runs 10-50x slower and timers fire late,
+/// so tests that depend on speed use `emulated()`/`scaled()` to pick TCG-tolerant
+/// rates, windows and assertions instead of skipping.
+pub fn emulated() -> Option<String> {
+    std::env::var("TRACER_VM").ok().filter(|k| !k.is_empty())
+}
+
+/// A time budget: as given on the host, stretched under TCG emulation (x8), where a
+/// program's load, attach and symbolization take many times longer than natively.
+pub fn scaled(budget: Duration) -> Duration {
+    if emulated().is_some() {
+        budget * 8
+    } else {
+        budget
+    }
+}
+
 /// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
 /// rates, packet floods, multi-second intervals. Under qemu's TCG emulation (the VM stage,
 /// which exists for the kprobe/fentry paths) they measure the emulator, and SCHED_FIFO
