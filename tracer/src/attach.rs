@@ -237,12 +237,13 @@ fn load_and_attach(
     target: Target<'_>,
     mechanism: Mechanism,
 ) -> Result<(), String> {
-    let kernel_btf = || btf.aya().map_err(|e| format!("{e:#}"));
+    let btf_err = |e: anyhow::Error| format!("{e:#}");
     let err = |e: ProgramError| describe(mechanism, &e);
     match (mechanism, target) {
         (Mechanism::TpBtf, Target::Tracepoint { event, .. }) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(err)?;
-            p.load(event, kernel_btf()?).map_err(err)?;
+            p.load_with_btf_id(btf.tp_btf_id(event).map_err(btf_err)?)
+                .map_err(err)?;
             p.attach().map_err(err)?;
         }
         (Mechanism::RawTp, Target::Tracepoint { event, .. }) => {
@@ -264,7 +265,8 @@ fn load_and_attach(
             },
         ) => {
             let p: &mut FEntry = program.try_into().map_err(err)?;
-            p.load(name, kernel_btf()?).map_err(err)?;
+            p.load_with_btf_id(btf.function_id(name).map_err(btf_err)?)
+                .map_err(err)?;
             p.attach().map_err(err)?;
         }
         (
@@ -275,7 +277,8 @@ fn load_and_attach(
             },
         ) => {
             let p: &mut FExit = program.try_into().map_err(err)?;
-            p.load(name, kernel_btf()?).map_err(err)?;
+            p.load_with_btf_id(btf.function_id(name).map_err(btf_err)?)
+                .map_err(err)?;
             p.attach().map_err(err)?;
         }
         (

@@ -1,5 +1,5 @@
 //! The running kernel's BTF: struct member offsets for programs that read kernel memory (Rust
-//! eBPF has no CO-RE, aya issue 349), and aya's view of it for tp_btf/fentry loads.
+//! eBPF has no CO-RE, aya issue 349), and the type ids tp_btf/fentry/fexit programs attach by.
 
 use std::{cell::OnceCell, path::PathBuf};
 
@@ -13,7 +13,6 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub struct KernelBtf {
     path: PathBuf,
     parsed: OnceCell<Btf>,
-    aya: OnceCell<aya::Btf>,
 }
 
 impl KernelBtf {
@@ -21,7 +20,6 @@ impl KernelBtf {
         Self {
             path: PathBuf::from(VMLINUX_BTF),
             parsed: OnceCell::new(),
-            aya: OnceCell::new(),
         }
     }
 
@@ -47,15 +45,29 @@ impl KernelBtf {
         Ok(self.parsed.get_or_init(|| btf))
     }
 
-    /// aya's parse of the same file, for loading tp_btf and fentry/fexit programs.
-    pub fn aya(&self) -> Result<&aya::Btf> {
-        if let Some(btf) = self.aya.get() {
-            return Ok(btf);
+    /// The BTF type id a tp_btf program attaches by: the kernel's `btf_trace_<event>` typedef.
+    pub fn tp_btf_id(&self, event: &str) -> Result<u32> {
+        let name = format!("btf_trace_{event}");
+        self.type_id(&name, |t| matches!(t, Type::Typedef(_)))
+            .with_context(|| format!("tracepoint {event} has no {name} type in kernel BTF"))
+    }
+
+    /// The BTF type id an fentry/fexit program attaches by: the function's own `FUNC` type.
+    pub fn function_id(&self, function: &str) -> Result<u32> {
+        self.type_id(function, |t| matches!(t, Type::Func(_)))
+            .with_context(|| format!("{function} is not a function in kernel BTF"))
+    }
+
+    /// Resolved with the lazy mmap'ed reader instead of a full parse of vmlinux's BTF (aya's
+    /// own parse was ~40 % of a one-second tool run's CPU; vendor/aya/README.tracer.md).
+    fn type_id(&self, name: &str, kind: impl Fn(&Type) -> bool) -> Result<u32> {
+        let btf = self.parsed()?;
+        for id in btf.resolve_ids_by_name(name).unwrap_or_default() {
+            if btf.resolve_type_by_id(id).is_ok_and(|t| kind(&t)) {
+                return Ok(id);
+            }
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| {
-            anyhow!("cannot read kernel BTF ({e}); the kernel needs CONFIG_DEBUG_INFO_BTF=y")
-        })?;
-        Ok(self.aya.get_or_init(|| btf))
+        bail!("not found")
     }
 
     /// Byte offset of `member` in `struct strukt`, looking through anonymous structs/unions.
