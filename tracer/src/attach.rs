@@ -151,12 +151,16 @@ pub fn attach(
         && !rungs.iter().any(|r| r.mechanism == forced)
     {
         let offered: Vec<&str> = rungs.iter().map(|r| r.mechanism.name()).collect();
-        declined.push(Declined {
-            mechanism: forced,
-            reason: format!(
+        // A tool drops rungs this kernel cannot have (tp_btf without BTF): say that first.
+        let reason = precheck(forced).unwrap_or_else(|| {
+            format!(
                 "not offered for this probe (choose one of {})",
                 offered.join(", ")
-            ),
+            )
+        });
+        declined.push(Declined {
+            mechanism: forced,
+            reason,
         });
         return Err(LadderError {
             target: target.to_string(),

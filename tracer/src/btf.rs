@@ -9,6 +9,9 @@ use tracer_common::task::TaskOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The support statement every "this kernel lacks X" refusal ends with.
+pub const SUPPORTED: &str = "Linux 5.10+ with BTF is supported";
+
 /// Parsed lazily: a tool that never needs BTF never pays for reading it.
 pub struct KernelBtf {
     path: PathBuf,
@@ -37,11 +40,18 @@ impl KernelBtf {
         let btf = Btf::from_file_with_backend(&self.path, btf_rs::Backend::Mmap)
             .or_else(|_| Btf::from_file(&self.path))
             .map_err(|e| {
-            anyhow!(
-                "cannot read kernel BTF from {} ({e}); this kernel needs CONFIG_DEBUG_INFO_BTF=y",
-                self.path.display()
-            )
-        })?;
+                if self.path.exists() {
+                    anyhow!(
+                        "cannot read kernel BTF from {} ({e}); {SUPPORTED}",
+                        self.path.display()
+                    )
+                } else {
+                    anyhow!(
+                        "needs kernel BTF ({} is missing: CONFIG_DEBUG_INFO_BTF=y); {SUPPORTED}",
+                        self.path.display()
+                    )
+                }
+            })?;
         Ok(self.parsed.get_or_init(|| btf))
     }
 

@@ -34,6 +34,19 @@ pub fn load<'a>(object: &[u8], configure: impl FnOnce(&mut EbpfLoader<'a>)) -> R
 }
 
 fn load_error(err: EbpfError) -> anyhow::Error {
+    // Every tool's events travel through a ring buffer map: on a kernel without one (before
+    // 5.8, e.g. Debian 10's 4.19) creating it fails, and that is the line to print.
+    if let EbpfError::MapError(aya::maps::MapError::CreateError { .. }) = &err
+        && matches!(
+            aya::sys::is_map_supported(aya::maps::MapType::RingBuf),
+            Ok(false)
+        )
+    {
+        return anyhow!(
+            "needs the BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+); {}",
+            crate::btf::SUPPORTED
+        );
+    }
     match crate::attach::errno(&err) {
         Some(libc::EPERM) | Some(libc::EACCES) => anyhow!(
             "permission denied creating BPF maps or programs: run as root (or with CAP_BPF + CAP_PERFMON)"

@@ -12,7 +12,7 @@ use std::{process::Command, time::Duration};
 use libtest_mimic::{Failed, Trial};
 
 use crate::common::{
-    Need, TRACER, WORKLOAD, command_line, ensure, fail, orphaned_programs, output_within,
+    DEADLINE, Need, TRACER, WORKLOAD, command_line, ensure, fail, orphaned_programs, output_within,
     program_ids, trial,
 };
 
@@ -31,6 +31,11 @@ pub fn tests() -> Vec<Trial> {
             &[Need::Root, Need::Tracefs, Need::Command("unshare")],
             unmounted_tracefs_is_mounted,
         ),
+        trial(
+            "bad_input::runs_without_btf_on_the_tracepoint_rung",
+            &[Need::Root, Need::Tracefs, Need::Command("unshare")],
+            runs_without_btf_on_the_tracepoint_rung,
+        ),
     ]
 }
 
@@ -46,6 +51,9 @@ enum Env {
     /// In a private mount namespace where /sys/kernel is an empty read-only tmpfs: no
     /// tracefs (and nowhere to mount it), no BTF.
     NoSysKernel,
+    /// In a private mount namespace where /sys/kernel/btf is an empty tmpfs: a kernel built
+    /// without CONFIG_DEBUG_INFO_BTF (Debian 10's 4.19 and older), tracefs still there.
+    NoBtf,
 }
 
 struct Case {
@@ -275,7 +283,45 @@ const CASES: &[Case] = &[
         &["tplist", "sched:*"],
         "tracefs is not mounted",
     ),
-    error_in(Env::NoSysKernel, &["runqlat"], "cannot read kernel BTF"),
+    error_in(Env::NoSysKernel, &["runqlat"], "needs kernel BTF"),
+    // No BTF (tracefs present): the tools that read task_struct refuse, naming the config
+    // and the supported kernels; the others run on the raw_tp/tracepoint rung
+    // (runs_without_btf_on_the_tracepoint_rung).
+    error_in(
+        Env::NoBtf,
+        &["runqlat"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["cpudist"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["ktop", "-b"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["profile"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["kstacks"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["offcputime"],
+        "CONFIG_DEBUG_INFO_BTF=y); Linux 5.10+ with BTF is supported",
+    ),
+    error_in(
+        Env::NoBtf,
+        &["softirq-top", "--attach", "tp_btf"],
+        "no kernel BTF",
+    ),
     // Missing privileges: the error names the capabilities.
     error_in(
         Env::Without("cap_bpf,cap_perfmon,cap_sys_admin"),
@@ -402,6 +448,7 @@ fn command(env: Env, args: &[String]) -> Command {
             .args(args);
             cmd
         }
+        Env::NoBtf => no_btf(args),
         Env::NoSysKernel => {
             let mut cmd = Command::new("unshare");
             cmd.args([
@@ -417,6 +464,52 @@ fn command(env: Env, args: &[String]) -> Command {
             cmd
         }
     }
+}
+
+/// `tracer args` in a private mount namespace with an empty tmpfs over /sys/kernel/btf.
+fn no_btf(args: &[String]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o ro none /sys/kernel/btf && exec \"$0\" \"$@\"",
+        TRACER,
+    ])
+    .args(args);
+    cmd
+}
+
+/// Without kernel BTF (as on 4.19 or a kernel built without CONFIG_DEBUG_INFO_BTF) the tools
+/// that need no task_struct offsets still work: the ladder drops to raw_tp, doctor says why,
+/// and the counts are real.
+fn runs_without_btf_on_the_tracepoint_rung() -> Result<(), Failed> {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let doctor = output_within(&mut no_btf(&strings(&["doctor"])), DEADLINE)?;
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    ensure(
+        text.lines()
+            .any(|l| l.starts_with("btf ") && l.contains(" no ")),
+        || format!("doctor without BTF should say btf no:\n{text}"),
+    )?;
+    for args in [
+        &["softirq-top", "-b", "1", "1"][..],
+        &["forksnoop", "-d", "1"][..],
+        &["funccount", "-d", "1", "t:sched:sched_switch"][..],
+    ] {
+        let out = output_within(&mut no_btf(&strings(args)), DEADLINE)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure(out.status.code() == Some(0), || {
+            format!("{args:?} without BTF exited {:?}: {stderr}", out.status)
+        })?;
+        ensure(!format!("{stderr}{stdout}").contains("tp_btf"), || {
+            format!("{args:?} without BTF cannot use tp_btf:\n{stderr}{stdout}")
+        })?;
+    }
+    Ok(())
 }
 
 /// tracer mounts tracefs itself when nobody did (as perf does): in a private mount namespace
