@@ -48,6 +48,10 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(bench::startup::MEASURE) {
+        bench::startup::measure_child(&argv[2..]);
+    }
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => {

@@ -9,7 +9,7 @@ mod profile;
 mod sched;
 mod serve;
 mod softirq;
-mod startup;
+pub mod startup;
 
 use anyhow::{Result, bail};
 use clap::Args;
