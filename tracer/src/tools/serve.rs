@@ -154,9 +154,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// What the start would refuse for lack of a kernel feature, refused by `--check` too: k:/kr:
-/// probes need kprobes or fentry, tried as tplist -k tries them (the object is unloaded again).
+/// What the start would refuse for lack of a kernel feature, refused by `--check` too: the
+/// sched collectors need BTF; k:/kr: probes need kprobes or fentry, tried as tplist -k tries them (the object is unloaded again).
 fn check_kernel_can_attach(config: &Config) -> Result<()> {
+    // The runqueue and kthreads collectors load the sched object, which reads task_struct at
+    // offsets from kernel BTF: the start would fail without it, so --check fails too.
+    let c = &config.collectors;
+    for (on, name) in [(c.runqueue, "runqueue"), (c.kthreads, "kthreads")] {
+        if on && let Err(e) = KernelBtf::new().task_offsets() {
+            bail!(
+                "collector {name} cannot start on this kernel: {e:#} (or set {name} = false under [collectors])"
+            );
+        }
+    }
     let Some(probe) = config.probes.iter().find(|p| {
         p.probes.iter().any(|q| {
             matches!(
