@@ -449,36 +449,24 @@ fn command(env: Env, args: &[String]) -> Command {
             cmd
         }
         Env::NoBtf => no_btf(args),
-        Env::NoSysKernel => {
-            let mut cmd = Command::new("unshare");
-            cmd.args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount -t tmpfs -o ro none /sys/kernel && exec \"$0\" \"$@\"",
-                TRACER,
-            ])
-            .args(args);
-            cmd
-        }
+        Env::NoSysKernel => hidden_under_tmpfs("/sys/kernel", args),
     }
 }
 
 /// `tracer args` in a private mount namespace with an empty tmpfs over /sys/kernel/btf.
 fn no_btf(args: &[String]) -> Command {
+    hidden_under_tmpfs("/sys/kernel/btf", args)
+}
+
+/// `tracer args` in a private mount namespace where `dir` is an empty read-only tmpfs.
+fn hidden_under_tmpfs(dir: &str, args: &[String]) -> Command {
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o ro none /sys/kernel/btf && exec \"$0\" \"$@\"",
-        TRACER,
-    ])
-    .args(args);
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o ro none {dir} && exec \"$0\" \"$@\""
+        ))
+        .arg(TRACER)
+        .args(args);
     cmd
 }
 
