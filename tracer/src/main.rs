@@ -83,6 +83,8 @@ enum Tool {
     Kthreads(tools::kthreads::KthreadsArgs),
     /// Expose in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
     Serve(tools::serve::ServeArgs),
+    /// Render folded stacks, perf script output or bpftrace stack maps as an SVG; --diff.
+    Flamegraph(tools::flamegraph::FlamegraphArgs),
     /// Write man pages for tracer and every tool into a directory.
     Man {
         #[arg(long, value_name = "DIR")]
@@ -114,6 +116,7 @@ const TOOL_NAMES: &[&str] = &[
     "cpudist",
     "kthreads",
     "serve",
+    "flamegraph",
 ];
 
 /// `forksnoop -p 1` run through a symlink becomes `tracer forksnoop -p 1`.
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
         Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
+        Tool::Flamegraph(args) => tools::flamegraph::run(args),
         Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),
         Tool::Man { out_dir } => write_man_pages(&out_dir),
         Tool::ListTools => {

@@ -4,6 +4,7 @@
 pub mod argdist;
 pub mod cpudist;
 pub mod doctor;
+pub mod flamegraph;
 pub mod forksnoop;
 pub mod funccount;
 pub mod funclatency;

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod dist;
 mod doctor;
+mod flamegraph;
 mod forksnoop;
 mod overload;
 mod pipes;
@@ -29,6 +30,7 @@ fn main() {
     trials.extend(bad_input::tests());
     trials.extend(doctor::tests());
     trials.extend(dist::tests());
+    trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
     trials.extend(softirq_top::tests());
     trials.extend(profile::tests());

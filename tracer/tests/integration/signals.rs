@@ -70,6 +70,7 @@ const NOT_LIVE: &[(&str, &str)] = &[
     ("doctor", "loads one probe program per feature and exits"),
     ("tplist", "lists tracepoints and symbols; loads nothing"),
     ("kthreads", "a snapshot of /proc; loads nothing"),
+    ("flamegraph", "renders files into an SVG; loads nothing"),
 ];
 
 const SIGNALS: [(i32, &str); 3] = [
