@@ -123,15 +123,28 @@ fn probe() -> Result<String, String> {
     // SAFETY: bpf_insn is 8 plain bytes (asserted above), as each u64 here is.
     let insns: [bpf_insn; 2] = unsafe { std::mem::transmute(raw) };
     let program = uprobe_multi::Program::load_raw("kprobe_multi_ok", &insns, MultiKind::Kprobe)
-        .map_err(|e| format!("kernel refused a kprobe_multi program: {e}"))?;
-    Link::attach(
+        .map_err(|e| {
+            format!("the kernel refused a kprobe_multi program ({e}): needs Linux 5.18")
+        })?;
+    let attached = Link::attach(
         &program,
         &Target {
             functions: &[PROBE_FUNCTION],
             cookies: &[0],
             on_return: false,
         },
-    )
-    .map(|_link| format!("one link attached to {PROBE_FUNCTION}"))
-    .map_err(|e| e.to_string())
+    );
+    const ENOTSUPP: i32 = 524;
+    match attached {
+        Ok(_link) => Ok(format!("one link attached to {PROBE_FUNCTION}")),
+        // 5.18+ without fprobe: the link code is a stub returning EOPNOTSUPP.
+        Err(Error::Link(e, _)) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | ENOTSUPP)) => {
+            Err("CONFIG_FPROBE unset (EOPNOTSUPP creating the link)".into())
+        }
+        // Before 5.18 the attach type is unknown.
+        Err(Error::Link(e, _)) if e.raw_os_error() == Some(libc::EINVAL) => Err(
+            "BPF_TRACE_KPROBE_MULTI unknown (EINVAL creating the link): needs Linux 5.18".into(),
+        ),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -487,8 +487,9 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                     ),
                     Err(why) => usage_bail!(
                         "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} \
-                         single kprobes can be attached at once (kprobe_multi, Linux 5.18+ with \
-                         CONFIG_FPROBE, lifts this; here: {why}): narrow the pattern",
+                         single kprobes can be attached at once: narrow the pattern \
+                         (kprobe_multi, Linux 5.18+ with CONFIG_FPROBE, lifts this limit; not \
+                         here: {why})",
                         functions.len()
                     ),
                 }

@@ -468,7 +468,7 @@ fn kprobe_multi_glob_counts_writes() -> Result<(), Failed> {
             out.status.code() == Some(2)
                 && stderr.trim().lines().count() == 1
                 && stderr.contains("at most 64 single kprobes")
-                && stderr.contains("kprobe_multi (Linux 5.18+"),
+                && stderr.contains("(kprobe_multi, Linux 5.18+ with CONFIG_FPROBE"),
             || format!("{spec}: exit {:?}: {stderr}", out.status.code()),
         );
     }
