@@ -491,6 +491,13 @@ fn kprobe_multi_glob_counts_writes() -> Result<(), Failed> {
     ensure(vfs_write == N, || {
         format!("vfs_write counted {vfs_write}, the workload wrote {N} times: {counts}")
     })?;
+    // The --help example that used to hit the 64 limit: hundreds of tcp_ functions.
+    let out = run(&["funccount", "-v", "-d", "1", "k:tcp_*"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.success() && stderr.contains("kernel functions via kprobe_multi"),
+        || format!("funccount k:tcp_*: exit {:?}: {stderr}", out.status.code()),
+    )?;
     assert_nothing_loaded("probes_")
 }
 
