@@ -427,12 +427,24 @@ fn kernel_function_counts() -> Result<(), Failed> {
 /// vfs_write: the first of a few candidates that matches enough traceable functions here,
 /// with how many it matches (available_filter_functions, the kernel's list of what ftrace and
 /// so kprobe_multi can hook; compiler clones like foo.isra.0 are not probed by name).
-fn wide_glob_with_vfs_write() -> Result<(&'static str, usize), Failed> {
+/// Also how many text symbols of /proc/kallsyms match it that are not traceable (the tools
+/// skip those with a count).
+fn wide_glob_with_vfs_write() -> Result<(&'static str, usize, usize), Failed> {
+    use std::collections::HashSet;
     let list = std::fs::read_to_string("/sys/kernel/tracing/available_filter_functions")
         .map_err(|e| fail(format!("cannot read available_filter_functions: {e}")))?;
-    let names: std::collections::HashSet<&str> = list
+    let names: HashSet<&str> = list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| !n.contains('.'))
+        .collect();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let text: HashSet<&str> = kallsyms
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace().skip(1);
+            matches!(parts.next(), Some("t" | "T")).then(|| parts.next())?
+        })
         .filter(|n| !n.contains('.'))
         .collect();
     for (glob, prefix, infix) in [
@@ -440,12 +452,15 @@ fn wide_glob_with_vfs_write() -> Result<(&'static str, usize), Failed> {
         ("*vfs*", "", "vfs"),
         ("*write*", "", "write"),
     ] {
-        let n = names
-            .iter()
-            .filter(|n| n.starts_with(prefix) && n.contains(infix))
-            .count();
+        let wanted = |n: &&&str| n.starts_with(prefix) && n.contains(infix);
+        let n = names.iter().filter(wanted).count();
         if n > 64 {
-            return Ok((glob, n));
+            let untraceable = text
+                .iter()
+                .filter(wanted)
+                .filter(|t| !names.contains(**t))
+                .count();
+            return Ok((glob, n, untraceable));
         }
     }
     Err(fail(
@@ -459,7 +474,7 @@ fn wide_glob_with_vfs_write() -> Result<(&'static str, usize), Failed> {
 /// line naming it (exit 2, a usage error like the limit it reports).
 fn kprobe_multi_glob_counts_writes() -> Result<(), Failed> {
     const N: u64 = 300;
-    let (glob, matched) = wide_glob_with_vfs_write()?;
+    let (glob, matched, untraceable) = wide_glob_with_vfs_write()?;
     let spec = format!("k:{glob}");
     if !kernel_has_kprobe_multi() {
         let out = run(&["funccount", &spec]);
@@ -481,6 +496,20 @@ fn kprobe_multi_glob_counts_writes() -> Result<(), Failed> {
     ensure(done.stderr.iter().any(|l| l.contains(&attached)), || {
         format!("no '{attached}' in -v: {}", done.stderr.join("|"))
     })?;
+    let skipped = format!("skipping {untraceable} of {}", untraceable + matched);
+    let skip_lines: Vec<&String> = done
+        .stderr
+        .iter()
+        .filter(|l| l.contains("skipping"))
+        .collect();
+    ensure(
+        if untraceable == 0 {
+            skip_lines.is_empty()
+        } else {
+            skip_lines.len() == 1 && skip_lines[0].contains(&skipped)
+        },
+        || format!("want '{skipped}' once (none when 0): {skip_lines:?}"),
+    )?;
     let records = done.json()?;
     let counts = first_of_type(&records, "counts")?;
     let vfs_write = counts["probes"]
@@ -508,7 +537,7 @@ fn kprobe_multi_glob_latency() -> Result<(), Failed> {
     if !kernel_has_kprobe_multi() {
         return Ok(()); // kprobe_multi_glob_counts_writes checks the refusal.
     }
-    let (glob, matched) = wide_glob_with_vfs_write()?;
+    let (glob, matched, _) = wide_glob_with_vfs_write()?;
     let spec = format!("k:{glob}");
     let workload = Workload::spawn(&["write", &N.to_string()])?;
     let pid = workload.pid.to_string();
