@@ -26,6 +26,12 @@ pub enum Mechanism {
     Fexit,
     Kprobe,
     Kretprobe,
+    /// One kprobe_multi link for all the k: functions of a run (Linux ≥ 5.18, CONFIG_FPROBE).
+    #[value(name = "kprobe_multi", alias = "kprobe-multi")]
+    KprobeMulti,
+    /// The same with BPF_F_KPROBE_MULTI_RETURN, for kr: probes.
+    #[value(name = "kretprobe_multi", alias = "kretprobe-multi")]
+    KretprobeMulti,
     #[value(name = "tp_btf", alias = "tp-btf")]
     TpBtf,
     #[value(name = "raw_tp", alias = "raw-tp")]
@@ -49,6 +55,8 @@ impl Mechanism {
             Self::Fexit => "fexit",
             Self::Kprobe => "kprobe",
             Self::Kretprobe => "kretprobe",
+            Self::KprobeMulti => "kprobe_multi",
+            Self::KretprobeMulti => "kretprobe_multi",
             Self::TpBtf => "tp_btf",
             Self::RawTp => "raw_tp",
             Self::Tracepoint => "tracepoint",

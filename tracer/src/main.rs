@@ -15,6 +15,7 @@ mod btf;
 mod cli_vocabulary;
 mod filters;
 mod hist;
+mod kprobe_multi;
 mod kthread_roles;
 mod loader;
 mod metrics;
@@ -149,6 +150,7 @@ fn error_prefix(argv: &[OsString]) -> &'static str {
 fn main() -> ExitCode {
     let argv = argv();
     let prefix = error_prefix(&argv);
+    output::set_tool_name(prefix);
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version (closed stdout is fine)

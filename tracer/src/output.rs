@@ -11,7 +11,10 @@
 use std::{
     fmt,
     io::{self, IsTerminal as _, Write},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use clap::Args;
@@ -40,6 +43,18 @@ macro_rules! errln {
     ($($arg:tt)*) => {
         $crate::output::write_stderr_line(format_args!($($arg)*))
     };
+}
+
+/// The name stderr lines start with (`funccount`, or `tracer` outside a tool), set once by main.
+static TOOL_NAME: OnceLock<&'static str> = OnceLock::new();
+
+pub fn set_tool_name(name: &'static str) {
+    let _ = TOOL_NAME.set(name);
+}
+
+/// For notes from code shared by several tools, which does not know which one runs.
+pub fn tool_name() -> &'static str {
+    TOOL_NAME.get().copied().unwrap_or("tracer")
 }
 
 /// Set when a write to stdout failed: nobody reads the tool's output any more.

@@ -8,7 +8,10 @@
 //! cookies (before 5.15) gets one object per user probe instead, as kernel functions do.
 //! Kernel functions and tracepoints have no cookie in aya's attach paths (and fentry /
 //! tp_btf programs are loaded for one target each), so each gets an object of its own with
-//! `CONFIG.probe_id` set. Counts per probe are exact either way. Maps a mode does not use are
+//! `CONFIG.probe_id` set — up to `MAX_KERNEL_PROBES` kernel functions; past that (or with
+//! `--attach kprobe_multi`) all of them share one object and one kprobe_multi link per side
+//! (see `kprobe_multi`), told apart by cookie as uprobes are. Counts per probe are exact
+//! either way. Maps a mode does not use are
 //! shrunk to one entry before load.
 
 use std::{collections::HashMap, hash::Hash, num::NonZeroU32, path::Path};
@@ -28,8 +31,9 @@ use crate::{
     attach::{self, Attachment, Declined, Mechanism, Rung, Target},
     btf::KernelBtf,
     hist::Log2,
+    kprobe_multi,
     loader::{self, Stats, StatsReader, objects},
-    probe_spec::{Kind, Point, Probe},
+    probe_spec::{Kind, MAX_KERNEL_PROBES, Point, Probe},
     uprobe_multi,
 };
 
@@ -58,6 +62,8 @@ pub struct Instance {
     /// uprobe_multi links, closed in parallel with the others at teardown. Each holds its
     /// program (a second copy of a uprobe program, see `uprobe_multi`) in the kernel.
     multi_links: Vec<uprobe_multi::Link>,
+    /// kprobe_multi links (one per side), closed like `multi_links`.
+    kprobe_multi_links: Vec<kprobe_multi::Link>,
 }
 
 /// Everything attached for one run. Dropping it detaches and unloads.
@@ -152,9 +158,22 @@ pub fn attach_all(req: &Request<'_>) -> Result<Loaded> {
     if !users.is_empty() {
         attach_uprobes(req, &users, &mut loaded)?;
     }
+    let functions: Vec<(u32, &str)> = req
+        .probes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.point {
+            Point::Kernel { function } => Some((i as u32, function.as_str())),
+            _ => None,
+        })
+        .collect();
+    let multi = use_kprobe_multi(req, functions.len())?;
+    if multi {
+        attach_kprobe_multi(req, &functions, &mut loaded)?;
+    }
     let btf = KernelBtf::new();
     for (id, probe) in req.probes.iter().enumerate() {
-        if probe.kind.is_user() {
+        if probe.kind.is_user() || (multi && matches!(probe.point, Point::Kernel { .. })) {
             continue;
         }
         let config = ProbesConfig {
@@ -232,6 +251,98 @@ pub fn attach_all(req: &Request<'_>) -> Result<Loaded> {
         loaded.push(ebpf, vec![id as u32])?;
     }
     Ok(loaded)
+}
+
+/// Whether the kernel functions of `req` go on kprobe_multi links: when asked with `--attach`,
+/// or when there are more than one object each can serve and the kernel has the link type
+/// (probe_spec refused such globs where it has not; several smaller globs together still
+/// get one object per function there, as before).
+fn use_kprobe_multi(req: &Request<'_>, functions: usize) -> Result<bool> {
+    if functions == 0 {
+        return Ok(false);
+    }
+    match req.force {
+        Some(Mechanism::KprobeMulti | Mechanism::KretprobeMulti) => Ok(true),
+        Some(
+            m @ (Mechanism::Kprobe | Mechanism::Kretprobe | Mechanism::Fentry | Mechanism::Fexit),
+        ) if functions > MAX_KERNEL_PROBES => {
+            usage_bail!(
+                "--attach {m} takes at most {MAX_KERNEL_PROBES} kernel functions (one object \
+                 each), not {functions}: use --attach kprobe_multi or narrow the pattern"
+            )
+        }
+        _ => Ok(functions > MAX_KERNEL_PROBES && kprobe_multi::supported().is_ok()),
+    }
+}
+
+/// Kernel functions on kprobe_multi links: one object with `use_cookie` for all of them, and
+/// one link per side (entry; return with BPF_F_KPROBE_MULTI_RETURN) whose cookies are the
+/// probe ids. There is no rung below it: past `MAX_KERNEL_PROBES` nothing else can attach.
+fn attach_kprobe_multi(
+    req: &Request<'_>,
+    functions: &[(u32, &str)],
+    loaded: &mut Loaded,
+) -> Result<()> {
+    let config = ProbesConfig {
+        use_cookie: 1,
+        ..req.config
+    };
+    let ebpf = load(&config)?;
+    let mut links = Vec::new();
+    for (program, ret, mechanism) in [
+        ("probes_kprobe", false, Mechanism::KprobeMulti),
+        ("probes_kretprobe", true, Mechanism::KretprobeMulti),
+    ] {
+        let side: Vec<(u32, &str)> = functions
+            .iter()
+            .filter(|(id, _)| {
+                req.entry_and_return || req.probes[*id as usize].kind.is_return() == ret
+            })
+            .copied()
+            .collect();
+        if side.is_empty() {
+            continue;
+        }
+        let target = match side.as_slice() {
+            [(_, function)] => format!("{function}(){}", if ret { " return" } else { "" }),
+            _ => format!(
+                "{} kernel functions{}",
+                side.len(),
+                if ret { " (return)" } else { "" }
+            ),
+        };
+        let names: Vec<&str> = side.iter().map(|(_, f)| *f).collect();
+        let cookies: Vec<u64> = side.iter().map(|(id, _)| u64::from(*id)).collect();
+        let link = uprobe_multi::Program::load_as(
+            objects::PROBES,
+            program,
+            &ebpf,
+            uprobe_multi::MultiKind::Kprobe,
+        )
+        .and_then(|prog| {
+            kprobe_multi::Link::attach(
+                &prog,
+                &kprobe_multi::Target {
+                    functions: &names,
+                    cookies: &cookies,
+                    on_return: ret,
+                },
+            )
+        })
+        .map_err(|e| anyhow!("cannot attach to {target}: {mechanism}: {e}"))?;
+        links.push(link);
+        loaded.note(Attachment {
+            target,
+            mechanism,
+            program: program.into(),
+            declined: Vec::new(),
+        });
+    }
+    loaded.push(ebpf, functions.iter().map(|(id, _)| *id).collect())?;
+    if let Some(instance) = loaded.instances.last_mut() {
+        instance.kprobe_multi_links = links;
+    }
+    Ok(())
 }
 
 /// tp_btf → raw_tp → classic tracepoint; only the classic one when record fields are read.
@@ -678,6 +789,7 @@ impl Loaded {
             stats,
             uprobe_links: Vec::new(),
             multi_links: Vec::new(),
+            kprobe_multi_links: Vec::new(),
         });
         Ok(())
     }
@@ -874,6 +986,9 @@ impl Drop for Loaded {
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         for instance in &mut self.instances {
             for link in std::mem::take(&mut instance.multi_links) {
+                links.push(Box::new(link));
+            }
+            for link in std::mem::take(&mut instance.kprobe_multi_links) {
                 links.push(Box::new(link));
             }
             for (program, ids) in std::mem::take(&mut instance.uprobe_links) {

@@ -31,8 +31,15 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 /// At most this many uprobes from one glob (one loaded object serves them all, told apart by
 /// cookie).
 pub const MAX_UPROBES: usize = 1000;
-/// At most this many kernel functions or tracepoints (one loaded object each).
+/// At most this many kernel functions or tracepoints with one loaded object each (single
+/// kprobes, fentry, tracepoints).
 pub const MAX_KERNEL_PROBES: usize = 64;
+/// At most this many kernel functions where one kprobe_multi link serves them all. The link
+/// takes far more (the kernel's cap is 2^20 functions), and attaching is one ftrace filter
+/// update rather than one perf event and object per function; the bound is the probe id
+/// space: each function is a slot of the probes object's per-CPU COUNTS array (MAX_PROBES) and
+/// a row of output. BCC's funccount stops at 1000 kprobes (one perf event each).
+pub const MAX_KPROBE_MULTI: usize = tracer_common::probes::MAX_PROBES as usize;
 /// Binaries (with their debug files) larger than this are refused rather than read whole.
 const MAX_ELF_BYTES: u64 = 4 << 30;
 
@@ -453,7 +460,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
             Ok(probes)
         }
         ProbeSpec::Kernel { pattern, .. } => {
-            let functions = kernel_functions(pattern)?;
+            let (functions, untraceable) = kernel_functions_and_untraceable(pattern)?;
             if functions.is_empty() {
                 usage_bail!(
                     "no kernel function matches '{pattern}' (not in /proc/kallsyms; 'tplist -k \
@@ -470,10 +477,29 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                         functions.len()
                     );
                 }
-                usage_bail!(
-                    "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} can be \
-                     attached at once: narrow the pattern",
-                    functions.len()
+                // One kprobe_multi link takes them all (probe_attach uses it past the limit).
+                match crate::kprobe_multi::supported() {
+                    Ok(_) if functions.len() <= MAX_KPROBE_MULTI => {}
+                    Ok(_) => usage_bail!(
+                        "'{pattern}' matches {} kernel functions; at most {MAX_KPROBE_MULTI} can \
+                         be attached at once (one kprobe_multi link): narrow the pattern",
+                        functions.len()
+                    ),
+                    Err(why) => usage_bail!(
+                        "'{pattern}' matches {} kernel functions; at most {MAX_KERNEL_PROBES} \
+                         single kprobes can be attached at once: narrow the pattern \
+                         (kprobe_multi, Linux 5.18+ with CONFIG_FPROBE, lifts this limit; not \
+                         here: {why})",
+                        functions.len()
+                    ),
+                }
+            }
+            if untraceable > 0 {
+                errln!(
+                    "{}: '{pattern}': skipping {untraceable} of {} matching kernel functions the \
+                     kernel cannot probe (in /proc/kallsyms, not in available_filter_functions)",
+                    crate::output::tool_name(),
+                    untraceable + functions.len()
                 );
             }
             Ok(functions
@@ -931,39 +957,63 @@ fn find_debug_file(path: &Path, file: &object::File<'_>) -> Option<PathBuf> {
 /// those can be traced), else text symbols of /proc/kallsyms. An exact name is returned as is
 /// when it exists.
 pub fn kernel_functions(pattern: &str) -> Result<Vec<String>> {
-    let names = kernel_function_names()?;
-    if !is_glob(pattern) {
-        return Ok(if names.contains(pattern) {
-            vec![pattern.to_string()]
-        } else {
-            Vec::new()
-        });
-    }
-    let mut found: Vec<String> = names
-        .into_iter()
-        // Compiler clones (foo.isra.0, foo.cold) are not separately probe-able by name.
-        .filter(|n| !n.contains('.') && glob_match(pattern, n))
-        .collect();
-    found.sort();
-    Ok(found)
+    Ok(kernel_functions_and_untraceable(pattern)?.0)
 }
 
-/// Every traceable kernel function name we can see.
-pub fn kernel_function_names() -> Result<HashSet<String>> {
-    let mut names = HashSet::new();
-    if let Ok(root) = crate::tracefs::root()
-        && let Ok(text) = std::fs::read_to_string(root.join("available_filter_functions"))
-    {
-        for line in text.lines() {
-            if let Some(name) = line.split_whitespace().next() {
-                names.insert(name.to_string());
-            }
-        }
-        if !names.is_empty() {
-            return Ok(names);
-        }
+/// [`kernel_functions`], and for a glob how many more text symbols of /proc/kallsyms match it
+/// that ftrace cannot hook (absent from available_filter_functions: inlined, notrace, init
+/// code). A kprobe_multi link fails whole on one of those, so they are left out and counted.
+pub fn kernel_functions_and_untraceable(pattern: &str) -> Result<(Vec<String>, usize)> {
+    let traceable = traceable_function_names();
+    let names = match &traceable {
+        Some(names) => names,
+        None => &kallsyms_function_names()?,
+    };
+    if !is_glob(pattern) {
+        return Ok((
+            names
+                .contains(pattern)
+                .then(|| pattern.to_string())
+                .into_iter()
+                .collect(),
+            0,
+        ));
     }
+    // Compiler clones (foo.isra.0, foo.cold) are not separately probe-able by name.
+    let wanted = |n: &&String| !n.contains('.') && glob_match(pattern, n);
+    let mut found: Vec<String> = names.iter().filter(wanted).cloned().collect();
+    found.sort();
+    let untraceable = match &traceable {
+        Some(traceable) => kallsyms_function_names()
+            .map(|all| {
+                all.iter()
+                    .filter(wanted)
+                    .filter(|n| !traceable.contains(*n))
+                    .count()
+            })
+            .unwrap_or(0),
+        None => 0,
+    };
+    Ok((found, untraceable))
+}
+
+/// available_filter_functions: what ftrace (and so kprobe_multi) can hook; None when
+/// unreadable or empty.
+fn traceable_function_names() -> Option<HashSet<String>> {
+    let root = crate::tracefs::root().ok()?;
+    let text = std::fs::read_to_string(root.join("available_filter_functions")).ok()?;
+    let names: HashSet<String> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// Text symbols of /proc/kallsyms.
+fn kallsyms_function_names() -> Result<HashSet<String>> {
     let text = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+    let mut names = HashSet::new();
     for line in text.lines() {
         let mut parts = line.split_whitespace();
         let (_, Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {

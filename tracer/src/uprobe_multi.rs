@@ -13,10 +13,13 @@
 //!
 //! Both kernel objects are `OwnedFd`s: dropping a [`Link`] detaches; a link holds its program
 //! in the kernel, so a [`Program`] may be dropped once its links exist.
+//!
+//! `kprobe_multi` loads its programs the same way ([`Program::load_as`] with
+//! [`MultiKind::Kprobe`]) and creates its own link type.
 
 use std::{
     collections::HashSet,
-    ffi::CString,
+    ffi::{CStr, CString},
     io,
     mem::{offset_of, size_of},
     os::{
@@ -30,9 +33,10 @@ use aya::{Ebpf, maps::Map};
 use aya_obj::generated::{bpf_attr, bpf_insn};
 
 const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
+pub(crate) const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+pub(crate) const BPF_TRACE_KPROBE_MULTI: u32 = 42;
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr` up to `expected_attach_type` (the kernel treats
@@ -96,29 +100,65 @@ const _: () = {
     assert!(size_of::<ProgLoadAttr>() <= size_of::<bpf_attr>());
 };
 
+/// Which multi link a program is loaded for: the kernel checks `expected_attach_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MultiKind {
+    Uprobe,
+    Kprobe,
+}
+
+impl MultiKind {
+    fn attach_type(self) -> u32 {
+        match self {
+            Self::Uprobe => BPF_TRACE_UPROBE_MULTI,
+            Self::Kprobe => BPF_TRACE_KPROBE_MULTI,
+        }
+    }
+
+    fn missing(self) -> &'static str {
+        match self {
+            Self::Uprobe => "no uprobe_multi in this kernel (needs Linux 6.6)",
+            Self::Kprobe => "no kprobe_multi in this kernel (needs Linux 5.18 with CONFIG_FPROBE)",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Uprobe => "uprobe_multi",
+            Self::Kprobe => "kprobe_multi",
+        }
+    }
+}
+
 /// Why a program or link could not be made; `Display` is one line for the attach summary.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot prepare {program} from the object: {reason}")]
     Object { program: String, reason: String },
-    #[error("{}", describe("loading", .0, .1.as_deref()))]
-    Load(io::Error, Option<String>),
-    #[error("{}", describe("creating the link", .0, None))]
-    Link(io::Error),
+    #[error("{}", describe("loading", .0, .1.as_deref(), *.2))]
+    Load(io::Error, Option<String>, MultiKind),
+    #[error("{}", describe("creating the link", .0, None, *.1))]
+    Link(io::Error, MultiKind),
 }
 
-fn describe(what: &str, err: &io::Error, log: Option<&str>) -> String {
+fn describe(what: &str, err: &io::Error, log: Option<&str>, kind: MultiKind) -> String {
     const ENOTSUPP: i32 = 524;
     match (err.raw_os_error(), log) {
         (_, Some(log)) => format!("{what} failed: verifier: {log}"),
         (Some(libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | ENOTSUPP), _) => {
-            format!("{what} failed ({err}): no uprobe_multi in this kernel (needs Linux 6.6)")
+            format!("{what} failed ({err}): {}", kind.missing())
         }
+        // kprobe_multi resolves names with ftrace_lookup_symbols: one that is not an ftrace
+        // location fails the whole link.
+        (Some(libc::ESRCH), _) if kind == MultiKind::Kprobe => format!(
+            "{what} failed ({err}): a function is not traceable (not in \
+             available_filter_functions): narrow the pattern"
+        ),
         _ => format!("{what} failed: {err}"),
     }
 }
 
-/// A program loaded for uprobe_multi links.
+/// A program loaded for uprobe_multi (or kprobe_multi) links.
 pub struct Program {
     fd: OwnedFd,
 }
@@ -128,6 +168,11 @@ impl Program {
     /// `expected_attach_type = BPF_TRACE_UPROBE_MULTI`, using `ebpf`'s maps. Call it before
     /// taking maps out of `ebpf`.
     pub fn load(object: &[u8], name: &str, ebpf: &Ebpf) -> Result<Self, Error> {
+        Self::load_as(object, name, ebpf, MultiKind::Uprobe)
+    }
+
+    /// [`Program::load`] for the multi link `kind`.
+    pub fn load_as(object: &[u8], name: &str, ebpf: &Ebpf, kind: MultiKind) -> Result<Self, Error> {
         let bad = |reason: String| Error::Object {
             program: name.to_string(),
             reason,
@@ -156,8 +201,18 @@ impl Program {
             .functions
             .get(&program.function_key())
             .ok_or_else(|| bad("no code for the program".into()))?;
-        let fd = prog_load(name, &function.instructions, &obj.license)?;
+        let fd = prog_load(name, &function.instructions, &obj.license, kind)?;
         Ok(Self { fd })
+    }
+
+    /// Loads `insns` as it is (no maps, no relocations), e.g. a probe of the kernel's support.
+    pub fn load_raw(name: &str, insns: &[bpf_insn], kind: MultiKind) -> Result<Self, Error> {
+        let fd = prog_load(name, insns, c"GPL", kind)?;
+        Ok(Self { fd })
+    }
+
+    pub(crate) fn raw_fd(&self) -> u32 {
+        self.fd.as_raw_fd() as u32
     }
 }
 
@@ -197,7 +252,7 @@ fn map_fd(map: &Map) -> i32 {
     data.fd().as_fd().as_raw_fd()
 }
 
-fn bpf(cmd: libc::c_int, attr: *const u8, size: usize) -> io::Result<OwnedFd> {
+pub(crate) fn bpf(cmd: libc::c_int, attr: *const u8, size: usize) -> io::Result<OwnedFd> {
     // SAFETY: `attr` points to `size` initialized bytes laid out as the kernel's bpf_attr
     // member for `cmd`; every pointer inside it outlives the call.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
@@ -208,13 +263,18 @@ fn bpf(cmd: libc::c_int, attr: *const u8, size: usize) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
-fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedFd, Error> {
+fn prog_load(
+    name: &str,
+    insns: &[bpf_insn],
+    license: &CStr,
+    kind: MultiKind,
+) -> Result<OwnedFd, Error> {
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_KPROBE,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        expected_attach_type: kind.attach_type(),
         ..Default::default()
     };
     // The kernel wants at most 15 bytes and a NUL.
@@ -234,7 +294,7 @@ fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedF
             let text = String::from_utf8_lossy(&log);
             let text = text.trim_end_matches('\0');
             if std::env::var_os("TRACER_VERIFIER_LOG").is_some() {
-                errln!("--- verifier log (uprobe_multi {name}) ---\n{text}");
+                errln!("--- verifier log ({} {name}) ---\n{text}", kind.name());
             }
             let reason = text
                 .lines()
@@ -246,7 +306,7 @@ fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedF
                         && !l.starts_with("verification time")
                 })
                 .map(String::from);
-            Err(Error::Load(err, reason))
+            Err(Error::Load(err, reason, kind))
         }
     }
 }
@@ -273,10 +333,10 @@ impl Link {
     pub fn attach(program: &Program, target: &Target<'_>) -> Result<Self, Error> {
         assert_eq!(target.offsets.len(), target.cookies.len());
         let path = CString::new(target.path.as_os_str().as_bytes()).map_err(|_| {
-            Error::Link(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "path contains a NUL byte",
-            ))
+            Error::Link(
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
+                MultiKind::Uprobe,
+            )
         })?;
         let attr = LinkCreateAttr {
             prog_fd: program.fd.as_raw_fd() as u32,
@@ -298,7 +358,7 @@ impl Link {
             (&raw const attr).cast(),
             size_of::<LinkCreateAttr>(),
         )
-        .map_err(Error::Link)?;
+        .map_err(|e| Error::Link(e, MultiKind::Uprobe))?;
         Ok(Self { _fd: fd })
     }
 }

@@ -288,7 +288,7 @@ fn checks() -> Result<Vec<Check>> {
     ));
     checks.push(check("ringbuf", ringbuf()));
     checks.extend(attach_features());
-    checks.push(check("kprobe_multi", kprobe_multi()));
+    checks.push(check("kprobe_multi", crate::kprobe_multi::supported()));
     checks.push(check("bpf_stats", bpf_stats()));
     // Present in the order a reader thinks about them.
     let order = [
@@ -494,60 +494,4 @@ fn bpf_stats() -> Result<String, String> {
         Ok(_fd) => Ok("BPF_ENABLE_STATS run_time_ns/run_cnt available".into()),
         Err(e) => Err(format!("BPF_ENABLE_STATS failed: {e}")),
     }
-}
-
-/// kprobe_multi needs a link type aya 0.14 does not expose; probe it with the raw syscalls:
-/// load a 2-instruction kprobe program with expected_attach_type BPF_TRACE_KPROBE_MULTI and
-/// create a link on one symbol.
-fn kprobe_multi() -> Result<String, String> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_KPROBE: u32 = 2;
-    const BPF_TRACE_KPROBE_MULTI: u32 = 42;
-    // r0 = 0; exit
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_KPROBE.to_ne_bytes());
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[68..72].copy_from_slice(&BPF_TRACE_KPROBE_MULTI.to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_PROG_LOAD.
-    let prog_fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
-    if prog_fd < 0 {
-        return Err(format!(
-            "kernel refused a kprobe_multi program: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let symbol = c"vfs_read";
-    let symbols = [symbol.as_ptr() as u64];
-    let mut link = [0u8; 64];
-    link[0..4].copy_from_slice(&(prog_fd as u32).to_ne_bytes());
-    link[8..12].copy_from_slice(&BPF_TRACE_KPROBE_MULTI.to_ne_bytes());
-    link[20..24].copy_from_slice(&1u32.to_ne_bytes());
-    link[24..32].copy_from_slice(&(symbols.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: link is a valid bpf_attr for BPF_LINK_CREATE; pointers outlive the call.
-    let link_fd =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, link.as_ptr(), link.len()) };
-    let result = if link_fd < 0 {
-        let err = std::io::Error::last_os_error();
-        Err(match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(524) => {
-                "not supported (kernel lacks CONFIG_FPROBE)".to_string()
-            }
-            Some(libc::EINVAL) => {
-                "not supported by this kernel (EINVAL on link create)".to_string()
-            }
-            _ => format!("link create failed: {err}"),
-        })
-    } else {
-        // SAFETY: closing the fd we just got.
-        unsafe { libc::close(link_fd as i32) };
-        Ok(format!("attached to {KFUNC}"))
-    };
-    // SAFETY: closing the fd we just got.
-    unsafe { libc::close(prog_fd as i32) };
-    result
 }

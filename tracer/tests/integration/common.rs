@@ -778,6 +778,19 @@ pub fn orphaned_programs(before: &[u32], grace: Duration) -> Vec<u32> {
     }
 }
 
+/// kprobe_multi links need the link code (Linux 5.18: `bpf_kprobe_multi_link_attach`, a stub
+/// returning EOPNOTSUPP without CONFIG_FPROBE) and fprobe itself (`register_fprobe`, only with
+/// CONFIG_FPROBE): the kernel's own symbol table says both, independently of doctor.
+pub fn kernel_has_kprobe_multi() -> bool {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let has = |symbol: &str| {
+        kallsyms
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(symbol))
+    };
+    has("bpf_kprobe_multi_link_attach") && has("register_fprobe")
+}
+
 /// uprobe_multi links exist since Linux 6.6; older kernels must fall back to perf-event uprobes.
 pub fn kernel_has_uprobe_multi() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

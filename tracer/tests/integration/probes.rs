@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::common::{
     Need, Workload, assert_nothing_loaded, doctor_says_unavailable, ensure, fail,
-    kernel_has_uprobe_multi, run, start, trial,
+    kernel_has_kprobe_multi, kernel_has_uprobe_multi, run, start, trial,
 };
 use testbed::nginx::{NGINX, Nginx, curl, wait_access_log};
 
@@ -61,6 +61,16 @@ pub fn tests() -> Vec<Trial> {
             "probes::kernel_function_counts_opens",
             &[Need::Root, Need::Kprobes],
             kernel_function_counts,
+        ),
+        trial(
+            "probes::kprobe_multi_glob_counts_writes",
+            &[Need::Root, Need::Kprobes, Need::Tracefs],
+            kprobe_multi_glob_counts_writes,
+        ),
+        trial(
+            "probes::kprobe_multi_glob_latency_per_function",
+            &[Need::Root, Need::Kprobes, Need::Tracefs],
+            kprobe_multi_glob_latency,
         ),
         trial(
             "probes::argdist_sched_switch_prev_state",
@@ -197,26 +207,34 @@ fn spec_errors_are_one_line() -> Result<(), Failed> {
         })?;
     }
     // A glob past the per-function limit: on a kernel without kprobes that is the reason given
-    // (this host; a missing kernel feature, exit 1), else the limit (a usage error, exit 2).
+    // (this host; a missing kernel feature, exit 1), else the 64-kprobe limit naming
+    // kprobe_multi (a usage error, exit 2); where kprobe_multi exists the glob attaches
+    // (probes::kprobe_multi_glob_counts_writes).
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
-    let (code, needle) = if kprobes {
-        (2, "at most")
-    } else {
-        (1, "CONFIG_KPROBES")
-    };
-    let out = run(&["funccount", "k:tcp_*"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure(
-        out.status.code() == Some(code)
-            && stderr.contains(needle)
-            && stderr.trim().lines().count() == 1,
-        || {
-            format!(
-                "funccount k:tcp_*: exit {:?} (want {code}, one line with '{needle}'): {stderr}",
-                out.status.code()
-            )
-        },
-    )?;
+    if !(kprobes && kernel_has_kprobe_multi()) {
+        let (code, needles) = if kprobes {
+            (2, ["at most 64 single kprobes", "kprobe_multi"])
+        } else {
+            (1, ["CONFIG_KPROBES", "tcp_*"])
+        };
+        let out = run(&["funccount", "k:tcp_*"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(
+            out.status.code() == Some(code)
+                && needles.iter().all(|n| stderr.contains(n))
+                && stderr.trim().lines().count() == 1,
+            || {
+                format!(
+                    "funccount k:tcp_*: exit {:?} (want {code}, one line with {needles:?}): \
+                     {stderr}",
+                    out.status.code()
+                )
+            },
+        )?;
+        ensure(!kprobes || stderr.starts_with("funccount: error:"), || {
+            format!("the limit error must come first: {stderr}")
+        })?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -401,6 +419,157 @@ fn kernel_function_counts() -> Result<(), Failed> {
     let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
     ensure(count == N, || {
         format!("counted {count} opens, workload made {N}: {counts}")
+    })?;
+    assert_nothing_loaded("probes_")
+}
+
+/// A glob over more kernel functions than single kprobes may take (64) that includes
+/// vfs_write: the first of a few candidates that matches enough traceable functions here,
+/// with how many it matches (available_filter_functions, the kernel's list of what ftrace and
+/// so kprobe_multi can hook; compiler clones like foo.isra.0 are not probed by name).
+/// Also how many text symbols of /proc/kallsyms match it that are not traceable (the tools
+/// skip those with a count).
+fn wide_glob_with_vfs_write() -> Result<(&'static str, usize, usize), Failed> {
+    use std::collections::HashSet;
+    let list = std::fs::read_to_string("/sys/kernel/tracing/available_filter_functions")
+        .map_err(|e| fail(format!("cannot read available_filter_functions: {e}")))?;
+    let names: HashSet<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| !n.contains('.'))
+        .collect();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let text: HashSet<&str> = kallsyms
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace().skip(1);
+            matches!(parts.next(), Some("t" | "T")).then(|| parts.next())?
+        })
+        .filter(|n| !n.contains('.'))
+        .collect();
+    for (glob, prefix, infix) in [
+        ("vfs_*", "vfs_", ""),
+        ("*vfs*", "", "vfs"),
+        ("*write*", "", "write"),
+    ] {
+        let wanted = |n: &&&str| n.starts_with(prefix) && n.contains(infix);
+        let n = names.iter().filter(wanted).count();
+        if n > 64 {
+            let untraceable = text
+                .iter()
+                .filter(wanted)
+                .filter(|t| !names.contains(**t))
+                .count();
+            return Ok((glob, n, untraceable));
+        }
+    }
+    Err(fail(
+        "no candidate glob matches more than 64 traceable functions",
+    ))
+}
+
+/// Past 64 kernel functions, where the kernel has kprobe_multi: one link for all of them, and
+/// each function's count is its own (the cookie names it): vfs_write is called exactly once
+/// per write(2) of the workload. Where kprobe_multi is missing the same glob is refused in one
+/// line naming it (exit 2, a usage error like the limit it reports).
+fn kprobe_multi_glob_counts_writes() -> Result<(), Failed> {
+    const N: u64 = 300;
+    let (glob, matched, untraceable) = wide_glob_with_vfs_write()?;
+    let spec = format!("k:{glob}");
+    if !kernel_has_kprobe_multi() {
+        let out = run(&["funccount", &spec]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return ensure(
+            out.status.code() == Some(2)
+                && stderr.trim().lines().count() == 1
+                && stderr.contains("at most 64 single kprobes")
+                && stderr.contains("(kprobe_multi, Linux 5.18+ with CONFIG_FPROBE"),
+            || format!("{spec}: exit {:?}: {stderr}", out.status.code()),
+        );
+    }
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&["funccount", "--json", "-v", "-p", &pid, &spec])?;
+    workload.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let attached = format!("{matched} kernel functions via kprobe_multi");
+    ensure(done.stderr.iter().any(|l| l.contains(&attached)), || {
+        format!("no '{attached}' in -v: {}", done.stderr.join("|"))
+    })?;
+    let skipped = format!("skipping {untraceable} of {}", untraceable + matched);
+    let skip_lines: Vec<&String> = done
+        .stderr
+        .iter()
+        .filter(|l| l.contains("skipping"))
+        .collect();
+    ensure(
+        if untraceable == 0 {
+            skip_lines.is_empty()
+        } else {
+            skip_lines.len() == 1 && skip_lines[0].contains(&skipped)
+        },
+        || format!("want '{skipped}' once (none when 0): {skip_lines:?}"),
+    )?;
+    let records = done.json()?;
+    let counts = first_of_type(&records, "counts")?;
+    let vfs_write = counts["probes"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == "vfs_write"))
+        .and_then(|r| r["count"].as_u64())
+        .unwrap_or(0);
+    ensure(vfs_write == N, || {
+        format!("vfs_write counted {vfs_write}, the workload wrote {N} times: {counts}")
+    })?;
+    // The --help example that used to hit the 64 limit: hundreds of tcp_ functions.
+    let out = run(&["funccount", "-v", "-d", "1", "k:tcp_*"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(
+        out.status.success() && stderr.contains("kernel functions via kprobe_multi"),
+        || format!("funccount k:tcp_*: exit {:?}: {stderr}", out.status.code()),
+    )?;
+    assert_nothing_loaded("probes_")
+}
+
+/// funclatency over the same glob: entry and return links (kretprobe_multi), paired per
+/// function by cookie, so vfs_write's histogram holds exactly the workload's writes.
+fn kprobe_multi_glob_latency() -> Result<(), Failed> {
+    const N: u64 = 200;
+    if !kernel_has_kprobe_multi() {
+        return Ok(()); // kprobe_multi_glob_counts_writes checks the refusal.
+    }
+    let (glob, matched, _) = wide_glob_with_vfs_write()?;
+    let spec = format!("k:{glob}");
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "funclatency",
+        "--function",
+        "--json",
+        "-v",
+        "-p",
+        &pid,
+        &spec,
+    ])?;
+    workload.go_and_wait()?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    for side in [
+        format!("{matched} kernel functions via kprobe_multi"),
+        format!("{matched} kernel functions (return) via kretprobe_multi"),
+    ] {
+        ensure(done.stderr.iter().any(|l| l.contains(&side)), || {
+            format!("no '{side}' in -v: {}", done.stderr.join("|"))
+        })?;
+    }
+    let records = done.json()?;
+    let hist = records
+        .iter()
+        .find(|r| r["type"] == "histogram" && r["function"] == "vfs_write")
+        .ok_or_else(|| fail(format!("no histogram for vfs_write: {records:?}")))?;
+    ensure(hist["count"] == N, || {
+        format!(
+            "vfs_write: {} samples, the workload wrote {N} times: {hist}",
+            hist["count"]
+        )
     })?;
     assert_nothing_loaded("probes_")
 }
