@@ -87,6 +87,25 @@ impl Background {
     fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Under TCG, lowers a CPU hog to nice 19: the tool a test starts next spends seconds of
+    /// CPU loading there, and hogs at its own weight on the 2 slow vCPUs stretched that past
+    /// the start budget. Hogs still wait for each other's whole slices.
+    fn yielding(self) -> Result<Self, Failed> {
+        if emulated().is_none() {
+            return Ok(self);
+        }
+        // SAFETY: plain syscall on a child we started.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, self.pid(), 19) };
+        ensure(rc == 0, || {
+            format!(
+                "setpriority({}, 19): {}",
+                self.pid(),
+                std::io::Error::last_os_error()
+            )
+        })?;
+        Ok(self)
+    }
 }
 
 impl Drop for Background {
@@ -459,7 +478,7 @@ fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
     // Killed when dropped; under TCG the tool starts slowly, so they must outlast more.
     let secs = if emulated().is_some() { "60" } else { "8" };
     let spinners: Vec<Background> = (0..4)
-        .map(|_| Background::spawn(&["spin", secs]))
+        .map(|_| Background::spawn(&["spin", secs])?.yielding())
         .collect::<Result<_, _>>()?;
     std::thread::sleep(Duration::from_millis(300));
     let records = json_run(
@@ -499,11 +518,13 @@ fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
          the 4 spinners {spin_mean:.2} ({spin_n})"
     );
     eprintln!("{summary}");
-    // 4 spinners on 2 CPUs wait for whole time slices of the others (ms: slot >= 10) where an
-    // idle machine wakes tasks in µs. A machine busy with other work is already slower, so
-    // the spinners are judged against both.
+    // 4 spinners on 2 CPUs wait for whole time slices of the others (slot >= 8: >= 256 µs)
+    // where an idle machine wakes tasks in µs. A machine busy with other work is already
+    // slower, so the spinners are judged against both: 8x the idle wait at least. Measured: 12.1-
+    // 12.5 against 6.1-6.3 under TCG; 8.5-10.4 against 1.7-3.6 on the host, lower when other
+    // work's wakeups preempt them (EEVDF's slices are ~1.5 ms here).
     ensure(busy_mean > idle_mean, || summary.clone())?;
-    ensure(spin_mean >= 10.0 && spin_mean >= idle_mean + 1.0, || {
+    ensure(spin_mean >= 8.0 && spin_mean >= idle_mean + 3.0, || {
         summary.clone()
     })
 }
@@ -511,7 +532,7 @@ fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
 fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
     let secs = if emulated().is_some() { "60" } else { "6" };
     let spinners: Vec<Background> = (0..3)
-        .map(|_| Background::spawn(&["spin", secs]))
+        .map(|_| Background::spawn(&["spin", secs])?.yielding())
         .collect::<Result<_, _>>()?;
     let records = json_run(
         &["runqlat", "--json", "-P", window(), "1"],
@@ -532,6 +553,8 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
             format!("spinner {} has no histogram: {pids:?}", s.pid())
         })?;
     }
+    // Stopped before the next run starts: under TCG they would still be spinning (their 60 s).
+    drop(spinners);
     let one = Background::spawn(&["spin", secs, "20"])?;
     let records = json_run(
         &[
@@ -558,7 +581,6 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
     ensure(tids == vec![one.pid() as u64], || {
         format!("-p {} -L gave tids {tids:?}", one.pid())
     })?;
-    drop(spinners);
     let records = json_run(
         &["runqlat", "--json", "--kthreads", window(), "1"],
         Duration::from_secs(15),
