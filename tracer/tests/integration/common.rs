@@ -45,10 +45,9 @@ pub fn scaled(budget: Duration) -> Duration {
 
 /// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
 /// rates, packet floods, multi-second intervals. Under qemu's TCG emulation (the VM stage,
-/// which exists for the kprobe/fentry paths) they measure the emulator, and SCHED_FIFO
-/// spinners there starve the guest's RCU kthreads; they run on the host instead.
+/// which exists for the kprobe/fentry paths) they measure the emulator; they run on the host
+/// instead.
 const NATIVE_SPEED_ONLY: &[&str] = &[
-    "sched::",
     // Measured on debian-6.1 under TCG (6 of 9 pass there; no tool bug): the tool stops
     // late by guest time (the -d timer and its process are starved by the emulator), so a
     // thread sampled for "-d 3" at 99 Hz gets 328 samples, over the 297 + 10 one thread can

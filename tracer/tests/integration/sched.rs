@@ -14,8 +14,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, WORKLOAD, Workload, assert_nothing_loaded, ensure, fail, loaded_program_names, run,
-    start, trial,
+    Finished, Need, Running, WORKLOAD, Workload, assert_nothing_loaded, emulated, ensure, fail,
+    loaded_program_names, run, scaled, start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -87,6 +87,25 @@ impl Background {
     fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Under TCG, lowers a CPU hog to nice 19: the tool a test starts next spends seconds of
+    /// CPU loading there, and hogs at its own weight on the 2 slow vCPUs stretched that past
+    /// the start budget. Hogs still wait for each other's whole slices.
+    fn yielding(self) -> Result<Self, Failed> {
+        if emulated().is_none() {
+            return Ok(self);
+        }
+        // SAFETY: plain syscall on a child we started.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, self.pid(), 19) };
+        ensure(rc == 0, || {
+            format!(
+                "setpriority({}, 19): {}",
+                self.pid(),
+                std::io::Error::last_os_error()
+            )
+        })?;
+        Ok(self)
+    }
 }
 
 impl Drop for Background {
@@ -97,8 +116,13 @@ impl Drop for Background {
 }
 
 /// Makes `pid` SCHED_FIFO, so that CPU hogs elsewhere on the machine (parallel builds) cannot
-/// stretch its duty cycle or split its slices: the test then knows what the truth is.
+/// stretch its duty cycle or split its slices: the test then knows what the truth is. Not under
+/// TCG: a real-time spinner on the guest's 2 slow vCPUs starves its RCU kthreads (soft lockup),
+/// so there it stays SCHED_OTHER and the tests judge it with wider bounds.
 fn realtime(pid: u32) -> Result<(), Failed> {
+    if emulated().is_some() {
+        return Ok(());
+    }
     let param = libc::sched_param { sched_priority: 10 };
     // SAFETY: plain syscall on a child we started.
     let rc = unsafe { libc::sched_setscheduler(pid as i32, libc::SCHED_FIFO, &param) };
@@ -120,10 +144,25 @@ fn schedstat_ns(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Runs `tracer ARGS` (which must stop by itself) and returns its JSON records.
+/// The seconds a one-interval runqlat/cpudist run covers: 2 natively, 1 under TCG, where each
+/// run's start costs seconds of its own and 1 s still holds well over 100 events.
+fn window() -> &'static str {
+    if emulated().is_some() { "1" } else { "2" }
+}
+
+/// Stops a tool with SIGINT and collects its output, waiting longer under TCG (its end-of-run
+/// read and symbolization take seconds there).
+fn interrupt(tool: Running) -> Result<Finished, Failed> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tool.pid() as i32, libc::SIGINT) };
+    tool.wait(scaled(Duration::from_secs(15)))
+}
+
+/// Runs `tracer ARGS` (which must stop by itself) and returns its JSON records; `timeout` is
+/// the native one, stretched under TCG.
 fn json_run(args: &[&str], timeout: Duration) -> Result<Vec<Value>, Failed> {
     let tool = start(args)?;
-    let done = tool.wait(timeout)?.ok()?;
+    let done = tool.wait(scaled(timeout))?.ok()?;
     done.json()
 }
 
@@ -146,36 +185,54 @@ fn proc_stat_flags(tid: u64) -> Option<u64> {
 }
 
 fn ktop_duty_cycle_and_sleeper() -> Result<(), Failed> {
-    let spinner = Workload::spawn(&["spin", "5", "50"])?;
-    let sleeper = Workload::spawn(&["sleep", "5"])?;
+    let tcg = emulated().is_some();
+    // Under TCG the tool's intervals end late, so the workloads outlast them by more.
+    let secs = if tcg { "12" } else { "5" };
+    let spinner = Workload::spawn(&["spin", secs, "50"])?;
+    let sleeper = Workload::spawn(&["sleep", secs])?;
     let (spin_pid, sleep_pid) = (spinner.pid, sleeper.pid);
     realtime(spin_pid)?;
-    let tool = start(&["ktop", "--json", "1", "4"])?;
+    // Under TCG 2 fully covered intervals are judged instead of 3: each costs seconds there.
+    let count = if tcg { 3 } else { 4 };
+    let tool = start(&["ktop", "--json", "1", &count.to_string()])?;
     let a = std::thread::spawn(move || spinner.go_and_wait());
     let b = std::thread::spawn(move || sleeper.go_and_wait());
-    let done = tool.wait(Duration::from_secs(20))?.ok()?;
+    let done = tool.wait(scaled(Duration::from_secs(20)))?.ok()?;
     a.join().map_err(|_| fail("spinner thread panicked"))??;
     b.join().map_err(|_| fail("sleeper thread panicked"))??;
     let records = done.json()?;
     let intervals = intervals(&records);
-    ensure(intervals.len() == 4, || {
-        format!("{} intervals, expected 4", intervals.len())
+    ensure(intervals.len() == count, || {
+        format!("{} intervals, expected {count}", intervals.len())
     })?;
+    // Natively (SCHED_FIFO) the spinner runs its 5 ms of each 10 ms. Under TCG (SCHED_OTHER,
+    // timers late) it is preempted, oversleeps and on 5.10 overruns its busy half (slices of
+    // 8-16 ms seen): judged as clearly busy, clearly under 100 %, and blocking often.
+    let (pct_range, min_voluntary) = if tcg {
+        (10.0..=75.0, 20)
+    } else {
+        (40.0..=60.0, 50)
+    };
     // The first interval includes the workloads' start; judge the fully covered ones.
     for interval in &intervals[1..] {
         let spin = thread(interval, spin_pid)
             .ok_or_else(|| fail(format!("spinner {spin_pid} missing: {interval}")))?;
         let pct = spin["oncpu_pct"].as_f64().unwrap_or(-1.0);
-        ensure((40.0..=60.0).contains(&pct), || {
-            format!("spinner at {pct:.1}% (expected 50 ± 10): {spin}")
+        eprintln!(
+            "spinner at {pct:.1}%, {} voluntary switches",
+            spin["voluntary"]
+        );
+        ensure(pct_range.contains(&pct), || {
+            format!("spinner at {pct:.1}% (expected {pct_range:?}): {spin}")
         })?;
         ensure(
             spin["kthread"] == false && spin["comm"] == "tracer-workload",
             || format!("identity: {spin}"),
         )?;
-        ensure(spin["voluntary"].as_u64().unwrap_or(0) >= 50, || {
-            format!("a 10 ms duty cycle blocks ~100/s: {spin}")
-        })?;
+        ensure(
+            spin["voluntary"].as_u64().unwrap_or(0) >= min_voluntary,
+            || format!("a 10 ms duty cycle blocks ~100/s: {spin}"),
+        )?;
         let sleep_pct = thread(interval, sleep_pid)
             .and_then(|t| t["oncpu_pct"].as_f64())
             .unwrap_or(0.0);
@@ -217,12 +274,15 @@ fn ktop_kthread_flags_match_proc() -> Result<(), Failed> {
 }
 
 fn ktop_cpu_time_adds_up() -> Result<(), Failed> {
-    let _load = Background::spawn(&["spin", "6", "30"])?;
-    let records = json_run(&["ktop", "--json", "1", "4"], Duration::from_secs(20))?;
+    // Killed when dropped; under TCG the tool starts slowly, so it must outlast more.
+    let _load = Background::spawn(&["spin", if emulated().is_some() { "60" } else { "6" }, "30"])?;
+    let count = if emulated().is_some() { "2" } else { "4" };
+    let records = json_run(&["ktop", "--json", "1", count], Duration::from_secs(20))?;
     let intervals = intervals(&records);
-    ensure(intervals.len() == 4, || {
-        format!("{} intervals", intervals.len())
+    ensure(intervals.len().to_string() == count, || {
+        format!("{} intervals, expected {count}", intervals.len())
     })?;
+    let mut ratios = Vec::new();
     for interval in &intervals {
         let interval_ns = interval["interval_ns"].as_f64().unwrap_or(0.0);
         let mut per_cpu: HashMap<u64, f64> = HashMap::new();
@@ -243,14 +303,21 @@ fn ktop_cpu_time_adds_up() -> Result<(), Failed> {
             format!("{} CPUs accounted, {online} online", per_cpu.len())
         })?;
         for (cpu, sum) in &per_cpu {
-            let ratio = sum / interval_ns;
-            ensure((0.95..=1.05).contains(&ratio), || {
-                format!(
-                    "cpu{cpu}: threads + idle = {sum:.0} ns over a {interval_ns:.0} ns interval ({:.1}%)",
-                    ratio * 100.0
-                )
-            })?;
+            ratios.push((*cpu, sum / interval_ns, *sum, interval_ns));
         }
+    }
+    let summary: Vec<String> = ratios
+        .iter()
+        .map(|(cpu, r, _, _)| format!("cpu{cpu} {:.1}%", r * 100.0))
+        .collect();
+    eprintln!("threads + idle per interval: {}", summary.join(", "));
+    for (cpu, ratio, sum, interval_ns) in ratios {
+        ensure((0.95..=1.05).contains(&ratio), || {
+            format!(
+                "cpu{cpu}: threads + idle = {sum:.0} ns over a {interval_ns:.0} ns interval ({:.1}%)",
+                ratio * 100.0
+            )
+        })?;
     }
     Ok(())
 }
@@ -268,7 +335,7 @@ fn ktop_kworker_functions_symbolized() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = std::fs::remove_file(&path);
-    let records = tool.wait(Duration::from_secs(15))?.ok()?.json()?;
+    let records = tool.wait(scaled(Duration::from_secs(15)))?.ok()?.json()?;
     let mut named = Vec::new();
     for interval in intervals(&records) {
         for t in interval["threads"].as_array().into_iter().flatten() {
@@ -298,7 +365,7 @@ fn ktop_kworker_functions_symbolized() -> Result<(), Failed> {
 
 /// Voluntary/involuntary switches against the kernel's own counters in /proc/PID/status.
 fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
-    let spinner = Workload::spawn(&["spin", "3", "50"])?;
+    let spinner = Workload::spawn(&["spin", if emulated().is_some() { "2" } else { "3" }, "50"])?;
     let pid = spinner.pid;
     let read = |field: &str| -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -333,7 +400,7 @@ fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = worker.join();
-    let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+    let records = interrupt(tool)?.ok()?.json()?;
     let t = intervals(&records)
         .first()
         .and_then(|i| thread(i, pid))
@@ -347,18 +414,30 @@ fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
         t["involuntary"].as_u64().unwrap_or(0),
     );
     let (true_vol, true_invol) = (v1 - v0, n1 - n0);
-    // The last few switches (exit) may fall between our last /proc read and the snapshot.
-    ensure(vol.abs_diff(true_vol) <= 3 + true_vol / 50, || {
-        format!("voluntary {vol} vs /proc {true_vol}")
-    })?;
-    ensure(invol.abs_diff(true_invol) <= 3 + true_invol / 50, || {
-        format!("involuntary {invol} vs /proc {true_invol}")
-    })?;
-    // On-CPU time against the scheduler's own sum_exec_runtime (1.5 s of CPU in 3 s).
     let oncpu = t["oncpu_ns"].as_u64().unwrap_or(0);
     let truth = oncpu_after - oncpu_before;
-    ensure(oncpu.abs_diff(truth) <= 10_000_000 + truth / 50, || {
-        format!("on-CPU {oncpu} ns vs /proc schedstat {truth} ns")
+    let summary = format!(
+        "voluntary {vol} vs /proc {true_vol}, involuntary {invol} vs /proc {true_invol}, \
+         on-CPU {oncpu} ns vs /proc schedstat {truth} ns"
+    );
+    eprintln!("{summary}");
+    // The last few switches (exit) may fall between our last /proc read and the snapshot;
+    // under TCG our 5 ms polls come late, so more of them can (the counts stay exact).
+    let (slack, slack_ns) = if emulated().is_some() {
+        (8, 40_000_000)
+    } else {
+        (3, 10_000_000)
+    };
+    ensure(vol.abs_diff(true_vol) <= slack + true_vol / 50, || {
+        summary.clone()
+    })?;
+    ensure(
+        invol.abs_diff(true_invol) <= slack + true_invol / 50,
+        || summary.clone(),
+    )?;
+    // On-CPU time against the scheduler's own sum_exec_runtime (1.5 s of CPU in 3 s, 1 in 2).
+    ensure(oncpu.abs_diff(truth) <= slack_ns + truth / 50, || {
+        summary.clone()
     })?;
     Ok(())
 }
@@ -395,13 +474,15 @@ fn runqlat_histogram(args: &[&str]) -> Result<Value, Failed> {
 }
 
 fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
-    let (idle_mean, idle_n) = mean_slot(&runqlat_histogram(&["runqlat", "--json", "2", "1"])?);
+    let (idle_mean, idle_n) = mean_slot(&runqlat_histogram(&["runqlat", "--json", window(), "1"])?);
+    // Killed when dropped; under TCG the tool starts slowly, so they must outlast more.
+    let secs = if emulated().is_some() { "60" } else { "8" };
     let spinners: Vec<Background> = (0..4)
-        .map(|_| Background::spawn(&["spin", "8"]))
+        .map(|_| Background::spawn(&["spin", secs])?.yielding())
         .collect::<Result<_, _>>()?;
     std::thread::sleep(Duration::from_millis(300));
     let records = json_run(
-        &["runqlat", "--json", "-P", "2", "1"],
+        &["runqlat", "--json", "-P", window(), "1"],
         Duration::from_secs(20),
     )?;
     let pids: Vec<u64> = spinners.iter().map(|s| s.pid() as u64).collect();
@@ -437,21 +518,24 @@ fn runqlat_shifts_up_when_saturated() -> Result<(), Failed> {
          the 4 spinners {spin_mean:.2} ({spin_n})"
     );
     eprintln!("{summary}");
-    // 4 spinners on 2 CPUs wait for whole time slices of the others (ms: slot >= 10) where an
-    // idle machine wakes tasks in µs. A machine busy with other work is already slower, so
-    // the spinners are judged against both.
+    // 4 spinners on 2 CPUs wait for whole time slices of the others (slot >= 8: >= 256 µs)
+    // where an idle machine wakes tasks in µs. A machine busy with other work is already
+    // slower, so the spinners are judged against both: 8x the idle wait at least. Measured: 12.1-
+    // 12.5 against 6.1-6.3 under TCG; 8.5-10.4 against 1.7-3.6 on the host, lower when other
+    // work's wakeups preempt them (EEVDF's slices are ~1.5 ms here).
     ensure(busy_mean > idle_mean, || summary.clone())?;
-    ensure(spin_mean >= 10.0 && spin_mean >= idle_mean + 1.0, || {
+    ensure(spin_mean >= 8.0 && spin_mean >= idle_mean + 3.0, || {
         summary.clone()
     })
 }
 
 fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
+    let secs = if emulated().is_some() { "60" } else { "6" };
     let spinners: Vec<Background> = (0..3)
-        .map(|_| Background::spawn(&["spin", "6"]))
+        .map(|_| Background::spawn(&["spin", secs])?.yielding())
         .collect::<Result<_, _>>()?;
     let records = json_run(
-        &["runqlat", "--json", "-P", "2", "1"],
+        &["runqlat", "--json", "-P", window(), "1"],
         Duration::from_secs(15),
     )?;
     let h = records
@@ -469,7 +553,9 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
             format!("spinner {} has no histogram: {pids:?}", s.pid())
         })?;
     }
-    let one = Background::spawn(&["spin", "6", "20"])?;
+    // Stopped before the next run starts: under TCG they would still be spinning (their 60 s).
+    drop(spinners);
+    let one = Background::spawn(&["spin", secs, "20"])?;
     let records = json_run(
         &[
             "runqlat",
@@ -477,7 +563,7 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
             "-p",
             &one.pid().to_string(),
             "-L",
-            "2",
+            window(),
             "1",
         ],
         Duration::from_secs(15),
@@ -495,9 +581,8 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
     ensure(tids == vec![one.pid() as u64], || {
         format!("-p {} -L gave tids {tids:?}", one.pid())
     })?;
-    drop(spinners);
     let records = json_run(
-        &["runqlat", "--json", "--kthreads", "2", "1"],
+        &["runqlat", "--json", "--kthreads", window(), "1"],
         Duration::from_secs(15),
     )?;
     let h = records
@@ -522,13 +607,14 @@ fn runqlat_per_process_and_kthreads() -> Result<(), Failed> {
 
 fn cpudist_known_slices() -> Result<(), Failed> {
     // 50 % of a 10 ms period: runs ~5 ms, sleeps ~5 ms, repeatedly.
-    let spinner = Background::spawn(&["spin", "10", "50"])?;
+    let spinner =
+        Background::spawn(&["spin", if emulated().is_some() { "60" } else { "10" }, "50"])?;
     realtime(spinner.pid())?;
     let pid = spinner.pid().to_string();
     for (mode, what) in [(None, "on-CPU"), (Some("-O"), "off-CPU")] {
         let mut args = vec!["cpudist", "--json", "-p", &pid];
         args.extend(mode);
-        args.extend(["2", "1"]);
+        args.extend([window(), "1"]);
         let records = json_run(&args, Duration::from_secs(15))?;
         let h = records
             .iter()
@@ -553,6 +639,35 @@ fn cpudist_known_slices() -> Result<(), Failed> {
             })
             .map(|b| b["count"].as_u64().unwrap_or(0))
             .sum();
+        let shape: Vec<String> = buckets
+            .iter()
+            .filter(|b| b["count"].as_u64().unwrap_or(0) > 0)
+            .map(|b| format!("{}:{}", b["low"], b["count"]))
+            .collect();
+        eprintln!(
+            "{what}: {around_5ms} of {total} in 2-8 ms; low:count {}",
+            shape.join(" ")
+        );
+        if emulated().is_some() {
+            // SCHED_OTHER under TCG: preemption splits some slices and timers fire late, but
+            // the 5 ms of running and of sleeping still dominate: 1-16 ms holds most.
+            let around: u64 = buckets
+                .iter()
+                .filter(|b| {
+                    b["low"]
+                        .as_u64()
+                        .is_some_and(|l| (1024..=8192).contains(&l))
+                })
+                .map(|b| b["count"].as_u64().unwrap_or(0))
+                .sum();
+            ensure(total >= 30, || {
+                format!("{what}: only {total} slices in 1 s")
+            })?;
+            ensure(around * 10 >= total * 5, || {
+                format!("{what}: {around} of {total} slices in 1-16 ms: {hist}")
+            })?;
+            continue;
+        }
         ensure(total >= 100, || {
             format!("{what}: only {total} slices in 2 s")
         })?;
@@ -589,15 +704,18 @@ fn cpudist_slice_count_matches_schedstat() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = worker.join();
-    let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+    let records = interrupt(tool)?.ok()?.json()?;
     let h = records
         .iter()
         .find(|r| r["type"] == "histograms")
         .ok_or_else(|| fail("no histograms"))?;
     let counted = h["histograms"][0]["count"].as_u64().unwrap_or(0);
-    // Its very last slices (exit) may come after our last read of schedstat.
+    // Its very last slices (exit) may come after our last read of schedstat; under TCG our
+    // 2 ms polls come late, so more of them can.
     let truth = after - before;
-    ensure(counted.abs_diff(truth) <= 3, || {
+    let slack = if emulated().is_some() { 8 } else { 3 };
+    eprintln!("cpudist counted {counted} slices, schedstat {truth}");
+    ensure(counted.abs_diff(truth) <= slack, || {
         format!("cpudist counted {counted} slices, schedstat {truth}")
     })
 }
@@ -611,7 +729,7 @@ fn only_needed_programs_loaded() -> Result<(), Failed> {
         let running = start(&[tool, "-d", "10"])?;
         let names = loaded_program_names();
         let pid = running.pid();
-        let done = running.stop(libc::SIGINT)?.ok()?;
+        let done = interrupt(running)?.ok()?;
         ensure(names.iter().any(|n| n.starts_with(own)), || {
             format!("{tool} (pid {pid}): {own}* not loaded: {names:?}")
         })?;
@@ -631,7 +749,7 @@ fn only_needed_programs_loaded() -> Result<(), Failed> {
 
 fn text_output() -> Result<(), Failed> {
     let done = start(&["runqlat", "1", "1"])?
-        .wait(Duration::from_secs(10))?
+        .wait(scaled(Duration::from_secs(10)))?
         .ok()?;
     ensure(
         done.stdout
@@ -640,13 +758,13 @@ fn text_output() -> Result<(), Failed> {
         || done.stdout.join("\n"),
     )?;
     let done = start(&["cpudist", "-m", "1", "1"])?
-        .wait(Duration::from_secs(10))?
+        .wait(scaled(Duration::from_secs(10)))?
         .ok()?;
     ensure(done.stdout.iter().any(|l| l.contains("msecs")), || {
         done.stdout.join("\n")
     })?;
     let done = start(&["ktop", "--kthreads", "1", "1"])?
-        .wait(Duration::from_secs(10))?
+        .wait(scaled(Duration::from_secs(10)))?
         .ok()?;
     ensure(
         done.stdout
