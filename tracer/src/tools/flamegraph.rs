@@ -158,6 +158,13 @@ fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
         .filter(|l| is_content(l))
         .map(str::to_string)
         .collect();
+    if lines.is_empty()
+        && text
+            .lines()
+            .all(|l| !is_content(l) || l.starts_with("Attaching "))
+    {
+        bail!("{what}: bpftrace output without any map entries (nothing was counted)");
+    }
     if lines.is_empty() {
         let (number, content) = bad_line;
         let snippet: String = content.chars().take(60).collect();

@@ -161,7 +161,8 @@ fn bpftrace_maps() -> Result<(), Failed> {
     let mut cmd = Command::new("bpftrace");
     cmd.args(["-e", program]);
     let mut load = Command::new(WORKLOAD);
-    load.args(["hot", "6"]);
+    // Runs until killed: under TCG bpftrace takes seconds to attach before its 3 s window.
+    load.args(["hot", "600"]);
     let mut workload = load.spawn().map_err(|e| fail(format!("workload: {e}")))?;
     let out = output_within(&mut cmd, scaled(DEADLINE));
     let _ = workload.kill();
