@@ -44,7 +44,7 @@ pub fn scaled(budget: Duration) -> Duration {
 }
 
 /// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
-/// rates, packet floods, multi-second intervals. Under qemu's TCG emulation (the VM stage,
+/// rates. Under qemu's TCG emulation (the VM stage,
 /// which exists for the kprobe/fentry paths) they measure the emulator, and SCHED_FIFO
 /// spinners there starve the guest's RCU kthreads; they run on the host instead.
 const NATIVE_SPEED_ONLY: &[&str] = &[

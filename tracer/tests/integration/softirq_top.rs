@@ -449,6 +449,11 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
         .map(|k| k["cpu_time_us"].as_u64().unwrap_or(0))
         .sum();
     let truth_us = sched_ns / 1000;
+    println!(
+        "    ({sent} packets sent, {truth} NET_RX softirqs, NET_RX {}% of {total} us softirq \
+         time, ksoftirqd {ours_ksoftirqd} us vs schedstat {truth_us} us)",
+        net_rx * 100 / total.max(1)
+    );
     ensure(within(ours_ksoftirqd, truth_us, 15.0, 20_000), || {
         format!("ksoftirqd CPU time: ours {ours_ksoftirqd} us, schedstat {truth_us} us")
     })?;
