@@ -386,20 +386,27 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     let net = NetnsPair::create("sq")?;
     let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
     let ksoftirqd = ksoftirqd_pids();
-    let sched_before: Vec<u64> = ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect();
-    let ticks_before = proc_stat_softirq_ticks();
-    let (records, before, after, sent) = around(&["--net", "1"], || {
+    let ksoftirqd_ns = || -> Vec<u64> { ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect() };
+    // /proc/stat and schedstat are read inside the tool's window, as /proc/softirqs is.
+    let (records, before, after, (sent, ticks, sched_ns)) = around(&["--net", "1"], || {
+        let sched_before = ksoftirqd_ns();
+        let ticks_before = proc_stat_softirq_ticks();
         let sent = flood(&net, 6)?;
-        // Let the backlog drain before the window closes.
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(sent)
+        // Let the backlog drain before the window closes; under TCG ksoftirqd works through
+        // it for seconds after the flood.
+        std::thread::sleep(if emulated().is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(500)
+        });
+        let ticks = proc_stat_softirq_ticks() - ticks_before;
+        let sched_ns: u64 = ksoftirqd_ns()
+            .iter()
+            .zip(&sched_before)
+            .map(|(now, b)| now.saturating_sub(*b))
+            .sum();
+        Ok((sent, ticks, sched_ns))
     })?;
-    let ticks = proc_stat_softirq_ticks() - ticks_before;
-    let sched_ns: u64 = ksoftirqd
-        .iter()
-        .zip(&sched_before)
-        .map(|(p, b)| schedstat_ns(*p).saturating_sub(*b))
-        .sum();
     // Thousands of packets per second on this host; under qemu's TCG a few thousand in all.
     ensure(sent > 2000, || format!("hping3 sent only {sent} packets"))?;
 
@@ -436,11 +443,18 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
 
     // Total softirq time vs /proc/stat: the kernel samples softirq time once per tick (no
     // IRQ_TIME_ACCOUNTING here), in USER_HZ (10 ms) units, so only loose agreement is expected.
+    // Under TCG the guest's ticks come late (a tick accounts one tick's time however long it
+    // was), so /proc/stat undercounts: 287 ticks measured vs 173 sampled was seen on 5.10.
     let ticks_ours = total as f64 / 10_000.0;
-    ensure(
-        (ticks_ours - ticks as f64).abs() <= (ticks as f64 * 0.5).max(25.0),
-        || format!("softirq time {ticks_ours:.0} ticks (ours) vs {ticks} ticks in /proc/stat"),
-    )?;
+    let (ticks, ours_ticks) = (ticks as f64, ticks_ours);
+    let agree = if emulated().is_some() {
+        ours_ticks <= ticks * 2.5 + 25.0 && ours_ticks * 2.5 + 25.0 >= ticks
+    } else {
+        (ours_ticks - ticks).abs() <= (ticks * 0.5).max(25.0)
+    };
+    ensure(agree, || {
+        format!("softirq time {ticks_ours:.0} ticks (ours) vs {ticks} ticks in /proc/stat")
+    })?;
 
     // ksoftirqd's own CPU time (sched_switch accounting) vs the scheduler's own sum.
     let ours_ksoftirqd: u64 = intervals(&records)
@@ -451,7 +465,8 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     let truth_us = sched_ns / 1000;
     println!(
         "    ({sent} packets sent, {truth} NET_RX softirqs, NET_RX {}% of {total} us softirq \
-         time, ksoftirqd {ours_ksoftirqd} us vs schedstat {truth_us} us)",
+         time ({ticks} ticks in /proc/stat), ksoftirqd {ours_ksoftirqd} us vs schedstat \
+         {truth_us} us)",
         net_rx * 100 / total.max(1)
     );
     ensure(within(ours_ksoftirqd, truth_us, 15.0, 20_000), || {
