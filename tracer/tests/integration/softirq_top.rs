@@ -469,7 +469,7 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
          {truth_us} us)",
         net_rx * 100 / total.max(1)
     );
-    // Natively within 1-2 %; under TCG ours came out 10-20 % under schedstat's sum in every
+    // Natively within 1-2 %; under TCG ours came out 10-23 % under schedstat's sum in every
     // run on 5.10, 6.1 and 6.12 (ksoftirqd's time around our sched_switch programs).
     let pct = if emulated().is_some() { 30.0 } else { 15.0 };
     ensure(within(ours_ksoftirqd, truth_us, pct, 20_000), || {
