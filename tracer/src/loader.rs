@@ -30,7 +30,44 @@ pub fn load<'a>(object: &[u8], configure: impl FnOnce(&mut EbpfLoader<'a>)) -> R
     crate::privileges::raise_memlock();
     let mut loader = EbpfLoader::new();
     configure(&mut loader);
+    for (name, entries) in map_size_overrides()? {
+        loader.map_max_entries(name, *entries);
+    }
     loader.load(object).map_err(load_error)
+}
+
+/// `TRACER_MAP_MAX_ENTRIES=NAME=N[,NAME=N...]`: the size of the named maps in every object
+/// loaded (a ring buffer's in bytes), over the tool's own. The overload tests use it to
+/// overflow a ring buffer or a hash map with a few hundred forks where the real sizes need
+/// tens of thousands (minutes under qemu's TCG emulation); it also lets a user try another
+/// size without a rebuild. Names a map does not have are ignored (objects differ).
+fn map_size_overrides() -> Result<&'static [(String, u32)]> {
+    static PARSED: std::sync::OnceLock<Result<Vec<(String, u32)>, String>> =
+        std::sync::OnceLock::new();
+    let parsed = PARSED.get_or_init(|| {
+        std::env::var_os("TRACER_MAP_MAX_ENTRIES").map_or(Ok(Vec::new()), |spec| {
+            parse_map_sizes(&spec.to_string_lossy())
+        })
+    });
+    parsed.as_deref().map_err(|e| anyhow!("{e}"))
+}
+
+/// `NAME=N[,NAME=N...]` as (name, entries) pairs, or the one-line error naming the bad item.
+fn parse_map_sizes(spec: &str) -> Result<Vec<(String, u32)>, String> {
+    spec.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .and_then(|(name, n)| Some((name.trim().to_string(), n.trim().parse().ok()?)))
+                .filter(|(name, n)| !name.is_empty() && *n > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "TRACER_MAP_MAX_ENTRIES: '{item}' is not MAP=ENTRIES (e.g. \
+                         EVENTS=4096,PID_COUNTS=64)"
+                    )
+                })
+        })
+        .collect()
 }
 
 fn load_error(err: EbpfError) -> anyhow::Error {
@@ -531,6 +568,19 @@ pub fn trim_heap() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_sizes_parse() {
+        assert_eq!(
+            parse_map_sizes("EVENTS=4096, PID_COUNTS=64,"),
+            Ok(vec![("EVENTS".into(), 4096), ("PID_COUNTS".into(), 64)])
+        );
+        assert_eq!(parse_map_sizes(""), Ok(vec![]));
+        for bad in ["EVENTS", "EVENTS=x", "=4", "EVENTS=0", "EVENTS=-1"] {
+            let err = parse_map_sizes(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{bad}: {err}");
+        }
+    }
 
     /// A scratch map with keys 0..n, key k holding k+1 on every CPU.
     fn filled(n: u32) -> Option<ScratchMap> {

@@ -191,7 +191,7 @@ pub fn test(args: TestArgs) -> Result<()> {
 }
 
 /// The soak test (tracer/tests/integration/soak.rs); it skips itself unless TRACER_SOAK=1.
-const SOAK_TEST: &str = "soak::all_live_tools";
+pub(crate) const SOAK_TEST: &str = "soak::all_live_tools";
 
 /// The soak test binary running in the background, its output kept for after the VM stage.
 struct Soak {

@@ -44,9 +44,8 @@ pub fn scaled(budget: Duration) -> Duration {
 }
 
 /// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
-/// rates, packet floods, multi-second intervals. Under qemu's TCG emulation (the VM stage,
-/// which exists for the kprobe/fentry paths) they measure the emulator; they run on the host
-/// instead.
+/// rates. Under qemu's TCG emulation (the VM stage) they measure the emulator; they run on
+/// the host instead.
 const NATIVE_SPEED_ONLY: &[&str] = &[
     // Measured on debian-6.1 under TCG (6 of 9 pass there; no tool bug): the tool stops
     // late by guest time (the -d timer and its process are starved by the emulator), so a
@@ -55,11 +54,6 @@ const NATIVE_SPEED_ONLY: &[&str] = &[
     // samples than the last snapshot instead of the ≤ 5 % allowed; and a startup error took
     // 7 s against a 5 s budget.
     "profile::",
-    "softirq_top::histograms_count_every_entry",
-    "softirq_top::syn_flood_",
-    "forksnoop::summary_intervals",
-    // Storms of 11 000-30 000 forks: minutes under TCG, and the point is native rates.
-    "overload::",
 ];
 
 /// A test that needs the given features; skipped with the first missing feature's reason.
@@ -160,8 +154,14 @@ fn collect(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
 
 /// Starts `tracer ARGS` and waits until it says it is attached ("Hit Ctrl-C to end.").
 pub fn start(args: &[&str]) -> Result<Running, Failed> {
+    start_with_env(args, &[])
+}
+
+/// `start` with these environment variables set for tracer.
+pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Running, Failed> {
     let mut child = Command::new(TRACER)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

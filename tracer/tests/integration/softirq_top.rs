@@ -7,7 +7,9 @@ use std::time::Duration;
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
-use crate::common::{Need, Running, assert_nothing_loaded, ensure, fail, run, start, trial};
+use crate::common::{
+    Need, Running, assert_nothing_loaded, emulated, ensure, fail, run, start, trial,
+};
 use testbed::{netns::NetnsPair, nginx::Nginx};
 
 const ROOT: &[Need] = &[Need::Root];
@@ -260,6 +262,8 @@ fn histograms_count_every_entry() -> Result<(), Failed> {
         Ok(())
     })?;
     let mut latencies = 0;
+    // Per vector, over the whole run: (entries, entries in the run-time histogram).
+    let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for interval in intervals(&records) {
         for v in interval["vectors"].as_array().into_iter().flatten() {
             let name = v["vec"].as_str().unwrap_or("");
@@ -267,20 +271,38 @@ fn histograms_count_every_entry() -> Result<(), Failed> {
             let hist = interval["runtime_hist"][name]["count"]
                 .as_u64()
                 .unwrap_or(0);
-            // Exact but for events landing between the reads of the two maps.
-            ensure(hist.abs_diff(count) <= 2 + count / 100, || {
-                format!("{name}: {count} entries but {hist} in the run-time histogram")
-            })?;
+            let total = totals.entry(name.to_string()).or_default();
+            total.0 += count;
+            total.1 += hist;
+            // Exact but for events landing between the reads of the two maps. Under TCG
+            // those reads are far apart; the sums over the run below still hold there.
+            ensure(
+                emulated().is_some() || hist.abs_diff(count) <= 2 + count / 100,
+                || format!("{name}: {count} entries but {hist} in the run-time histogram"),
+            )?;
             latencies += interval["latency_hist"][name]["count"]
                 .as_u64()
                 .unwrap_or(0);
         }
-        ensure(
-            interval["runtime_hist"]["TIMER"]["unit"] == "usecs"
-                || interval["vectors"][0]["count"] == 0,
-            || format!("histogram unit: {}", interval["runtime_hist"]),
-        )?;
+        // Every vector's histogram (an interval without TIMER softirqs has none for it).
+        for (name, hist) in interval["runtime_hist"].as_object().into_iter().flatten() {
+            ensure(hist["unit"] == "usecs", || {
+                format!("{name} histogram unit: {}", hist["unit"])
+            })?;
+        }
     }
+    // Each interval is the growth of both maps since the last read, so what one interval
+    // missed between the two reads the next one has: over the run they differ only by the
+    // last interval's skew.
+    for (name, (count, hist)) in &totals {
+        ensure(hist.abs_diff(*count) <= 5 + count / 100, || {
+            format!("{name}: {count} entries over the run but {hist} in the run-time histograms")
+        })?;
+    }
+    ensure(
+        totals.values().map(|(count, _)| count).sum::<u64>() > 0,
+        || "no softirq entered in 2 s".into(),
+    )?;
     ensure(latencies > 0, || "no raise->entry latency recorded".into())?;
     Ok(())
 }
@@ -364,20 +386,27 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     let net = NetnsPair::create("sq")?;
     let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
     let ksoftirqd = ksoftirqd_pids();
-    let sched_before: Vec<u64> = ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect();
-    let ticks_before = proc_stat_softirq_ticks();
-    let (records, before, after, sent) = around(&["--net", "1"], || {
+    let ksoftirqd_ns = || -> Vec<u64> { ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect() };
+    // /proc/stat and schedstat are read inside the tool's window, as /proc/softirqs is.
+    let (records, before, after, (sent, ticks, sched_ns)) = around(&["--net", "1"], || {
+        let sched_before = ksoftirqd_ns();
+        let ticks_before = proc_stat_softirq_ticks();
         let sent = flood(&net, 6)?;
-        // Let the backlog drain before the window closes.
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(sent)
+        // Let the backlog drain before the window closes; under TCG ksoftirqd works through
+        // it for seconds after the flood.
+        std::thread::sleep(if emulated().is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(500)
+        });
+        let ticks = proc_stat_softirq_ticks() - ticks_before;
+        let sched_ns: u64 = ksoftirqd_ns()
+            .iter()
+            .zip(&sched_before)
+            .map(|(now, b)| now.saturating_sub(*b))
+            .sum();
+        Ok((sent, ticks, sched_ns))
     })?;
-    let ticks = proc_stat_softirq_ticks() - ticks_before;
-    let sched_ns: u64 = ksoftirqd
-        .iter()
-        .zip(&sched_before)
-        .map(|(p, b)| schedstat_ns(*p).saturating_sub(*b))
-        .sum();
     // Thousands of packets per second on this host; under qemu's TCG a few thousand in all.
     ensure(sent > 2000, || format!("hping3 sent only {sent} packets"))?;
 
@@ -414,11 +443,18 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
 
     // Total softirq time vs /proc/stat: the kernel samples softirq time once per tick (no
     // IRQ_TIME_ACCOUNTING here), in USER_HZ (10 ms) units, so only loose agreement is expected.
+    // Under TCG the guest's ticks come late (a tick accounts one tick's time however long it
+    // was), so /proc/stat undercounts: 287 ticks measured vs 173 sampled was seen on 5.10.
     let ticks_ours = total as f64 / 10_000.0;
-    ensure(
-        (ticks_ours - ticks as f64).abs() <= (ticks as f64 * 0.5).max(25.0),
-        || format!("softirq time {ticks_ours:.0} ticks (ours) vs {ticks} ticks in /proc/stat"),
-    )?;
+    let (ticks, ours_ticks) = (ticks as f64, ticks_ours);
+    let agree = if emulated().is_some() {
+        ours_ticks <= ticks * 2.5 + 25.0 && ours_ticks * 2.5 + 25.0 >= ticks
+    } else {
+        (ours_ticks - ticks).abs() <= (ticks * 0.5).max(25.0)
+    };
+    ensure(agree, || {
+        format!("softirq time {ticks_ours:.0} ticks (ours) vs {ticks} ticks in /proc/stat")
+    })?;
 
     // ksoftirqd's own CPU time (sched_switch accounting) vs the scheduler's own sum.
     let ours_ksoftirqd: u64 = intervals(&records)
@@ -427,7 +463,16 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
         .map(|k| k["cpu_time_us"].as_u64().unwrap_or(0))
         .sum();
     let truth_us = sched_ns / 1000;
-    ensure(within(ours_ksoftirqd, truth_us, 15.0, 20_000), || {
+    println!(
+        "    ({sent} packets sent, {truth} NET_RX softirqs, NET_RX {}% of {total} us softirq \
+         time ({ticks} ticks in /proc/stat), ksoftirqd {ours_ksoftirqd} us vs schedstat \
+         {truth_us} us)",
+        net_rx * 100 / total.max(1)
+    );
+    // Natively within 1-2 %; under TCG ours came out 10-23 % under schedstat's sum in every
+    // run on 5.10, 6.1 and 6.12 (ksoftirqd's time around our sched_switch programs).
+    let pct = if emulated().is_some() { 30.0 } else { 15.0 };
+    ensure(within(ours_ksoftirqd, truth_us, pct, 20_000), || {
         format!("ksoftirqd CPU time: ours {ours_ksoftirqd} us, schedstat {truth_us} us")
     })?;
 
