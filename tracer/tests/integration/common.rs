@@ -49,13 +49,6 @@ pub fn scaled(budget: Duration) -> Duration {
 /// spinners there starve the guest's RCU kthreads; they run on the host instead.
 const NATIVE_SPEED_ONLY: &[&str] = &[
     "sched::",
-    // Measured on debian-6.1 under TCG (6 of 9 pass there; no tool bug): the tool stops
-    // late by guest time (the -d timer and its process are starved by the emulator), so a
-    // thread sampled for "-d 3" at 99 Hz gets 328 samples, over the 297 + 10 one thread can
-    // have; the end record, read after a multi-second end-of-run symbolization, has 66 % more
-    // samples than the last snapshot instead of the ≤ 5 % allowed; and a startup error took
-    // 7 s against a 5 s budget.
-    "profile::",
     "softirq_top::histograms_count_every_entry",
     "softirq_top::syn_flood_",
     "forksnoop::summary_intervals",
