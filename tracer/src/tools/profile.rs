@@ -16,7 +16,10 @@ use aya::{
     maps::{IterableMap as _, MapData, PerCpuHashMap},
     programs::{
         PerfEvent,
-        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{
+            HardwareEvent, PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy,
+            SoftwareEvent,
+        },
     },
     util::online_cpus,
 };
@@ -131,7 +134,13 @@ pub struct KstacksArgs {
 /// The loaded and attached sampler.
 struct Sampler {
     /// Keeps the programs attached; dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// The sampling perf events (one per CPU) until `stop_sampling` detaches them.
+    links: Vec<PerfEventLinkId>,
+    /// When the perf events were attached: the first interval and `-d` count from here, so
+    /// that the time reported is the time sampled (load and symbol setup take seconds under
+    /// emulation).
+    started: Instant,
     counts: PerCpuHashMap<MapData, SampleKey, u64>,
     stack_map: StackMap,
     stats: StatsReader,
@@ -225,7 +234,8 @@ impl Sampler {
                 attach::describe(Mechanism::Tracepoint, &e)
             )
         })?;
-        let event = attach_sampler(program, &cpus, sample.frequency, sample.event)?;
+        let (event, links) = attach_sampler(program, &cpus, sample.frequency, sample.event)?;
+        let started = Instant::now();
         if sample.common.verbose {
             errln!(
                 "{tool}: perf event {event} at {} Hz on CPUs {}",
@@ -240,7 +250,9 @@ impl Sampler {
         let stack_map = StackMap::take(&mut ebpf, "STACKS")?;
         let stats = StatsReader::take(&mut ebpf)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
+            links,
+            started,
             counts,
             stack_map,
             stats,
@@ -248,6 +260,27 @@ impl Sampler {
             cpus: cpus.len(),
             hz: sample.frequency,
         })
+    }
+
+    /// Detaches the sampling perf events, so that the last report and the end record's stats
+    /// are read from counts that no longer change: every sample taken is in the last report
+    /// (or was not stored: map_full). Disabling a perf event runs on its CPU with interrupts
+    /// off, so no sample is half-counted once this returns.
+    fn stop_sampling(&mut self) -> Result<()> {
+        if self.links.is_empty() {
+            return Ok(());
+        }
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut("profile_sample")
+            .ok_or_else(|| anyhow!("profile_sample missing from the object (build bug)"))?
+            .try_into()?;
+        for link in self.links.drain(..) {
+            program
+                .detach(link)
+                .map_err(|e| anyhow!("cannot stop sampling: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Totals per key so far (summed over CPUs).
@@ -285,14 +318,16 @@ fn cpus_text(cpus: &[u32]) -> String {
         .join(",")
 }
 
-/// Opens one sampling perf event per CPU.
+/// Opens one sampling perf event per CPU; returns the event's name and the links.
 fn attach_sampler(
     program: &mut PerfEvent,
     cpus: &[u32],
     hz: u64,
     event: SampleEvent,
-) -> Result<&'static str> {
-    let attach_all = |program: &mut PerfEvent, config: PerfEventConfig| -> Result<(), String> {
+) -> Result<(&'static str, Vec<PerfEventLinkId>)> {
+    let attach_all = |program: &mut PerfEvent,
+                      config: PerfEventConfig|
+     -> Result<Vec<PerfEventLinkId>, String> {
         let mut links = Vec::new();
         for &cpu in cpus {
             match program.attach(
@@ -310,17 +345,17 @@ fn attach_sampler(
                 }
             }
         }
-        Ok(())
+        Ok(links)
     };
     match event {
         SampleEvent::Cycles => {
             attach_all(program, PerfEventConfig::Hardware(HardwareEvent::CpuCycles))
-                .map(|()| "cycles")
+                .map(|links| ("cycles", links))
                 .map_err(|e| anyhow!("cannot sample CPU cycles here ({e}); use --event cpu-clock"))
         }
         SampleEvent::CpuClock => {
             attach_all(program, PerfEventConfig::Software(SoftwareEvent::CpuClock))
-                .map(|()| "cpu-clock")
+                .map(|links| ("cpu-clock", links))
                 .map_err(|e| anyhow!("cannot open the cpu-clock perf event: {e}"))
         }
     }
@@ -363,7 +398,13 @@ async fn sample_loop(
     mut report: impl FnMut(&Sampler, &HashMap<SampleKey, u64>, Duration, &mut Symbols, &mut Out),
     out: &mut Out,
 ) -> Result<(HashMap<SampleKey, u64>, HashMap<String, u64>)> {
-    let stop = session::stop_requested(sample.common.duration.duration);
+    let stop = session::stop_requested(
+        sample
+            .common
+            .duration
+            .duration
+            .map(|d| d.saturating_sub(sampler.started.elapsed())),
+    );
     tokio::pin!(stop);
     let mut ticker = ticker(sample.interval.interval);
     let mut warm = tokio::time::interval(Duration::from_secs(1));
@@ -371,7 +412,7 @@ async fn sample_loop(
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     let mut evictor = Evictor::new(keep_totals);
     let mut printed = 0u64;
-    let mut since = Instant::now();
+    let mut since = sampler.started;
     loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
@@ -385,17 +426,20 @@ async fn sample_loop(
                 continue;
             }
         };
-        let delta = evictor.round(sampler.snapshot());
+        let final_round = stopped || sample.interval.count.is_some_and(|c| printed + 1 >= c);
+        if final_round {
+            sampler.stop_sampling()?;
+        }
         let elapsed = since.elapsed();
         since = Instant::now();
+        let delta = evictor.round(sampler.snapshot());
         // The last partial interval is only printed if it saw something.
         if !stopped || sample.interval.interval.is_none() || !delta.is_empty() {
             report(sampler, &delta, elapsed, symbols, out);
         }
         out.flush();
         printed += 1;
-        let last = stopped || out.closed() || sample.interval.count.is_some_and(|c| printed >= c);
-        if last {
+        if final_round || out.closed() {
             break;
         }
         if sample.interval.interval.is_some() {

@@ -43,30 +43,12 @@ pub fn scaled(budget: Duration) -> Duration {
     }
 }
 
-/// Tests whose assertions need native speed: duty cycles, scheduling latencies, sampling
-/// rates. Under qemu's TCG emulation (the VM stage) they measure the emulator; they run on
-/// the host instead.
-const NATIVE_SPEED_ONLY: &[&str] = &[
-    // Measured on debian-6.1 under TCG (6 of 9 pass there; no tool bug): the tool stops
-    // late by guest time (the -d timer and its process are starved by the emulator), so a
-    // thread sampled for "-d 3" at 99 Hz gets 328 samples, over the 297 + 10 one thread can
-    // have; the end record, read after a multi-second end-of-run symbolization, has 66 % more
-    // samples than the last snapshot instead of the ≤ 5 % allowed; and a startup error took
-    // 7 s against a 5 s budget.
-    "profile::",
-];
-
 /// A test that needs the given features; skipped with the first missing feature's reason.
+///
+/// Every test runs in every VM kernel too: a test whose native assertions depend on speed
+/// picks TCG-tolerant ones with `emulated()`; a skip is only for a missing kernel feature.
 pub fn trial(name: &str, needs: &'static [Need], body: fn() -> Result<(), Failed>) -> Trial {
-    let emulated = std::env::var("TRACER_VM")
-        .ok()
-        .filter(|_| NATIVE_SPEED_ONLY.iter().any(|p| name.starts_with(p)));
     Trial::ignorable_test(name, move || {
-        if let Some(kernel) = emulated {
-            return Ok(Completion::ignored_with(format!(
-                "needs native speed; runs on the host, not under qemu TCG ({kernel})"
-            )));
-        }
         for need in needs {
             if let Some(reason) = need.missing() {
                 return Ok(Completion::ignored_with(reason));
