@@ -64,22 +64,7 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
         folded.push(read_stacks(*input)?);
     }
     let (lines, default_title) = if args.diff {
-        let mut diff = Vec::new();
-        let options = inferno::differential::Options {
-            normalize: true,
-            strip_hex: false,
-        };
-        inferno::differential::from_readers(
-            options,
-            Cursor::new(folded[0].join("\n")),
-            Cursor::new(folded[1].join("\n")),
-            &mut diff,
-        )
-        .context("cannot compare the two profiles")?;
-        let lines = String::from_utf8_lossy(&diff)
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let lines = diff_lines(&folded[0], &folded[1])?;
         let title = format!(
             "Differential: {} → {} (red grew, blue shrank; before scaled to after's total)",
             name(inputs[0]),
@@ -113,12 +98,33 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
     }
 }
 
+/// Two-count folded lines (`stack BEFORE AFTER`) for a differential graph, BEFORE scaled to
+/// AFTER's total so a busier AFTER run does not paint everything red.
+pub fn diff_lines(before: &[String], after: &[String]) -> Result<Vec<String>> {
+    let mut diff = Vec::new();
+    let options = inferno::differential::Options {
+        normalize: true,
+        strip_hex: false,
+    };
+    inferno::differential::from_readers(
+        options,
+        Cursor::new(before.join("\n")),
+        Cursor::new(after.join("\n")),
+        &mut diff,
+    )
+    .context("cannot compare the two profiles")?;
+    Ok(String::from_utf8_lossy(&diff)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 fn name(input: Option<&Path>) -> String {
     input.map_or_else(|| "standard input".into(), |p| p.display().to_string())
 }
 
 /// An input as folded stack lines (`frame;frame;... count`, root first), whatever it was.
-fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
+pub fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
     let mut text = String::new();
     match input {
         None => {

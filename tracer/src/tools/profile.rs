@@ -7,6 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -89,7 +90,9 @@ pub struct SampleArgs {
     profile --comm 'ksoftirqd/*' -K  what the softirq threads execute\n  \
     profile --softirq -K             everything run in softirq context (inline or ksoftirqd)\n  \
     profile -f -d 30 > out.folded    folded stacks for flamegraph.pl / inferno\n  \
-    profile --svg cpu.svg -d 30      flame graph directly")]
+    profile --svg cpu.svg -d 30      flame graph directly
+  \
+    profile --svg diff.svg -d 30 --diff-against before.folded   what changed since then")]
 pub struct ProfileArgs {
     #[command(flatten)]
     pub task: TaskArgs,
@@ -110,6 +113,10 @@ pub struct ProfileArgs {
     /// How many stacks to print (text and JSON).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// With --svg: draw the flame graph as a differential one against an earlier run's folded
+    /// stacks (red grew, blue shrank; BEFORE scaled to this run's total).
+    #[arg(long, value_name = "BEFORE.folded")]
+    pub diff_against: Option<PathBuf>,
     #[command(flatten)]
     pub sample: SampleArgs,
 }
@@ -589,6 +596,14 @@ async fn run_sampler(
         .as_deref()
         .map(SvgFile::create)
         .transpose()?;
+    // The earlier run is read before sampling, so a bad file fails at once.
+    let before = match profile.and_then(|p| p.diff_against.as_deref()) {
+        Some(_) if svg.is_none() => {
+            usage_bail!("--diff-against draws a differential flame graph: add --svg FILE")
+        }
+        Some(path) => Some((path, super::flamegraph::read_stacks(Some(path))?)),
+        None => None,
+    };
     let softirq = profile.is_some_and(|p| p.softirq);
     let mut sampler = Sampler::start(tool, sample, config, softirq)?;
     let title = what_sampled(tool, profile, sample, sampler.event);
@@ -625,7 +640,17 @@ async fn run_sampler(
         let raws: Vec<RawStack> = totals.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
         let resolved = symbols.resolve_all(&raws);
         let lines = stacks::folded_with(evicted, &resolved, Unit::Samples);
-        svg.write(&lines, &title, "samples")?;
+        match &before {
+            Some((path, before)) => {
+                let diff = super::flamegraph::diff_lines(before, &lines)?;
+                let title = format!(
+                    "{title}: differential against {} (red grew, blue shrank)",
+                    path.display()
+                );
+                svg.write(&diff, &title, "samples")?;
+            }
+            None => svg.write(&lines, &title, "samples")?,
+        }
     }
     symbols.report_unknown(tool);
     let end = sampler.report_losses(tool);

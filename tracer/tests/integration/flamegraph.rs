@@ -27,6 +27,11 @@ pub fn tests() -> Vec<Trial> {
             &[Need::Root, Need::Command("bpftrace")],
             bpftrace_maps,
         ),
+        trial(
+            "flamegraph::profile_diff_against_an_earlier_run",
+            &[Need::Root],
+            profile_diff_against,
+        ),
         trial("flamegraph::bad_input", &[], bad_input),
     ]
 }
@@ -174,6 +179,68 @@ fn bpftrace_maps() -> Result<(), Failed> {
     let path = scratch("bpftrace.txt");
     std::fs::write(&path, &out.stdout).map_err(|e| fail(e.to_string()))?;
     widest_frame_is(&path, "tracer_workload_hot_function")
+}
+
+/// `profile --diff-against`: the earlier run spent its time elsewhere, so the workload's hot
+/// function grew from nothing (red) in the differential graph of this run.
+fn profile_diff_against() -> Result<(), Failed> {
+    let before = scratch("earlier.folded");
+    let svg = scratch("profile-diff.svg");
+    std::fs::write(&before, "tracer-workload;main;an_old_hot_path 500\n")
+        .map_err(|e| fail(e.to_string()))?;
+    let mut load = Command::new(WORKLOAD);
+    load.args(["hot", "600"]);
+    let mut workload = load.spawn().map_err(|e| fail(format!("workload: {e}")))?;
+    let pid = workload.id().to_string();
+    let out = output_within(
+        Command::new(TRACER).args([
+            "profile",
+            "-p",
+            &pid,
+            "-F",
+            "99",
+            "-d",
+            "2",
+            "--svg",
+            &svg.display().to_string(),
+            "--diff-against",
+            &before.display().to_string(),
+        ]),
+        scaled(DEADLINE),
+    );
+    let _ = workload.kill();
+    let _ = workload.wait();
+    let out = out?;
+    ensure(out.status.success(), || {
+        format!(
+            "profile --diff-against: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let text = std::fs::read_to_string(&svg).map_err(|e| fail(e.to_string()))?;
+    ensure(text.contains("differential against"), || {
+        "title does not say differential".into()
+    })?;
+    let frames = frames(&text);
+    let hot = frames
+        .iter()
+        .find(|(t, _)| t.starts_with("tracer_workload_hot_function"))
+        .ok_or_else(|| fail("no tracer_workload_hot_function frame"))?;
+    ensure(hot.1.starts_with("rgb(255,") && hot.0.contains("+"), || {
+        format!("the hot function grew but is not red: {hot:?}")
+    })?;
+    let no_svg = run(&[
+        "profile",
+        "-d",
+        "1",
+        "--diff-against",
+        &before.display().to_string(),
+    ]);
+    ensure(
+        no_svg.status.code() == Some(2)
+            && String::from_utf8_lossy(&no_svg.stderr).contains("add --svg FILE"),
+        || format!("--diff-against without --svg: {:?}", no_svg.status),
+    )
 }
 
 fn widest_frame_is(input: &Path, function: &str) -> Result<(), Failed> {
