@@ -96,10 +96,16 @@ const TOOLS: &[(&str, &[&str])] = &[
 
 /// Growth the soak has measured and that is not fixed yet: (tool, "RSS" or map name, why).
 /// Shown as KNOWN in the summary instead of failing the stage; each is a finding to fix, after
-/// which its row goes. None at the moment: the last rows (profile, kstacks and offcputime
-/// keeping the keys of live tasks' old stacks; serve's THREADS judged at a random point of its
-/// eviction cycle) were fixed by evicting idle keys and by scraping serve twice before sampling.
-const KNOWN: &[(&str, &str, &str)] = &[];
+/// which its row goes. Earlier rows (profile, kstacks and offcputime keeping the keys of live
+/// tasks' old stacks; serve's THREADS judged at a random point of its eviction cycle) were
+/// fixed by evicting idle keys and by scraping serve twice before sampling.
+const KNOWN: &[(&str, &str, &str)] = &[(
+    "offcputime",
+    "RSS",
+    "grows ~3 MiB in 10 min under the soak's ~500 tasks/s (2026-12-01: 24.3 -> 27.2 MiB; the \
+     same absolute growth as before the startup fix, 38.1 -> 40.7 and 38.4 -> 41.4, which the \
+     10 % allowance then hid) while its maps and symbol caches stay flat: not found yet",
+)];
 
 /// The steady load, one long-lived process per kind of activity: many short-lived tasks
 /// (~500 a second, what makes per-task keys pile up) but little CPU (about a fifth of one),
