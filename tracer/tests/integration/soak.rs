@@ -102,9 +102,11 @@ const TOOLS: &[(&str, &[&str])] = &[
 const KNOWN: &[(&str, &str, &str)] = &[(
     "offcputime",
     "RSS",
-    "grows ~3 MiB in 10 min under the soak's ~500 tasks/s (2026-12-01: 24.3 -> 27.2 MiB; the \
-     same absolute growth as before the startup fix, 38.1 -> 40.7 and 38.4 -> 41.4, which the \
-     10 % allowance then hid) while its maps and symbol caches stay flat: not found yet",
+    "its RSS alternates between ~21 and ~25 MiB with where a sample falls in the report \
+     cycle (2026-12-01, TRACER_SOAK_SAMPLES: lows flat at 20.5-21.3, highs 24.1-25.2 after the \
+     first 200 s), so the median of a third depends on the mix of lows and highs (first-third \
+     21.9 -> last-third 24.6): not a leak as far as the curve shows, but the median-of-thirds \
+     rule cannot tell; judging each phase's envelope would",
 )];
 
 /// The steady load, one long-lived process per kind of activity: many short-lived tasks
