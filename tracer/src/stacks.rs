@@ -848,6 +848,19 @@ pub fn stack_json(stack: &Stack, total: u64) -> Value {
     })
 }
 
+/// Renders folded lines (one- or two-count) as an inferno flame graph into `writer`.
+pub fn render_svg(
+    lines: &[String],
+    title: &str,
+    count_name: &str,
+    writer: impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_string();
+    options.count_name = count_name.to_string();
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), writer)
+}
+
 /// The `--svg FILE` target, opened before any tracing so a bad path fails at once.
 pub struct SvgFile {
     path: PathBuf,
@@ -867,15 +880,8 @@ impl SvgFile {
     /// Renders folded lines with inferno. `title` should say what was sampled; `count_name`
     /// is the unit shown on hover ("samples", "us").
     pub fn write(self, lines: &[String], title: &str, count_name: &str) -> Result<()> {
-        let mut options = inferno::flamegraph::Options::default();
-        options.title = title.to_string();
-        options.count_name = count_name.to_string();
         let mut writer = BufWriter::new(self.file);
-        let result = inferno::flamegraph::from_lines(
-            &mut options,
-            lines.iter().map(String::as_str),
-            &mut writer,
-        );
+        let result = render_svg(lines, title, count_name, &mut writer);
         writer
             .flush()
             .with_context(|| format!("cannot write {}", self.path.display()))?;

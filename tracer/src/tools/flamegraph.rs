@@ -83,15 +83,8 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
         Some(file) => file.write(&lines, &title, &args.count_name),
         None => {
             let mut bytes = Vec::new();
-            let mut options = inferno::flamegraph::Options::default();
-            options.title = title;
-            options.count_name = args.count_name;
-            inferno::flamegraph::from_lines(
-                &mut options,
-                lines.iter().map(String::as_str),
-                &mut bytes,
-            )
-            .map_err(|e| anyhow!("cannot render the flame graph: {e}"))?;
+            crate::stacks::render_svg(&lines, &title, &args.count_name, &mut bytes)
+                .map_err(|e| anyhow!("cannot render the flame graph: {e}"))?;
             output::write_stdout_bytes(&bytes);
             Ok(())
         }

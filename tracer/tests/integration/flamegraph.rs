@@ -165,13 +165,10 @@ fn bpftrace_maps() -> Result<(), Failed> {
                    interval:s:3 { exit(); }";
     let mut cmd = Command::new("bpftrace");
     cmd.args(["-e", program]);
-    let mut load = Command::new(WORKLOAD);
-    // Runs until killed: under TCG bpftrace takes seconds to attach before its 3 s window.
-    load.args(["hot", "600"]);
-    let mut workload = load.spawn().map_err(|e| fail(format!("workload: {e}")))?;
+    // Runs until dropped: under TCG bpftrace takes seconds to attach before its 3 s window.
+    let workload = HotLoop::start()?;
     let out = output_within(&mut cmd, scaled(DEADLINE));
-    let _ = workload.kill();
-    let _ = workload.wait();
+    drop(workload);
     let out = out?;
     ensure(out.status.success(), || {
         format!("bpftrace failed: {}", String::from_utf8_lossy(&out.stderr))
@@ -188,10 +185,8 @@ fn profile_diff_against() -> Result<(), Failed> {
     let svg = scratch("profile-diff.svg");
     std::fs::write(&before, "tracer-workload;main;an_old_hot_path 500\n")
         .map_err(|e| fail(e.to_string()))?;
-    let mut load = Command::new(WORKLOAD);
-    load.args(["hot", "600"]);
-    let mut workload = load.spawn().map_err(|e| fail(format!("workload: {e}")))?;
-    let pid = workload.id().to_string();
+    let workload = HotLoop::start()?;
+    let pid = workload.0.id().to_string();
     let out = output_within(
         Command::new(TRACER).args([
             "profile",
@@ -208,8 +203,7 @@ fn profile_diff_against() -> Result<(), Failed> {
         ]),
         scaled(DEADLINE),
     );
-    let _ = workload.kill();
-    let _ = workload.wait();
+    drop(workload);
     let out = out?;
     ensure(out.status.success(), || {
         format!(
@@ -241,6 +235,26 @@ fn profile_diff_against() -> Result<(), Failed> {
             && String::from_utf8_lossy(&no_svg.stderr).contains("add --svg FILE"),
         || format!("--diff-against without --svg: {:?}", no_svg.status),
     )
+}
+
+/// The workload's hot loop, running until dropped (then killed and reaped).
+struct HotLoop(std::process::Child);
+
+impl HotLoop {
+    fn start() -> Result<Self, Failed> {
+        Command::new(WORKLOAD)
+            .args(["hot", "600"])
+            .spawn()
+            .map(Self)
+            .map_err(|e| fail(format!("workload: {e}")))
+    }
+}
+
+impl Drop for HotLoop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn widest_frame_is(input: &Path, function: &str) -> Result<(), Failed> {
