@@ -13,6 +13,9 @@ mod usage;
 mod attach;
 mod btf;
 mod cli_vocabulary;
+// Used by the kernel-thread lens tools (reclaimtop, biotop, wqtop) as they land.
+#[allow(dead_code)]
+mod cgroup;
 mod filters;
 mod hist;
 mod kprobe_multi;
