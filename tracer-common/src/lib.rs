@@ -8,6 +8,7 @@
 pub mod comm;
 pub mod forksnoop;
 pub mod hist;
+pub mod migrations;
 pub mod offcputime;
 pub mod probe;
 pub mod probes;

@@ -92,4 +92,11 @@ impl Task {
     pub fn state(self, state_offset: u32) -> Option<u32> {
         self.read_u32(state_offset)
     }
+
+    /// The CPU the task is on (`task_struct::cpu`, or `thread_info.cpu` where that moved):
+    /// the caller passes the offset it resolved from BTF.
+    #[inline(always)]
+    pub fn cpu(self, cpu_offset: u32) -> Option<u32> {
+        self.read_u32(cpu_offset)
+    }
 }

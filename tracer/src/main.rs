@@ -79,6 +79,8 @@ enum Tool {
     Stackcount(tools::stackcount::StackcountArgs),
     /// Top-like view of threads by on-CPU time measured from sched_switch; kernel-thread roles.
     Ktop(tools::ktop::KtopArgs),
+    /// Task migrations between CPUs per interval, and what the migration/N stopper threads ran.
+    Migrations(tools::migrations::MigrationsArgs),
     /// Run-queue latency (wakeup to run) as a log2 histogram.
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
@@ -116,6 +118,7 @@ const TOOL_NAMES: &[&str] = &[
     "tplist",
     "stackcount",
     "ktop",
+    "migrations",
     "runqlat",
     "cpudist",
     "kthreads",
@@ -211,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Tplist(args) => runtime()?.block_on(tools::tplist::run(args)),
         Tool::Stackcount(args) => runtime()?.block_on(tools::stackcount::run(args)),
         Tool::Ktop(args) => runtime()?.block_on(tools::ktop::run(args)),
+        Tool::Migrations(args) => runtime()?.block_on(tools::migrations::run(args)),
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),

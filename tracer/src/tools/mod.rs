@@ -10,6 +10,7 @@ pub mod funccount;
 pub mod funclatency;
 pub mod kthreads;
 pub mod ktop;
+pub mod migrations;
 pub mod offcputime;
 pub mod profile;
 pub mod runqlat;

@@ -326,7 +326,7 @@ fn cpus_text(cpus: &[u32]) -> String {
 }
 
 /// Opens one sampling perf event per CPU; returns the event's name and the links.
-fn attach_sampler(
+pub(super) fn attach_sampler(
     program: &mut PerfEvent,
     cpus: &[u32],
     hz: u64,
