@@ -133,6 +133,7 @@ const CASES: &[Case] = &[
         "not a positive count",
     ),
     usage(&["ktop", "-d", "inf"], "out of range"),
+    usage(&["migrations", "0"], "out of range"),
     usage(&["funccount", "u:libc:write", "0.001"], "out of range"),
     usage(&["forksnoop", "1"], "apply to --summary"),
     // Absurd frequencies, unknown CPUs.
@@ -160,6 +161,14 @@ const CASES: &[Case] = &[
         "no process with PID 999999999",
     ),
     usage(&["ktop", "-p", "0"], "no process with PID 0"),
+    usage(
+        &["migrations", "-p", "999999999"],
+        "no process with PID 999999999",
+    ),
+    usage(
+        &["migrations", "--stoppers", "-F", "0"],
+        "sampling frequency must be 1 to 10000",
+    ),
     usage(
         &["offcputime", "-t", "999999999"],
         "no thread with TID 999999999",

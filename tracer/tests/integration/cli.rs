@@ -166,6 +166,7 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
         &["offcputime", "-T", "-d", "1.3", "0.5"],
         &["profile", "-T", "-d", "1.3", "0.5"],
         &["softirq-top", "-T", "-d", "1.3", "0.5"],
+        &["migrations", "-T", "-d", "1.3", "0.5"],
         &["kthreads", "-T"],
     ];
     for args in cases {
@@ -229,6 +230,8 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["tplist", "--json", "-v", "sched:sched_process_fork"],
         &["stackcount", "--json", "t:sched:sched_switch", "-d", "0.5"],
         &["ktop", "--json", "0.3", "1"],
+        &["migrations", "--json", "0.3", "1"],
+        &["migrations", "--json", "--stoppers", "-G", "-d", "0.5"],
         &["runqlat", "--json", "0.3", "1"],
         &["runqlat", "-P", "--json", "0.3", "1"],
         &["cpudist", "--json", "0.3", "1"],

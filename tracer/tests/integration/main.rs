@@ -12,6 +12,7 @@ mod dist;
 mod doctor;
 mod flamegraph;
 mod forksnoop;
+mod migrations;
 mod overload;
 mod pipes;
 mod probe_tools;
@@ -37,6 +38,7 @@ fn main() {
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
+    trials.extend(migrations::tests());
     trials.extend(overload::tests());
     trials.extend(pipes::tests());
     trials.extend(serve::tests());
