@@ -4,16 +4,35 @@
 //!
 //! Kernel threads are named by the code that creates them (`kthread_create(fn, data,
 //! "ksoftirqd/%u", cpu)`), so the name before the instance suffix identifies the code.
+//!
+//! Where a tracer tool answers "what is this thread doing, and for whom", the row also names
+//! it (`see`): kthreads and ktop print it next to the role, so a busy kswapd0 points at
+//! reclaimtop and a busy migration/1 at migrations.
 
-/// One table row: a name pattern and the role of threads matching it.
+/// One table row: a name pattern, the role of threads matching it, and the tracer tool that
+/// explains their work (the command to run, options included).
 struct Role {
     /// Exact name, or a prefix when it ends in '*'.
     pattern: &'static str,
     role: &'static str,
+    see: Option<&'static str>,
 }
 
 const fn r(pattern: &'static str, role: &'static str) -> Role {
-    Role { pattern, role }
+    Role {
+        pattern,
+        role,
+        see: None,
+    }
+}
+
+/// A row whose threads' work a tracer tool breaks down.
+const fn rs(pattern: &'static str, role: &'static str, see: &'static str) -> Role {
+    Role {
+        pattern,
+        role,
+        see: Some(see),
+    }
 }
 
 /// First match wins: specific patterns before general ones.
@@ -26,29 +45,35 @@ const ROLES: &[Role] = &[
         "swapper/*",
         "idle task of this CPU (pid 0): runs when nothing else is runnable",
     ),
-    r(
+    rs(
         "ksoftirqd/*",
         "runs softirqs (NET_RX, TIMER, RCU, BLOCK...) on its CPU when they pile up",
+        "softirq-top",
     ),
-    r(
+    rs(
         "kworker/R-*",
         "workqueue rescuer: runs that workqueue's items when no worker can be created",
+        "wqtop",
     ),
-    r(
+    rs(
         "kworker/u*",
         "unbound workqueue worker (pool in the name): deferred work on any allowed CPU",
+        "wqtop",
     ),
-    r(
+    rs(
         "kworker/*H*",
         "high-priority per-CPU workqueue worker (CPU:ID H): deferred work",
+        "wqtop",
     ),
-    r(
+    rs(
         "kworker/*",
         "per-CPU workqueue worker (CPU:ID): runs deferred work items on that CPU",
+        "wqtop",
     ),
-    r(
+    rs(
         "migration/*",
         "CPU stopper: moves tasks off its CPU (load balancing, hotplug, stop_machine)",
+        "migrations",
     ),
     r("cpuhp/*", "CPU hotplug state machine for its CPU"),
     r(
@@ -103,9 +128,10 @@ const ROLES: &[Role] = &[
         "RCU expedited grace periods (synchronize_rcu_expedited)",
     ),
     r("rcu_*", "RCU machinery"),
-    r(
+    rs(
         "kswapd*",
         "page reclaim when free memory < low watermark (one per NUMA node)",
+        "reclaimtop",
     ),
     r(
         "kcompactd*",
@@ -127,8 +153,16 @@ const ROLES: &[Role] = &[
         "oom_reaper",
         "frees the memory of OOM-killed processes early",
     ),
-    r("kswapd", "page reclaim when free memory < low watermark"),
-    r("jbd2/*", "ext4 journal commits for that device"),
+    rs(
+        "kswapd",
+        "page reclaim when free memory < low watermark",
+        "reclaimtop",
+    ),
+    rs(
+        "jbd2/*",
+        "ext4 journal commits for that device",
+        "biotop --jbd2",
+    ),
     r(
         "xfsaild/*",
         "XFS: pushes logged metadata to disk for that device",
@@ -197,6 +231,25 @@ pub fn role(comm: &str) -> Option<&'static str> {
         .iter()
         .find(|r| matches(r.pattern, comm))
         .map(|r| r.role)
+}
+
+/// The tracer command that breaks down the work of a kernel thread named `comm`
+/// (`reclaimtop` for kswapd0, `biotop --jbd2` for jbd2/sda1-8), if there is one.
+pub fn see(comm: &str) -> Option<&'static str> {
+    ROLES
+        .iter()
+        .find(|r| matches(r.pattern, comm))
+        .and_then(|r| r.see)
+}
+
+/// `role` with the tool pointer appended, as kthreads and ktop print it: "page reclaim when
+/// free memory < low watermark (one per NUMA node); see reclaimtop".
+pub fn role_and_see(role: &str, see: Option<&str>) -> String {
+    match see {
+        Some(tool) if role.is_empty() => format!("see {tool}"),
+        Some(tool) => format!("{role}; see {tool}"),
+        None => role.to_string(),
+    }
 }
 
 /// The role of a group (see `group`), given the name of one of its members: the member's role,
@@ -276,6 +329,26 @@ mod tests {
         assert!(role("kthreadd").is_some());
         assert!(role("kdamond.0").unwrap().contains("DAMON"));
         assert_eq!(role("nginx"), None);
+    }
+
+    #[test]
+    fn see_points_at_the_tool_for_the_thread() {
+        assert_eq!(see("kswapd0"), Some("reclaimtop"));
+        assert_eq!(see("jbd2/vda-8"), Some("biotop --jbd2"));
+        assert_eq!(see("kworker/u4:2-events_unbound"), Some("wqtop"));
+        assert_eq!(see("kworker/0:1H-kblockd"), Some("wqtop"));
+        assert_eq!(see("kworker/R-rcu_gp"), Some("wqtop"));
+        assert_eq!(see("kworker/1:0-events"), Some("wqtop"));
+        assert_eq!(see("ksoftirqd/1"), Some("softirq-top"));
+        assert_eq!(see("migration/0"), Some("migrations"));
+        assert_eq!(see("rcu_preempt"), None);
+        assert_eq!(see("nginx"), None);
+        assert_eq!(
+            role_and_see("ext4 journal commits for that device", see("jbd2/sda1-8")),
+            "ext4 journal commits for that device; see biotop --jbd2"
+        );
+        assert_eq!(role_and_see("", Some("wqtop")), "see wqtop");
+        assert_eq!(role_and_see("RCU machinery", None), "RCU machinery");
     }
 
     #[test]

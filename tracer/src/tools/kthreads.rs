@@ -157,6 +157,7 @@ fn thread_json(t: &Kthread, depth: usize) -> Value {
         json!({
             "type": "kthread", "pid": t.pid, "ppid": t.ppid, "depth": depth, "comm": t.comm,
             "group": kthread_roles::group(&t.comm), "role": kthread_roles::role(&t.comm),
+            "see": kthread_roles::see(&t.comm),
             "state": t.state.to_string(), "state_name": state_name(t.state),
             "cpus_allowed": t.cpus_allowed, "last_cpu": t.last_cpu, "cpu_secs": t.cpu_secs,
             "nice": t.nice, "rt_priority": t.rt_priority,
@@ -214,7 +215,10 @@ fn print_threads(args: &KthreadsArgs, threads: &[Kthread], out: &mut Out) {
                 t.cpus_allowed,
                 t.cpu_secs,
                 name,
-                kthread_roles::role(&t.comm).unwrap_or("")
+                kthread_roles::role_and_see(
+                    kthread_roles::role(&t.comm).unwrap_or(""),
+                    kthread_roles::see(&t.comm)
+                )
             ));
         }
         if let Some(kids) = children.get(&t.pid) {
@@ -256,11 +260,13 @@ fn print_groups(args: &KthreadsArgs, threads: &[Kthread], out: &mut Out) {
     }
     for (name, g) in rows {
         let role = kthread_roles::group_role(&name, &g.example);
+        // Every member of a group is served by the same tool (all kworkers by wqtop).
+        let see = kthread_roles::see(&g.example);
         if args.output.json {
             out.json(&with_schema(
                 TOOL,
                 json!({"type": "group", "group": name, "threads": g.threads, "active": g.running,
-                       "cpu_secs": g.cpu_secs, "role": role}),
+                       "cpu_secs": g.cpu_secs, "role": role, "see": see}),
             ));
         } else {
             out.line(&format!(
@@ -269,7 +275,7 @@ fn print_groups(args: &KthreadsArgs, threads: &[Kthread], out: &mut Out) {
                 g.threads,
                 g.running,
                 g.cpu_secs,
-                role.unwrap_or("")
+                kthread_roles::role_and_see(role.unwrap_or(""), see)
             ));
         }
     }

@@ -522,22 +522,27 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A kernel thread's role (a kworker's: the work function it ran) and the tool that breaks
+/// its work down ("; see wqtop").
 fn role_or_work(row: &Row) -> String {
     if !row.kthread {
         return String::new();
     }
+    let see = kthread_roles::see(&row.comm);
     if let Some((function, items)) = &row.work
         && row.comm.starts_with("kworker/")
     {
-        return if *items > 0 {
+        let work = if *items > 0 {
             format!("{function} ({items} items)")
         } else {
             format!("{function} (last)")
         };
+        return kthread_roles::role_and_see(&work, see);
     }
-    kthread_roles::role(&row.comm)
-        .unwrap_or("kernel thread")
-        .to_string()
+    kthread_roles::role_and_see(
+        kthread_roles::role(&row.comm).unwrap_or("kernel thread"),
+        see,
+    )
 }
 
 fn print_text(
@@ -631,6 +636,7 @@ fn interval_json(now: &Snapshot, before: &Snapshot, rows: &[&Row]) -> Value {
             json!({
                 "pid": r.tgid, "tid": r.tid, "comm": r.comm, "kthread": r.kthread,
                 "role": r.kthread.then(|| kthread_roles::role(&r.comm)).flatten(),
+                "see": r.kthread.then(|| kthread_roles::see(&r.comm)).flatten(),
                 "cpu": r.cpu, "oncpu_ns": r.oncpu_ns, "oncpu_pct": pct(r.oncpu_ns, interval_ns),
                 "per_cpu": per_cpu,
                 "voluntary": r.voluntary, "involuntary": r.involuntary,

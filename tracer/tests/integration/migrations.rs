@@ -3,7 +3,8 @@
 //! directions as the moves were, matching the kernel's own count of sched_migrate_task for
 //! that pid (a tracefs hist trigger where the kernel has CONFIG_HIST_TRIGGERS, else the
 //! event in a private tracefs instance, filtered to the pid); the migrations a stopper thread
-//! carried out must be named migration_cpu_stop (sched_setaffinity's stopper work).
+//! carried out must be named migration_cpu_stop (sched_setaffinity's stopper work). One tool
+//! per rung of the attach ladder (tp_btf, raw_tp, the classic tracepoint) runs at once.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +22,9 @@ use crate::common::{
 
 const TRACING: &str = "/sys/kernel/tracing";
 const EVENT: &str = "events/sched/sched_migrate_task";
+
+/// Every rung of the tool's ladder.
+const RUNGS: &[&str] = &["tp_btf", "raw_tp", "tracepoint"];
 
 pub fn tests() -> Vec<Trial> {
     vec![Trial::ignorable_test(
@@ -163,7 +167,14 @@ fn taskset_moves_are_counted_exactly() -> TestResult {
     spinner.go();
     let kernel = KernelCount::start(pid)?;
     let pid_text = pid.to_string();
-    let tool = start(&["migrations", "-p", &pid_text, "--json"])?;
+    // One tool per rung of the ladder, all attached at once: each must see every move.
+    let mut tools = Vec::new();
+    for rung in RUNGS {
+        tools.push((
+            *rung,
+            start(&["migrations", "-p", &pid_text, "--json", "--attach", rung])?,
+        ));
+    }
     let mut expected_ab = 0u64;
     let mut expected_ba = 0u64;
     let mut on = a;
@@ -187,11 +198,42 @@ fn taskset_moves_are_counted_exactly() -> TestResult {
         on = to;
         thread::sleep(Duration::from_millis(20));
     }
-    let done = tool.stop(libc::SIGINT)?.ok()?;
     let kernel_count = kernel.count()?;
     drop(kernel);
     drop(spinner);
-    let records = done.json()?;
+    ensure(kernel_count == u64::from(moves), || {
+        format!(
+            "{moves} moves, the kernel's own count of sched_migrate_task for pid {pid}: {kernel_count}"
+        )
+    })?;
+    for (rung, tool) in tools {
+        let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+        check_rung(
+            rung,
+            &records,
+            pid,
+            moves,
+            (a, b),
+            (expected_ab, expected_ba),
+        )
+        .map_err(|e| fail(format!("--attach {rung}: {}", e.message().unwrap_or(""))))?;
+    }
+    Ok(Completion::Completed)
+}
+
+/// What one tool counted against the moves made.
+fn check_rung(
+    rung: &str,
+    records: &[Value],
+    pid: u32,
+    moves: u32,
+    (a, b): (u32, u32),
+    (expected_ab, expected_ba): (u64, u64),
+) -> Result<(), Failed> {
+    let end = records.iter().find(|r| r["type"] == "end");
+    ensure(end.is_some_and(|e| e["attach"] == rung), || {
+        format!("not attached with {rung}: {end:?}")
+    })?;
     let interval = records
         .iter()
         .find(|r| r["type"] == "interval")
@@ -202,11 +244,6 @@ fn taskset_moves_are_counted_exactly() -> TestResult {
     let counted = task.and_then(|t| t["migrations"].as_u64()).unwrap_or(0);
     ensure(counted == u64::from(moves), || {
         format!("{moves} moves of pid {pid}, migrations counted {counted}: {interval}")
-    })?;
-    ensure(kernel_count == u64::from(moves), || {
-        format!(
-            "{moves} moves, the kernel's own count of sched_migrate_task for pid {pid}: {kernel_count}"
-        )
     })?;
     let pair = |from: u32, to: u32| {
         interval["pairs"]
@@ -241,6 +278,5 @@ fn taskset_moves_are_counted_exactly() -> TestResult {
     ensure(
         work.iter().all(|w| w["function"] == "migration_cpu_stop"),
         || format!("stopper work of sched_setaffinity moves is not migration_cpu_stop: {work:?}"),
-    )?;
-    Ok(Completion::Completed)
+    )
 }

@@ -241,6 +241,20 @@ fn ktop_duty_cycle_and_sleeper() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The tool each kind of kernel thread is pointed at (docs/tools/kthreads.md, issue 14).
+fn expected_see(comm: &str) -> Option<&'static str> {
+    [
+        ("kswapd", "reclaimtop"),
+        ("jbd2/", "biotop --jbd2"),
+        ("kworker/", "wqtop"),
+        ("ksoftirqd/", "softirq-top"),
+        ("migration/", "migrations"),
+    ]
+    .iter()
+    .find(|(prefix, _)| comm.starts_with(prefix))
+    .map(|(_, tool)| *tool)
+}
+
 fn ktop_kthread_flags_match_proc() -> Result<(), Failed> {
     let records = json_run(&["ktop", "--json", "1", "2"], Duration::from_secs(15))?;
     let (mut kernel, mut user) = (0, 0);
@@ -263,7 +277,17 @@ fn ktop_kthread_flags_match_proc() -> Result<(), Failed> {
                     !t["role"].is_null() || t["comm"].as_str().is_some_and(|c| !c.is_empty()),
                     || format!("{t}"),
                 )?;
+                let expected = expected_see(t["comm"].as_str().unwrap_or(""));
+                ensure(t["see"].as_str() == expected, || {
+                    format!(
+                        "ktop points a kernel thread at {}, expected {expected:?}: {t}",
+                        t["see"]
+                    )
+                })?;
             } else {
+                ensure(t["see"].is_null(), || {
+                    format!("a user thread with a pointer: {t}")
+                })?;
                 user += 1;
             }
         }
@@ -841,11 +865,43 @@ fn kthreads_matches_proc() -> Result<(), Failed> {
             .is_some_and(|r| r.contains("softirq")),
         || format!("{ksoftirqd}"),
     )?;
+    // Every thread the lens tools explain points at its tool, in JSON and in the text.
+    for r in &records {
+        let comm = r["comm"].as_str().unwrap_or("");
+        let expected = expected_see(comm);
+        ensure(r["see"].as_str() == expected, || {
+            format!("{comm} points at {}, expected {expected:?}: {r}", r["see"])
+        })?;
+    }
+    for comm in ["ksoftirqd/0", "migration/0"] {
+        ensure(records.iter().any(|r| r["comm"] == comm), || {
+            format!("no {comm} listed")
+        })?;
+    }
+    let listing = run(&["kthreads"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    for (comm, see) in [
+        ("ksoftirqd/0", "see softirq-top"),
+        ("migration/0", "see migrations"),
+    ] {
+        ensure(
+            text.lines()
+                .any(|l| l.contains(&format!(" {comm} ")) && l.ends_with(see)),
+            || format!("no '{comm} ... {see}' line in:\n{text}"),
+        )?;
+    }
     let group = run(&["kthreads", "--group"]);
     let text = String::from_utf8_lossy(&group.stdout);
-    ensure(text.lines().any(|l| l.starts_with("ksoftirqd/*")), || {
-        text.to_string()
-    })?;
+    ensure(
+        text.lines()
+            .any(|l| l.starts_with("ksoftirqd/*") && l.ends_with("; see softirq-top")),
+        || text.to_string(),
+    )?;
+    ensure(
+        text.lines()
+            .any(|l| l.starts_with("kworker/*") && l.ends_with("; see wqtop")),
+        || text.to_string(),
+    )?;
     Ok(())
 }
 
