@@ -121,15 +121,17 @@ fn on_migrate<C: StackIdContext>(ctx: &C, m: Migration) -> i32 {
 
 #[inline(always)]
 fn from_task<C: StackIdContext>(ctx: &C, task: Task, dest_cpu: u64) -> i32 {
-    let (Some(pid), Some(tgid), Some(comm), Some(from_cpu)) = (
-        task.pid(),
-        task.tgid(),
-        task.comm(),
-        task.cpu(config().task_cpu_offset),
-    ) else {
+    let (Some(pid), Some(tgid), Some(from_cpu)) =
+        (task.pid(), task.tgid(), task.cpu(config().task_cpu_offset))
+    else {
         bump(&STATS, STAT_READ_ERRORS);
         return 0;
     };
+    // Not part of the test above: with the comm's Option in it, LLVM re-tests the helper's
+    // result on a merged path, which verifiers before 6.8 cannot prove and reject (a
+    // register read before it is set on a path that cannot happen). A task whose comm cannot
+    // be read is counted with an empty one.
+    let comm = task.comm().unwrap_or([0; TASK_COMM_LEN]);
     on_migrate(
         ctx,
         Migration {

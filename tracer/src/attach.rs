@@ -356,13 +356,17 @@ pub fn describe(mechanism: Mechanism, err: &ProgramError) -> String {
         if std::env::var_os("TRACER_VERIFIER_LOG").is_some() {
             errln!("--- verifier log ({mechanism}) ---\n{log}");
         }
-        // The verifier's own summary lines come last; the reason is just before them.
+        // The verifier's own summary lines come last ("verification time", "stack depth",
+        // "processed", in that order on 5.10-6.1); the reason is just before them.
         let last = log
             .lines()
             .rev()
             .map(str::trim)
             .find(|l| {
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+                !l.is_empty()
+                    && !l.starts_with("processed ")
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
             })
             .unwrap_or("");
         return match (io_error.raw_os_error(), last.is_empty()) {
