@@ -88,6 +88,7 @@ const TOOLS: &[(&str, &[&str])] = &[
     // level off like the others.
     ("stackcount", &["t:sched:sched_process_fork"]),
     ("ktop", &[INTERVAL]),
+    ("migrations", &["--stoppers", "-F", "99", INTERVAL]),
     ("runqlat", &[INTERVAL]),
     ("cpudist", &[INTERVAL]),
     // Scraped twice at every sample (see `Tool::sample`).
