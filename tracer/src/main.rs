@@ -79,6 +79,8 @@ enum Tool {
     Stackcount(tools::stackcount::StackcountArgs),
     /// Top-like view of threads by on-CPU time measured from sched_switch; kernel-thread roles.
     Ktop(tools::ktop::KtopArgs),
+    /// Live workqueue work per function: runs, time in the worker, queue latency, who queued it.
+    Wqtop(tools::wqtop::WqtopArgs),
     /// Run-queue latency (wakeup to run) as a log2 histogram.
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
@@ -116,6 +118,7 @@ const TOOL_NAMES: &[&str] = &[
     "tplist",
     "stackcount",
     "ktop",
+    "wqtop",
     "runqlat",
     "cpudist",
     "kthreads",
@@ -211,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Tplist(args) => runtime()?.block_on(tools::tplist::run(args)),
         Tool::Stackcount(args) => runtime()?.block_on(tools::stackcount::run(args)),
         Tool::Ktop(args) => runtime()?.block_on(tools::ktop::run(args)),
+        Tool::Wqtop(args) => runtime()?.block_on(tools::wqtop::run(args)),
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),

@@ -229,6 +229,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["tplist", "--json", "-v", "sched:sched_process_fork"],
         &["stackcount", "--json", "t:sched:sched_switch", "-d", "0.5"],
         &["ktop", "--json", "0.3", "1"],
+        &["wqtop", "--json", "0.3", "1"],
         &["runqlat", "--json", "0.3", "1"],
         &["runqlat", "-P", "--json", "0.3", "1"],
         &["cpudist", "--json", "0.3", "1"],

@@ -55,6 +55,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
         Last::JsonEnd,
     ),
     ("ktop", &["--json"], Last::JsonEnd),
+    ("wqtop", &["--json"], Last::JsonEnd),
     ("runqlat", &["--json"], Last::JsonEnd),
     ("cpudist", &["--json"], Last::JsonEnd),
     // A free port, so it cannot collide with another serve.
