@@ -202,9 +202,15 @@ fn offsets(btf: &KernelBtf) -> Result<WqConfig> {
         let hot = btf.percpu_var_offset("pcpu_hot").ok()?;
         Some(hot + btf.member_offset("pcpu_hot", "preempt_count").ok()?)
     });
-    if let (Some(preempt), Ok(rq), Some(se), Some(cfs_rq), Some(rq_of), Some(cpu)) = (
-        preempt,
-        btf.percpu_var_offset("runqueues"),
+    let btf_distance = preempt.and_then(|preempt| {
+        let rq = btf.percpu_var_offset("runqueues").ok()?;
+        Some(i64::from(preempt) - i64::from(rq))
+    });
+    // BTF without per-CPU variables (pahole before 1.18 built it: Debian's 5.10): the same
+    // distance from /proc/kallsyms, which lists per-CPU symbols with CONFIG_KALLSYMS_ALL.
+    let distance = btf_distance.or_else(kallsyms_preempt_from_rq);
+    if let (Some(distance), Some(se), Some(cfs_rq), Some(rq_of), Some(cpu)) = (
+        distance,
         member("task_struct", "se"),
         member("sched_entity", "cfs_rq"),
         member("cfs_rq", "rq"),
@@ -214,10 +220,39 @@ fn offsets(btf: &KernelBtf) -> Result<WqConfig> {
         config.se_cfs_rq_offset = cfs_rq;
         config.cfs_rq_rq_offset = rq_of;
         config.rq_cpu_offset = cpu;
-        config.preempt_from_rq = i64::from(preempt) - i64::from(rq);
+        config.preempt_from_rq = distance;
         config.preempt_known = 1;
     }
     Ok(config)
+}
+
+/// `&__preempt_count - &runqueues` from /proc/kallsyms, when it lists both.
+fn kallsyms_preempt_from_rq() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let (mut preempt, mut rq) = (None, None);
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(address), Some(_kind), Some(name), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let slot = match name {
+            "__preempt_count" => &mut preempt,
+            "runqueues" => &mut rq,
+            _ => continue,
+        };
+        *slot = u64::from_str_radix(address, 16).ok();
+        if preempt.is_some() && rq.is_some() {
+            break;
+        }
+    }
+    let (preempt, rq) = (preempt?, rq?);
+    // All zeros: kptr_restrict hides the addresses.
+    if preempt == 0 && rq == 0 {
+        return None;
+    }
+    Some(preempt.wrapping_sub(rq) as i64)
 }
 
 fn attach_event(

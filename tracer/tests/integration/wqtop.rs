@@ -211,8 +211,16 @@ fn check_queuers(records: &[&Value], pid: u32, expected: u64) -> Result<(), Fail
 fn runs_match_tracefs_each_mechanism() -> Result<(), Failed> {
     let n = reads();
     let expected = n * online_cpus()?;
+    let mut contexts = std::collections::BTreeSet::new();
     for mechanism in ["tp_btf", "raw_tp", "tracepoint"] {
         let (lines, kernel, pid) = traced_run(&["--attach", mechanism], n)?;
+        contexts.extend(
+            lines
+                .iter()
+                .flat_map(|v| v["functions"].as_array().into_iter().flatten())
+                .flat_map(|f| f["queuers"].as_array().into_iter().flatten())
+                .filter_map(|q| q["context"].as_str().map(str::to_string)),
+        );
         ensure(lines.last().is_some_and(|v| v["type"] == "end"), || {
             format!("{mechanism}: no end record")
         })?;
@@ -266,6 +274,15 @@ fn runs_match_tracefs_each_mechanism() -> Result<(), Failed> {
             || format!("{mechanism}: a worker that is not a kworker: {workers:?}"),
         )?;
     }
+    // Timers queue delayed work (vmstat_shepherd every second, vmstat_update, ...) from the
+    // timer softirq: over three runs some is always seen, and every queueing is classified.
+    ensure(
+        contexts.contains("softirq") || contexts.contains("irq"),
+        || format!("no work queued from interrupt context in three runs: {contexts:?}"),
+    )?;
+    ensure(!contexts.contains("unknown"), || {
+        format!("the preempt count was not found on this kernel: {contexts:?}")
+    })?;
     assert_nothing_loaded("wq_")
 }
 
