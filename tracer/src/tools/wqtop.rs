@@ -640,7 +640,7 @@ impl View {
         let runs: u64 = rows.iter().map(|r| r.stats.runs).sum();
         let busy: u64 = rows.iter().map(|r| r.stats.run_ns).sum();
         out.line(&format!(
-            "{}wqtop - {}  interval {:.2}s  {runs} runs  {:.1} ms in workers ({:.1}% of {} CPUs)",
+            "{}wqtop - {}  interval {:.2}s  {runs} runs  {:.1} ms in work items ({:.1}% of {} CPUs)",
             // Home and clear, then redraw: like top on a terminal.
             if redraw { "\x1b[H\x1b[2J" } else { "" },
             hms_now(),
@@ -650,14 +650,14 @@ impl View {
             self.ncpus,
         ));
         out.line(&format!(
-            "{:>7} {:>6} {:>9} {:>8} {:>9} {:>9}  {:<32} {}",
-            "RUNS", "%CPU", "TIME-ms", "AVG-us", "QLAT-us", "QMAX-us", "FUNCTION", "WORKQUEUE"
+            "{:>7} {:>6} {:>9} {:>9} {:>9} {:>9}  {:<32} {}",
+            "RUNS", "%TIME", "TIME-ms", "AVG-us", "QLAT-us", "QMAX-us", "FUNCTION", "WORKQUEUE"
         ));
         for row in rows.iter().take(self.args.top) {
             let s = &row.stats;
             let avg_us = s.run_ns.checked_div(s.ended).unwrap_or(0) as f64 / 1e3;
             out.line(&format!(
-                "{:>7} {:>6.1} {:>9.2} {:>8.1} {:>9.1} {:>9.1}  {:<32} {}",
+                "{:>7} {:>6.1} {:>9.2} {:>9.1} {:>9.1} {:>9.1}  {:<32} {}",
                 s.runs,
                 pct(s.run_ns, interval_ns),
                 s.run_ns as f64 / 1e6,
