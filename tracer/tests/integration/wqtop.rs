@@ -167,11 +167,24 @@ fn sum(records: &[&Value], field: &str) -> u64 {
     records.iter().filter_map(|r| r[field].as_u64()).sum()
 }
 
-/// Runs the workload under wqtop `args` and the kernel's count; returns wqtop's JSON lines,
-/// the kernel's count of FUNCTION and the workload's PID.
-fn traced_run(args: &[&str], n: u64) -> Result<(Vec<Value>, u64, u32), Failed> {
-    let workload = Workload::spawn(&["stat-refresh", &n.to_string()])?;
+/// What one traced run saw.
+struct Traced {
+    lines: Vec<Value>,
+    /// The kernel's count of FUNCTION's runs.
+    kernel: u64,
+    pid: u32,
+    /// The workload's /proc/PID/cgroup.
+    cgroup: String,
+}
+
+/// Runs the workload (which stays `linger` seconds after its work, so that wqtop can still
+/// read its cgroup) under wqtop `args` and the kernel's count.
+fn traced_run(args: &[&str], n: u64, linger: f64) -> Result<Traced, Failed> {
+    let workload =
+        Workload::spawn(&["stat-refresh", &n.to_string(), "sleep", &linger.to_string()])?;
     let pid = workload.pid;
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| fail(format!("/proc/{pid}/cgroup: {e}")))?;
     let pid_arg = pid.to_string();
     let mut full: Vec<&str> = vec!["wqtop", "--json", "0.5"];
     full.extend(
@@ -187,7 +200,12 @@ fn traced_run(args: &[&str], n: u64) -> Result<(Vec<Value>, u64, u32), Failed> {
     let kernel = count.runs(FUNCTION)?;
     let done = tracer.stop(libc::SIGINT)?.ok()?;
     drop(count);
-    Ok((done.json()?, kernel, pid))
+    Ok(Traced {
+        lines: done.json()?,
+        kernel,
+        pid,
+        cgroup,
+    })
 }
 
 fn check_queuers(records: &[&Value], pid: u32, expected: u64) -> Result<(), Failed> {
@@ -213,7 +231,9 @@ fn runs_match_tracefs_each_mechanism() -> Result<(), Failed> {
     let expected = n * online_cpus()?;
     let mut contexts = std::collections::BTreeSet::new();
     for mechanism in ["tp_btf", "raw_tp", "tracepoint"] {
-        let (lines, kernel, pid) = traced_run(&["--attach", mechanism], n)?;
+        let Traced {
+            lines, kernel, pid, ..
+        } = traced_run(&["--attach", mechanism], n, 0.0)?;
         contexts.extend(
             lines
                 .iter()
@@ -289,7 +309,14 @@ fn runs_match_tracefs_each_mechanism() -> Result<(), Failed> {
 fn pid_filter_and_histograms() -> Result<(), Failed> {
     let n = reads();
     let expected = n * online_cpus()?;
-    let (lines, kernel, pid) = traced_run(&["-p", "PID", "-D"], n)?;
+    // Lingering past two intervals: the queuer is alive when wqtop reads its cgroup.
+    let linger = if emulated().is_some() { 4.0 } else { 1.5 };
+    let Traced {
+        lines,
+        kernel,
+        pid,
+        cgroup,
+    } = traced_run(&["-p", "PID", "-D", "-G"], n, linger)?;
     ensure(kernel == expected, || {
         format!("tracefs counted {kernel} runs, the workload made {expected}")
     })?;
@@ -311,6 +338,20 @@ fn pid_filter_and_histograms() -> Result<(), Failed> {
         format!("-p {pid}: {runs} runs of {FUNCTION}, expected {expected}")
     })?;
     check_queuers(&recs, pid, expected)?;
+    // -G: the queuer's cgroup is a path from its /proc/PID/cgroup.
+    let paths: Vec<&str> = cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
+    for q in recs
+        .iter()
+        .flat_map(|r| r["queuers"].as_array().into_iter().flatten())
+    {
+        ensure(
+            q["cgroup"].as_str().is_some_and(|c| paths.contains(&c)),
+            || format!("-G: queuer {q} has no cgroup of {pid} ({paths:?})"),
+        )?;
+    }
     let hist_total = |field: &str| -> u64 {
         recs.iter()
             .filter_map(|r| r[field]["buckets"].as_array())
