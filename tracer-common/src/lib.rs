@@ -18,6 +18,7 @@ pub mod softirq_top;
 pub mod stacks;
 pub mod stats;
 pub mod task;
+pub mod wqtop;
 
 /// Length of `task_struct::comm`, NUL included.
 pub const TASK_COMM_LEN: usize = 16;

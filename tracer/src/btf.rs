@@ -99,6 +99,34 @@ impl KernelBtf {
         bail!("struct {strukt} has no member {member} in this kernel's BTF")
     }
 
+    /// Offset of the per-CPU variable `name` in the kernel's `.data..percpu` section (its
+    /// BTF DATASEC), for locating one per-CPU variable from another's address.
+    pub fn percpu_var_offset(&self, name: &str) -> Result<u32> {
+        let btf = self.parsed()?;
+        let var_ids: Vec<u32> = btf
+            .resolve_ids_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Var(_))))
+            .collect();
+        if var_ids.is_empty() {
+            bail!("kernel BTF has no variable {name}");
+        }
+        for ty in btf
+            .resolve_types_by_name(".data..percpu")
+            .unwrap_or_default()
+        {
+            if let Type::Datasec(section) = ty
+                && let Some(var) = section.variables.iter().find(|v| {
+                    btf_rs::BtfType::get_type_id(*v).is_some_and(|id| var_ids.contains(&id))
+                })
+            {
+                return Ok(var.offset());
+            }
+        }
+        bail!("{name} is not a per-CPU variable in kernel BTF")
+    }
+
     pub fn task_offsets(&self) -> Result<TaskOffsets> {
         let off = |m| self.member_offset("task_struct", m);
         Ok(TaskOffsets {

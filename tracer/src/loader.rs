@@ -24,6 +24,7 @@ pub mod objects {
     pub static SCHED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched"));
     pub static MIGRATIONS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migrations"));
+    pub static WQTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqtop"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

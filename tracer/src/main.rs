@@ -81,6 +81,8 @@ enum Tool {
     Ktop(tools::ktop::KtopArgs),
     /// Task migrations between CPUs per interval, and what the migration/N stopper threads ran.
     Migrations(tools::migrations::MigrationsArgs),
+    /// Live workqueue work per function: runs, time in the worker, queue latency, who queued it.
+    Wqtop(tools::wqtop::WqtopArgs),
     /// Run-queue latency (wakeup to run) as a log2 histogram.
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
@@ -119,6 +121,7 @@ const TOOL_NAMES: &[&str] = &[
     "stackcount",
     "ktop",
     "migrations",
+    "wqtop",
     "runqlat",
     "cpudist",
     "kthreads",
@@ -215,6 +218,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Stackcount(args) => runtime()?.block_on(tools::stackcount::run(args)),
         Tool::Ktop(args) => runtime()?.block_on(tools::ktop::run(args)),
         Tool::Migrations(args) => runtime()?.block_on(tools::migrations::run(args)),
+        Tool::Wqtop(args) => runtime()?.block_on(tools::wqtop::run(args)),
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),

@@ -12,6 +12,8 @@
 //!   open N          N open(2)+close(2) of /dev/null (kernel-function tests)
 //!   write N         N calls of libc write(2), one byte each to /dev/null (uprobe tests)
 //!   read N BYTES    N read(2) calls of BYTES bytes each from /dev/zero (value-histogram tests)
+//!   stat-refresh N  N reads of /proc/sys/vm/stat_refresh: each queues the work function
+//!                   refresh_vm_stats on every online CPU from this process (wqtop tests)
 //!   repeat SECS ... run the commands after it again and again for SECS seconds (soak load)
 //! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
 //! starting, so a tracer can attach with `-p PID` first.
@@ -76,6 +78,17 @@ pub extern "C" fn tracer_workload_hot_function(deadline: &Instant) -> u64 {
 }
 
 /// Exactly `n` calls of libc's write(2) (one byte to /dev/null), for uprobe tests on libc.
+/// The kernel's vmstat_refresh() runs schedule_on_each_cpu(refresh_vm_stats) in the reading
+/// task's syscall: known work, at a known count, queued by a known task.
+fn stat_refresh(n: u64) {
+    for _ in 0..n {
+        if let Err(e) = std::fs::read("/proc/sys/vm/stat_refresh") {
+            eprintln!("tracer-workload: cannot read /proc/sys/vm/stat_refresh (root?): {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn write_dev_null(n: u64) {
     // SAFETY: open/write/close on a path and buffer we own.
     unsafe {
@@ -245,6 +258,7 @@ fn run(args: &[String]) {
             "pingpong" => pingpong(number(args, i + 1, "pingpong") as u64),
             "write" => write_dev_null(number(args, i + 1, "write") as u64),
             "open" => open_dev_null(number(args, i + 1, "open") as u64),
+            "stat-refresh" => stat_refresh(number(args, i + 1, "stat-refresh") as u64),
             "read" => {
                 read_dev_zero(
                     number(args, i + 1, "read") as u64,
@@ -255,7 +269,7 @@ fn run(args: &[String]) {
             other => {
                 eprintln!(
                     "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
-                     pingpong, open, write, read, repeat)"
+                     pingpong, open, write, read, stat-refresh, repeat)"
                 );
                 std::process::exit(2);
             }

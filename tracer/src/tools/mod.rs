@@ -19,6 +19,7 @@ pub mod softirq_top;
 pub mod stackcount;
 pub mod tplist;
 pub mod trace;
+pub mod wqtop;
 
 use std::path::PathBuf;
 

@@ -232,6 +232,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["ktop", "--json", "0.3", "1"],
         &["migrations", "--json", "0.3", "1"],
         &["migrations", "--json", "--stoppers", "-G", "-d", "0.5"],
+        &["wqtop", "--json", "0.3", "1"],
         &["runqlat", "--json", "0.3", "1"],
         &["runqlat", "-P", "--json", "0.3", "1"],
         &["cpudist", "--json", "0.3", "1"],

@@ -23,6 +23,7 @@ mod serve;
 mod signals;
 mod soak;
 mod softirq_top;
+mod wqtop;
 
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
@@ -44,5 +45,6 @@ fn main() {
     trials.extend(serve::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
+    trials.extend(wqtop::tests());
     libtest_mimic::run(&args, trials).exit();
 }

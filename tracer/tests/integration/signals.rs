@@ -56,6 +56,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ),
     ("ktop", &["--json"], Last::JsonEnd),
     ("migrations", &["--json", "--stoppers"], Last::JsonEnd),
+    ("wqtop", &["--json"], Last::JsonEnd),
     ("runqlat", &["--json"], Last::JsonEnd),
     ("cpudist", &["--json"], Last::JsonEnd),
     // A free port, so it cannot collide with another serve.
