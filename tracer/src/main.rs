@@ -79,6 +79,8 @@ enum Tool {
     Stackcount(tools::stackcount::StackcountArgs),
     /// Top-like view of threads by on-CPU time measured from sched_switch; kernel-thread roles.
     Ktop(tools::ktop::KtopArgs),
+    /// Block IO by issuing task and device (IOs, bytes, latency); --jbd2: ext4 journal commits and their causes.
+    Biotop(tools::biotop::BiotopArgs),
     /// Run-queue latency (wakeup to run) as a log2 histogram.
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
@@ -118,6 +120,7 @@ const TOOL_NAMES: &[&str] = &[
     "ktop",
     "runqlat",
     "cpudist",
+    "biotop",
     "kthreads",
     "serve",
     "flamegraph",
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Ktop(args) => runtime()?.block_on(tools::ktop::run(args)),
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
+        Tool::Biotop(args) => runtime()?.block_on(tools::biotop::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
         Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
         Tool::Flamegraph(args) => tools::flamegraph::run(args),
