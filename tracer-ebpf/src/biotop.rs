@@ -54,32 +54,38 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// A field of the record. Callers give up on the first failed read and count it once
+/// (`read_failed`): a default substituted for a failed read left LLVM free to use the
+/// register the read went into after the counting helper call, which 6.12's verifier refuses.
 #[inline(always)]
 fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     // SAFETY: the offset comes from the tracepoint's format file.
-    match unsafe { ctx.read_at::<T>(offset as usize) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(&STATS, STAT_READ_ERRORS);
-            None
-        }
-    }
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
-/// The request's key, or None when it is on a device we do not watch.
+#[inline(always)]
+fn read_failed() -> i32 {
+    bump(&STATS, STAT_READ_ERRORS);
+    0
+}
+
+/// The request's key (None: a field could not be read).
 #[inline(always)]
 fn request(ctx: &TracePointContext, fields: &RqFields) -> Option<RequestKey> {
     let dev: u32 = read(ctx, fields.dev)?;
-    let want = config().dev;
-    if want != 0 && dev != want {
-        return None;
-    }
     let sector: u64 = read(ctx, fields.sector)?;
     Some(RequestKey {
         dev,
         _pad: 0,
         sector,
     })
+}
+
+/// Whether the request is on the device we watch (all, without --device).
+#[inline(always)]
+fn watched(key: &RequestKey) -> bool {
+    let want = config().dev;
+    want == 0 || key.dev == want
 }
 
 #[inline(always)]
@@ -107,7 +113,10 @@ fn charge(key: &RequestKey, ts: u64, issued: bool) {
 
 #[tracepoint(category = "block", name = "block_io_start")]
 pub fn biotop_io_start(ctx: TracePointContext) -> i32 {
-    if let Some(key) = request(&ctx, &config().io_start) {
+    let Some(key) = request(&ctx, &config().io_start) else {
+        return read_failed();
+    };
+    if watched(&key) {
         charge(&key, now(), false);
     }
     0
@@ -115,12 +124,13 @@ pub fn biotop_io_start(ctx: TracePointContext) -> i32 {
 
 #[tracepoint(category = "block", name = "block_rq_insert")]
 pub fn biotop_rq_insert(ctx: TracePointContext) -> i32 {
-    if let Some(key) = request(&ctx, &config().insert) {
-        // A requeued request is inserted again: it keeps its owner and first queue time.
-        // SAFETY: read-only lookup.
-        if unsafe { PENDING.get(&key) }.is_none() {
-            charge(&key, now(), false);
-        }
+    let Some(key) = request(&ctx, &config().insert) else {
+        return read_failed();
+    };
+    // A requeued request is inserted again: it keeps its owner and first queue time.
+    // SAFETY: read-only lookup.
+    if watched(&key) && unsafe { PENDING.get(&key) }.is_none() {
+        charge(&key, now(), false);
     }
     0
 }
@@ -128,8 +138,11 @@ pub fn biotop_rq_insert(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "block", name = "block_rq_issue")]
 pub fn biotop_rq_issue(ctx: TracePointContext) -> i32 {
     let Some(key) = request(&ctx, &config().issue) else {
-        return 0;
+        return read_failed();
     };
+    if !watched(&key) {
+        return 0;
+    }
     let ts = now();
     match PENDING.get_ptr_mut(&key) {
         // SAFETY: a value from a successful lookup; a racing completion of the same
@@ -143,9 +156,16 @@ pub fn biotop_rq_issue(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn biotop_rq_complete(ctx: TracePointContext) -> i32 {
     let fields = &config().complete;
-    let Some(key) = request(&ctx, fields) else {
-        return 0;
+    let (Some(key), Some(nr_sector), Some(rwbs)) = (
+        request(&ctx, fields),
+        read::<u32>(&ctx, fields.nr_sector),
+        read::<[u8; 8]>(&ctx, fields.rwbs),
+    ) else {
+        return read_failed();
     };
+    if !watched(&key) {
+        return 0;
+    }
     // SAFETY: the value is copied out before the entry is deleted.
     let Some(pending) = (unsafe { PENDING.get(&key) }).copied() else {
         return 0;
@@ -155,10 +175,6 @@ pub fn biotop_rq_complete(ctx: TracePointContext) -> i32 {
     if config.tgid != 0 && pending.tgid != config.tgid {
         return 0;
     }
-    let Some(nr_sector) = read::<u32>(&ctx, fields.nr_sector) else {
-        return 0;
-    };
-    let rwbs: [u8; 8] = read(&ctx, fields.rwbs).unwrap_or([0; 8]);
     let start = if config.queued != 0 || pending.issue_ns == 0 {
         pending.queue_ns
     } else {
@@ -217,24 +233,33 @@ pub fn biotop_rq_complete(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "jbd2", name = "jbd2_run_stats")]
 pub fn biotop_run_stats(ctx: TracePointContext) -> i32 {
     let f = &config().run_stats;
-    let Some(dev) = read::<u32>(&ctx, f.dev) else {
-        return 0;
+    let (
+        Some(dev),
+        Some(running),
+        Some(locked),
+        Some(flushing),
+        Some(logging),
+        Some(handles),
+        Some(blocks),
+        Some(blocks_logged),
+    ) = (
+        read::<u32>(&ctx, f.dev),
+        read::<u64>(&ctx, f.running),
+        read::<u64>(&ctx, f.locked),
+        read::<u64>(&ctx, f.flushing),
+        read::<u64>(&ctx, f.logging),
+        read::<u32>(&ctx, f.handle_count),
+        read::<u32>(&ctx, f.blocks),
+        read::<u32>(&ctx, f.blocks_logged),
+    )
+    else {
+        return read_failed();
     };
     let want = config().dev;
     if want != 0 && dev != want {
         return 0;
     }
-    let (Some(running), Some(locked), Some(flushing), Some(logging)) = (
-        read::<u64>(&ctx, f.running),
-        read::<u64>(&ctx, f.locked),
-        read::<u64>(&ctx, f.flushing),
-        read::<u64>(&ctx, f.logging),
-    ) else {
-        return 0;
-    };
-    let handles = read::<u32>(&ctx, f.handle_count).unwrap_or(0) as u64;
-    let blocks = read::<u32>(&ctx, f.blocks).unwrap_or(0) as u64;
-    let blocks_logged = read::<u32>(&ctx, f.blocks_logged).unwrap_or(0) as u64;
+    let (handles, blocks, blocks_logged) = (handles as u64, blocks as u64, blocks_logged as u64);
     bump(&STATS, STAT_EVENTS);
     let commit = locked + flushing + logging;
     if COMMITS.get_ptr_mut(&dev).is_none()
@@ -265,6 +290,7 @@ pub fn biotop_run_stats(ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn count_task(ctx: &TracePointContext, map: &PerCpuHashMap<TaskKey, u64>, dev_offset: u32) {
     let Some(dev) = read::<u32>(ctx, dev_offset) else {
+        read_failed();
         return;
     };
     let config = config();
