@@ -9,8 +9,14 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_kernel,
+    },
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
     programs::TracePointContext,
@@ -54,13 +60,27 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A field of the record. Callers give up on the first failed read and count it once
-/// (`read_failed`): a default substituted for a failed read left LLVM free to use the
-/// register the read went into after the counting helper call, which 6.12's verifier refuses.
+/// A field of the record, read into a zeroed local. `TracePointContext::read_at` reads into
+/// uninitialised memory, so the value of a failed read is undefined and LLVM may load it (or
+/// a stale register) on paths where it is then discarded: 5.10's verifier refuses the read of
+/// uninitialised stack, 6.12's the stale register. Callers count a failure once
+/// (`read_failed`) and give up.
 #[inline(always)]
-fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
-    // SAFETY: the offset comes from the tracepoint's format file.
-    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+fn read<T: Copy + Default>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    let mut value = T::default();
+    // SAFETY: the helper checks the source address and writes at most size_of::<T>() bytes
+    // into `value`; the offset comes from the tracepoint's format file.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut T).cast::<c_void>(),
+            size_of::<T>() as u32,
+            ctx.as_ptr()
+                .cast::<u8>()
+                .wrapping_add(offset as usize)
+                .cast::<c_void>(),
+        )
+    };
+    if ret == 0 { Some(value) } else { None }
 }
 
 #[inline(always)]
