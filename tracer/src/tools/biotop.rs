@@ -243,16 +243,12 @@ fn attach_block(
                 force,
             )?;
             // Say why the first choice was not used (-v).
-            insert.target = format!(
-                "{} (not block:block_io_start: {})",
-                insert.target,
-                io_start
-                    .declined
-                    .iter()
-                    .map(|d| d.reason.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
+            insert
+                .declined
+                .extend(io_start.declined.into_iter().map(|d| attach::Declined {
+                    mechanism: d.mechanism,
+                    reason: format!("block:block_io_start: {}", d.reason),
+                }));
             insert
         }
     };

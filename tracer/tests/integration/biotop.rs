@@ -3,7 +3,8 @@
 //! O_DSYNC writes (N fsyncs through ext4_sync_file) → the jbd2 view counts the journal's
 //! commits exactly as /proc/fs/jbd2/loopX-8/info does and names the writer's PID with N
 //! fsyncs; the block view charges journal writes to jbd2/loopX-8 and its bytes on the device
-//! equal the /sys/block/loopX/stat deltas; `-D` histograms hold every IO; bad input.
+//! equal the /sys/block/loopX/stat deltas; `-D` histograms hold every IO; `-Q` counts the
+//! same IOs with no less latency; bad input.
 
 use std::{
     path::{Path, PathBuf},
@@ -273,11 +274,14 @@ fn bytes_match_sysfs_and_jbd2_is_named() -> Result<(), Failed> {
     let fs = LoopExt4::new("io")?;
     fs.settle()?;
     let tool = start(&["biotop", "-D", "--json", "--device", &fs.device])?;
+    // A second run with -Q over the same window: the same IOs, each timed from earlier.
+    let queued = start(&["biotop", "-Q", "--json", "--device", &fs.device])?;
     let before = fs.sectors()?;
     let writer = fs.dsync_writer(writes())?;
     fs.settle()?;
     let after = fs.sectors()?;
     let done = tool.stop(libc::SIGINT)?.ok()?;
+    let done_queued = queued.stop(libc::SIGINT)?.ok()?;
     let reports = records(&done.stdout, "interval")?;
     let report = reports
         .last()
@@ -322,6 +326,44 @@ fn bytes_match_sysfs_and_jbd2_is_named() -> Result<(), Failed> {
             "histogram holds {} IOs, the rows {ios}: {report}",
             hist["count"]
         )
+    })?;
+    // -Q: the same IOs, no shorter in total (queue → complete contains issue → complete).
+    // Slack of 5 µs per IO: a request issued without being queued first is timed from its
+    // issue by both runs, whose programs stamp it one after the other (and the rows'
+    // averages are rounded down).
+    let queued_reports = records(&done_queued.stdout, "interval")?;
+    let queued_report = queued_reports
+        .last()
+        .ok_or_else(|| fail(format!("no -Q interval record in {:?}", done_queued.stdout)))?;
+    let totals = |report: &Value| -> (u64, u64) {
+        report["tasks"]
+            .as_array()
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter(|t| t["device"] == fs.device.as_str())
+                    .fold((0, 0), |(n, ns), t| {
+                        let ios = t["ios"].as_u64().unwrap_or(0);
+                        (
+                            n + ios,
+                            ns + ios * t["avg_latency_ns"].as_u64().unwrap_or(0),
+                        )
+                    })
+            })
+            .unwrap_or((0, 0))
+    };
+    let (ios_issue, ns_issue) = totals(report);
+    let (ios_queued, ns_queued) = totals(queued_report);
+    ensure(ios_queued == ios_issue, || {
+        format!("-Q counted {ios_queued} IOs, without -Q {ios_issue}: {queued_report}")
+    })?;
+    ensure(ns_queued + ios_queued * 5_000 >= ns_issue, || {
+        format!(
+            "-Q latency {ns_queued} ns in total is below issue latency {ns_issue} ns: {queued_report}"
+        )
+    })?;
+    ensure(queued_report["queued"] == true, || {
+        format!("-Q record does not say queued: {queued_report}")
     })?;
     Ok(())
 }
