@@ -275,7 +275,8 @@ fn bytes_match_sysfs_and_jbd2_is_named() -> Result<(), Failed> {
     fs.settle()?;
     let tool = start(&["biotop", "-D", "--json", "--device", &fs.device])?;
     // A second run with -Q over the same window: the same IOs, each timed from earlier.
-    let queued = start(&["biotop", "-Q", "--json", "--device", &fs.device])?;
+    // With -G: kernel threads live in the root cgroup.
+    let queued = start(&["biotop", "-Q", "-G", "--json", "--device", &fs.device])?;
     let before = fs.sectors()?;
     let writer = fs.dsync_writer(writes())?;
     fs.settle()?;
@@ -365,6 +366,19 @@ fn bytes_match_sysfs_and_jbd2_is_named() -> Result<(), Failed> {
     ensure(queued_report["queued"] == true, || {
         format!("-Q record does not say queued: {queued_report}")
     })?;
+    let jbd2_cgroups: Vec<&Value> = queued_report["tasks"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter(|t| t["comm"] == jbd2.as_str())
+                .map(|t| &t["cgroup"])
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure(
+        !jbd2_cgroups.is_empty() && jbd2_cgroups.iter().all(|c| **c == "/"),
+        || format!("-G: {jbd2} should be in cgroup /: {queued_report}"),
+    )?;
     Ok(())
 }
 
