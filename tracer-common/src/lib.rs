@@ -5,6 +5,7 @@
 //! several tools share (task offsets, comm filters, statistics slots).
 #![no_std]
 
+pub mod biotop;
 pub mod comm;
 pub mod forksnoop;
 pub mod hist;

@@ -25,6 +25,7 @@ pub mod objects {
     pub static MIGRATIONS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migrations"));
     pub static WQTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqtop"));
+    pub static BIOTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/biotop"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

@@ -83,6 +83,8 @@ enum Tool {
     Migrations(tools::migrations::MigrationsArgs),
     /// Live workqueue work per function: runs, time in the worker, queue latency, who queued it.
     Wqtop(tools::wqtop::WqtopArgs),
+    /// Block IO by issuing task and device (IOs, bytes, latency); --jbd2: ext4 journal commits and their causes.
+    Biotop(tools::biotop::BiotopArgs),
     /// Run-queue latency (wakeup to run) as a log2 histogram.
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
@@ -124,6 +126,7 @@ const TOOL_NAMES: &[&str] = &[
     "wqtop",
     "runqlat",
     "cpudist",
+    "biotop",
     "kthreads",
     "serve",
     "flamegraph",
@@ -221,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Wqtop(args) => runtime()?.block_on(tools::wqtop::run(args)),
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
+        Tool::Biotop(args) => runtime()?.block_on(tools::biotop::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
         Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
         Tool::Flamegraph(args) => tools::flamegraph::run(args),

@@ -2,6 +2,7 @@
 //! Tools are registered in `main.rs` (`Tool` enum and `TOOL_NAMES`).
 
 pub mod argdist;
+pub mod biotop;
 pub mod cpudist;
 pub mod doctor;
 pub mod flamegraph;

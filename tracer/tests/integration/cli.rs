@@ -163,6 +163,7 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
         ],
         &["runqlat", "-T", "-d", "1.3", "0.5"],
         &["cpudist", "-T", "-d", "1.3", "0.5"],
+        &["biotop", "-T", "-d", "1.3", "0.5"],
         &["offcputime", "-T", "-d", "1.3", "0.5"],
         &["profile", "-T", "-d", "1.3", "0.5"],
         &["softirq-top", "-T", "-d", "1.3", "0.5"],
@@ -236,6 +237,8 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["runqlat", "--json", "0.3", "1"],
         &["runqlat", "-P", "--json", "0.3", "1"],
         &["cpudist", "--json", "0.3", "1"],
+        &["biotop", "--json", "0.3", "1"],
+        &["biotop", "--jbd2", "--json", "0.3", "1"],
         &["kthreads", "--json"],
     ];
     let tools = run(&["list-tools"]);

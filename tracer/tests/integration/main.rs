@@ -6,6 +6,7 @@
 //! `cargo test --release -p tracer --test integration -- --test-threads 1` as root.
 
 mod bad_input;
+mod biotop;
 mod cli;
 mod common;
 mod dist;
@@ -40,6 +41,7 @@ fn main() {
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
     trials.extend(migrations::tests());
+    trials.extend(biotop::tests());
     trials.extend(overload::tests());
     trials.extend(pipes::tests());
     trials.extend(serve::tests());

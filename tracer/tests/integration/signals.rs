@@ -59,6 +59,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ("wqtop", &["--json"], Last::JsonEnd),
     ("runqlat", &["--json"], Last::JsonEnd),
     ("cpudist", &["--json"], Last::JsonEnd),
+    ("biotop", &["--json"], Last::JsonEnd),
     // A free port, so it cannot collide with another serve.
     (
         "serve",

@@ -17,8 +17,11 @@ use super::kernel::pipe_through;
 
 /// Modules the guest cannot work without (unless built in).
 const REQUIRED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
-/// Modules some tests use; loaded when the kernel has them (veth: tests in network namespaces).
-const OPTIONAL_MODULES: &[&str] = &["veth"];
+/// Modules some tests use; loaded when the kernel has them (veth: tests in network namespaces;
+/// loop and ext4, which pulls in jbd2, mbcache and crc16: biotop's loop-mounted ext4).
+/// crc32c_generic comes first: ext4 asks the crypto API for "crc32c" at mount time (a soft
+/// dependency that `depends=` does not list), and busybox insmod does not follow softdeps.
+const OPTIONAL_MODULES: &[&str] = &["veth", "crc32c_generic", "loop", "ext4"];
 
 /// The busybox copied into the guest; must be static (package busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
