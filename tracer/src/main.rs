@@ -83,6 +83,8 @@ enum Tool {
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
     Cpudist(tools::cpudist::CpudistArgs),
+    /// Memory reclaim, live: kswapd per node, scanned vs reclaimed, direct/memcg stalls per process and cgroup.
+    Reclaimtop(tools::reclaimtop::ReclaimtopArgs),
     /// List kernel threads under kthreadd with role, CPU binding, state and CPU time.
     Kthreads(tools::kthreads::KthreadsArgs),
     /// Expose in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
@@ -119,6 +121,7 @@ const TOOL_NAMES: &[&str] = &[
     "runqlat",
     "cpudist",
     "kthreads",
+    "reclaimtop",
     "serve",
     "flamegraph",
 ];
@@ -214,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Runqlat(args) => runtime()?.block_on(tools::runqlat::run(args)),
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
+        Tool::Reclaimtop(args) => runtime()?.block_on(tools::reclaimtop::run(args)),
         Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
         Tool::Flamegraph(args) => tools::flamegraph::run(args),
         Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),

@@ -12,6 +12,7 @@ pub mod kthreads;
 pub mod ktop;
 pub mod offcputime;
 pub mod profile;
+pub mod reclaimtop;
 pub mod runqlat;
 pub mod serve;
 pub mod softirq_top;
