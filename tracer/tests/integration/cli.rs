@@ -232,6 +232,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["runqlat", "--json", "0.3", "1"],
         &["runqlat", "-P", "--json", "0.3", "1"],
         &["cpudist", "--json", "0.3", "1"],
+        &["reclaimtop", "--json", "0.3", "1"],
         &["kthreads", "--json"],
     ];
     let tools = run(&["list-tools"]);

@@ -17,6 +17,7 @@ mod pipes;
 mod probe_tools;
 mod probes;
 mod profile;
+mod reclaimtop;
 mod sched;
 mod serve;
 mod signals;
@@ -37,6 +38,7 @@ fn main() {
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
+    trials.extend(reclaimtop::tests());
     trials.extend(overload::tests());
     trials.extend(pipes::tests());
     trials.extend(serve::tests());

@@ -57,6 +57,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ("ktop", &["--json"], Last::JsonEnd),
     ("runqlat", &["--json"], Last::JsonEnd),
     ("cpudist", &["--json"], Last::JsonEnd),
+    ("reclaimtop", &["--json"], Last::JsonEnd),
     // A free port, so it cannot collide with another serve.
     (
         "serve",
