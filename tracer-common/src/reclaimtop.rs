@@ -157,6 +157,17 @@ pub struct StallStats {
 
 crate::user_pod!(StallStats);
 
+/// Value of `WAKERS` (per-CPU hash keyed by tgid, drained every report): how often a process's
+/// allocations woke a sleeping kswapd (mm_vmscan_wakeup_kswapd fires only for a real wakeup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakerStats {
+    pub wakeups: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+crate::user_pod!(WakerStats);
+
 /// `SHRINK_START[pid]`: a thread inside a shrinker's scan since `ts`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

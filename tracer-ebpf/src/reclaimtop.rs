@@ -1,7 +1,8 @@
 //! reclaimtop's kernel side: memory reclaim from the `vmscan:` tracepoints and oom:mark_victim.
 //!
 //! - kswapd_wake/sleep: per-node wakeups and awake time in `NODES[nid]`, written only by that
-//!   node's kswapd (one thread), so plain stores suffice.
+//!   node's kswapd (one thread), so plain stores suffice. wakeup_kswapd (in the allocating
+//!   task) counts who woke it, per process and CPU in `WAKERS`.
 //! - lru_shrink_inactive: pages scanned/reclaimed into the per-CPU `TOTALS` (kswapd vs other,
 //!   by PF_KSWAPD), into kswapd's node, and into the stalling process's record.
 //! - direct/memcg reclaim begin → end: per-thread stamp, then per-CPU (process, kind) records
@@ -27,7 +28,7 @@ use tracer_common::{
     reclaimtop::{
         KIND_DIRECT, KIND_MEMCG, MAX_NODES, NodeStats, OOM_ENTRIES, OomKill, PF_KSWAPD,
         ReclaimConfig, ReclaimTotals, START_ENTRIES, ShrinkStart, ShrinkerStats, StallKey,
-        StallStart, StallStats,
+        StallStart, StallStats, WakerStats,
     },
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
 };
@@ -66,6 +67,10 @@ static SHRINK_START: LruHashMap<u32, ShrinkStart> = LruHashMap::with_max_entries
 /// Scan function address → calls; sized by the loader.
 #[map]
 static SHRINKERS: PerCpuHashMap<u64, ShrinkerStats> = PerCpuHashMap::with_max_entries(1, 0);
+
+/// tgid → times its allocations woke kswapd; sized by the loader.
+#[map]
+static WAKERS: PerCpuHashMap<u32, WakerStats> = PerCpuHashMap::with_max_entries(1, 0);
 
 #[map]
 static OOMS: HashMap<u32, OomKill> = HashMap::with_max_entries(OOM_ENTRIES, 0);
@@ -165,6 +170,43 @@ pub fn kswapd_sleep_tp(ctx: TracePointContext) -> i32 {
         Ok(nid) => on_kswapd_sleep(nid),
         Err(_) => read_error(),
     }
+}
+
+#[inline(always)]
+fn on_wakeup_kswapd() -> i32 {
+    let config = config();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !wanted(config, tgid) {
+        return 0;
+    }
+    if let Some(rec) = WAKERS.get_ptr_mut(&tgid) {
+        // SAFETY: per-CPU value, only touched on this CPU.
+        unsafe { (*rec).wakeups += 1 };
+        return 0;
+    }
+    let fresh = WakerStats {
+        wakeups: 1,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if WAKERS.insert(&tgid, &fresh, 0).is_err() {
+        bump(&STATS, STAT_MAP_FULL);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_wakeup_kswapd")]
+pub fn wakeup_kswapd_btf(_ctx: BtfTracePointContext) -> i32 {
+    on_wakeup_kswapd()
+}
+
+#[raw_tracepoint(tracepoint = "mm_vmscan_wakeup_kswapd")]
+pub fn wakeup_kswapd_raw(_ctx: RawTracePointContext) -> i32 {
+    on_wakeup_kswapd()
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_wakeup_kswapd")]
+pub fn wakeup_kswapd_tp(_ctx: TracePointContext) -> i32 {
+    on_wakeup_kswapd()
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@ use tracer_common::{
     hist::Log2Hist,
     reclaimtop::{
         KIND_MEMCG, MAX_NODES, NodeStats, OomKill, ReclaimConfig, ReclaimTotals, SHRINKERS_ENTRIES,
-        STALLS_ENTRIES, ShrinkerStats, StallKey, StallStats,
+        STALLS_ENTRIES, ShrinkerStats, StallKey, StallStats, WakerStats,
     },
     task::PF_KTHREAD,
 };
@@ -85,6 +85,7 @@ pub struct ReclaimtopArgs {
 const EVENTS: &[(&str, &str, &str)] = &[
     ("vmscan", "mm_vmscan_kswapd_wake", "kswapd_wake"),
     ("vmscan", "mm_vmscan_kswapd_sleep", "kswapd_sleep"),
+    ("vmscan", "mm_vmscan_wakeup_kswapd", "wakeup_kswapd"),
     ("vmscan", "mm_vmscan_lru_shrink_inactive", "shrink_inactive"),
     ("vmscan", "mm_vmscan_direct_reclaim_begin", "direct_begin"),
     ("vmscan", "mm_vmscan_direct_reclaim_end", "direct_end"),
@@ -116,6 +117,7 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
         l.override_global("TASK_OFFSETS", &offsets, false);
         l.map_max_entries("STALLS", STALLS_ENTRIES);
         l.map_max_entries("SHRINKERS", SHRINKERS_ENTRIES);
+        l.map_max_entries("WAKERS", STALLS_ENTRIES);
         l.map_max_entries("HISTS", if args.dist { STALLS_ENTRIES } else { 1 });
     })?;
     let mut attachments = Vec::new();
@@ -209,6 +211,7 @@ fn config(
         config.tp_lru_scanned = scanned;
         config.tp_lru_reclaimed = reclaimed;
     }
+    fields("mm_vmscan_wakeup_kswapd", &[]);
     fields("mm_vmscan_direct_reclaim_begin", &[]);
     fields("mm_vmscan_memcg_reclaim_begin", &[]);
     if let [end] = fields("mm_vmscan_direct_reclaim_end", &["nr_reclaimed"])[..] {
@@ -261,6 +264,14 @@ struct StallRow {
     hist: Option<Log2>,
 }
 
+/// A process whose allocations woke kswapd in one report.
+struct WakerRow {
+    tgid: u32,
+    comm: String,
+    cgroup: String,
+    wakeups: u64,
+}
+
 struct ShrinkerRow {
     function: String,
     stats: ShrinkerStats,
@@ -281,6 +292,7 @@ struct View {
     stalls: PerCpuHashMap<MapData, StallKey, StallStats>,
     hists: PerCpuHashMap<MapData, StallKey, Log2Hist>,
     shrinkers: PerCpuHashMap<MapData, u64, ShrinkerStats>,
+    wakers: PerCpuHashMap<MapData, u32, WakerStats>,
     ooms: BpfHashMap<MapData, u32, OomKill>,
     stats: StatsReader,
     symbols: Symbols,
@@ -301,6 +313,7 @@ impl View {
             stalls: take(ebpf, "STALLS")?,
             hists: take(ebpf, "HISTS")?,
             shrinkers: take(ebpf, "SHRINKERS")?,
+            wakers: take(ebpf, "WAKERS")?,
             ooms: take(ebpf, "OOMS")?,
             stats: StatsReader::take(ebpf)?,
             symbols: Symbols::new(),
@@ -475,6 +488,26 @@ impl View {
         Ok(rows)
     }
 
+    fn waker_rows(&mut self) -> Result<Vec<WakerRow>> {
+        let mut rows = Vec::new();
+        for (tgid, per_cpu) in loader::drain_per_cpu::<u32, WakerStats>(self.wakers.map())? {
+            let wakeups = per_cpu.iter().map(|w| w.wakeups).sum();
+            let comm = per_cpu
+                .iter()
+                .find(|w| w.comm[0] != 0)
+                .map(|w| comm_str(&w.comm))
+                .unwrap_or_default();
+            rows.push(WakerRow {
+                tgid,
+                comm,
+                cgroup: self.cgroups.label(tgid, Controller::Memory),
+                wakeups,
+            });
+        }
+        rows.sort_by_key(|r| (std::cmp::Reverse(r.wakeups), r.tgid));
+        Ok(rows)
+    }
+
     fn shrinker_rows(&mut self) -> Result<Vec<ShrinkerRow>> {
         let mut rows = Vec::new();
         for (function, per_cpu) in
@@ -546,6 +579,7 @@ impl View {
                 totals: diff_totals(&now.totals, &before.totals),
                 nodes: self.node_rows(&now, &before),
                 stalls: self.stall_rows()?,
+                wakers: self.waker_rows()?,
                 shrinkers: self.shrinker_rows()?,
                 ooms: self.oom_rows(),
             };
@@ -630,6 +664,7 @@ struct Report {
     totals: ReclaimTotals,
     nodes: Vec<NodeRow>,
     stalls: Vec<StallRow>,
+    wakers: Vec<WakerRow>,
     shrinkers: Vec<ShrinkerRow>,
     ooms: Vec<OomRow>,
 }
@@ -694,6 +729,24 @@ impl Report {
                 n.reclaimed,
                 eff_text(n.scanned, n.reclaimed)
             ));
+        }
+        if !self.wakers.is_empty() {
+            let cg_header = if args.cgroup { "  CGROUP" } else { "" };
+            out.line(&format!(
+                "{:>7} {:<16} {:>12}{cg_header}",
+                "PID", "COMM", "WOKE-KSWAPD"
+            ));
+            for w in self.wakers.iter().take(args.top) {
+                let cg = if args.cgroup {
+                    format!("  {}", w.cgroup)
+                } else {
+                    String::new()
+                };
+                out.line(&format!(
+                    "{:>7} {:<16} {:>12}{cg}",
+                    w.tgid, w.comm, w.wakeups
+                ));
+            }
         }
         out.line("");
         let cg_header = if args.cgroup { "  CGROUP" } else { "" };
@@ -835,6 +888,13 @@ impl Report {
                        "top_pid": c.top.1, "top_comm": c.top.2})
             })
             .collect();
+        let wakers: Vec<Value> = self
+            .wakers
+            .iter()
+            .map(|w| {
+                json!({"pid": w.tgid, "comm": w.comm, "cgroup": w.cgroup, "wakeups": w.wakeups})
+            })
+            .collect();
         let shrinkers: Vec<Value> = self
             .shrinkers
             .iter()
@@ -869,6 +929,7 @@ impl Report {
                     t.kswapd_scanned + t.direct_scanned + t.memcg_scanned,
                     t.kswapd_reclaimed + t.direct_reclaimed + t.memcg_reclaimed),
                 "kswapd": nodes,
+                "kswapd_wakers": wakers,
                 "stalls": stalls,
                 "cgroups": cgroups,
                 "shrinkers": shrinkers,
