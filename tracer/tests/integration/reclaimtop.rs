@@ -446,6 +446,8 @@ fn kswapd_reclaim_matches_vmstat() -> Result<(), Failed> {
     }
     let before = vmstat();
     let tool = start(&["reclaimtop", "--json", "1"])?;
+    // The same run as a screen, printed for the record (docs/tools/reclaimtop.md's example).
+    let screen = start(&["reclaimtop", "-b", "-G", "-n", "5", "2"])?;
     let mut buffer = vec![0u8; 1 << 20];
     for path in &files.files {
         let mut f = fs::File::open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
@@ -456,6 +458,8 @@ fn kswapd_reclaim_matches_vmstat() -> Result<(), Failed> {
     let finished = tool.stop(libc::SIGINT)?.ok()?;
     let after = vmstat();
     drop(hog);
+    let text = screen.stop(libc::SIGINT)?.ok()?;
+    eprintln!("reclaimtop -b -G -n 5 2:\n{}", text.stdout.join("\n"));
     let records = intervals(&finished)?;
     let wakeups: u64 = records
         .iter()
