@@ -32,6 +32,11 @@ pub fn tests() -> Vec<Trial> {
             ROOT,
             memcg_reclaim_charged_to_reader_and_cgroup,
         ),
+        trial(
+            "reclaimtop::memcg_reclaim_via_raw_tp_and_tracepoint",
+            ROOT,
+            memcg_reclaim_via_raw_tp_and_tracepoint,
+        ),
         Trial::ignorable_test("reclaimtop::kswapd_reclaim_matches_vmstat", || {
             if let Some(reason) = Need::Root.missing() {
                 return Ok(Completion::ignored_with(reason));
@@ -303,6 +308,18 @@ fn close(got: u64, want: u64, pct: f64, slack: u64) -> bool {
 }
 
 fn memcg_reclaim_charged_to_reader_and_cgroup() -> Result<(), Failed> {
+    memcg_case(None)
+}
+
+/// The ladder's lower rungs read the same events their own way (raw_tp: the tracepoint's
+/// arguments without BTF types; tracepoint: the record at the format file's offsets): the
+/// same run, pinned to each, must give the same answers.
+fn memcg_reclaim_via_raw_tp_and_tracepoint() -> Result<(), Failed> {
+    memcg_case(Some("raw_tp"))?;
+    memcg_case(Some("tracepoint"))
+}
+
+fn memcg_case(attach: Option<&str>) -> Result<(), Failed> {
     let limit: u64 = if emulated().is_some() {
         16 << 20
     } else {
@@ -314,7 +331,11 @@ fn memcg_reclaim_charged_to_reader_and_cgroup() -> Result<(), Failed> {
     let files = ColdFiles::new(2 * limit)?;
     let before = vmstat();
     let stat_before = cgroup.stat();
-    let tool = start(&["reclaimtop", "--json", "-G", "--comm", "tail", "1"])?;
+    let mut args = vec!["reclaimtop", "--json", "-G", "--comm", "tail", "1"];
+    if let Some(mechanism) = attach {
+        args.extend(["--attach", mechanism]);
+    }
+    let tool = start(&args)?;
     let mut reader = reader_in(&cgroup, &files)?;
     let reader_pid = reader.id();
     let read = wait_read(reader_pid, files.bytes(), scaled(Duration::from_secs(30)));
@@ -328,6 +349,20 @@ fn memcg_reclaim_charged_to_reader_and_cgroup() -> Result<(), Failed> {
     read?;
     let finished = finished?.ok()?;
     let records = intervals(&finished)?;
+    if let Some(mechanism) = attach {
+        let end = finished.json()?.pop().unwrap_or_default();
+        let used: Vec<&Value> = end["attach"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["target"] != "oom:mark_victim")
+            .map(|a| &a["mechanism"])
+            .collect();
+        ensure(
+            !used.is_empty() && used.iter().all(|m| *m == mechanism),
+            || format!("--attach {mechanism} attached with {used:?}"),
+        )?;
+    }
 
     // The reader's memcg stalls, charged to it and its cgroup; --comm kept everyone else out.
     let mut stalls = 0;
