@@ -1,10 +1,10 @@
 //! reclaimtop against ground truth: a memory cgroup with a limit and a reader of twice the
 //! limit in cold page cache → memcg reclaim and stalls charged to that process and cgroup,
 //! scanned ≥ reclaimed, the cgroup's reclaimed pages matching its memory.stat and the
-//! system-wide kswapd/direct numbers matching /proc/vmstat; kswapd0 woken by reading more
-//! than free RAM (in the 2 GiB VM guests) with its reclaimed pages matching pgsteal_kswapd and
-//! the reader among the processes that woke it;
-//! bad input.
+//! system-wide kswapd/direct numbers matching /proc/vmstat; kswapd0 woken by page cache read on
+//! top of nearly all free RAM held in anonymous memory (in the 2 GiB VM guests), its reclaimed
+//! pages matching pgsteal_kswapd and the reader among the processes that woke it; an OOM kill
+//! in a cgroup; bad input.
 
 use std::{
     collections::HashMap,
@@ -53,6 +53,11 @@ pub fn tests() -> Vec<Trial> {
             }
             kswapd_reclaim_matches_vmstat().map(|()| Completion::Completed)
         }),
+        trial(
+            "reclaimtop::oom_kill_in_a_cgroup",
+            ROOT,
+            oom_kill_in_a_cgroup,
+        ),
         trial("reclaimtop::bad_input", ROOT, bad_input),
     ]
 }
@@ -544,6 +549,74 @@ fn kswapd_reclaim_matches_vmstat() -> Result<(), Failed> {
     ensure(sum(&records, "kswapd_scanned") >= tool_reclaimed, || {
         "kswapd scanned fewer pages than it reclaimed".to_string()
     })?;
+    Ok(())
+}
+
+/// `tail /dev/zero` buffers a line that never ends: in a 16 MiB cgroup the cgroup's OOM killer
+/// kills it (and only it). reclaimtop reports that kill once, with its pid and, where the
+/// kernel's record carries it (5.16+), its comm, and the task whose charge triggered it (tail).
+fn oom_kill_in_a_cgroup() -> Result<(), Failed> {
+    let Some(cgroup) = MemCgroup::create(16 << 20)? else {
+        return Err(fail("no memory cgroup controller (v1 or v2) to test with"));
+    };
+    let tool = start(&["reclaimtop", "--json", "1"])?;
+    let procs = cgroup.dir.join("cgroup.procs");
+    let mut hog = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec tail /dev/zero",
+            procs.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start tail: {e}")))?;
+    let victim = hog.id();
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    let status = loop {
+        if let Some(status) = hog.try_wait().map_err(|e| fail(e.to_string()))? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = hog.kill();
+            let _ = hog.wait();
+            return Err(fail(
+                "tail /dev/zero was not OOM-killed in its 16 MiB cgroup",
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    ensure(
+        std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL),
+        || format!("tail ended with {status:?}, not SIGKILL"),
+    )?;
+    // One more report after the kill.
+    thread::sleep(scaled(Duration::from_millis(1500)));
+    let finished = tool.stop(libc::SIGINT)?.ok()?;
+    let records = intervals(&finished)?;
+    let kills: Vec<&Value> = records
+        .iter()
+        .flat_map(|r| r["oom_kills"].as_array().into_iter().flatten())
+        .filter(|k| k["victim_pid"] == victim)
+        .collect();
+    ensure(kills.len() == 1, || {
+        format!(
+            "expected one OOM kill of PID {victim}, got {kills:?}: {}",
+            finished.stdout.join("\n")
+        )
+    })?;
+    let kill = kills[0];
+    ensure(
+        kill["trigger_pid"] == victim && kill["trigger_comm"] == "tail",
+        || format!("the kill was not triggered by tail itself: {kill}"),
+    )?;
+    let has_comm = fs::read_to_string("/sys/kernel/tracing/events/oom/mark_victim/format")
+        .is_ok_and(|f| f.contains("comm"));
+    if has_comm {
+        ensure(kill["victim_comm"] == "tail", || {
+            format!("victim comm not tail: {kill}")
+        })?;
+    }
     Ok(())
 }
 
