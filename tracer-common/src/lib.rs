@@ -14,6 +14,7 @@ pub mod offcputime;
 pub mod probe;
 pub mod probes;
 pub mod profile;
+pub mod reclaimtop;
 pub mod sched;
 pub mod softirq_top;
 pub mod stacks;

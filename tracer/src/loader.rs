@@ -26,6 +26,8 @@ pub mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migrations"));
     pub static WQTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqtop"));
     pub static BIOTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/biotop"));
+    pub static RECLAIMTOP: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reclaimtop"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

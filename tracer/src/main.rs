@@ -12,10 +12,8 @@ mod usage;
 
 mod attach;
 mod btf;
-mod cli_vocabulary;
-// Used by the kernel-thread lens tools (reclaimtop, biotop, wqtop) as they land.
-#[allow(dead_code)]
 mod cgroup;
+mod cli_vocabulary;
 mod filters;
 mod hist;
 mod kprobe_multi;
@@ -89,6 +87,8 @@ enum Tool {
     Runqlat(tools::runqlat::RunqlatArgs),
     /// On-CPU (or off-CPU) time-slice lengths as a log2 histogram.
     Cpudist(tools::cpudist::CpudistArgs),
+    /// Memory reclaim, live: kswapd per node, scanned vs reclaimed, direct/memcg stalls per process and cgroup.
+    Reclaimtop(tools::reclaimtop::ReclaimtopArgs),
     /// List kernel threads under kthreadd with role, CPU binding, state and CPU time.
     Kthreads(tools::kthreads::KthreadsArgs),
     /// Expose in-kernel aggregates as Prometheus/OpenMetrics metrics on /metrics.
@@ -128,6 +128,7 @@ const TOOL_NAMES: &[&str] = &[
     "cpudist",
     "biotop",
     "kthreads",
+    "reclaimtop",
     "serve",
     "flamegraph",
 ];
@@ -226,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Cpudist(args) => runtime()?.block_on(tools::cpudist::run(args)),
         Tool::Biotop(args) => runtime()?.block_on(tools::biotop::run(args)),
         Tool::Kthreads(args) => runtime()?.block_on(tools::kthreads::run(args)),
+        Tool::Reclaimtop(args) => runtime()?.block_on(tools::reclaimtop::run(args)),
         Tool::Serve(args) => runtime()?.block_on(tools::serve::run(args)),
         Tool::Flamegraph(args) => tools::flamegraph::run(args),
         Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),

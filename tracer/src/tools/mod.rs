@@ -14,6 +14,7 @@ pub mod ktop;
 pub mod migrations;
 pub mod offcputime;
 pub mod profile;
+pub mod reclaimtop;
 pub mod runqlat;
 pub mod serve;
 pub mod softirq_top;

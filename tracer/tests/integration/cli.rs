@@ -239,6 +239,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["cpudist", "--json", "0.3", "1"],
         &["biotop", "--json", "0.3", "1"],
         &["biotop", "--jbd2", "--json", "0.3", "1"],
+        &["reclaimtop", "--json", "0.3", "1"],
         &["kthreads", "--json"],
     ];
     let tools = run(&["list-tools"]);

@@ -19,6 +19,7 @@ mod pipes;
 mod probe_tools;
 mod probes;
 mod profile;
+mod reclaimtop;
 mod sched;
 mod serve;
 mod signals;
@@ -42,6 +43,7 @@ fn main() {
     trials.extend(sched::tests());
     trials.extend(migrations::tests());
     trials.extend(biotop::tests());
+    trials.extend(reclaimtop::tests());
     trials.extend(overload::tests());
     trials.extend(pipes::tests());
     trials.extend(serve::tests());

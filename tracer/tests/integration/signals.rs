@@ -60,6 +60,7 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ("runqlat", &["--json"], Last::JsonEnd),
     ("cpudist", &["--json"], Last::JsonEnd),
     ("biotop", &["--json"], Last::JsonEnd),
+    ("reclaimtop", &["--json"], Last::JsonEnd),
     // A free port, so it cannot collide with another serve.
     (
         "serve",
