@@ -7,6 +7,7 @@
 
 pub mod comm;
 pub mod forksnoop;
+pub mod hardirqs;
 pub mod hist;
 pub mod offcputime;
 pub mod probe;

@@ -22,6 +22,7 @@ pub mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcputime"));
     pub static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probes"));
     pub static SCHED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched"));
+    pub static HARDIRQS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hardirqs"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

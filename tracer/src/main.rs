@@ -59,6 +59,8 @@ enum Tool {
     Doctor(tools::doctor::DoctorArgs),
     /// Live per-CPU × softirq-vector time and counts, ksoftirqd vs inline, NET_RX drill-down, hot stacks.
     SoftirqTop(tools::softirq_top::SoftirqTopArgs),
+    /// Time and count of hardware interrupt handlers per IRQ line (and CPU); -D histograms.
+    Hardirqs(tools::hardirqs::HardirqsArgs),
     /// Sample on-CPU stacks (kernel and user) at a frequency, counted in the kernel; flame graphs.
     Profile(tools::profile::ProfileArgs),
     /// Hot kernel stacks of kernel threads (ksoftirqd, kworker, kswapd0, ...), grouped per thread.
@@ -106,6 +108,7 @@ const TOOL_NAMES: &[&str] = &[
     "forksnoop",
     "doctor",
     "softirq-top",
+    "hardirqs",
     "profile",
     "kstacks",
     "offcputime",
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Doctor(args) => tools::doctor::run(args),
         Tool::Forksnoop(args) => runtime()?.block_on(tools::forksnoop::run(args)),
         Tool::SoftirqTop(args) => runtime()?.block_on(tools::softirq_top::run(args)),
+        Tool::Hardirqs(args) => runtime()?.block_on(tools::hardirqs::run(args)),
         Tool::Profile(args) => runtime()?.block_on(tools::profile::run(args)),
         Tool::Offcputime(args) => runtime()?.block_on(tools::offcputime::run(args)),
         Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),

@@ -8,6 +8,7 @@ pub mod flamegraph;
 pub mod forksnoop;
 pub mod funccount;
 pub mod funclatency;
+pub mod hardirqs;
 pub mod kthreads;
 pub mod ktop;
 pub mod offcputime;

@@ -166,6 +166,7 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
         &["offcputime", "-T", "-d", "1.3", "0.5"],
         &["profile", "-T", "-d", "1.3", "0.5"],
         &["softirq-top", "-T", "-d", "1.3", "0.5"],
+        &["hardirqs", "-T", "-d", "1.3", "0.5"],
         &["kthreads", "-T"],
     ];
     for args in cases {
@@ -195,6 +196,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["forksnoop", "--summary", "--json", "0.3", "2"],
         &["doctor", "--json"],
         &["softirq-top", "--json", "0.3", "1"],
+        &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "1"],
         &["profile", "--json", "-d", "0.5"],
         &["kstacks", "--json", "-d", "0.5"],
         &["offcputime", "--json", "-d", "0.5"],

@@ -12,6 +12,7 @@ mod dist;
 mod doctor;
 mod flamegraph;
 mod forksnoop;
+mod hardirqs;
 mod overload;
 mod pipes;
 mod probe_tools;
@@ -33,6 +34,7 @@ fn main() {
     trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
     trials.extend(softirq_top::tests());
+    trials.extend(hardirqs::tests());
     trials.extend(profile::tests());
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
