@@ -129,6 +129,9 @@ pub struct StackOutputArgs {
     /// Print FlameGraph folded lines ("comm;frame;...;leaf value") instead of stacks.
     #[arg(short = 'f', long)]
     pub folded: bool,
+    /// In folded lines, a "-" frame between the user and the kernel frames (BCC's -d).
+    #[arg(long)]
+    pub delimited: bool,
     /// Also write an SVG flame graph to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -139,6 +142,7 @@ impl StackOutputArgs {
         if self.stack_storage_size == 0 || self.stack_storage_size > 1 << 20 {
             usage_bail!("--stack-storage-size must be 1 to 1048576");
         }
+        crate::stacks::set_folded_delimiter(self.delimited);
         Ok(())
     }
 }
