@@ -63,6 +63,9 @@ pub struct StackcountArgs {
     /// Print FlameGraph folded lines ("comm;frame;...;leaf count").
     #[arg(short = 'f', long)]
     pub folded: bool,
+    /// In folded lines, a "-" frame between the user and the kernel frames (BCC's -d).
+    #[arg(long)]
+    pub delimited: bool,
     /// Also write an SVG flame graph here.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -79,6 +82,7 @@ pub struct StackcountArgs {
 
 pub async fn run(args: StackcountArgs) -> Result<()> {
     let (specs, interval) = probe_attach::split_positionals(&args.items)?;
+    stacks::set_folded_delimiter(args.delimited);
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
