@@ -29,8 +29,9 @@ pub const BCC_TOOLS: &[&str] = &[
 /// BCC names that are not also tracer tools: `tracer softirqs` takes BCC's grammar too.
 pub const BCC_ONLY: &[&str] = &["softirqs"];
 
-/// BCC's interval when none is given: report once, at the end.
-const FOREVER: &str = "99999999";
+/// softirq-top's longest interval: BCC's softirqs without one reports once, at Ctrl-C, where
+/// softirq-top would redraw every second.
+const ONCE: &str = "86400";
 
 /// The `tracer ...` argv for BCC tool `tool` invoked with `args` (not including its name), or
 /// a one-line usage error naming BCC's form.
@@ -103,11 +104,16 @@ fn push_if(out: &mut Vec<String>, on: bool, flag: &str) {
     }
 }
 
-/// `[interval] [count]`; none means report once at the end, as BCC does.
+/// `[interval] [count]`; none means report once at the end, as BCC does (and as tracer's
+/// histogram tools do without an interval).
 fn push_interval(out: &mut Vec<String>, interval: &Option<String>, count: &Option<String>) {
-    out.push(interval.clone().unwrap_or_else(|| FOREVER.to_string()));
-    if let Some(c) = count {
-        out.push(c.clone());
+    push_opt_positional(out, interval);
+    push_opt_positional(out, count);
+}
+
+fn push_opt_positional(out: &mut Vec<String>, value: &Option<String>) {
+    if let Some(v) = value {
+        out.push(v.clone());
     }
 }
 
@@ -194,6 +200,9 @@ fn regex_to_glob(tool: &str, regex: &str) -> Result<String> {
     override_usage = "softirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
 )]
 struct Softirqs {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     /// Include a timestamp on output.
     #[arg(short = 'T')]
     timestamp: bool,
@@ -216,12 +225,14 @@ struct Softirqs {
 impl Softirqs {
     fn translate(&self, out: &mut Vec<String>) {
         push(out, &["softirq-top", "-b"]);
+        push_if(out, self.json, "--json");
         push_if(out, self.timestamp, "-T");
         push_if(out, self.nanoseconds, "-N");
         push_if(out, self.dist, "-D");
         push_opt(out, "-C", &self.cpu);
         let _ = self.events;
-        push_interval(out, &self.interval, &self.count);
+        out.push(self.interval.clone().unwrap_or_else(|| ONCE.to_string()));
+        push_opt_positional(out, &self.count);
     }
 }
 
@@ -233,6 +244,9 @@ impl Softirqs {
     override_usage = "hardirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
 )]
 struct Hardirqs {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     /// Include a timestamp on output.
     #[arg(short = 'T')]
     timestamp: bool,
@@ -255,6 +269,7 @@ struct Hardirqs {
 impl Hardirqs {
     fn translate(&self, out: &mut Vec<String>) {
         push(out, &["hardirqs"]);
+        push_if(out, self.json, "--json");
         push_if(out, self.timestamp, "-T");
         push_if(out, self.nanoseconds, "-N");
         push_if(out, self.dist, "-D");
@@ -272,6 +287,9 @@ impl Hardirqs {
     override_usage = "runqlat [-h] [-T] [-m] [-P] [--pidnss] [-L] [-p PID] [interval] [count]"
 )]
 struct Runqlat {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     #[arg(short = 'T')]
     timestamp: bool,
     #[arg(short = 'm')]
@@ -301,6 +319,7 @@ impl Runqlat {
             );
         }
         push(out, &["runqlat"]);
+        push_if(out, self.json, "--json");
         push_if(out, self.timestamp, "-T");
         push_if(out, self.milliseconds, "-m");
         push_if(out, self.pids, "-P");
@@ -319,6 +338,9 @@ impl Runqlat {
     override_usage = "cpudist [-h] [-O] [-T] [-m] [-P] [-L] [-p PID] [-I] [-e] [interval] [count]"
 )]
 struct Cpudist {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     /// Measure off-CPU time.
     #[arg(short = 'O')]
     offcpu: bool,
@@ -345,6 +367,7 @@ struct Cpudist {
 impl Cpudist {
     fn translate(&self, out: &mut Vec<String>) {
         push(out, &["cpudist"]);
+        push_if(out, self.json, "--json");
         push_if(out, self.offcpu, "-O");
         push_if(out, self.timestamp, "-T");
         push_if(out, self.milliseconds, "-m");
@@ -365,6 +388,9 @@ impl Cpudist {
     override_usage = "profile [-adfhIKU] [-p PID | -L TID] [-F FREQUENCY | -c COUNT] [-C CPU] [--stack-storage-size COUNT] [duration]"
 )]
 struct Profile {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     /// Profile these process IDs only.
     #[arg(short = 'p', value_name = "PID", conflicts_with = "tid")]
     pid: Option<String>,
@@ -422,6 +448,7 @@ impl Profile {
             refuse!(TOOL, "-a", "kernel frames are not annotated with _[k]");
         }
         push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_opt(out, "-t", &self.tid);
         push_if(out, self.user, "-U");
@@ -457,6 +484,9 @@ impl Profile {
     override_usage = "offcputime [-h] [-p PID | -t TID | -u | -k] [-U | -K] [-d] [-f] [--stack-storage-size SIZE] [-m MIN_BLOCK_TIME] [-M MAX_BLOCK_TIME] [--state STATE] [duration]"
 )]
 struct Offcputime {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     #[arg(short = 'p', value_name = "PID")]
     pid: Option<String>,
     #[arg(short = 't', value_name = "TID")]
@@ -500,6 +530,7 @@ impl Offcputime {
             );
         }
         push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_opt(out, "-t", &self.tid);
         push_if(out, self.user_threads, "--user-threads-only");
@@ -524,6 +555,9 @@ impl Offcputime {
     override_usage = "funccount [-h] [-p PID] [-i INTERVAL] [-d DURATION] [-T] [-r] [-c CPU] [-D] pattern"
 )]
 struct Funccount {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     #[arg(short = 'p', value_name = "PID")]
     pid: Option<String>,
     /// Summary interval, seconds.
@@ -554,6 +588,7 @@ impl Funccount {
         }
         let _ = self.debug;
         push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_if(out, self.timestamp, "-T");
         push_opt(out, "-d", &self.duration);
@@ -573,6 +608,9 @@ impl Funccount {
     override_usage = "funclatency [-h] [-p PID] [-i INTERVAL] [-d DURATION] [-T] [-u] [-m] [-F] [-r] [-v] [-l LEVEL] pattern"
 )]
 struct Funclatency {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     #[arg(short = 'p', value_name = "PID")]
     pid: Option<String>,
     #[arg(short = 'i', value_name = "INTERVAL")]
@@ -611,6 +649,7 @@ impl Funclatency {
         }
         let _ = self.verbose;
         push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_if(out, self.timestamp, "-T");
         push_if(out, self.microseconds, "-u");
@@ -633,6 +672,9 @@ impl Funclatency {
     override_usage = "stackcount [-h] [-p PID] [-c CPU] [-i INTERVAL] [-D DURATION] [-T] [-r] [-s] [-P] [-K] [-U] [-v] [-d] [-f] [--debug] pattern"
 )]
 struct Stackcount {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
     #[arg(short = 'p', value_name = "PID")]
     pid: Option<String>,
     #[arg(short = 'c', value_name = "CPU")]
@@ -684,6 +726,7 @@ impl Stackcount {
         }
         let _ = self.debug;
         push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_if(out, self.timestamp, "-T");
         push_if(out, self.per_pid, "-P");
@@ -752,13 +795,13 @@ mod tests {
                 "offcputime -k -m 100",
                 "offcputime --kthreads --min-block-time 100",
             ),
-            ("softirqs -d", "softirq-top -b -D 99999999"),
+            ("softirqs -d", "softirq-top -b -D 86400"),
             ("softirqs -NT 1", "softirq-top -b -T -N 1"),
             ("softirqs -c 1 1 10", "softirq-top -b -C 1 1 10"),
             ("hardirqs -d 1 10", "hardirqs -D 1 10"),
             ("runqlat -mT 1", "runqlat -T -m 1"),
             ("runqlat -P 185 1", "runqlat -P 185 1"),
-            ("cpudist -e", "cpudist 99999999"),
+            ("cpudist -e", "cpudist"),
             ("funccount 'vfs_*'", "funccount k:vfs_*"),
             ("funccount -i 1 'vfs_*'", "funccount k:vfs_* 1"),
             ("funccount -d 10 'vfs_*'", "funccount -d 10 k:vfs_*"),

@@ -6,6 +6,7 @@
 //! `cargo test --release -p tracer --test integration -- --test-threads 1` as root.
 
 mod bad_input;
+mod bcc;
 mod cli;
 mod common;
 mod dist;
@@ -29,6 +30,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(cli::tests());
     trials.extend(bad_input::tests());
+    trials.extend(bcc::tests());
     trials.extend(doctor::tests());
     trials.extend(dist::tests());
     trials.extend(flamegraph::tests());
