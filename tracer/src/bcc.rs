@@ -117,6 +117,32 @@ fn push_opt_positional(out: &mut Vec<String>, value: &Option<String>) {
     }
 }
 
+/// BCC's `-i SECS -d SECS` in funccount, funclatency and stackcount: it prints after each
+/// interval and stops once the intervals add up to the duration, so the duration is a
+/// number of intervals — tracer's COUNT, exact however late the timer fires — not a clock.
+fn push_interval_duration(
+    tool: &str,
+    out: &mut Vec<String>,
+    interval: &Option<String>,
+    duration: &Option<String>,
+) -> Result<()> {
+    match (interval, duration) {
+        (Some(i), Some(d)) => {
+            let (Ok(secs_i), Ok(secs_d)) = (i.parse::<f64>(), d.parse::<f64>()) else {
+                usage_bail!("{tool} -i {i} -d {d}: both must be numbers of seconds");
+            };
+            if secs_i <= 0.0 || secs_d <= 0.0 {
+                usage_bail!("{tool} -i {i} -d {d}: both must be positive");
+            }
+            out.push(i.clone());
+            out.push(((secs_d / secs_i).ceil() as u64).max(1).to_string());
+        }
+        (Some(i), None) => out.push(i.clone()),
+        (None, _) => {}
+    }
+    Ok(())
+}
+
 /// BCC's `-p` takes a comma list in some tools; tracer's takes one process.
 fn one_pid(tool: &str, pid: &Option<String>) -> Result<Option<String>> {
     match pid {
@@ -591,12 +617,11 @@ impl Funccount {
         push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_if(out, self.timestamp, "-T");
-        push_opt(out, "-d", &self.duration);
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        if let Some(i) = &self.interval {
-            out.push(i.clone());
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
         }
-        Ok(())
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
     }
 }
 
@@ -655,12 +680,11 @@ impl Funclatency {
         push_if(out, self.microseconds, "-u");
         push_if(out, self.milliseconds, "-m");
         push_if(out, self.function, "--function");
-        push_opt(out, "-d", &self.duration);
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        if let Some(i) = &self.interval {
-            out.push(i.clone());
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
         }
-        Ok(())
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
     }
 }
 
@@ -738,12 +762,11 @@ impl Stackcount {
         }
         push_if(out, self.folded, "-f");
         push_if(out, self.delimited, "--delimited");
-        push_opt(out, "-d", &self.duration);
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        if let Some(i) = &self.interval {
-            out.push(i.clone());
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
         }
-        Ok(())
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
     }
 }
 
