@@ -28,6 +28,7 @@ pub mod objects {
     pub static BIOTOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/biotop"));
     pub static RECLAIMTOP: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reclaimtop"));
+    pub static HARDIRQS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hardirqs"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

@@ -11,6 +11,7 @@ mod output;
 mod usage;
 
 mod attach;
+mod bcc;
 mod btf;
 mod cgroup;
 mod cli_vocabulary;
@@ -42,6 +43,10 @@ use clap::{CommandFactory as _, Parser, Subcommand};
     about = "BCC-style eBPF tracing tools: live, in-kernel aggregation, one static binary",
     after_help = "Each tool is also available as a command of its own name (forksnoop ...) \
                   through the symlinks `cargo xtask build` creates.\n\
+                  Invoked by a BCC tool's name (profile, offcputime, funccount, funclatency, \
+                  stackcount, runqlat, cpudist, hardirqs, softirqs), or as `tracer bcc TOOL \
+                  ARGS`, a tool takes BCC's command line with BCC's meanings \
+                  (`tracer bcc --print ...` shows the tracer command it becomes).\n\
                   Run 'tracer doctor' to see what this kernel allows."
 )]
 struct Cli {
@@ -57,6 +62,8 @@ enum Tool {
     Doctor(tools::doctor::DoctorArgs),
     /// Live per-CPU × softirq-vector time and counts, ksoftirqd vs inline, NET_RX drill-down, hot stacks.
     SoftirqTop(tools::softirq_top::SoftirqTopArgs),
+    /// Time and count of hardware interrupt handlers per IRQ line (and CPU); -D histograms.
+    Hardirqs(tools::hardirqs::HardirqsArgs),
     /// Sample on-CPU stacks (kernel and user) at a frequency, counted in the kernel; flame graphs.
     Profile(tools::profile::ProfileArgs),
     /// Hot kernel stacks of kernel threads (ksoftirqd, kworker, kswapd0, ...), grouped per thread.
@@ -112,6 +119,7 @@ const TOOL_NAMES: &[&str] = &[
     "forksnoop",
     "doctor",
     "softirq-top",
+    "hardirqs",
     "profile",
     "kstacks",
     "offcputime",
@@ -144,11 +152,54 @@ fn argv() -> Vec<OsString> {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    if TOOL_NAMES.contains(&invoked.as_str()) {
+    if bcc::BCC_TOOLS.contains(&invoked.as_str()) {
+        // A BCC tool's name: BCC's command line (bcc.rs), as `tracer bcc NAME ...`.
+        args[0] = "tracer".into();
+        args.insert(1, "bcc".into());
+        args.insert(2, invoked.into());
+    } else if TOOL_NAMES.contains(&invoked.as_str()) {
         args[0] = "tracer".into();
         args.insert(1, invoked.into());
+    } else if args
+        .get(1)
+        .is_some_and(|a| bcc::BCC_ONLY.iter().any(|n| a.as_os_str() == *n))
+    {
+        // `tracer softirqs`: a BCC-only name has only BCC's grammar.
+        args.insert(1, "bcc".into());
     }
     args
+}
+
+/// `tracer bcc [--print] TOOL ARGS...`: BCC's command line for TOOL rewritten into tracer's
+/// (see bcc.rs); None when argv is not a BCC invocation. `--print` shows the rewrite.
+fn bcc_argv(argv: &[OsString]) -> Option<Result<(Vec<OsString>, bool)>> {
+    if argv.get(1).map(|a| a.as_os_str()) != Some("bcc".as_ref()) {
+        return None;
+    }
+    let print = argv.get(2).map(|a| a.as_os_str()) == Some("--print".as_ref());
+    let rest = &argv[if print { 3 } else { 2 }..];
+    let Some(tool) = rest.first().map(|t| t.to_string_lossy().into_owned()) else {
+        return Some(Err(usage_err!(
+            "tracer bcc TOOL ARGS...: name a BCC tool ({})",
+            bcc::BCC_TOOLS.join(", ")
+        )));
+    };
+    Some(
+        bcc::translate(&tool, &rest[1..])
+            .map(|words| (words.into_iter().map(OsString::from).collect(), print)),
+    )
+}
+
+/// For `tracer bcc [--print] TOOL`: TOOL's name, so its errors start with it.
+fn bcc_tool_name(argv: &[OsString]) -> Option<&'static str> {
+    if argv.get(1).map(|a| a.as_os_str()) != Some("bcc".as_ref()) {
+        return None;
+    }
+    argv.iter()
+        .skip(2)
+        .find(|a| a.as_os_str() != "--print")
+        .and_then(|a| bcc::BCC_TOOLS.iter().find(|&&t| a.as_os_str() == t))
+        .copied()
 }
 
 /// The name errors start with: the tool's (`forksnoop: error: ...`) whether it was run as
@@ -161,9 +212,28 @@ fn error_prefix(argv: &[OsString]) -> &'static str {
 }
 
 fn main() -> ExitCode {
-    let argv = argv();
-    let prefix = error_prefix(&argv);
+    let mut argv = argv();
+    let bcc_prefix = bcc_tool_name(&argv);
+    let prefix = bcc_prefix.unwrap_or_else(|| error_prefix(&argv));
     output::set_tool_name(prefix);
+    match bcc_argv(&argv) {
+        None => {}
+        Some(Ok((translated, print))) => {
+            if print {
+                let words: Vec<String> = translated
+                    .iter()
+                    .map(|w| w.to_string_lossy().into_owned())
+                    .collect();
+                outln!("{}", words.join(" "));
+                return ExitCode::SUCCESS;
+            }
+            argv = translated;
+        }
+        Some(Err(err)) => {
+            errln!("{prefix}: error: {err:#}");
+            return ExitCode::from(2);
+        }
+    }
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version (closed stdout is fine)
@@ -212,6 +282,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Doctor(args) => tools::doctor::run(args),
         Tool::Forksnoop(args) => runtime()?.block_on(tools::forksnoop::run(args)),
         Tool::SoftirqTop(args) => runtime()?.block_on(tools::softirq_top::run(args)),
+        Tool::Hardirqs(args) => runtime()?.block_on(tools::hardirqs::run(args)),
         Tool::Profile(args) => runtime()?.block_on(tools::profile::run(args)),
         Tool::Offcputime(args) => runtime()?.block_on(tools::offcputime::run(args)),
         Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),
@@ -233,7 +304,8 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Kstacks(args) => runtime()?.block_on(tools::profile::run_kstacks(args)),
         Tool::Man { out_dir } => write_man_pages(&out_dir),
         Tool::ListTools => {
-            outln!("{}", TOOL_NAMES.join("\n"));
+            let names: Vec<&str> = TOOL_NAMES.iter().chain(bcc::BCC_ONLY).copied().collect();
+            outln!("{}", names.join("\n"));
             Ok(())
         }
         Tool::Completions { shell } => {

@@ -566,13 +566,32 @@ pub fn print_top_as(
     }
 }
 
-/// The stack's folded frames: comm, user frames root first, then kernel frames root first.
+/// `--delimited`: folded lines get a "-" frame where user frames end and kernel frames begin.
+/// Process-wide because it is one choice per run, made once by the command line.
+static FOLDED_DELIMITER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_folded_delimiter(on: bool) {
+    FOLDED_DELIMITER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The stack's folded frames: comm, user frames root first, then kernel frames root first
+/// (with `--delimited`, a "-" frame between the two halves when both are there).
 pub fn folded_frames(stack: &Stack) -> String {
     let mut line = sanitize(&stack.comm);
     if line.is_empty() {
         line.push_str("[unknown comm]");
     }
-    for frame in stack.user.iter().rev().chain(stack.kernel.iter().rev()) {
+    for frame in stack.user.iter().rev() {
+        line.push(';');
+        line.push_str(frame);
+    }
+    if FOLDED_DELIMITER.load(std::sync::atomic::Ordering::Relaxed)
+        && !stack.user.is_empty()
+        && !stack.kernel.is_empty()
+    {
+        line.push_str(";-");
+    }
+    for frame in stack.kernel.iter().rev() {
         line.push(';');
         line.push_str(frame);
     }

@@ -9,6 +9,7 @@ pub mod flamegraph;
 pub mod forksnoop;
 pub mod funccount;
 pub mod funclatency;
+pub mod hardirqs;
 pub mod kthreads;
 pub mod ktop;
 pub mod migrations;
@@ -132,6 +133,9 @@ pub struct StackOutputArgs {
     /// Print FlameGraph folded lines ("comm;frame;...;leaf value") instead of stacks.
     #[arg(short = 'f', long)]
     pub folded: bool,
+    /// In folded lines, a "-" frame between the user and the kernel frames (BCC's -d).
+    #[arg(long)]
+    pub delimited: bool,
     /// Also write an SVG flame graph to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -142,6 +146,7 @@ impl StackOutputArgs {
         if self.stack_storage_size == 0 || self.stack_storage_size > 1 << 20 {
             usage_bail!("--stack-storage-size must be 1 to 1048576");
         }
+        crate::stacks::set_folded_delimiter(self.delimited);
         Ok(())
     }
 }

@@ -63,6 +63,9 @@ pub struct StackcountArgs {
     /// Print FlameGraph folded lines ("comm;frame;...;leaf count").
     #[arg(short = 'f', long)]
     pub folded: bool,
+    /// In folded lines, a "-" frame between the user and the kernel frames (BCC's -d).
+    #[arg(long)]
+    pub delimited: bool,
     /// Also write an SVG flame graph here.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -79,11 +82,9 @@ pub struct StackcountArgs {
 
 pub async fn run(args: StackcountArgs) -> Result<()> {
     let (specs, interval) = probe_attach::split_positionals(&args.items)?;
+    stacks::set_folded_delimiter(args.delimited);
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
-    }
-    if interval.interval.is_some() {
-        usage_bail!("stackcount prints once at the end: use -d SECS instead of INTERVAL");
     }
     let svg = args
         .svg
@@ -138,95 +139,58 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             _ => "user",
         }
     );
-    session::stop_requested(args.common.duration.duration).await?;
-
-    // Read every instance's counts with the stack map that holds its ids.
-    let mut raws: Vec<RawStack> = Vec::new();
-    let mut probe_of: Vec<u32> = Vec::new();
-    for (instance, map) in loaded.instances.iter().zip(&maps) {
-        let counts: PerCpuHashMap<&MapData, StackKey, u64> = PerCpuHashMap::try_from(
-            instance
-                .ebpf
-                .map("STACK_COUNTS")
-                .ok_or_else(|| anyhow!("STACK_COUNTS map missing (build bug)"))?,
-        )?;
-        for (key, values) in counts.iter().flatten() {
-            raws.push(RawStack {
-                comm: comm_str(&key.comm),
-                pid: key.tgid,
-                tid: 0,
-                kernel: map.frames(key.kernel_stack),
-                user: map.frames(key.user_stack),
-                value: values.iter().sum(),
-            });
-            probe_of.push(key.probe_id);
-        }
-    }
+    let view = View {
+        args: &args,
+        probes: &probes,
+        has_pid: args.per_pid || user,
+    };
+    let stop = session::stop_requested(args.common.duration.duration);
+    tokio::pin!(stop);
+    let mut ticker = super::runqlat::ticker(interval.interval);
     let mut symbols = Symbols::new().strip_tracing_frames();
-    let resolved = symbols.resolve_all(&raws);
-    let names: HashMap<u32, String> = probe_of
-        .iter()
-        .map(|id| {
-            (
-                *id,
-                probes
-                    .get(*id as usize)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    // Keys hold a process only when it was asked for or user stacks need one; never a thread.
-    let has_pid = args.per_pid || user;
-    let stacks = stacks::merge(resolved);
-    let total: u64 = stacks.iter().map(|s| s.value).sum();
     let mut out = Out::new();
-    let shown = &stacks[..stacks.len().min(args.top)];
-    if args.common.output.json {
-        for stack in shown {
-            let mut value = stacks::stack_json(stack, total);
-            if let Some(fields) = value.as_object_mut() {
-                fields.remove("tid");
+    let mut all_folded: HashMap<String, u64> = HashMap::new();
+    let mut printed = 0u64;
+    loop {
+        let stopped = tokio::select! {
+            reason = &mut stop => { reason?; true }
+            _ = super::runqlat::tick(&mut ticker) => false,
+        };
+        // In interval mode each report holds that interval's hits: the counts are cleared
+        // after being read, as BCC's -i does (stack ids stay: they are shared by intervals).
+        let stacks = view.read(
+            &mut loaded,
+            &maps,
+            &mut symbols,
+            interval.interval.is_some(),
+        )?;
+        if interval.interval.is_some() && !args.common.output.json {
+            out.interval_header(args.common.output.timestamp);
+        }
+        view.print(
+            &stacks,
+            &loaded,
+            &mut out,
+            stopped || interval.interval.is_none(),
+        );
+        out.flush();
+        if svg.is_some() {
+            for stack in &stacks {
+                *all_folded.entry(stacks::folded_frames(stack)).or_default() += stack.value;
             }
-            value["pid"] = if has_pid {
-                json!(stack.pid)
-            } else {
-                json!(null)
-            };
-            value["type"] = json!("stack");
-            value["count"] = json!(stack.value);
-            out.json(&with_schema(TOOL, value));
         }
-        let probe_names: Vec<&String> = names.values().collect();
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "end", "total": total, "stacks": stacks.len(), "probes": probe_names,
-                   "stats": loaded.stats(), "attach": loaded.mechanisms}),
-        ));
-    } else if args.folded {
-        for line in stacks::folded(&stacks, Unit::Samples) {
-            out.line(&line);
+        printed += 1;
+        if stopped || out.closed() || interval.count.is_some_and(|c| printed >= c) {
+            break;
         }
-    } else {
-        stacks::print_top_as(&mut out, shown, total, Unit::Samples, |stack| {
-            if has_pid {
-                format!("{} [pid {}]", stack.comm, stack.pid)
-            } else {
-                stack.comm.clone()
-            }
-        });
-        if stacks.len() > shown.len() {
-            out.line(&format!(
-                "... {} more stacks (--top to show more)",
-                stacks.len() - shown.len()
-            ));
-        }
-        out.line(&format!("{total} hits in {} stacks", stacks.len()));
     }
-    out.flush();
     if let Some(svg) = svg {
         let title = format!("stackcount {}", specs.join(" "));
-        svg.write(&stacks::folded(&stacks, Unit::Samples), &title, "hits")?;
+        svg.write(
+            &stacks::folded_with(all_folded, &[], Unit::Samples),
+            &title,
+            "hits",
+        )?;
     }
     symbols.report_unknown(TOOL);
     loaded.stack_loss().report_with_hint(
@@ -237,4 +201,107 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         errln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
     }
     Ok(())
+}
+
+/// What a report needs to read and print the counts.
+struct View<'a> {
+    args: &'a StackcountArgs,
+    probes: &'a [probe_spec::Probe],
+    /// Keys hold a process only when it was asked for or user stacks need one; never a thread.
+    has_pid: bool,
+}
+
+impl View<'_> {
+    /// Every instance's counts, read with the stack map that holds its ids, symbolized and
+    /// merged; with `clear`, the counts read are deleted.
+    fn read(
+        &self,
+        loaded: &mut probe_attach::Loaded,
+        maps: &[StackMap],
+        symbols: &mut Symbols,
+        clear: bool,
+    ) -> Result<Vec<stacks::Stack>> {
+        let mut raws: Vec<RawStack> = Vec::new();
+        for (instance, map) in loaded.instances.iter_mut().zip(maps) {
+            let mut counts: PerCpuHashMap<&mut MapData, StackKey, u64> = PerCpuHashMap::try_from(
+                instance
+                    .ebpf
+                    .map_mut("STACK_COUNTS")
+                    .ok_or_else(|| anyhow!("STACK_COUNTS map missing (build bug)"))?,
+            )?;
+            let mut read = Vec::new();
+            for (key, values) in counts.iter().flatten() {
+                raws.push(RawStack {
+                    comm: comm_str(&key.comm),
+                    pid: key.tgid,
+                    tid: 0,
+                    kernel: map.frames(key.kernel_stack),
+                    user: map.frames(key.user_stack),
+                    value: values.iter().sum(),
+                });
+                read.push(key);
+            }
+            if clear {
+                for key in read {
+                    let _ = counts.remove(&key);
+                }
+            }
+        }
+        let resolved = symbols.resolve_all(&raws);
+        Ok(stacks::merge(resolved))
+    }
+
+    fn print(
+        &self,
+        stacks: &[stacks::Stack],
+        loaded: &probe_attach::Loaded,
+        out: &mut Out,
+        last: bool,
+    ) {
+        let args = self.args;
+        let total: u64 = stacks.iter().map(|s| s.value).sum();
+        let shown = &stacks[..stacks.len().min(args.top)];
+        if args.common.output.json {
+            for stack in shown {
+                let mut value = stacks::stack_json(stack, total);
+                if let Some(fields) = value.as_object_mut() {
+                    fields.remove("tid");
+                }
+                value["pid"] = if self.has_pid {
+                    json!(stack.pid)
+                } else {
+                    json!(null)
+                };
+                value["type"] = json!("stack");
+                value["count"] = json!(stack.value);
+                out.json(&with_schema(TOOL, value));
+            }
+            let probe_names: Vec<&String> = self.probes.iter().map(|p| &p.name).collect();
+            let kind = if last { "end" } else { "interval" };
+            out.json(&with_schema(
+                TOOL,
+                json!({"type": kind, "total": total, "stacks": stacks.len(), "probes": probe_names,
+                       "stats": loaded.stats(), "attach": loaded.mechanisms}),
+            ));
+        } else if args.folded {
+            for line in stacks::folded(stacks, Unit::Samples) {
+                out.line(&line);
+            }
+        } else {
+            stacks::print_top_as(out, shown, total, Unit::Samples, |stack| {
+                if self.has_pid {
+                    format!("{} [pid {}]", stack.comm, stack.pid)
+                } else {
+                    stack.comm.clone()
+                }
+            });
+            if stacks.len() > shown.len() {
+                out.line(&format!(
+                    "... {} more stacks (--top to show more)",
+                    stacks.len() - shown.len()
+                ));
+            }
+            out.line(&format!("{total} hits in {} stacks", stacks.len()));
+        }
+    }
 }

@@ -168,6 +168,7 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
         &["profile", "-T", "-d", "1.3", "0.5"],
         &["softirq-top", "-T", "-d", "1.3", "0.5"],
         &["migrations", "-T", "-d", "1.3", "0.5"],
+        &["hardirqs", "-T", "-d", "1.3", "0.5"],
         &["kthreads", "-T"],
     ];
     for args in cases {
@@ -197,6 +198,8 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["forksnoop", "--summary", "--json", "0.3", "2"],
         &["doctor", "--json"],
         &["softirq-top", "--json", "0.3", "1"],
+        &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "1"],
+        &["softirqs", "--json", "0.3", "1"],
         &["profile", "--json", "-d", "0.5"],
         &["kstacks", "--json", "-d", "0.5"],
         &["offcputime", "--json", "-d", "0.5"],
@@ -262,8 +265,14 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
             ));
             continue;
         }
-        // The schema names the tool as an identifier: tracer.softirq_top.v1.
-        let schema = format!("tracer.{}.v1", args[0].replace('-', "_"));
+        // The schema names the tool as an identifier: tracer.softirq_top.v1. BCC's softirqs
+        // is softirq-top's front end and prints softirq-top's records.
+        let tool = if args[0] == "softirqs" {
+            "softirq-top"
+        } else {
+            args[0]
+        };
+        let schema = format!("tracer.{}.v1", tool.replace('-', "_"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         if stdout.trim().is_empty() {
             problems.push(format!("{shown}: no output"));

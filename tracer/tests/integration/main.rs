@@ -6,6 +6,7 @@
 //! `cargo test --release -p tracer --test integration -- --test-threads 1` as root.
 
 mod bad_input;
+mod bcc;
 mod biotop;
 mod cli;
 mod common;
@@ -13,6 +14,7 @@ mod dist;
 mod doctor;
 mod flamegraph;
 mod forksnoop;
+mod hardirqs;
 mod migrations;
 mod overload;
 mod pipes;
@@ -32,11 +34,13 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(cli::tests());
     trials.extend(bad_input::tests());
+    trials.extend(bcc::tests());
     trials.extend(doctor::tests());
     trials.extend(dist::tests());
     trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
     trials.extend(softirq_top::tests());
+    trials.extend(hardirqs::tests());
     trials.extend(profile::tests());
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());

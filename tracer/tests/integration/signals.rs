@@ -26,6 +26,9 @@ enum Last {
 const LIVE: &[(&str, &[&str], Last)] = &[
     ("forksnoop", &["--json"], Last::JsonEnd),
     ("softirq-top", &["--json"], Last::JsonEnd),
+    ("hardirqs", &["--json"], Last::JsonEnd),
+    // BCC's name for softirq-top, in BCC's grammar (plus --json).
+    ("softirqs", &["--json"], Last::JsonEnd),
     ("profile", &["-F", "49", "--json"], Last::JsonEnd),
     ("kstacks", &["--json"], Last::JsonEnd),
     ("offcputime", &["--json"], Last::JsonEnd),

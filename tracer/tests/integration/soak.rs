@@ -71,6 +71,7 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("forksnoop", &[]),
     ("forksnoop", &["--summary", INTERVAL]),
     ("softirq-top", &[INTERVAL]),
+    ("hardirqs", &["-D", INTERVAL]),
     ("profile", &["-F", "49", INTERVAL]),
     ("kstacks", &["-F", "49", INTERVAL]),
     ("offcputime", &[INTERVAL]),

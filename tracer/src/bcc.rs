@@ -1,0 +1,884 @@
+//! BCC's command lines on tracer's tools. Invoked by a BCC tool's name (the `profile` symlink,
+//! `tracer bcc profile ...`, or the BCC-only names such as `softirqs`), a command line is parsed
+//! with that BCC tool's own options and meanings (`profile 5` samples for five seconds;
+//! `funccount -i 1 'vfs_*'`), then rewritten into the equivalent `tracer <tool>` command line,
+//! which the ordinary parser and tool run. So a BCC option means what BCC says, tracer's own
+//! vocabulary stays one language (docs/cli.md), and the output is tracer's.
+//!
+//! `tracer bcc --print TOOL ARGS...` prints the translated command instead of running it.
+//! What each tool accepts, and what it refuses and why: docs/bcc-compat.md.
+
+use std::ffi::OsString;
+
+use anyhow::Result;
+use clap::{Parser, error::ErrorKind};
+
+/// Tools that take a BCC command line when invoked by this name.
+pub const BCC_TOOLS: &[&str] = &[
+    "softirqs",
+    "hardirqs",
+    "runqlat",
+    "cpudist",
+    "profile",
+    "offcputime",
+    "funccount",
+    "funclatency",
+    "stackcount",
+];
+
+/// BCC names that are not also tracer tools: `tracer softirqs` takes BCC's grammar too.
+pub const BCC_ONLY: &[&str] = &["softirqs"];
+
+/// softirq-top's longest interval: BCC's softirqs without one reports once, at Ctrl-C, where
+/// softirq-top would redraw every second.
+const ONCE: &str = "86400";
+
+/// The `tracer ...` argv for BCC tool `tool` invoked with `args` (not including its name), or
+/// a one-line usage error naming BCC's form.
+pub fn translate(tool: &str, args: &[OsString]) -> Result<Vec<String>> {
+    let argv = std::iter::once(OsString::from(tool)).chain(args.iter().cloned());
+    let mut out = vec!["tracer".to_string()];
+    match tool {
+        "softirqs" => parse::<Softirqs>(tool, argv)?.translate(&mut out),
+        "hardirqs" => parse::<Hardirqs>(tool, argv)?.translate(&mut out),
+        "runqlat" => parse::<Runqlat>(tool, argv)?.translate(&mut out)?,
+        "cpudist" => parse::<Cpudist>(tool, argv)?.translate(&mut out),
+        "profile" => parse::<Profile>(tool, argv)?.translate(&mut out)?,
+        "offcputime" => parse::<Offcputime>(tool, argv)?.translate(&mut out)?,
+        "funccount" => parse::<Funccount>(tool, argv)?.translate(&mut out)?,
+        "funclatency" => parse::<Funclatency>(tool, argv)?.translate(&mut out)?,
+        "stackcount" => parse::<Stackcount>(tool, argv)?.translate(&mut out)?,
+        _ => usage_bail!(
+            "{tool} has no BCC front end (BCC tools here: {})",
+            BCC_TOOLS.join(", ")
+        ),
+    }
+    Ok(out)
+}
+
+/// Parses BCC's command line for `tool`; `-h` prints BCC-style help and exits.
+fn parse<T: Parser>(tool: &str, argv: impl Iterator<Item = OsString>) -> Result<T> {
+    T::try_parse_from(argv).map_err(|err| {
+        if matches!(
+            err.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        ) {
+            err.exit();
+        }
+        let usage = T::command().render_usage().to_string();
+        let usage = usage.trim_start_matches("Usage: ").trim();
+        let first = err
+            .render()
+            .to_string()
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid arguments")
+            .trim()
+            .trim_start_matches("error: ")
+            .to_string();
+        usage_err!("{first} (BCC {tool}'s form: {usage})")
+    })
+}
+
+/// `refuse!(tool, "option", "why")`: a BCC option tracer cannot honour, in one line.
+macro_rules! refuse {
+    ($tool:expr, $option:expr, $why:expr) => {
+        usage_bail!("{} {}: not supported here ({})", $tool, $option, $why)
+    };
+}
+
+fn push(out: &mut Vec<String>, items: &[&str]) {
+    out.extend(items.iter().map(|s| s.to_string()));
+}
+
+fn push_opt(out: &mut Vec<String>, flag: &str, value: &Option<impl ToString>) {
+    if let Some(v) = value {
+        out.push(flag.to_string());
+        out.push(v.to_string());
+    }
+}
+
+fn push_if(out: &mut Vec<String>, on: bool, flag: &str) {
+    if on {
+        out.push(flag.to_string());
+    }
+}
+
+/// `[interval] [count]`; none means report once at the end, as BCC does (and as tracer's
+/// histogram tools do without an interval).
+fn push_interval(out: &mut Vec<String>, interval: &Option<String>, count: &Option<String>) {
+    push_opt_positional(out, interval);
+    push_opt_positional(out, count);
+}
+
+fn push_opt_positional(out: &mut Vec<String>, value: &Option<String>) {
+    if let Some(v) = value {
+        out.push(v.clone());
+    }
+}
+
+/// BCC's `-i SECS -d SECS` in funccount, funclatency and stackcount: it prints after each
+/// interval and stops once the intervals add up to the duration, so the duration is a
+/// number of intervals — tracer's COUNT, exact however late the timer fires — not a clock.
+fn push_interval_duration(
+    tool: &str,
+    out: &mut Vec<String>,
+    interval: &Option<String>,
+    duration: &Option<String>,
+) -> Result<()> {
+    match (interval, duration) {
+        (Some(i), Some(d)) => {
+            let (Ok(secs_i), Ok(secs_d)) = (i.parse::<f64>(), d.parse::<f64>()) else {
+                usage_bail!("{tool} -i {i} -d {d}: both must be numbers of seconds");
+            };
+            if secs_i <= 0.0 || secs_d <= 0.0 {
+                usage_bail!("{tool} -i {i} -d {d}: both must be positive");
+            }
+            out.push(i.clone());
+            out.push(((secs_d / secs_i).ceil() as u64).max(1).to_string());
+        }
+        (Some(i), None) => out.push(i.clone()),
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+/// BCC's `-p` takes a comma list in some tools; tracer's takes one process.
+fn one_pid(tool: &str, pid: &Option<String>) -> Result<Option<String>> {
+    match pid {
+        Some(p) if p.contains(',') => {
+            refuse!(tool, format!("-p {p}"), "tracer's -p takes one process")
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// A BCC probe pattern as tracer writes it: `func`, `p::func` → `k:func`; `r::func` →
+/// `kr:func`; `lib:func`, `p:lib:func` → `u:lib:func`; `r:lib:func` → `ur:lib:func`;
+/// `t:cat:event` as is; `u:lib:probe` (USDT in BCC) → `usdt:lib:probe`. With `-r` the pattern
+/// is a regular expression, accepted where it is a glob in disguise (`^vfs_.*` → `vfs_*`).
+pub fn probe(tool: &str, pattern: &str, regex: bool) -> Result<String> {
+    let parts: Vec<&str> = pattern.splitn(3, ':').collect();
+    let (kind, lib, name) = match parts.as_slice() {
+        [name] => ("p", "", *name),
+        [lib, name] => ("p", *lib, *name),
+        [kind, lib, name] => (*kind, *lib, *name),
+        _ => unreachable!("splitn yields 1 to 3 parts"),
+    };
+    let name = if regex {
+        regex_to_glob(tool, name)?
+    } else {
+        name.to_string()
+    };
+    if name.is_empty() {
+        usage_bail!(
+            "{tool}: '{pattern}' names no function (BCC's forms: func, p::func, r::func, \
+             lib:func, p:lib:func, t:category:event, u:lib:usdt_probe)"
+        );
+    }
+    Ok(match (kind, lib) {
+        ("t", cat) => format!("t:{cat}:{name}"),
+        ("u", lib) => format!("usdt:{lib}:{name}"),
+        ("p" | "", "") => format!("k:{name}"),
+        ("r", "") => format!("kr:{name}"),
+        ("p" | "", lib) => format!("u:{lib}:{name}"),
+        ("r", lib) => format!("ur:{lib}:{name}"),
+        (other, _) => usage_bail!(
+            "{tool}: '{pattern}': unknown probe type '{other}:' (BCC's are p:, r:, t:, u:)"
+        ),
+    })
+}
+
+/// `^vfs_.*$` → `vfs_*`: anchors dropped, `.*` → `*`, `.` → `?`; anything else a regex can
+/// say and a glob cannot is refused.
+fn regex_to_glob(tool: &str, regex: &str) -> Result<String> {
+    let body = regex.strip_prefix('^').unwrap_or(regex);
+    let body = body.strip_suffix('$').unwrap_or(body);
+    let mut glob = String::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' if chars.peek() == Some(&'*') => {
+                chars.next();
+                glob.push('*');
+            }
+            '.' => glob.push('?'),
+            c if c.is_ascii_alphanumeric() || c == '_' => glob.push(c),
+            '\\' if chars.peek().is_some_and(|n| *n == '.' || *n == '_') => {
+                glob.push(chars.next().unwrap_or('_'));
+            }
+            _ => usage_bail!(
+                "{tool} -r '{regex}': only regular expressions that are globs in disguise are \
+                 supported (^prefix.*, .*suffix$, a.b); write it as a glob instead"
+            ),
+        }
+    }
+    Ok(glob)
+}
+
+// ---- the tools ------------------------------------------------------------------------------
+
+/// Time in softirqs per vector (BCC's softirqs), on softirq-top.
+#[derive(Parser, Debug)]
+#[command(
+    name = "softirqs",
+    disable_version_flag = true,
+    override_usage = "softirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
+)]
+struct Softirqs {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// Include a timestamp on output.
+    #[arg(short = 'T')]
+    timestamp: bool,
+    /// Output in nanoseconds.
+    #[arg(short = 'N')]
+    nanoseconds: bool,
+    /// Show the number of events (softirq-top always shows counts and time).
+    #[arg(short = 'C')]
+    events: bool,
+    /// Show distributions as histograms.
+    #[arg(short = 'd')]
+    dist: bool,
+    /// Trace this CPU only.
+    #[arg(short = 'c', value_name = "CPU")]
+    cpu: Option<String>,
+    interval: Option<String>,
+    count: Option<String>,
+}
+
+impl Softirqs {
+    fn translate(&self, out: &mut Vec<String>) {
+        push(out, &["softirq-top", "-b"]);
+        push_if(out, self.json, "--json");
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.nanoseconds, "-N");
+        push_if(out, self.dist, "-D");
+        push_opt(out, "-C", &self.cpu);
+        let _ = self.events;
+        out.push(self.interval.clone().unwrap_or_else(|| ONCE.to_string()));
+        push_opt_positional(out, &self.count);
+    }
+}
+
+/// Time in hard IRQ handlers (BCC's hardirqs).
+#[derive(Parser, Debug)]
+#[command(
+    name = "hardirqs",
+    disable_version_flag = true,
+    override_usage = "hardirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
+)]
+struct Hardirqs {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// Include a timestamp on output.
+    #[arg(short = 'T')]
+    timestamp: bool,
+    /// Output in nanoseconds.
+    #[arg(short = 'N')]
+    nanoseconds: bool,
+    /// Show event counts (tracer's hardirqs always shows counts and time).
+    #[arg(short = 'C')]
+    events: bool,
+    /// Show distributions as histograms.
+    #[arg(short = 'd')]
+    dist: bool,
+    /// Trace this CPU only.
+    #[arg(short = 'c', value_name = "CPU")]
+    cpu: Option<String>,
+    interval: Option<String>,
+    count: Option<String>,
+}
+
+impl Hardirqs {
+    fn translate(&self, out: &mut Vec<String>) {
+        push(out, &["hardirqs"]);
+        push_if(out, self.json, "--json");
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.nanoseconds, "-N");
+        push_if(out, self.dist, "-D");
+        push_opt(out, "-C", &self.cpu);
+        let _ = self.events;
+        push_interval(out, &self.interval, &self.count);
+    }
+}
+
+/// Run queue latency (BCC's runqlat).
+#[derive(Parser, Debug)]
+#[command(
+    name = "runqlat",
+    disable_version_flag = true,
+    override_usage = "runqlat [-h] [-T] [-m] [-P] [--pidnss] [-L] [-p PID] [interval] [count]"
+)]
+struct Runqlat {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'T')]
+    timestamp: bool,
+    #[arg(short = 'm')]
+    milliseconds: bool,
+    /// Print a histogram per process ID.
+    #[arg(short = 'P')]
+    pids: bool,
+    /// Print a histogram per PID namespace.
+    #[arg(long = "pidnss")]
+    pidnss: bool,
+    /// Print a histogram per thread ID.
+    #[arg(short = 'L')]
+    tids: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    interval: Option<String>,
+    count: Option<String>,
+}
+
+impl Runqlat {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        if self.pidnss {
+            refuse!(
+                "runqlat",
+                "--pidnss",
+                "no per-PID-namespace histograms; -P gives one per process"
+            );
+        }
+        push(out, &["runqlat"]);
+        push_if(out, self.json, "--json");
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.milliseconds, "-m");
+        push_if(out, self.pids, "-P");
+        push_if(out, self.tids, "-L");
+        push_opt(out, "-p", &self.pid);
+        push_interval(out, &self.interval, &self.count);
+        Ok(())
+    }
+}
+
+/// On- and off-CPU time slices (BCC's cpudist).
+#[derive(Parser, Debug)]
+#[command(
+    name = "cpudist",
+    disable_version_flag = true,
+    override_usage = "cpudist [-h] [-O] [-T] [-m] [-P] [-L] [-p PID] [-I] [-e] [interval] [count]"
+)]
+struct Cpudist {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// Measure off-CPU time.
+    #[arg(short = 'O')]
+    offcpu: bool,
+    #[arg(short = 'T')]
+    timestamp: bool,
+    #[arg(short = 'm')]
+    milliseconds: bool,
+    #[arg(short = 'P')]
+    pids: bool,
+    #[arg(short = 'L')]
+    tids: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    /// Include idle tasks.
+    #[arg(short = 'I')]
+    idle: bool,
+    /// Show the summary line (tracer always prints count, p50 and p99 under each histogram).
+    #[arg(short = 'e')]
+    summary: bool,
+    interval: Option<String>,
+    count: Option<String>,
+}
+
+impl Cpudist {
+    fn translate(&self, out: &mut Vec<String>) {
+        push(out, &["cpudist"]);
+        push_if(out, self.json, "--json");
+        push_if(out, self.offcpu, "-O");
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.milliseconds, "-m");
+        push_if(out, self.pids, "-P");
+        push_if(out, self.tids, "-L");
+        push_opt(out, "-p", &self.pid);
+        push_if(out, self.idle, "-I");
+        let _ = self.summary;
+        push_interval(out, &self.interval, &self.count);
+    }
+}
+
+/// Sampled on-CPU stacks (BCC's profile).
+#[derive(Parser, Debug)]
+#[command(
+    name = "profile",
+    disable_version_flag = true,
+    override_usage = "profile [-adfhIKU] [-p PID | -L TID] [-F FREQUENCY | -c COUNT] [-C CPU] [--stack-storage-size COUNT] [duration]"
+)]
+struct Profile {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// Profile these process IDs only.
+    #[arg(short = 'p', value_name = "PID", conflicts_with = "tid")]
+    pid: Option<String>,
+    /// Profile this thread ID only.
+    #[arg(short = 'L', value_name = "TID")]
+    tid: Option<String>,
+    /// User stacks only.
+    #[arg(short = 'U', conflicts_with = "kernel")]
+    user: bool,
+    /// Kernel stacks only.
+    #[arg(short = 'K')]
+    kernel: bool,
+    /// Sample frequency, Hz.
+    #[arg(short = 'F', value_name = "FREQUENCY", conflicts_with = "period")]
+    frequency: Option<u64>,
+    /// Sample period: one in this many cpu-clock nanoseconds.
+    #[arg(short = 'c', value_name = "COUNT")]
+    period: Option<u64>,
+    /// A delimiter between kernel and user stacks.
+    #[arg(short = 'd')]
+    delimited: bool,
+    /// Annotate kernel frames with _[k].
+    #[arg(short = 'a')]
+    annotate: bool,
+    /// Include CPU idle stacks.
+    #[arg(short = 'I')]
+    idle: bool,
+    /// Folded output.
+    #[arg(short = 'f')]
+    folded: bool,
+    #[arg(long = "stack-storage-size", value_name = "COUNT")]
+    stack_storage_size: Option<u32>,
+    /// Only this CPU.
+    #[arg(short = 'C', value_name = "CPU")]
+    cpu: Option<String>,
+    #[arg(long = "cgroupmap", value_name = "CGROUPMAP")]
+    cgroupmap: Option<String>,
+    #[arg(long = "mntnsmap", value_name = "MNTNSMAP")]
+    mntnsmap: Option<String>,
+    /// Duration, seconds.
+    duration: Option<String>,
+}
+
+impl Profile {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "profile";
+        if self.cgroupmap.is_some() || self.mntnsmap.is_some() {
+            refuse!(
+                TOOL,
+                "--cgroupmap/--mntnsmap",
+                "pinned BPF filter maps; cgroup filters are planned (issue 18)"
+            );
+        }
+        if self.annotate {
+            refuse!(TOOL, "-a", "kernel frames are not annotated with _[k]");
+        }
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_opt(out, "-t", &self.tid);
+        push_if(out, self.user, "-U");
+        push_if(out, self.kernel, "-K");
+        if let Some(period) = self.period {
+            // BCC samples the cpu-clock software event, whose period is nanoseconds of CPU
+            // time: one in N is exactly 1e9/N Hz.
+            if period == 0 {
+                usage_bail!("profile -c 0: the sample period must be at least 1");
+            }
+            out.push("-F".into());
+            out.push((1_000_000_000 / period).max(1).to_string());
+        }
+        push_opt(out, "-F", &self.frequency);
+        // BCC leaves the idle tasks out unless -I.
+        if !self.idle {
+            out.push("--no-idle".into());
+        }
+        push_if(out, self.folded, "-f");
+        push_if(out, self.delimited, "--delimited");
+        push_opt(out, "--stack-storage-size", &self.stack_storage_size);
+        push_opt(out, "-C", &self.cpu);
+        push_opt(out, "-d", &self.duration);
+        Ok(())
+    }
+}
+
+/// Off-CPU time by stack (BCC's offcputime).
+#[derive(Parser, Debug)]
+#[command(
+    name = "offcputime",
+    disable_version_flag = true,
+    override_usage = "offcputime [-h] [-p PID | -t TID | -u | -k] [-U | -K] [-d] [-f] [--stack-storage-size SIZE] [-m MIN_BLOCK_TIME] [-M MAX_BLOCK_TIME] [--state STATE] [duration]"
+)]
+struct Offcputime {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    #[arg(short = 't', value_name = "TID")]
+    tid: Option<String>,
+    /// User threads only.
+    #[arg(short = 'u', conflicts_with = "kernel_threads")]
+    user_threads: bool,
+    /// Kernel threads only.
+    #[arg(short = 'k')]
+    kernel_threads: bool,
+    #[arg(short = 'U', conflicts_with = "kernel")]
+    user: bool,
+    #[arg(short = 'K')]
+    kernel: bool,
+    /// A delimiter between kernel and user stacks.
+    #[arg(short = 'd')]
+    delimited: bool,
+    #[arg(short = 'f')]
+    folded: bool,
+    #[arg(long = "stack-storage-size", value_name = "STACK_STORAGE_SIZE")]
+    stack_storage_size: Option<u32>,
+    /// Minimum block time, microseconds.
+    #[arg(short = 'm', value_name = "MIN_BLOCK_TIME")]
+    min_block: Option<u64>,
+    /// Maximum block time, microseconds.
+    #[arg(short = 'M', value_name = "MAX_BLOCK_TIME")]
+    max_block: Option<u64>,
+    #[arg(long = "state", value_name = "STATE")]
+    state: Option<String>,
+    duration: Option<String>,
+}
+
+impl Offcputime {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "offcputime";
+        if self.state.is_some() {
+            refuse!(
+                TOOL,
+                "--state",
+                "blocked time is not split by task state at switch-out"
+            );
+        }
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_opt(out, "-t", &self.tid);
+        push_if(out, self.user_threads, "--user-threads-only");
+        push_if(out, self.kernel_threads, "--kthreads");
+        push_if(out, self.user, "-U");
+        push_if(out, self.kernel, "-K");
+        push_if(out, self.folded, "-f");
+        push_if(out, self.delimited, "--delimited");
+        push_opt(out, "--stack-storage-size", &self.stack_storage_size);
+        push_opt(out, "--min-block-time", &self.min_block);
+        push_opt(out, "--max-block-time", &self.max_block);
+        push_opt(out, "-d", &self.duration);
+        Ok(())
+    }
+}
+
+/// Function call counts (BCC's funccount).
+#[derive(Parser, Debug)]
+#[command(
+    name = "funccount",
+    disable_version_flag = true,
+    override_usage = "funccount [-h] [-p PID] [-i INTERVAL] [-d DURATION] [-T] [-r] [-c CPU] [-D] pattern"
+)]
+struct Funccount {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    /// Summary interval, seconds.
+    #[arg(short = 'i', value_name = "INTERVAL")]
+    interval: Option<String>,
+    /// Total duration of trace, seconds.
+    #[arg(short = 'd', value_name = "DURATION")]
+    duration: Option<String>,
+    #[arg(short = 'T')]
+    timestamp: bool,
+    /// Use regular expressions.
+    #[arg(short = 'r')]
+    regexp: bool,
+    /// Trace this CPU only.
+    #[arg(short = 'c', value_name = "CPU")]
+    cpu: Option<String>,
+    /// Print the BPF program (tracer's programs are prebuilt; ignored).
+    #[arg(short = 'D')]
+    debug: bool,
+    pattern: String,
+}
+
+impl Funccount {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "funccount";
+        if self.cpu.is_some() {
+            refuse!(TOOL, "-c", "counts are not filtered per CPU");
+        }
+        let _ = self.debug;
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_if(out, self.timestamp, "-T");
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
+        }
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+    }
+}
+
+/// Function latency histograms (BCC's funclatency).
+#[derive(Parser, Debug)]
+#[command(
+    name = "funclatency",
+    disable_version_flag = true,
+    override_usage = "funclatency [-h] [-p PID] [-i INTERVAL] [-d DURATION] [-T] [-u] [-m] [-F] [-r] [-v] [-l LEVEL] pattern"
+)]
+struct Funclatency {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    #[arg(short = 'i', value_name = "INTERVAL")]
+    interval: Option<String>,
+    #[arg(short = 'd', value_name = "DURATION")]
+    duration: Option<String>,
+    #[arg(short = 'T')]
+    timestamp: bool,
+    #[arg(short = 'u', conflicts_with = "milliseconds")]
+    microseconds: bool,
+    #[arg(short = 'm')]
+    milliseconds: bool,
+    /// One histogram per function.
+    #[arg(short = 'F')]
+    function: bool,
+    #[arg(short = 'r')]
+    regexp: bool,
+    /// Print the BPF program (tracer's programs are prebuilt; ignored).
+    #[arg(short = 'v')]
+    verbose: bool,
+    /// Nesting depth to track.
+    #[arg(short = 'l', value_name = "LEVEL")]
+    level: Option<u32>,
+    pattern: String,
+}
+
+impl Funclatency {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "funclatency";
+        if self.level.is_some() {
+            refuse!(
+                TOOL,
+                "-l",
+                "recursion is not tracked; the innermost call is timed"
+            );
+        }
+        let _ = self.verbose;
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.microseconds, "-u");
+        push_if(out, self.milliseconds, "-m");
+        push_if(out, self.function, "--function");
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
+        }
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+    }
+}
+
+/// Stack counts for an event (BCC's stackcount).
+#[derive(Parser, Debug)]
+#[command(
+    name = "stackcount",
+    disable_version_flag = true,
+    override_usage = "stackcount [-h] [-p PID] [-c CPU] [-i INTERVAL] [-D DURATION] [-T] [-r] [-s] [-P] [-K] [-U] [-v] [-d] [-f] [--debug] pattern"
+)]
+struct Stackcount {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    #[arg(short = 'c', value_name = "CPU")]
+    cpu: Option<String>,
+    #[arg(short = 'i', value_name = "INTERVAL")]
+    interval: Option<String>,
+    /// Total duration of trace, seconds.
+    #[arg(short = 'D', value_name = "DURATION")]
+    duration: Option<String>,
+    #[arg(short = 'T')]
+    timestamp: bool,
+    #[arg(short = 'r')]
+    regexp: bool,
+    /// Show address offsets.
+    #[arg(short = 's')]
+    offsets: bool,
+    /// Per process.
+    #[arg(short = 'P')]
+    per_pid: bool,
+    #[arg(short = 'K', conflicts_with = "user")]
+    kernel: bool,
+    #[arg(short = 'U')]
+    user: bool,
+    /// Show raw addresses.
+    #[arg(short = 'v')]
+    addresses: bool,
+    /// A delimiter between kernel and user stacks.
+    #[arg(short = 'd')]
+    delimited: bool,
+    #[arg(short = 'f')]
+    folded: bool,
+    #[arg(long = "debug")]
+    debug: bool,
+    pattern: String,
+}
+
+impl Stackcount {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "stackcount";
+        if self.cpu.is_some() {
+            refuse!(TOOL, "-c", "stacks are not filtered per CPU");
+        }
+        if self.offsets || self.addresses {
+            refuse!(
+                TOOL,
+                if self.offsets { "-s" } else { "-v" },
+                "frames are printed as symbols, without offsets or raw addresses"
+            );
+        }
+        let _ = self.debug;
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_if(out, self.timestamp, "-T");
+        push_if(out, self.per_pid, "-P");
+        match (self.kernel, self.user) {
+            (true, _) => out.push("-K".into()),
+            (_, true) => out.push("-U".into()),
+            // BCC shows both halves unless told otherwise.
+            _ => out.push("--both-stacks".into()),
+        }
+        push_if(out, self.folded, "-f");
+        push_if(out, self.delimited, "--delimited");
+        if self.interval.is_none() {
+            push_opt(out, "-d", &self.duration);
+        }
+        out.push(probe(TOOL, &self.pattern, self.regexp)?);
+        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tr(line: &str) -> String {
+        let words: Vec<OsString> = shell_words(line).into_iter().map(OsString::from).collect();
+        let tool = words[0].to_string_lossy().into_owned();
+        translate(&tool, &words[1..])
+            .map(|v| v[1..].join(" "))
+            .unwrap_or_else(|e| format!("error: {e:#}"))
+    }
+
+    /// Splits on spaces, honouring single quotes (enough for the cases below).
+    fn shell_words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        words
+    }
+
+    #[test]
+    fn bcc_meanings_become_tracer_flags() {
+        for (bcc, tracer) in [
+            ("profile 5", "profile --no-idle -d 5"),
+            ("profile -F 99 5", "profile -F 99 --no-idle -d 5"),
+            ("profile -c 1000000 5", "profile -F 1000 --no-idle -d 5"),
+            ("profile -L 181", "profile -t 181 --no-idle"),
+            ("profile -df 5", "profile --no-idle -f --delimited -d 5"),
+            ("profile -IK", "profile -K"),
+            ("offcputime -f 5", "offcputime -f -d 5"),
+            (
+                "offcputime -k -m 100",
+                "offcputime --kthreads --min-block-time 100",
+            ),
+            ("softirqs -d", "softirq-top -b -D 86400"),
+            ("softirqs -NT 1", "softirq-top -b -T -N 1"),
+            ("softirqs -c 1 1 10", "softirq-top -b -C 1 1 10"),
+            ("hardirqs -d 1 10", "hardirqs -D 1 10"),
+            ("runqlat -mT 1", "runqlat -T -m 1"),
+            ("runqlat -P 185 1", "runqlat -P 185 1"),
+            ("cpudist -e", "cpudist"),
+            ("funccount 'vfs_*'", "funccount k:vfs_*"),
+            ("funccount -i 1 'vfs_*'", "funccount k:vfs_* 1"),
+            ("funccount -d 10 'vfs_*'", "funccount -d 10 k:vfs_*"),
+            ("funccount -r '^vfs_.*'", "funccount k:vfs_*"),
+            (
+                "funccount t:sched:sched_fork",
+                "funccount t:sched:sched_fork",
+            ),
+            ("funccount c:malloc", "funccount u:c:malloc"),
+            (
+                "funccount -p 185 u:node:gc*",
+                "funccount -p 185 usdt:node:gc*",
+            ),
+            (
+                "funclatency -mTi 5 vfs_read",
+                "funclatency -T -m k:vfs_read 5",
+            ),
+            (
+                "funclatency -F 'vfs_fstat*'",
+                "funclatency --function k:vfs_fstat*",
+            ),
+            (
+                "stackcount submit_bio",
+                "stackcount --both-stacks k:submit_bio",
+            ),
+            (
+                "stackcount -Ti 5 ip_output",
+                "stackcount -T --both-stacks k:ip_output 5",
+            ),
+            (
+                "stackcount -K -D 3 p::ip_output",
+                "stackcount -K -d 3 k:ip_output",
+            ),
+        ] {
+            assert_eq!(tr(bcc), tracer, "{bcc}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_one_line_naming_the_form() {
+        for (bcc, needle) in [
+            ("profile -x", "BCC profile's form: profile"),
+            ("funccount", "BCC funccount's form"),
+            ("runqlat --pidnss", "--pidnss: not supported here"),
+            ("profile -p 1,2", "tracer's -p takes one process"),
+            ("funccount -r 'vfs_(read|write)'", "globs in disguise"),
+            ("funccount x:y:z", "unknown probe type 'x:'"),
+        ] {
+            let got = tr(bcc);
+            assert!(
+                got.starts_with("error: ") && got.contains(needle),
+                "{bcc}: {got}"
+            );
+            assert_eq!(got.lines().count(), 1, "{bcc}: {got}");
+        }
+    }
+}
