@@ -88,8 +88,12 @@ const TOOLS: &[(&str, &[&str])] = &[
     // No interval mode: counts until the end; kernel stacks are keyed by comm, so its maps
     // level off like the others.
     ("stackcount", &["t:sched:sched_process_fork"]),
+    ("stackcount", &["t:sched:sched_process_fork", INTERVAL]),
     ("ktop", &[INTERVAL]),
     ("migrations", &["--stoppers", "-F", "99", INTERVAL]),
+    ("wqtop", &["-b", INTERVAL]),
+    ("reclaimtop", &["-b", INTERVAL]),
+    ("biotop", &[INTERVAL]),
     ("runqlat", &[INTERVAL]),
     ("cpudist", &[INTERVAL]),
     // Scraped twice at every sample (see `Tool::sample`).
