@@ -146,6 +146,45 @@ pub struct LadderError {
     pub declined: Vec<Declined>,
 }
 
+/// The tracepoint ladder of a tool whose programs follow the naming convention
+/// `{prefix}_btf` (tp_btf), `{prefix}_raw` (raw_tp) and `{prefix}_tp` (classic tracepoint):
+/// climbs the rungs of `mechanisms` in that order.
+pub fn tracepoint_ladder(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    category: &str,
+    event: &str,
+    prefix: &str,
+    mechanisms: &[Mechanism],
+    force: Option<Mechanism>,
+) -> Result<Attachment, LadderError> {
+    let names: Vec<(Mechanism, String)> = mechanisms
+        .iter()
+        .map(|&m| {
+            let suffix = match m {
+                Mechanism::TpBtf => "btf",
+                Mechanism::RawTp => "raw",
+                _ => "tp",
+            };
+            (m, format!("{prefix}_{suffix}"))
+        })
+        .collect();
+    let rungs: Vec<Rung> = names
+        .iter()
+        .map(|(mechanism, program)| Rung {
+            mechanism: *mechanism,
+            program,
+        })
+        .collect();
+    attach(
+        ebpf,
+        btf,
+        Target::Tracepoint { category, event },
+        &rungs,
+        force,
+    )
+}
+
 /// Climbs `rungs` in order (or only `force`, when the user pinned a mechanism).
 pub fn attach(
     ebpf: &mut Ebpf,

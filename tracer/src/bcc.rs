@@ -39,8 +39,7 @@ pub fn translate(tool: &str, args: &[OsString]) -> Result<Vec<String>> {
     let argv = std::iter::once(OsString::from(tool)).chain(args.iter().cloned());
     let mut out = vec!["tracer".to_string()];
     match tool {
-        "softirqs" => parse::<Softirqs>(tool, argv)?.translate(&mut out),
-        "hardirqs" => parse::<Hardirqs>(tool, argv)?.translate(&mut out),
+        "softirqs" | "hardirqs" => parse::<Irqs>(tool, argv)?.translate(tool, &mut out),
         "runqlat" => parse::<Runqlat>(tool, argv)?.translate(&mut out)?,
         "cpudist" => parse::<Cpudist>(tool, argv)?.translate(&mut out),
         "profile" => parse::<Profile>(tool, argv)?.translate(&mut out)?,
@@ -58,15 +57,26 @@ pub fn translate(tool: &str, args: &[OsString]) -> Result<Vec<String>> {
 
 /// Parses BCC's command line for `tool`; `-h` prints BCC-style help and exits.
 fn parse<T: Parser>(tool: &str, argv: impl Iterator<Item = OsString>) -> Result<T> {
-    T::try_parse_from(argv).map_err(|err| {
+    let name: &'static str = BCC_TOOLS
+        .iter()
+        .find(|t| **t == tool)
+        .copied()
+        .unwrap_or("bcc");
+    let command = T::command().name(name);
+    let parsed = command
+        .clone()
+        .try_get_matches_from(argv)
+        .and_then(|m| T::from_arg_matches(&m));
+    parsed.map_err(|err| {
         if matches!(
             err.kind(),
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
         ) {
             err.exit();
         }
-        let usage = T::command().render_usage().to_string();
+        let usage = command.clone().render_usage().to_string();
         let usage = usage.trim_start_matches("Usage: ").trim();
+        let usage = usage.replace("softirqs|hardirqs", tool);
         let first = err
             .render()
             .to_string()
@@ -218,14 +228,16 @@ fn regex_to_glob(tool: &str, regex: &str) -> Result<String> {
 
 // ---- the tools ------------------------------------------------------------------------------
 
-/// Time in softirqs per vector (BCC's softirqs), on softirq-top.
+// BCC's softirqs and hardirqs take the same options; `parse` names the command after the one
+// invoked.
+/// Time in softirqs per vector (softirqs, on softirq-top) or in hard IRQ handlers (hardirqs).
 #[derive(Parser, Debug)]
 #[command(
     name = "softirqs",
     disable_version_flag = true,
-    override_usage = "softirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
+    override_usage = "softirqs|hardirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
 )]
-struct Softirqs {
+struct Irqs {
     /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
     #[arg(long = "json")]
     json: bool,
@@ -235,7 +247,7 @@ struct Softirqs {
     /// Output in nanoseconds.
     #[arg(short = 'N')]
     nanoseconds: bool,
-    /// Show the number of events (softirq-top always shows counts and time).
+    /// Show event counts (tracer always shows counts and time).
     #[arg(short = 'C')]
     events: bool,
     /// Show distributions as histograms.
@@ -248,60 +260,30 @@ struct Softirqs {
     count: Option<String>,
 }
 
-impl Softirqs {
-    fn translate(&self, out: &mut Vec<String>) {
-        push(out, &["softirq-top", "-b"]);
+impl Irqs {
+    /// `softirqs` becomes `softirq-top -b` (reporting once at Ctrl-C when no interval is
+    /// given, where softirq-top would redraw every second); `hardirqs` stays hardirqs.
+    fn translate(&self, tool: &str, out: &mut Vec<String>) {
+        let softirqs = tool == "softirqs";
+        push(
+            out,
+            if softirqs {
+                &["softirq-top", "-b"]
+            } else {
+                &["hardirqs"]
+            },
+        );
         push_if(out, self.json, "--json");
         push_if(out, self.timestamp, "-T");
         push_if(out, self.nanoseconds, "-N");
         push_if(out, self.dist, "-D");
         push_opt(out, "-C", &self.cpu);
         let _ = self.events;
-        out.push(self.interval.clone().unwrap_or_else(|| ONCE.to_string()));
+        match (&self.interval, softirqs) {
+            (None, true) => out.push(ONCE.to_string()),
+            (interval, _) => push_opt_positional(out, interval),
+        }
         push_opt_positional(out, &self.count);
-    }
-}
-
-/// Time in hard IRQ handlers (BCC's hardirqs).
-#[derive(Parser, Debug)]
-#[command(
-    name = "hardirqs",
-    disable_version_flag = true,
-    override_usage = "hardirqs [-h] [-T] [-N] [-C] [-d] [-c CPU] [interval] [count]"
-)]
-struct Hardirqs {
-    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
-    #[arg(long = "json")]
-    json: bool,
-    /// Include a timestamp on output.
-    #[arg(short = 'T')]
-    timestamp: bool,
-    /// Output in nanoseconds.
-    #[arg(short = 'N')]
-    nanoseconds: bool,
-    /// Show event counts (tracer's hardirqs always shows counts and time).
-    #[arg(short = 'C')]
-    events: bool,
-    /// Show distributions as histograms.
-    #[arg(short = 'd')]
-    dist: bool,
-    /// Trace this CPU only.
-    #[arg(short = 'c', value_name = "CPU")]
-    cpu: Option<String>,
-    interval: Option<String>,
-    count: Option<String>,
-}
-
-impl Hardirqs {
-    fn translate(&self, out: &mut Vec<String>) {
-        push(out, &["hardirqs"]);
-        push_if(out, self.json, "--json");
-        push_if(out, self.timestamp, "-T");
-        push_if(out, self.nanoseconds, "-N");
-        push_if(out, self.dist, "-D");
-        push_opt(out, "-C", &self.cpu);
-        let _ = self.events;
-        push_interval(out, &self.interval, &self.count);
     }
 }
 

@@ -23,7 +23,7 @@ use tracer_common::{
 
 use super::runqlat;
 use crate::{
-    attach::{self, Attachment, Mechanism, Rung, Target},
+    attach::{self, Attachment, Mechanism},
     btf::KernelBtf,
     filters,
     hist::Log2,
@@ -86,46 +86,18 @@ pub async fn run(args: HardirqsArgs) -> Result<()> {
         l.map_max_entries("HISTS", if args.dist { IRQ_ENTRIES } else { 1 });
     })?;
     // Exit first: an entry stamped before its exit program is attached is simply not timed.
-    let exit = attach_irq(&mut ebpf, &btf, "irq_handler_exit", "hardirqs_exit", force)?;
-    let entry = attach_irq(
-        &mut ebpf,
-        &btf,
-        "irq_handler_entry",
-        "hardirqs_entry",
-        force,
-    )?;
+    let ladder = [Mechanism::TpBtf, Mechanism::RawTp];
+    let mut attach_irq = |event, prefix| {
+        attach::tracepoint_ladder(&mut ebpf, &btf, "irq", event, prefix, &ladder, force)
+    };
+    let exit = attach_irq("irq_handler_exit", "hardirqs_exit")?;
+    let entry = attach_irq("irq_handler_entry", "hardirqs_entry")?;
     if args.common.verbose {
         for a in [&entry, &exit] {
             errln!("{TOOL}: {}", a.summary());
         }
     }
     Report::new(&mut ebpf, args, cpus)?.run(&entry).await
-}
-
-fn attach_irq(
-    ebpf: &mut Ebpf,
-    btf: &KernelBtf,
-    event: &'static str,
-    prefix: &str,
-    force: Option<Mechanism>,
-) -> Result<Attachment> {
-    let btf_name = format!("{prefix}_btf");
-    let raw_name = format!("{prefix}_raw");
-    let rungs = [
-        Rung {
-            mechanism: Mechanism::TpBtf,
-            program: &btf_name,
-        },
-        Rung {
-            mechanism: Mechanism::RawTp,
-            program: &raw_name,
-        },
-    ];
-    let target = Target::Tracepoint {
-        category: "irq",
-        event,
-    };
-    Ok(attach::attach(ebpf, btf, target, &rungs, force)?)
 }
 
 /// What a row is: an IRQ line, or an IRQ line on one CPU.

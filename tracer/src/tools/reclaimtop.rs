@@ -123,30 +123,22 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
     let mut attachments = Vec::new();
     let btf_ok = btf.available() && config.shrinker_scan_objects != 0;
     for &(category, event, base) in EVENTS {
-        let names = [
-            format!("{base}_btf"),
-            format!("{base}_raw"),
-            format!("{base}_tp"),
-        ];
-        let mut rungs = Vec::new();
+        let mut mechanisms = Vec::new();
         if btf_ok {
-            rungs.push(Rung {
-                mechanism: Mechanism::TpBtf,
-                program: &names[0],
-            });
-            rungs.push(Rung {
-                mechanism: Mechanism::RawTp,
-                program: &names[1],
-            });
+            mechanisms.extend([Mechanism::TpBtf, Mechanism::RawTp]);
         }
         if tp_ok.get(event).copied().unwrap_or(false) {
-            rungs.push(Rung {
-                mechanism: Mechanism::Tracepoint,
-                program: &names[2],
-            });
+            mechanisms.push(Mechanism::Tracepoint);
         }
-        let target = Target::Tracepoint { category, event };
-        attachments.push(attach::attach(&mut ebpf, &btf, target, &rungs, force)?);
+        attachments.push(attach::tracepoint_ladder(
+            &mut ebpf,
+            &btf,
+            category,
+            event,
+            base,
+            &mechanisms,
+            force,
+        )?);
     }
     // oom:mark_victim changed its prototype: only the classic tracepoint, whatever --attach says.
     let oom_rung = [Rung {

@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    attach::{self, Attachment, Mechanism, Rung, Target},
+    attach::{self, Attachment, Mechanism},
     btf::KernelBtf,
     hist::Log2,
     kthread_roles,
@@ -149,23 +149,15 @@ pub(super) fn attach_switch(
     prefix: &str,
     force: Option<Mechanism>,
 ) -> Result<Attachment> {
-    let btf_name = format!("{prefix}_switch_btf");
-    let raw_name = format!("{prefix}_switch_raw");
-    let rungs = [
-        Rung {
-            mechanism: Mechanism::TpBtf,
-            program: &btf_name,
-        },
-        Rung {
-            mechanism: Mechanism::RawTp,
-            program: &raw_name,
-        },
-    ];
-    let target = Target::Tracepoint {
-        category: "sched",
-        event: "sched_switch",
-    };
-    Ok(attach::attach(ebpf, btf, target, &rungs, force)?)
+    Ok(attach::tracepoint_ladder(
+        ebpf,
+        btf,
+        "sched",
+        "sched_switch",
+        &format!("{prefix}_switch"),
+        &[Mechanism::TpBtf, Mechanism::RawTp],
+        force,
+    )?)
 }
 
 /// `sched_wakeup` and `sched_wakeup_new`, which stamp the moment a task becomes runnable.
@@ -175,25 +167,19 @@ pub(super) fn attach_wakeups(
     force: Option<Mechanism>,
 ) -> Result<Vec<Attachment>> {
     let mut done = Vec::new();
-    for (event, btf_name, raw_name) in [
-        ("sched_wakeup", "sched_wakeup_btf", "sched_wakeup_raw"),
-        ("sched_wakeup_new", "sched_wnew_btf", "sched_wnew_raw"),
+    for (event, prefix) in [
+        ("sched_wakeup", "sched_wakeup"),
+        ("sched_wakeup_new", "sched_wnew"),
     ] {
-        let rungs = [
-            Rung {
-                mechanism: Mechanism::TpBtf,
-                program: btf_name,
-            },
-            Rung {
-                mechanism: Mechanism::RawTp,
-                program: raw_name,
-            },
-        ];
-        let target = Target::Tracepoint {
-            category: "sched",
+        done.push(attach::tracepoint_ladder(
+            ebpf,
+            btf,
+            "sched",
             event,
-        };
-        done.push(attach::attach(ebpf, btf, target, &rungs, force)?);
+            prefix,
+            &[Mechanism::TpBtf, Mechanism::RawTp],
+            force,
+        )?);
     }
     Ok(done)
 }

@@ -28,7 +28,7 @@ use tracer_common::{
 
 use super::runqlat;
 use crate::{
-    attach::{self, Attachment, Mechanism, Rung, Target},
+    attach::{self, Attachment, Mechanism},
     btf::KernelBtf,
     cgroup::{self, Controller},
     filters,
@@ -263,25 +263,13 @@ fn attach_event(
     btf_args: bool,
     force: Option<Mechanism>,
 ) -> Result<Attachment> {
-    let names = [
-        (Mechanism::TpBtf, format!("{prefix}_btf")),
-        (Mechanism::RawTp, format!("{prefix}_raw")),
-        (Mechanism::Tracepoint, format!("{prefix}_tp")),
-    ];
-    let rungs: Vec<Rung> = names
-        .iter()
-        .filter(|(m, _)| btf_args || *m == Mechanism::Tracepoint)
-        .map(|(mechanism, program)| Rung {
-            mechanism: *mechanism,
-            program,
-        })
-        .collect();
-    let force = force.filter(|f| rungs.iter().any(|r| r.mechanism == *f));
-    let target = Target::Tracepoint {
-        category: "workqueue",
-        event,
+    let mechanisms: &[Mechanism] = if btf_args {
+        &[Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint]
+    } else {
+        &[Mechanism::Tracepoint]
     };
-    attach::attach(ebpf, btf, target, &rungs, force)
+    let force = force.filter(|f| mechanisms.contains(f));
+    attach::tracepoint_ladder(ebpf, btf, "workqueue", event, prefix, mechanisms, force)
         .with_context(|| format!("cannot attach to workqueue:{event}"))
 }
 

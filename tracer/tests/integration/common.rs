@@ -782,3 +782,23 @@ pub fn kernel_has_uprobe_multi() -> bool {
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (6, 6)
 }
+
+/// Each `tracer ARGS` must fail with one stderr line containing its needle (and no panic):
+/// the bad-input rule every tool's own table checks with this.
+pub fn expect_one_line_errors(cases: &[(Vec<&str>, &str)]) -> Result<(), Failed> {
+    for (args, needle) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure(!out.status.success(), || format!("{args:?} succeeded"))?;
+        ensure(stderr.contains(needle), || {
+            format!("{args:?}: stderr lacks '{needle}': {stderr}")
+        })?;
+        ensure(stderr.trim().lines().count() == 1, || {
+            format!("{args:?}: not one line: {stderr}")
+        })?;
+        ensure(!stderr.contains("panicked"), || {
+            format!("{args:?} panicked: {stderr}")
+        })?;
+    }
+    Ok(())
+}

@@ -13,7 +13,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, TRACER, assert_nothing_loaded, emulated, ensure, fail, run, start, trial,
+    Need, TRACER, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, start,
+    trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -185,23 +186,12 @@ fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
 }
 
 fn bad_input() -> Result<(), Failed> {
-    for (args, needle) in [
+    expect_one_line_errors(&[
         (vec!["hardirqs", "-C", "99"], "CPU 99 is not online"),
         (vec!["hardirqs", "0"], "out of range"),
         (
             vec!["hardirqs", "--attach", "kprobe"],
             "choose one of tp_btf, raw_tp",
         ),
-    ] {
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure(!out.status.success(), || format!("{args:?} succeeded"))?;
-        ensure(stderr.contains(needle), || {
-            format!("{args:?}: stderr lacks '{needle}': {stderr}")
-        })?;
-        ensure(stderr.trim().lines().count() == 1, || {
-            format!("{args:?}: not one line: {stderr}")
-        })?;
-    }
-    Ok(())
+    ])
 }

@@ -8,7 +8,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, Running, assert_nothing_loaded, emulated, ensure, fail, run, start, trial,
+    Need, Running, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, run,
+    start, trial,
 };
 use testbed::{netns::NetnsPair, nginx::Nginx};
 
@@ -162,7 +163,7 @@ fn around<T>(
 }
 
 fn bad_input() -> Result<(), Failed> {
-    for (args, needle) in [
+    expect_one_line_errors(&[
         (vec!["softirq-top", "-C", "99"], "CPU 99 is not online"),
         (
             vec!["softirq-top", "--vec", "BOGUS"],
@@ -176,21 +177,7 @@ fn bad_input() -> Result<(), Failed> {
             vec!["softirq-top", "--attach", "kprobe"],
             "choose one of tp_btf, raw_tp, tracepoint",
         ),
-    ] {
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure(!out.status.success(), || format!("{args:?} succeeded"))?;
-        ensure(stderr.contains(needle), || {
-            format!("{args:?}: stderr lacks '{needle}': {stderr}")
-        })?;
-        ensure(stderr.trim().lines().count() == 1, || {
-            format!("{args:?}: not one line: {stderr}")
-        })?;
-        ensure(!stderr.contains("panicked"), || {
-            format!("{args:?} panicked: {stderr}")
-        })?;
-    }
-    Ok(())
+    ])
 }
 
 /// Entry counts of every vector equal /proc/softirqs deltas over the same window.

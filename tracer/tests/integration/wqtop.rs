@@ -11,7 +11,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, Workload, assert_nothing_loaded, emulated, ensure, fail, run, scaled, start, trial,
+    Need, Workload, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, scaled,
+    start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root, Need::Tracefs];
@@ -35,7 +36,7 @@ pub fn tests() -> Vec<Trial> {
 }
 
 fn bad_input() -> Result<(), Failed> {
-    for (args, needle) in [
+    expect_one_line_errors(&[
         (vec!["wqtop", "0"], "out of range"),
         (vec!["wqtop", "1", "0"], "not a positive count"),
         (
@@ -48,21 +49,7 @@ fn bad_input() -> Result<(), Failed> {
             vec!["wqtop", "--attach", "kprobe"],
             "choose one of tp_btf, raw_tp, tracepoint",
         ),
-    ] {
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure(!out.status.success(), || format!("{args:?} succeeded"))?;
-        ensure(stderr.contains(needle), || {
-            format!("{args:?}: stderr lacks '{needle}': {stderr}")
-        })?;
-        ensure(stderr.trim().lines().count() == 1, || {
-            format!("{args:?}: not one line: {stderr}")
-        })?;
-        ensure(!stderr.contains("panicked"), || {
-            format!("{args:?} panicked: {stderr}")
-        })?;
-    }
-    Ok(())
+    ])
 }
 
 /// Reads of stat_refresh per run: small under TCG, where each costs milliseconds.
