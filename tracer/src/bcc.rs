@@ -127,6 +127,22 @@ fn push_opt_positional(out: &mut Vec<String>, value: &Option<String>) {
     }
 }
 
+/// The end of a probe tool's line (funccount, funclatency, stackcount): `-d` when there is no
+/// interval, the probe, then `[INTERVAL [COUNT]]` (see `push_interval_duration`).
+fn push_probe_and_timing(
+    tool: &str,
+    out: &mut Vec<String>,
+    (pattern, regex): (&str, bool),
+    interval: &Option<String>,
+    duration: &Option<String>,
+) -> Result<()> {
+    if interval.is_none() {
+        push_opt(out, "-d", duration);
+    }
+    out.push(probe(tool, pattern, regex)?);
+    push_interval_duration(tool, out, interval, duration)
+}
+
 /// BCC's `-i SECS -d SECS` in funccount, funclatency and stackcount: it prints after each
 /// interval and stops once the intervals add up to the duration, so the duration is a
 /// number of intervals — tracer's COUNT, exact however late the timer fires — not a clock.
@@ -599,11 +615,13 @@ impl Funccount {
         push_if(out, self.json, "--json");
         push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
         push_if(out, self.timestamp, "-T");
-        if self.interval.is_none() {
-            push_opt(out, "-d", &self.duration);
-        }
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+        push_probe_and_timing(
+            TOOL,
+            out,
+            (&self.pattern, self.regexp),
+            &self.interval,
+            &self.duration,
+        )
     }
 }
 
@@ -662,11 +680,13 @@ impl Funclatency {
         push_if(out, self.microseconds, "-u");
         push_if(out, self.milliseconds, "-m");
         push_if(out, self.function, "--function");
-        if self.interval.is_none() {
-            push_opt(out, "-d", &self.duration);
-        }
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+        push_probe_and_timing(
+            TOOL,
+            out,
+            (&self.pattern, self.regexp),
+            &self.interval,
+            &self.duration,
+        )
     }
 }
 
@@ -744,11 +764,13 @@ impl Stackcount {
         }
         push_if(out, self.folded, "-f");
         push_if(out, self.delimited, "--delimited");
-        if self.interval.is_none() {
-            push_opt(out, "-d", &self.duration);
-        }
-        out.push(probe(TOOL, &self.pattern, self.regexp)?);
-        push_interval_duration(TOOL, out, &self.interval, &self.duration)
+        push_probe_and_timing(
+            TOOL,
+            out,
+            (&self.pattern, self.regexp),
+            &self.interval,
+            &self.duration,
+        )
     }
 }
 
