@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     hardirqs::{CpuIrq, HardirqsConfig, IRQ_ENTRIES, IrqStats},
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
     stats::{STAT_EVENTS, STAT_MAP_FULL},
 };
 use tracer_ebpf::stats::bump;
@@ -101,30 +101,7 @@ fn on_exit(irq: u32) -> i32 {
 
 #[inline(always)]
 fn hist_add(config: &HardirqsConfig, irq: u32, delta_ns: u64) {
-    let div = if config.unit_div == 0 {
-        1
-    } else {
-        config.unit_div
-    };
-    let slot = (log2_slot(delta_ns / div) & 63) as usize;
-    let hist = match HISTS.get_ptr_mut(&irq) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = ZERO.get(0) else { return };
-            let _ = HISTS.insert(&irq, zero, 1);
-            match HISTS.get_ptr_mut(&irq) {
-                Some(h) => h,
-                None => {
-                    bump(&STATS, STAT_MAP_FULL);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value from a successful lookup; slot is masked into range.
-    if let Some(count) = unsafe { (*hist).slots.get_mut(slot) } {
-        *count += 1;
-    }
+    tracer_ebpf::hist::add(&HISTS, &ZERO, &STATS, &irq, delta_ns, config.unit_div);
 }
 
 // irq_handler_entry(int irq, struct irqaction *action)

@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
     reclaimtop::{
         KIND_DIRECT, KIND_MEMCG, MAX_NODES, NodeStats, OOM_ENTRIES, OomKill, PF_KSWAPD,
         ReclaimConfig, ReclaimTotals, START_ENTRIES, ShrinkStart, ShrinkerStats, StallKey,
@@ -373,30 +373,7 @@ fn on_reclaim_end(kind: u32, reclaimed: u64) -> i32 {
 
 #[inline(always)]
 fn hist_add(config: &ReclaimConfig, key: &StallKey, stall_ns: u64) {
-    let div = if config.unit_div == 0 {
-        1
-    } else {
-        config.unit_div
-    };
-    let slot = (log2_slot(stall_ns / div) & 63) as usize;
-    let hist = match HISTS.get_ptr_mut(key) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = ZERO.get(0) else { return };
-            let _ = HISTS.insert(key, zero, 1);
-            match HISTS.get_ptr_mut(key) {
-                Some(h) => h,
-                None => {
-                    bump(&STATS, STAT_MAP_FULL);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value from a successful lookup; slot is masked into range.
-    if let Some(count) = unsafe { (*hist).slots.get_mut(slot) } {
-        *count += 1;
-    }
+    tracer_ebpf::hist::add(&HISTS, &ZERO, &STATS, key, stall_ns, config.unit_div);
 }
 
 #[btf_tracepoint(function = "mm_vmscan_direct_reclaim_begin")]

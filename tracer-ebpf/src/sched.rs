@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
     sched::{
         CPUDIST_OFF_CPU, CpuState, HistKey, KEY_PROCESS, KEY_THREAD, START_ENTRIES, SchedConfig,
         THREADS_ENTRIES, ThreadKey, ThreadStats, WORK_ENTRIES, WorkStats,
@@ -112,31 +112,7 @@ fn hist_key(config: &SchedConfig, task: Task, pid: u32) -> HistKey {
 
 #[inline(always)]
 fn hist_add(config: &SchedConfig, key: &HistKey, delta_ns: u64) {
-    let div = if config.unit_div == 0 {
-        1
-    } else {
-        config.unit_div
-    };
-    let slot = (log2_slot(delta_ns / div) & 63) as usize;
-    let hist = match HISTS.get_ptr_mut(key) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = ZERO.get(0) else { return };
-            // NOEXIST: another CPU may have inserted it since our lookup; then just use it.
-            let _ = HISTS.insert(key, zero, 1);
-            match HISTS.get_ptr_mut(key) {
-                Some(h) => h,
-                None => {
-                    bump(&STATS, STAT_MAP_FULL);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value from a successful lookup; slot is masked into range.
-    if let Some(count) = unsafe { (*hist).slots.get_mut(slot) } {
-        *count += 1;
-    }
+    tracer_ebpf::hist::add(&HISTS, &ZERO, &STATS, key, delta_ns, config.unit_div);
 }
 
 #[inline(always)]
