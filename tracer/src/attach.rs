@@ -355,6 +355,15 @@ fn load_and_attach(
     Ok(())
 }
 
+/// Detaches (and unloads) every program of `ebpf`, keeping its maps readable: a tool's final
+/// read after this sees totals no program is still adding to, so maps updated by one event
+/// (a count in one map, a histogram in another) agree exactly at the end.
+pub fn detach_all(ebpf: &mut Ebpf) {
+    for (_, program) in ebpf.programs_mut() {
+        let _ = unload(program);
+    }
+}
+
 fn unload(program: &mut Program) -> Result<(), ProgramError> {
     match program {
         Program::BtfTracePoint(p) => p.unload(),

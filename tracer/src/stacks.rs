@@ -90,6 +90,15 @@ impl StackMap {
         })
     }
 
+    /// Every stack id in the map now.
+    pub fn ids(&self) -> Vec<i32> {
+        self.map
+            .stack_ids()
+            .filter_map(|id| id.ok())
+            .map(|id| id as i32)
+            .collect()
+    }
+
     /// The frames for a key's stack field (an id, `STACK_NONE`, or a negative errno).
     pub fn frames(&self, id: i32) -> Frames {
         match id {
@@ -106,7 +115,7 @@ impl StackMap {
     }
 
     /// Deletes the stack ids among `candidates` that no key in `referenced` uses any more (the
-    /// stacks of evicted keys). A stack id is the hash bucket of the stack, so should a task hit
+    /// stacks of evicted keys, and those no key ever used). A stack id is the hash bucket of the stack, so should a task hit
     /// the same stack again, `bpf_get_stackid` stores it again under the same id.
     ///
     /// `referenced` must be read after the keys were deleted. A key stored between that read
@@ -714,7 +723,7 @@ impl Evictor {
 
     /// After a round's report in interval mode: deletes the keys due (see the type's doc) with
     /// `delete` (a lookup-and-delete returning what the key held then), keeps their totals when
-    /// asked to, then deletes the stack ids only they used and keeps only the cached names that
+    /// asked to, then deletes the stack ids no remaining key uses and keeps only the cached names that
     /// keys still to be reported use. `remaining` returns the keys in the map, read after the
     /// deletes (a key stored since the snapshot may use a stack of a deleted one), plus any
     /// the tool still needs (offcputime: those of tasks blocked now); `prefetched`, the
@@ -739,6 +748,15 @@ impl Evictor {
             due.iter().chain(&self.reported_carried).copied().collect();
         let mut remaining = remaining();
         remaining.extend(self.carried.keys().copied());
+        // Stacks no key ever named: offcputime takes both stacks when a task blocks, but a
+        // block the filters drop (shorter than --min-block-time), a task that never runs
+        // again, or a START entry the LRU recycles leaves them in the map with no key. The
+        // soak's STACKS grew ~35 % between its middle and last thirds (1099 -> 1475 entries)
+        // from those alone, so every id in the map is a candidate, not just the dropped keys'.
+        stack_map.remove_unreferenced(
+            stack_map.ids(),
+            remaining.iter().flat_map(|k| [k.kstack, k.ustack]),
+        );
         if !dropped.is_empty() {
             finish_eviction(&dropped, &remaining, stack_map, symbols);
         }
@@ -814,9 +832,9 @@ impl Evictor {
     }
 }
 
-/// The rest of an eviction round, once keys are out of the map. `dropped`: the keys deleted
-/// (and those whose carried gain was just reported); `remaining`: every key that can still be
-/// reported. Deletes the stack ids only dropped keys used, keeps the cached names of the
+/// The rest of an eviction round, once keys are out of the map and unreferenced stacks out of
+/// the stack map. `dropped`: the keys deleted (and those whose carried gain was just reported);
+/// `remaining`: every key that can still be reported. Keeps the cached names of the
 /// addresses remaining keys use (see `Symbols::retain`), and forgets what is cached for the
 /// processes that are gone and have no remaining key.
 fn finish_eviction(
@@ -825,10 +843,6 @@ fn finish_eviction(
     stack_map: &mut StackMap,
     symbols: &mut Symbols,
 ) {
-    stack_map.remove_unreferenced(
-        dropped.iter().flat_map(|k| [k.kstack, k.ustack]),
-        remaining.iter().flat_map(|k| [k.kstack, k.ustack]),
-    );
     let kernel_ids: HashSet<i32> = remaining.iter().map(|k| k.kstack).collect();
     let user_ids: HashSet<(u32, i32)> = remaining.iter().map(|k| (k.tgid, k.ustack)).collect();
     let mut kernel = HashSet::new();

@@ -39,12 +39,35 @@ pub struct Tally {
     pub passed: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// "STAGE: TEST" for each failed test, for the closing summary (a stage's own output
+    /// may be long past by then).
+    pub failures: Vec<String>,
 }
 
 impl Tally {
-    /// Adds up libtest's "test result: ok. 3 passed; 0 failed; 1 ignored; ..." lines.
-    pub fn add_libtest(&mut self, output: &str) {
-        for line in output.lines().filter(|l| l.starts_with("test result:")) {
+    /// Adds up libtest's "test result: ok. 3 passed; 0 failed; 1 ignored; ..." lines, and
+    /// notes the names in the "failures:" list before each, labelled with `stage`.
+    pub fn add_libtest(&mut self, stage: &str, output: &str) {
+        let mut listed: Vec<&str> = Vec::new();
+        for line in output.lines().map(|l| l.trim_end_matches('\r')) {
+            if line == "failures:" {
+                listed.clear();
+            } else if let Some(name) = line.strip_prefix("    ") {
+                if !name.contains(' ') && !name.is_empty() {
+                    listed.push(name);
+                }
+            } else if line.starts_with("test result:") {
+                self.failures
+                    .extend(listed.drain(..).map(|name| format!("{stage}: {name}")));
+            } else if !line.is_empty() {
+                listed.clear();
+            }
+        }
+        for line in output
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with("test result:"))
+        {
             let count = |word: &str| -> u64 {
                 line.split(';')
                     .find_map(|part| {
@@ -103,7 +126,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         "--bins",
         "--lib",
     ]))?;
-    tally.add_libtest(&out);
+    tally.add_libtest("unit", &out);
     ok &= unit_ok;
 
     // The static binary the dist tests run from an empty root, here and in every VM kernel.
@@ -132,7 +155,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         cmd.args(["--skip", SOAK_TEST]);
     }
     let (int_ok, out) = run_tee(&mut cmd)?;
-    tally.add_libtest(&out);
+    tally.add_libtest("host", &out);
     ok &= int_ok;
 
     // The soak test runs on this kernel while the VM stage runs in qemu: it checks flat
@@ -155,11 +178,13 @@ pub fn test(args: TestArgs) -> Result<()> {
                 tally.passed += vm_tally.passed;
                 tally.failed += vm_tally.failed;
                 tally.skipped += vm_tally.skipped;
+                tally.failures.extend(vm_tally.failures);
                 ok &= vm_tally.failed == 0;
             }
             Err(e) => {
                 println!("vm-test failed: {e:#}");
                 tally.failed += 1;
+                tally.failures.push(format!("qemu: {e:#}"));
                 ok = false;
             }
         }
@@ -169,17 +194,21 @@ pub fn test(args: TestArgs) -> Result<()> {
         println!("== soak (this kernel)");
         match soak.finish() {
             Ok((soak_ok, out)) => {
-                tally.add_libtest(&out);
+                tally.add_libtest("soak", &out);
                 ok &= soak_ok;
             }
             Err(e) => {
                 println!("soak failed: {e:#}");
                 tally.failed += 1;
+                tally.failures.push(format!("soak: {e:#}"));
                 ok = false;
             }
         }
     }
 
+    for failure in &tally.failures {
+        println!("FAILED {failure}");
+    }
     println!(
         "{} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.skipped

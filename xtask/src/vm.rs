@@ -89,14 +89,15 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
         let one = run_kernel(spec, &binaries, args).unwrap_or_else(|e| {
             println!("vm-test {}: FAILED: {e:#}", spec.name);
             Tally {
-                passed: 0,
                 failed: 1,
-                skipped: 0,
+                failures: vec![format!("{}: {e:#}", spec.name)],
+                ..Default::default()
             }
         });
         tally.passed += one.passed;
         tally.failed += one.failed;
         tally.skipped += one.skipped;
+        tally.failures.extend(one.failures);
     }
     Ok(tally)
 }
@@ -227,7 +228,7 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         return Ok(Tally {
             passed: u64::from(ok),
             failed: u64::from(!ok),
-            skipped: 0,
+            ..Default::default()
         });
     }
     Ok(verdict(spec, &run, &log_path))
@@ -403,7 +404,7 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
     let mut tally = Tally::default();
     let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
     if has_summary {
-        tally.add_libtest(&run.console);
+        tally.add_libtest(spec.name, &run.console);
     } else {
         // No summary (hang, panic): still count the tests that finished.
         tally = finished_tests(&run.console).0;
@@ -414,6 +415,7 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         Err(why) => {
             println!("vm-test {}: FAILED doctor smoke check: {why}", spec.name);
             tally.failed += 1;
+            tally.failures.push(format!("{}: doctor smoke check", spec.name));
         }
     }
 
@@ -452,6 +454,7 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
     if let Some(problem) = problem {
         println!("vm-test {}: FAILED: {problem}", spec.name);
         tally.failed += 1;
+        tally.failures.push(format!("{}: {problem}", spec.name));
     }
     tally
 }
@@ -574,6 +577,17 @@ mod tests {
         assert_eq!((tally.passed, tally.failed, tally.skipped), (2, 1, 1));
         assert_eq!(hung.as_deref(), Some("e"));
         assert_eq!(unfinished_test("test a ... ok\n"), None);
+    }
+
+    #[test]
+    fn failed_tests_are_named_with_their_stage() {
+        let console = "test a ... ok\r\ntest b ... FAILED\n\nfailures:\n\n---- b stdout ----\n\
+                       boom\n    indented output\n\nfailures:\n    b\r\n    c\n\n\
+                       test result: FAILED. 1 passed; 2 failed; 0 ignored\n";
+        let mut tally = Tally::default();
+        tally.add_libtest("debian-6.1", console);
+        assert_eq!((tally.passed, tally.failed), (1, 2));
+        assert_eq!(tally.failures, ["debian-6.1: b", "debian-6.1: c"]);
     }
 
     #[test]

@@ -1171,6 +1171,11 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
             _ = async { match quit.as_mut() { Some(q) => { q.recv().await; } None => std::future::pending::<()>().await } } => true,
             _ = ticker.tick() => false,
         };
+        // The last interval's maps are read with nothing attached: its counts and histograms
+        // then cover the same events (mid-run, one read's skew is the next one's gain).
+        if stopped || args.interval.count.is_some_and(|c| printed + 1 >= c) {
+            attach::detach_all(&mut ebpf);
+        }
         let now = reader.read()?;
         // A stop right after a print would add an empty sliver of an interval.
         if !stopped || now.mono_ns.saturating_sub(before.mono_ns) >= 10_000_000 {

@@ -157,7 +157,8 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Running, Fa
         stderr,
         stderr_lines: Vec::new(),
     };
-    running.wait_stderr("Hit Ctrl-C to end.", Duration::from_secs(20))?;
+    // Loading and verifying a tool's programs takes seconds under TCG.
+    running.wait_stderr("Hit Ctrl-C to end.", scaled(Duration::from_secs(20)))?;
     Ok(running)
 }
 

@@ -484,10 +484,12 @@ fn kswapd_reclaim_matches_vmstat() -> Result<(), Failed> {
     for page in hog.chunks_mut(PAGE as usize) {
         page[0] = 1;
     }
-    let before = vmstat();
     let tool = start(&["reclaimtop", "--json", "1"])?;
     // The same run as a screen, printed for the record (docs/tools/reclaimtop.md's example).
     let screen = start(&["reclaimtop", "-b", "-G", "-n", "5", "2"])?;
+    // Read once the tool is attached: under TCG its load takes seconds, and reclaim in them
+    // (the hog's last pages) would count in /proc/vmstat only.
+    let before = vmstat();
     let mut buffer = vec![0u8; 1 << 20];
     for path in &files.files {
         let mut f = fs::File::open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
