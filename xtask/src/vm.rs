@@ -415,7 +415,9 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         Err(why) => {
             println!("vm-test {}: FAILED doctor smoke check: {why}", spec.name);
             tally.failed += 1;
-            tally.failures.push(format!("{}: doctor smoke check", spec.name));
+            tally
+                .failures
+                .push(format!("{}: doctor smoke check", spec.name));
         }
     }
 
