@@ -1171,9 +1171,12 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
             _ = async { match quit.as_mut() { Some(q) => { q.recv().await; } None => std::future::pending::<()>().await } } => true,
             _ = ticker.tick() => false,
         };
-        // The last interval's maps are read with nothing attached: its counts and histograms
-        // then cover the same events (mid-run, one read's skew is the next one's gain).
-        if stopped || args.interval.count.is_some_and(|c| printed + 1 >= c) {
+        // With histograms, the last interval's maps are read with nothing attached, so its
+        // counts and histograms cover the same events (mid-run, one read's skew is the next
+        // one's gain). Not otherwise: under TCG detaching takes long enough (each tracepoint
+        // waits for RCU) to count ~1 s more than a /proc/softirqs read at the signal.
+        let last = stopped || args.interval.count.is_some_and(|c| printed + 1 >= c);
+        if last && (args.dist || args.latency) {
             attach::detach_all(&mut ebpf);
         }
         let now = reader.read()?;
