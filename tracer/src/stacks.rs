@@ -868,6 +868,35 @@ fn finish_eviction(
     symbols.forget_processes(&dead);
 }
 
+/// The kernel function at `address` (a work function, a shrinker, a stopper callback), or the
+/// address in hex when it has no symbol; `names` caches the answers between intervals.
+pub fn kernel_function_name(
+    symbols: &mut Symbols,
+    names: &mut HashMap<u64, String>,
+    address: u64,
+) -> String {
+    if let Some(name) = names.get(&address) {
+        return name.clone();
+    }
+    let raw = RawStack {
+        comm: String::new(),
+        pid: 0,
+        tid: 0,
+        kernel: Frames::Ips(vec![address]),
+        user: Frames::None,
+        value: 0,
+    };
+    let name = symbols
+        .resolve(&raw)
+        .kernel
+        .first()
+        .map(|n| n.to_string())
+        .filter(|n| n != UNKNOWN)
+        .unwrap_or_else(|| format!("{address:#x}"));
+    names.insert(address, name.clone());
+    name
+}
+
 /// One stack as JSON: frames leaf first, `value` in the tool's unit, `pct` of the total.
 pub fn stack_json(stack: &Stack, total: u64) -> Value {
     json!({

@@ -37,7 +37,7 @@ use crate::{
     loader::{self, Stats, StatsReader, objects, take},
     output::{Clock, Out, comm_str, hms_now, with_schema},
     session::{self, IntervalArgs},
-    stacks::{Frames, RawStack, Symbols},
+    stacks::{self, Symbols},
     tools::{CommonArgs, runqlat},
     tracefs,
 };
@@ -346,27 +346,7 @@ impl View {
     }
 
     fn function_name(&mut self, address: u64) -> String {
-        if let Some(name) = self.names.get(&address) {
-            return name.clone();
-        }
-        let raw = RawStack {
-            comm: String::new(),
-            pid: 0,
-            tid: 0,
-            kernel: Frames::Ips(vec![address]),
-            user: Frames::None,
-            value: 0,
-        };
-        let name = self
-            .symbols
-            .resolve(&raw)
-            .kernel
-            .first()
-            .map(|n| n.to_string())
-            .filter(|n| n != crate::stacks::UNKNOWN)
-            .unwrap_or_else(|| format!("{address:#x}"));
-        self.names.insert(address, name.clone());
-        name
+        stacks::kernel_function_name(&mut self.symbols, &mut self.names, address)
     }
 
     fn node_rows(&self, now: &Counters, before: &Counters) -> Vec<NodeRow> {

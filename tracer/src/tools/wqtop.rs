@@ -36,7 +36,7 @@ use crate::{
     loader::{self, Stats, StatsReader, objects},
     output::{Clock, Out, comm_str, hms_now, with_schema},
     session::{self, IntervalArgs},
-    stacks::{Frames, RawStack, Symbols},
+    stacks::{self, Symbols},
     tools::CommonArgs,
     tracefs,
 };
@@ -420,27 +420,7 @@ impl View {
     }
 
     fn function_name(&mut self, address: u64) -> String {
-        if let Some(name) = self.function_names.get(&address) {
-            return name.clone();
-        }
-        let raw = RawStack {
-            comm: String::new(),
-            pid: 0,
-            tid: 0,
-            kernel: Frames::Ips(vec![address]),
-            user: Frames::None,
-            value: 0,
-        };
-        let name = self
-            .symbols
-            .resolve(&raw)
-            .kernel
-            .first()
-            .map(|n| n.to_string())
-            .filter(|n| n != crate::stacks::UNKNOWN)
-            .unwrap_or_else(|| format!("{address:#x}"));
-        self.function_names.insert(address, name.clone());
-        name
+        stacks::kernel_function_name(&mut self.symbols, &mut self.function_names, address)
     }
 
     /// The functions' activity between two snapshots, sorted.
