@@ -463,6 +463,25 @@ mod tests {
     }
 
     #[test]
+    fn summary_has_sum_and_count() {
+        let mut s = Scrape::new();
+        s.summary(
+            "c_seconds",
+            "C.",
+            vec![("journal", "loop0-8".into())],
+            0.5,
+            3,
+        );
+        assert_eq!(
+            s.render(Format::Prometheus),
+            "# HELP c_seconds C.\n# TYPE c_seconds summary\n\
+             c_seconds_sum{journal=\"loop0-8\"} 0.5\nc_seconds_count{journal=\"loop0-8\"} 3\n"
+        );
+        let b = Buckets::nanoseconds(1000, 10_000_000_000).microseconds();
+        assert_eq!((b.first, b.last, b.per_unit), (0, 23, 1e6));
+    }
+
+    #[test]
     fn accept_header() {
         assert_eq!(
             Format::from_accept(
