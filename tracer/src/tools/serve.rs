@@ -2,7 +2,9 @@
 //! OpenMetrics when the scraper asks for it). Built-in collectors reuse the tools' objects and
 //! readers: softirq time and entries per CPU × vector and run-time histograms (softirq-top),
 //! forks per parent comm (forksnoop), run-queue latency (runqlat), kernel threads' on-CPU time
-//! (ktop); probes from the config file count hits or time calls (funccount, funclatency). The
+//! (ktop); opt-in, the kernel threads' causes: memory reclaim (reclaimtop), block IO per device
+//! (biotop), jbd2 commits (biotop --jbd2), workqueue work per function (wqtop); probes from the
+//! config file count hits or time calls (funccount, funclatency). The
 //! kernel keeps running totals and nothing is ever reset, so every counter is cumulative since
 //! start, as Prometheus expects. The exporter's own health comes along: programs attached, the
 //! attach rung of every probe, lost events, map-full counts, scrape durations.
@@ -70,7 +72,9 @@ const TOOL: &str = "serve";
     forks = true\n  \
     runqueue = true\n  \
     kthreads = true\n  \
+    reclaim = true          # off by default, as block, jbd2, workqueue\n  \
     comm_limit = 500\n  \
+    device_limit = 64       # block devices, journals; function_limit: work functions\n  \
     buckets = \"1us..10s\"\n  \
     [[probe]]\n  \
     name = \"nginx_requests\"\n  \

@@ -352,6 +352,14 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../../../../docs/tools/serve.example.toml");
+        let c = parse(text, "serve.example.toml").unwrap().collectors;
+        assert!(c.softirq && c.reclaim && c.block && c.jbd2 && c.workqueue);
+        assert_eq!(c.device_limit, 64);
+    }
+
+    #[test]
     fn errors_are_one_line_with_a_place() {
         for (text, want) in [
             (
