@@ -564,15 +564,7 @@ impl CommLabels {
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut out = BTreeMap::new();
         for (comm, value) in sorted {
-            let label = if self.admitted.contains(&comm) {
-                comm
-            } else if self.admitted.len() < self.limit {
-                self.admitted.insert(comm.clone());
-                comm
-            } else {
-                "other".to_string()
-            };
-            *out.entry(label).or_default() += value;
+            *out.entry(self.admit(comm)).or_default() += value;
         }
         out
     }
@@ -1581,5 +1573,8 @@ mod tests {
         assert_eq!(second.get("c"), None);
         assert_eq!(second.get("other"), Some(&9));
         assert_eq!(second.get("a"), Some(&6));
+        // Devices and work functions go through the same cap.
+        assert_eq!(labels.admit("a".into()), "a");
+        assert_eq!(labels.admit("loop9".into()), "other");
     }
 }
