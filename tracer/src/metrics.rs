@@ -42,6 +42,8 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    /// `_sum` and `_count` only (no quantiles): for a kernel that keeps totals, not slots.
+    Summary,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
             Self::Histogram => "histogram",
+            Self::Summary => "summary",
         }
     }
 }
@@ -93,6 +96,9 @@ pub struct Buckets {
     /// Kernel units per metric unit (1e9: nanoseconds to seconds). A division, so that bounds
     /// print as the decimals they are (4095 ns is 0.000004095 s).
     pub per_unit: f64,
+    /// The range asked for, so that slots of another unit can cover it too.
+    pub min_ns: u64,
+    pub max_ns: u64,
 }
 
 impl Buckets {
@@ -102,6 +108,18 @@ impl Buckets {
             first: tracer_common::hist::log2_slot(min_ns) as usize,
             last: tracer_common::hist::log2_slot(max_ns) as usize,
             per_unit: 1e9,
+            min_ns,
+            max_ns,
+        }
+    }
+
+    /// The same range over slots of microseconds (histograms the kernel keeps in µs).
+    pub fn microseconds(self) -> Self {
+        Self {
+            first: tracer_common::hist::log2_slot(self.min_ns / 1000) as usize,
+            last: tracer_common::hist::log2_slot(self.max_ns / 1000) as usize,
+            per_unit: 1e6,
+            ..self
         }
     }
 }
@@ -238,6 +256,10 @@ enum Sample {
         sum: Option<u64>,
         buckets: Buckets,
     },
+    Summary {
+        sum: f64,
+        count: u64,
+    },
 }
 
 struct Family {
@@ -334,6 +356,20 @@ impl Scrape {
             .push((labels, sample));
     }
 
+    /// A summary without quantiles: `name_sum` (in the metric's unit) and `name_count`.
+    pub fn summary(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: Vec<(&'static str, String)>,
+        sum: f64,
+        count: u64,
+    ) {
+        self.family(name, Kind::Summary, help)
+            .samples
+            .push((labels, Sample::Summary { sum, count }));
+    }
+
     pub fn render(&self, format: Format) -> String {
         let mut w = Writer::new(format);
         for family in &self.families {
@@ -353,6 +389,10 @@ impl Scrape {
                         &HistSample { slots, sum: *sum },
                         *buckets,
                     ),
+                    Sample::Summary { sum, count } => {
+                        w.sample(&format!("{}_sum", family.name), &labels, *sum);
+                        w.sample(&format!("{}_count", family.name), &labels, *count);
+                    }
                 }
             }
         }
@@ -420,6 +460,25 @@ mod tests {
         assert!(lines.contains(&"h_seconds_bucket{probe=\"p\",le=\"+Inf\"} 4"));
         assert!(lines.contains(&"h_seconds_count{probe=\"p\"} 4"));
         assert_eq!(lines.len(), 2 + 8 + 1 + 2);
+    }
+
+    #[test]
+    fn summary_has_sum_and_count() {
+        let mut s = Scrape::new();
+        s.summary(
+            "c_seconds",
+            "C.",
+            vec![("journal", "loop0-8".into())],
+            0.5,
+            3,
+        );
+        assert_eq!(
+            s.render(Format::Prometheus),
+            "# HELP c_seconds C.\n# TYPE c_seconds summary\n\
+             c_seconds_sum{journal=\"loop0-8\"} 0.5\nc_seconds_count{journal=\"loop0-8\"} 3\n"
+        );
+        let b = Buckets::nanoseconds(1000, 10_000_000_000).microseconds();
+        assert_eq!((b.first, b.last, b.per_unit), (0, 23, 1e6));
     }
 
     #[test]

@@ -110,25 +110,13 @@ pub async fn run(args: BiotopArgs) -> Result<()> {
         hist: args.dist.into(),
         ..BiotopConfig::DEFAULT
     };
-    if args.jbd2 {
-        config.run_stats = run_stats_fields()?;
+    let btf = KernelBtf::new();
+    let (mut ebpf, attached) = if args.jbd2 {
         config.handle_dev = required_field("jbd2", "jbd2_handle_start", "dev")?;
         config.sync_dev = required_field("ext4", "ext4_sync_file_enter", "dev")?;
+        load_jbd2(&btf, config, force, true)?
     } else {
-        // Absent events keep zero offsets; their programs are never attached.
-        config.io_start = rq_fields("block_io_start").unwrap_or_default();
-        config.insert = rq_fields("block_rq_insert").unwrap_or_default();
-        config.issue = rq_fields("block_rq_issue")?;
-        config.complete = rq_fields("block_rq_complete")?;
-    }
-    let btf = KernelBtf::new();
-    let mut ebpf = loader::load(objects::BIOTOP, |l| {
-        l.override_global("BIOTOP_CONFIG", &config, true);
-    })?;
-    let attached = if args.jbd2 {
-        attach_jbd2(&mut ebpf, &btf, force)?
-    } else {
-        attach_block(&mut ebpf, &btf, force)?
+        load_block(&btf, config, force)?
     };
     if args.common.verbose {
         for a in &attached {
@@ -147,6 +135,42 @@ pub async fn run(args: BiotopArgs) -> Result<()> {
 }
 
 // ---- tracepoint fields and attaching --------------------------------------------------------
+
+/// Loads biotop's object for block IO (`config`'s filters and histogram switch; the record
+/// offsets are filled in here) and attaches it; serve's block collector shares it.
+pub fn load_block(
+    btf: &KernelBtf,
+    mut config: BiotopConfig,
+    force: Option<Mechanism>,
+) -> Result<(Ebpf, Vec<Attachment>)> {
+    // Absent events keep zero offsets; their programs are never attached.
+    config.io_start = rq_fields("block_io_start").unwrap_or_default();
+    config.insert = rq_fields("block_rq_insert").unwrap_or_default();
+    config.issue = rq_fields("block_rq_issue")?;
+    config.complete = rq_fields("block_rq_complete")?;
+    let mut ebpf = loader::load(objects::BIOTOP, |l| {
+        l.override_global("BIOTOP_CONFIG", &config, true);
+    })?;
+    let attached = attach_block(&mut ebpf, btf, force)?;
+    Ok((ebpf, attached))
+}
+
+/// Loads biotop's object for the jbd2 view: commits (jbd2_run_stats), and with `tasks` the
+/// handle starts and fsyncs (`config.handle_dev`/`sync_dev` set by the caller). serve's jbd2
+/// collector takes the commits only.
+pub fn load_jbd2(
+    btf: &KernelBtf,
+    mut config: BiotopConfig,
+    force: Option<Mechanism>,
+    tasks: bool,
+) -> Result<(Ebpf, Vec<Attachment>)> {
+    config.run_stats = run_stats_fields()?;
+    let mut ebpf = loader::load(objects::BIOTOP, |l| {
+        l.override_global("BIOTOP_CONFIG", &config, true);
+    })?;
+    let attached = attach_jbd2(&mut ebpf, btf, force, tasks)?;
+    Ok((ebpf, attached))
+}
 
 fn required_field(category: &str, event: &str, name: &str) -> Result<u32> {
     tracefs::field_offset(category, event, name).map_err(|e| {
@@ -275,16 +299,21 @@ fn attach_jbd2(
     ebpf: &mut Ebpf,
     btf: &KernelBtf,
     force: Option<Mechanism>,
+    tasks: bool,
 ) -> Result<Vec<Attachment>> {
+    let commits = attach_one(
+        ebpf,
+        btf,
+        "jbd2",
+        "jbd2_run_stats",
+        "biotop_run_stats",
+        force,
+    )?;
+    if !tasks {
+        return Ok(vec![commits]);
+    }
     Ok(vec![
-        attach_one(
-            ebpf,
-            btf,
-            "jbd2",
-            "jbd2_run_stats",
-            "biotop_run_stats",
-            force,
-        )?,
+        commits,
         attach_one(
             ebpf,
             btf,
@@ -305,7 +334,7 @@ fn attach_jbd2(
 }
 
 /// One of the object's maps (the views that do not use a map leave it empty).
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+pub fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("{name} map missing (build bug)"))
 }
@@ -352,12 +381,12 @@ impl Device {
 
 /// Device names from dev_t through /sys/dev/block/MAJ:MIN (a symlink to the device's folder).
 #[derive(Default)]
-struct Devices {
+pub struct Devices {
     names: HashMap<u32, String>,
 }
 
 impl Devices {
-    fn name(&mut self, kernel_dev: u32) -> String {
+    pub fn name(&mut self, kernel_dev: u32) -> String {
         self.names
             .entry(kernel_dev)
             .or_insert_with(|| {
@@ -372,7 +401,7 @@ impl Devices {
 }
 
 /// The /proc/fs/jbd2 entry of a device's journal ("loop0-8": device name, journal inode).
-fn journal_name(device: &str) -> Option<String> {
+pub fn journal_name(device: &str) -> Option<String> {
     let prefix = format!("{device}-");
     std::fs::read_dir("/proc/fs/jbd2")
         .ok()?
@@ -387,7 +416,7 @@ fn journal_name(device: &str) -> Option<String> {
 /// The kernel's HZ (jbd2 keeps its phase times in jiffies): from the kernel config when it is
 /// readable, else measured from /proc/timer_list (jiffies against the monotonic clock over
 /// 200 ms, rounded to the nearest HZ Linux offers). 0: unknown (times shown in jiffies).
-fn kernel_hz() -> u64 {
+pub fn kernel_hz() -> u64 {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     if let Ok(text) = std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
         && let Some(hz) = text
@@ -448,21 +477,21 @@ struct View<'a> {
 }
 
 /// (device, process, direction, comm) of an IO row.
-type IoRowKey = (u32, u32, u32, [u8; 16]);
+pub type IoRowKey = (u32, u32, u32, [u8; 16]);
 /// (device, process, comm) of a handle or fsync row.
 type TaskRowKey = (u32, u32, [u8; 16]);
 
 /// One row of the IO table: a process (its comm as the kernel saw it) on a device, one direction.
 #[derive(Clone, Debug, Default)]
-struct IoRow {
-    ios: u64,
-    bytes: u64,
-    latency_ns: u64,
-    max_ns: u64,
-    threads: std::collections::BTreeSet<u32>,
+pub struct IoRow {
+    pub ios: u64,
+    pub bytes: u64,
+    pub latency_ns: u64,
+    pub max_ns: u64,
+    pub threads: std::collections::BTreeSet<u32>,
 }
 
-fn fold_io(drained: Vec<(IoKey, Vec<IoStats>)>) -> BTreeMap<IoRowKey, IoRow> {
+pub fn fold_io(drained: Vec<(IoKey, Vec<IoStats>)>) -> BTreeMap<IoRowKey, IoRow> {
     let mut rows: BTreeMap<IoRowKey, IoRow> = BTreeMap::new();
     for (key, per_cpu) in drained {
         let row = rows
@@ -487,7 +516,7 @@ fn fold_tasks(drained: Vec<(TaskKey, Vec<u64>)>) -> BTreeMap<TaskRowKey, u64> {
     rows
 }
 
-fn fold_commits(drained: Vec<(u32, Vec<CommitStats>)>) -> BTreeMap<u32, CommitStats> {
+pub fn fold_commits(drained: Vec<(u32, Vec<CommitStats>)>) -> BTreeMap<u32, CommitStats> {
     let mut rows = BTreeMap::new();
     for (dev, per_cpu) in drained {
         let total: &mut CommitStats = rows.entry(dev).or_default();

@@ -82,7 +82,7 @@ pub struct ReclaimtopArgs {
 }
 
 /// The events and the program family of each: `<base>_btf`, `<base>_raw`, `<base>_tp`.
-const EVENTS: &[(&str, &str, &str)] = &[
+pub const EVENTS: &[(&str, &str, &str)] = &[
     ("vmscan", "mm_vmscan_kswapd_wake", "kswapd_wake"),
     ("vmscan", "mm_vmscan_kswapd_sleep", "kswapd_sleep"),
     ("vmscan", "mm_vmscan_wakeup_kswapd", "wakeup_kswapd"),
@@ -108,7 +108,36 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
         &[Mechanism::TpBtf, Mechanism::RawTp, Mechanism::Tracepoint],
     )?;
     let btf = KernelBtf::new();
-    let (config, tp_ok) = config(&args, comm, &btf);
+    let base = ReclaimConfig {
+        tgid: args.pid.unwrap_or(0),
+        histograms: args.dist.into(),
+        unit_div: if args.milliseconds { 1_000_000 } else { 1000 },
+        comm,
+        ..ReclaimConfig::DEFAULT
+    };
+    let (mut ebpf, attachments) = load_and_attach(&btf, base, force)?;
+    if args.common.verbose {
+        for a in &attachments {
+            errln!("{TOOL}: {}", a.summary());
+        }
+    }
+    let mut view = View::new(&mut ebpf, &args)?;
+    errln!(
+        "Tracing memory reclaim ({})... Hit Ctrl-C to end.",
+        attachments[0].mechanism
+    );
+    view.run(&args, &attachments).await
+}
+
+/// Loads reclaimtop's object with `base`'s filters and histogram switch (the field offsets
+/// are filled in here) and attaches every event by the ladder; serve's reclaim collector
+/// shares it. The OOM tracepoint is optional (a line on stderr when it cannot attach).
+pub fn load_and_attach(
+    btf: &KernelBtf,
+    base: ReclaimConfig,
+    force: Option<Mechanism>,
+) -> Result<(Ebpf, Vec<Attachment>)> {
+    let (config, tp_ok) = config(base, btf);
     let offsets = btf
         .task_offsets()
         .context("reclaimtop reads task_struct flags (kswapd or not)")?;
@@ -118,7 +147,14 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
         l.map_max_entries("STALLS", STALLS_ENTRIES);
         l.map_max_entries("SHRINKERS", SHRINKERS_ENTRIES);
         l.map_max_entries("WAKERS", STALLS_ENTRIES);
-        l.map_max_entries("HISTS", if args.dist { STALLS_ENTRIES } else { 1 });
+        l.map_max_entries(
+            "HISTS",
+            if config.histograms != 0 {
+                STALLS_ENTRIES
+            } else {
+                1
+            },
+        );
     })?;
     let mut attachments = Vec::new();
     let btf_ok = btf.available() && config.shrinker_scan_objects != 0;
@@ -132,7 +168,7 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
         }
         attachments.push(attach::tracepoint_ladder(
             &mut ebpf,
-            &btf,
+            btf,
             category,
             event,
             base,
@@ -149,38 +185,36 @@ pub async fn run(args: ReclaimtopArgs) -> Result<()> {
         category: "oom",
         event: "mark_victim",
     };
-    match attach::attach(&mut ebpf, &btf, oom, &oom_rung, None) {
+    match attach::attach(&mut ebpf, btf, oom, &oom_rung, None) {
         Ok(a) => attachments.push(a),
         Err(e) => errln!("{TOOL}: no OOM kills: {e}"),
     }
-    if args.common.verbose {
-        for a in &attachments {
-            errln!("{TOOL}: {}", a.summary());
+    Ok((ebpf, attachments))
+}
+
+/// Pages scanned and reclaimed since load, summed over CPUs (running totals).
+pub fn read_totals(map: &PerCpuArray<MapData, ReclaimTotals>) -> ReclaimTotals {
+    let mut totals = ReclaimTotals::default();
+    if let Ok(per_cpu) = map.get(&0, 0) {
+        for t in per_cpu.iter() {
+            totals.kswapd_scanned += t.kswapd_scanned;
+            totals.kswapd_reclaimed += t.kswapd_reclaimed;
+            totals.direct_scanned += t.direct_scanned;
+            totals.direct_reclaimed += t.direct_reclaimed;
+            totals.memcg_scanned += t.memcg_scanned;
+            totals.memcg_reclaimed += t.memcg_reclaimed;
         }
     }
-    let mut view = View::new(&mut ebpf, &args)?;
-    errln!(
-        "Tracing memory reclaim ({})... Hit Ctrl-C to end.",
-        attachments[0].mechanism
-    );
-    view.run(&args, &attachments).await
+    totals
 }
 
 /// The kernel-side configuration, and which events the classic-tracepoint rung can read.
-fn config(
-    args: &ReclaimtopArgs,
-    comm: tracer_common::comm::CommFilter,
-    btf: &KernelBtf,
-) -> (ReclaimConfig, HashMap<&'static str, bool>) {
+fn config(base: ReclaimConfig, btf: &KernelBtf) -> (ReclaimConfig, HashMap<&'static str, bool>) {
     let offset = |event: &str, field: &str| tracefs::field_offset("vmscan", event, field).ok();
     let mut tp_ok = HashMap::new();
     let mut config = ReclaimConfig {
-        tgid: args.pid.unwrap_or(0),
-        histograms: args.dist.into(),
-        unit_div: if args.milliseconds { 1_000_000 } else { 1000 },
-        comm,
         shrinker_scan_objects: btf.member_offset("shrinker", "scan_objects").unwrap_or(0),
-        ..ReclaimConfig::DEFAULT
+        ..base
     };
     // Each event's fields, or None when its format file lacks one (then no tracepoint rung).
     let mut fields = |event: &'static str, names: &[&str]| -> Vec<u32> {
@@ -318,17 +352,7 @@ impl View {
     }
 
     fn counters(&self) -> Counters {
-        let mut totals = ReclaimTotals::default();
-        if let Ok(per_cpu) = self.totals.get(&0, 0) {
-            for t in per_cpu.iter() {
-                totals.kswapd_scanned += t.kswapd_scanned;
-                totals.kswapd_reclaimed += t.kswapd_reclaimed;
-                totals.direct_scanned += t.direct_scanned;
-                totals.direct_reclaimed += t.direct_reclaimed;
-                totals.memcg_scanned += t.memcg_scanned;
-                totals.memcg_reclaimed += t.memcg_reclaimed;
-            }
-        }
+        let totals = read_totals(&self.totals);
         let nodes = (0..MAX_NODES)
             .filter_map(|nid| Some((nid, self.nodes.get(&nid, 0).ok()?)))
             .filter(|(_, n)| n.pid != 0 || n.wakeups != 0)
@@ -606,7 +630,7 @@ fn eff_text(scanned: u64, reclaimed: u64) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
-fn kind_name(kind: u32) -> &'static str {
+pub fn kind_name(kind: u32) -> &'static str {
     if kind == KIND_MEMCG {
         "memcg"
     } else {

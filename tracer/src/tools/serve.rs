@@ -2,7 +2,9 @@
 //! OpenMetrics when the scraper asks for it). Built-in collectors reuse the tools' objects and
 //! readers: softirq time and entries per CPU × vector and run-time histograms (softirq-top),
 //! forks per parent comm (forksnoop), run-queue latency (runqlat), kernel threads' on-CPU time
-//! (ktop); probes from the config file count hits or time calls (funccount, funclatency). The
+//! (ktop); opt-in, the kernel threads' causes: memory reclaim (reclaimtop), block IO per device
+//! (biotop), jbd2 commits (biotop --jbd2), workqueue work per function (wqtop); probes from the
+//! config file count hits or time calls (funccount, funclatency). The
 //! kernel keeps running totals and nothing is ever reset, so every counter is cumulative since
 //! start, as Prometheus expects. The exporter's own health comes along: programs attached, the
 //! attach rung of every probe, lost events, map-full counts, scrape durations.
@@ -20,30 +22,38 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
 };
 use clap::Args;
 use tokio::sync::mpsc;
 use tracer_common::{
+    biotop::{BiotopConfig, CommitStats, IoKey, IoStats},
     forksnoop::{ForkConfig, ParentCounts, ParentKey},
     hist::Log2Hist,
     probes::{MODE_COUNT, MODE_LATENCY, ProbesConfig},
+    reclaimtop::{
+        KIND_DIRECT, KIND_MEMCG, MAX_NODES, NodeStats, OomKill, ReclaimConfig, ReclaimTotals,
+        ShrinkerStats, StallKey, StallStats, WakerStats,
+    },
     sched::{HistKey, SchedConfig},
     softirq_top::{NR_CTX, NR_SOFTIRQS, SoftirqConfig, VEC_NAMES},
     task::PF_KTHREAD,
+    wqtop::{FuncKey, FuncStats, QueuerKey, QueuerStats, WorkerKey, WorkerStats},
 };
 
 use self::config::{Config, ProbeConfig, ProbeKind};
-use super::{forksnoop, ktop, runqlat, softirq_top};
+use super::{biotop, forksnoop, ktop, reclaimtop, runqlat, softirq_top, wqtop};
 use crate::{
     attach::Attachment,
     btf::KernelBtf,
     hist::Log2,
     loader::{self, Stats, StatsReader},
     metrics::{Buckets, Format, Kind, Scrape},
-    output::comm_str,
+    output::{Clock, comm_str},
     probe_attach::{self, Hist, Loaded, Request},
     session,
+    stacks::{Frames, RawStack, Symbols},
+    tracefs,
 };
 
 const TOOL: &str = "serve";
@@ -62,7 +72,9 @@ const TOOL: &str = "serve";
     forks = true\n  \
     runqueue = true\n  \
     kthreads = true\n  \
+    reclaim = true          # off by default, as block, jbd2, workqueue\n  \
     comm_limit = 500\n  \
+    device_limit = 64       # block devices, journals; function_limit: work functions\n  \
     buckets = \"1us..10s\"\n  \
     [[probe]]\n  \
     name = \"nginx_requests\"\n  \
@@ -194,6 +206,10 @@ fn enabled_collectors(config: &Config) -> Vec<&'static str> {
         (c.forks, "forks"),
         (c.runqueue, "runqueue"),
         (c.kthreads, "kthreads"),
+        (c.reclaim, "reclaim"),
+        (c.block, "block"),
+        (c.jbd2, "jbd2"),
+        (c.workqueue, "workqueue"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
@@ -252,6 +268,44 @@ impl Exporter {
         }
         if c.kthreads {
             builtins.push(("kthreads", Box::new(|| Kthreads::start(&btf, c.comm_limit))));
+        }
+        let reclaim_buckets = c.reclaim_buckets.unwrap_or(c.buckets);
+        let block_buckets = c.block_buckets.unwrap_or(c.buckets).microseconds();
+        for (on, name, start) in [
+            (
+                c.reclaim,
+                "reclaim",
+                Box::new(|| Reclaim::start(&btf, reclaim_buckets)) as Start<'_>,
+            ),
+            (
+                c.block,
+                "block",
+                Box::new(|| Block::start(&btf, c.device_limit, block_buckets)),
+            ),
+            (
+                c.jbd2,
+                "jbd2",
+                Box::new(|| Jbd2::start(&btf, c.device_limit)),
+            ),
+            (
+                c.workqueue,
+                "workqueue",
+                Box::new(|| Workqueue::start(&btf, c.function_limit)),
+            ),
+        ] {
+            if !on {
+                continue;
+            }
+            // A kernel without the collector's tracepoints: the others serve, one line says why.
+            if let Some(why) = missing_tracepoint(name) {
+                errln!("{TOOL}: collector {name} off: {why}");
+                exporter.attached.push(AttachRow {
+                    probe: name.to_string(),
+                    rung: None,
+                });
+                continue;
+            }
+            builtins.push((name, start));
         }
         for (name, start) in builtins {
             match start() {
@@ -491,6 +545,18 @@ impl CommLabels {
         }
     }
 
+    /// The label of one value: itself once admitted (while there is room), else "other".
+    fn admit(&mut self, name: String) -> String {
+        if self.admitted.contains(&name) {
+            name
+        } else if self.admitted.len() < self.limit {
+            self.admitted.insert(name.clone());
+            name
+        } else {
+            "other".to_string()
+        }
+    }
+
     /// Sums `values` per label, admitting new comms while there is room.
     fn fold(&mut self, values: impl IntoIterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
         let mut sorted: Vec<(String, u64)> = values.into_iter().collect();
@@ -498,15 +564,7 @@ impl CommLabels {
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut out = BTreeMap::new();
         for (comm, value) in sorted {
-            let label = if self.admitted.contains(&comm) {
-                comm
-            } else if self.admitted.len() < self.limit {
-                self.admitted.insert(comm.clone());
-                comm
-            } else {
-                "other".to_string()
-            };
-            *out.entry(label).or_default() += value;
+            *out.entry(self.admit(comm)).or_default() += value;
         }
         out
     }
@@ -809,6 +867,610 @@ impl Collector for Kthreads {
     }
 }
 
+// ---- the kernel-thread collectors: reclaim, block, jbd2, workqueue ----------------------------
+
+/// The tracepoints a collector cannot do without; `Some(why)` names the first one this kernel
+/// lacks (the collector is left out and the others serve).
+fn missing_tracepoint(collector: &str) -> Option<String> {
+    let events: Vec<(&str, &str)> = match collector {
+        "reclaim" => reclaimtop::EVENTS.iter().map(|&(c, e, _)| (c, e)).collect(),
+        "block" => vec![("block", "block_rq_issue"), ("block", "block_rq_complete")],
+        "jbd2" => vec![("jbd2", "jbd2_run_stats")],
+        "workqueue" => vec![
+            ("workqueue", "workqueue_queue_work"),
+            ("workqueue", "workqueue_execute_start"),
+            ("workqueue", "workqueue_execute_end"),
+        ],
+        _ => return None,
+    };
+    // Without tracefs the start itself says what is wrong.
+    let root = tracefs::root().ok()?;
+    let (category, event) = events
+        .into_iter()
+        .find(|(c, e)| !root.join("events").join(c).join(e).is_dir())?;
+    let hint = match category {
+        "jbd2" => {
+            " (jbd2 is not loaded: mount an ext4 file system or modprobe jbd2 before serve starts)"
+        }
+        _ => "",
+    };
+    Some(format!(
+        "this kernel has no tracepoint {category}:{event}{hint}"
+    ))
+}
+
+/// Kernel function names from addresses (work functions), cached.
+#[derive(Default)]
+struct KernelNames {
+    symbols: Option<Symbols>,
+    names: HashMap<u64, String>,
+}
+
+impl KernelNames {
+    fn name(&mut self, address: u64) -> String {
+        if let Some(name) = self.names.get(&address) {
+            return name.clone();
+        }
+        let raw = RawStack {
+            comm: String::new(),
+            pid: 0,
+            tid: 0,
+            kernel: Frames::Ips(vec![address]),
+            user: Frames::None,
+            value: 0,
+        };
+        let name = self
+            .symbols
+            .get_or_insert_with(Symbols::new)
+            .resolve(&raw)
+            .kernel
+            .first()
+            .map(|n| n.to_string())
+            .filter(|n| n != crate::stacks::UNKNOWN)
+            .unwrap_or_else(|| format!("{address:#x}"));
+        self.names.insert(address, name.clone());
+        name
+    }
+}
+
+const RECLAIM_MODES: [&str; 3] = ["kswapd", "direct", "memcg"];
+
+/// reclaimtop's object without filters: the running page totals, kswapd per node, and the
+/// per-process stall records and histograms drained into per-kind totals here (the kernel
+/// keys them by process; a long-running exporter would fill the maps otherwise).
+struct Reclaim {
+    _ebpf: Ebpf,
+    totals: PerCpuArray<MapData, ReclaimTotals>,
+    nodes: Array<MapData, NodeStats>,
+    stalls: PerCpuHashMap<MapData, StallKey, StallStats>,
+    hists: PerCpuHashMap<MapData, StallKey, Log2Hist>,
+    shrinkers: PerCpuHashMap<MapData, u64, ShrinkerStats>,
+    wakers: PerCpuHashMap<MapData, u32, WakerStats>,
+    ooms: BpfHashMap<MapData, u32, OomKill>,
+    stats: StatsReader,
+    buckets: Buckets,
+    /// Per kind (direct, memcg): stall slots, summed stall ns.
+    stall_hist: [Log2; 2],
+    stall_ns: [u64; 2],
+    oom_kills: u64,
+}
+
+impl Reclaim {
+    fn start(btf: &KernelBtf, buckets: Buckets) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let base = ReclaimConfig {
+            histograms: 1,
+            unit_div: 1,
+            ..ReclaimConfig::DEFAULT
+        };
+        let (mut ebpf, attachments) = reclaimtop::load_and_attach(btf, base, None)?;
+        let collector = Self {
+            totals: loader::take(&mut ebpf, "TOTALS")?,
+            nodes: loader::take(&mut ebpf, "NODES")?,
+            stalls: loader::take(&mut ebpf, "STALLS")?,
+            hists: loader::take(&mut ebpf, "HISTS")?,
+            shrinkers: loader::take(&mut ebpf, "SHRINKERS")?,
+            wakers: loader::take(&mut ebpf, "WAKERS")?,
+            ooms: loader::take(&mut ebpf, "OOMS")?,
+            stats: StatsReader::take(&mut ebpf)?,
+            _ebpf: ebpf,
+            buckets,
+            stall_hist: [Log2::new(), Log2::new()],
+            stall_ns: [0; 2],
+            oom_kills: 0,
+        };
+        Ok((Box::new(collector), attachments))
+    }
+
+    /// Folds the per-process records into the per-kind totals and empties the maps serve
+    /// does not show.
+    fn drain(&mut self) -> Result<()> {
+        let kind = |k: u32| usize::from(k == KIND_MEMCG);
+        for (key, per_cpu) in loader::drain_per_cpu::<StallKey, Log2Hist>(self.hists.map())? {
+            self.stall_hist[kind(key.kind)].merge(&Log2::from_per_cpu(per_cpu.iter()));
+        }
+        for (key, per_cpu) in loader::drain_per_cpu::<StallKey, StallStats>(self.stalls.map())? {
+            self.stall_ns[kind(key.kind)] += per_cpu.iter().map(|s| s.total_ns).sum::<u64>();
+        }
+        loader::drain_per_cpu::<u64, ShrinkerStats>(self.shrinkers.map())?;
+        loader::drain_per_cpu::<u32, WakerStats>(self.wakers.map())?;
+        let victims: Vec<u32> = self.ooms.keys().flatten().collect();
+        for victim in victims {
+            if self.ooms.remove(&victim).is_ok() {
+                self.oom_kills += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Reclaim {
+    fn name(&self) -> String {
+        "reclaim".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        self.drain()?;
+        let t = reclaimtop::read_totals(&self.totals);
+        let pages = [
+            (t.kswapd_scanned, t.kswapd_reclaimed),
+            (t.direct_scanned, t.direct_reclaimed),
+            (t.memcg_scanned, t.memcg_reclaimed),
+        ];
+        for (mode, (scanned, reclaimed)) in RECLAIM_MODES.iter().zip(pages) {
+            let labels = vec![("mode", mode.to_string())];
+            s.counter(
+                "tracer_reclaim_pages_scanned_total",
+                "Pages scanned on the inactive LRU lists, by who reclaimed (mm_vmscan_lru_shrink_inactive).",
+                labels.clone(),
+                scanned,
+            );
+            s.counter(
+                "tracer_reclaim_pages_reclaimed_total",
+                "Pages reclaimed from the inactive LRU lists, by who reclaimed; over scanned: reclaim efficiency.",
+                labels,
+                reclaimed,
+            );
+        }
+        for kind in [KIND_DIRECT, KIND_MEMCG] {
+            let k = usize::from(kind == KIND_MEMCG);
+            s.histogram(
+                "tracer_reclaim_stall_seconds",
+                "Time tasks stalled in direct or memcg reclaim (reclaim begin to end), by mode.",
+                vec![("mode", reclaimtop::kind_name(kind).to_string())],
+                self.stall_hist[k].clone(),
+                Some(self.stall_ns[k]),
+                self.buckets,
+            );
+        }
+        let now = Clock::now_monotonic_ns();
+        for nid in 0..MAX_NODES {
+            let Ok(node) = self.nodes.get(&nid, 0) else {
+                continue;
+            };
+            if node.pid == 0 && node.wakeups == 0 {
+                continue;
+            }
+            let open = if node.woke_at_ns != 0 {
+                now.saturating_sub(node.woke_at_ns)
+            } else {
+                0
+            };
+            let labels = vec![("node", nid.to_string())];
+            s.counter(
+                "tracer_kswapd_wakeups_total",
+                "kswapd wakeups, per NUMA node.",
+                labels.clone(),
+                node.wakeups,
+            );
+            s.counter(
+                "tracer_kswapd_awake_seconds_total",
+                "Time kswapd was awake (wake to sleep), per NUMA node.",
+                labels,
+                (node.awake_ns + open) as f64 / 1e9,
+            );
+        }
+        s.counter(
+            "tracer_oom_kills_total",
+            "Processes the OOM killer chose (oom:mark_victim).",
+            vec![],
+            self.oom_kills,
+        );
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+
+    fn maintain(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+/// Direction label values, by `RW_*`.
+const BLOCK_OPS: [&str; 4] = ["read", "write", "discard", "other"];
+
+/// biotop's block object without filters, latency from issue to completion with the
+/// per-device histogram on; its per-task rows drained into per-device totals here.
+struct Block {
+    _ebpf: Ebpf,
+    io: aya::maps::MapData,
+    latency: aya::maps::MapData,
+    stats: StatsReader,
+    buckets: Buckets,
+    devices: biotop::Devices,
+    labels: CommLabels,
+    /// (device label, RW_*) → (requests, bytes).
+    io_totals: BTreeMap<(String, u32), (u64, u64)>,
+    /// device label → (µs slots, summed latency ns).
+    hists: BTreeMap<String, (Log2, u64)>,
+}
+
+impl Block {
+    fn start(
+        btf: &KernelBtf,
+        device_limit: usize,
+        buckets: Buckets,
+    ) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let config = BiotopConfig {
+            hist: 1,
+            ..BiotopConfig::DEFAULT
+        };
+        let (mut ebpf, attachments) = biotop::load_block(btf, config, None)?;
+        let per_cpu = |ebpf: &mut Ebpf, name: &str| -> Result<MapData> {
+            match biotop::take_map(ebpf, name)? {
+                aya::maps::Map::PerCpuHashMap(data) => Ok(data),
+                _ => bail!("{name} is not a per-CPU hash map (build bug)"),
+            }
+        };
+        let collector = Self {
+            io: per_cpu(&mut ebpf, "IO")?,
+            latency: per_cpu(&mut ebpf, "LATENCY")?,
+            stats: StatsReader::take(&mut ebpf)?,
+            _ebpf: ebpf,
+            buckets,
+            devices: biotop::Devices::default(),
+            labels: CommLabels::new(device_limit),
+            io_totals: BTreeMap::new(),
+            hists: BTreeMap::new(),
+        };
+        Ok((Box::new(collector), attachments))
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let rows = biotop::fold_io(loader::drain_per_cpu::<IoKey, IoStats>(&self.io)?);
+        let hists = loader::drain_per_cpu::<u32, Log2Hist>(&self.latency)?;
+        for ((dev, _tgid, rw, _comm), row) in rows {
+            let label = self.labels.admit(self.devices.name(dev));
+            let total = self.io_totals.entry((label.clone(), rw)).or_default();
+            total.0 += row.ios;
+            total.1 += row.bytes;
+            self.hists
+                .entry(label)
+                .or_insert_with(|| (Log2::new(), 0))
+                .1 += row.latency_ns;
+        }
+        for (dev, per_cpu) in hists {
+            let label = self.labels.admit(self.devices.name(dev));
+            self.hists
+                .entry(label)
+                .or_insert_with(|| (Log2::new(), 0))
+                .0
+                .merge(&Log2::from_per_cpu(per_cpu.iter()));
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Block {
+    fn name(&self) -> String {
+        "block".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        self.drain()?;
+        s.declare(
+            "tracer_block_io_requests_total",
+            Kind::Counter,
+            BLOCK_REQUESTS_HELP,
+        );
+        s.declare(
+            "tracer_block_io_bytes_total",
+            Kind::Counter,
+            BLOCK_BYTES_HELP,
+        );
+        for ((device, rw), (ios, bytes)) in &self.io_totals {
+            let labels = vec![
+                ("device", device.clone()),
+                ("op", BLOCK_OPS[(*rw as usize).min(3)].to_string()),
+            ];
+            s.counter(
+                "tracer_block_io_requests_total",
+                BLOCK_REQUESTS_HELP,
+                labels.clone(),
+                *ios,
+            );
+            s.counter(
+                "tracer_block_io_bytes_total",
+                BLOCK_BYTES_HELP,
+                labels,
+                *bytes,
+            );
+        }
+        s.declare(
+            "tracer_block_io_latency_seconds",
+            Kind::Histogram,
+            BLOCK_LATENCY_HELP,
+        );
+        for (device, (slots, sum_ns)) in &self.hists {
+            s.histogram(
+                "tracer_block_io_latency_seconds",
+                BLOCK_LATENCY_HELP,
+                vec![("device", device.clone())],
+                slots.clone(),
+                // The slots are µs: the sum goes in the same unit.
+                Some(sum_ns / 1000),
+                self.buckets,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+
+    fn maintain(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+const BLOCK_REQUESTS_HELP: &str =
+    "Block requests completed, per device and direction (block_rq_complete).";
+const BLOCK_BYTES_HELP: &str = "Bytes of completed block requests, per device and direction.";
+const BLOCK_LATENCY_HELP: &str =
+    "Block request latency, issue to completion, per device (µs resolution).";
+
+/// biotop's jbd2 object, commits only (jbd2_run_stats): per journal, the commit count and
+/// the phase times jbd2 reports in jiffies, drained into totals here.
+struct Jbd2 {
+    _ebpf: Ebpf,
+    commits: aya::maps::MapData,
+    stats: StatsReader,
+    hz: u64,
+    devices: biotop::Devices,
+    labels: CommLabels,
+    /// journal label → totals.
+    totals: BTreeMap<String, CommitStats>,
+}
+
+impl Jbd2 {
+    fn start(
+        btf: &KernelBtf,
+        device_limit: usize,
+    ) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let hz = biotop::kernel_hz();
+        if hz == 0 {
+            bail!(
+                "cannot tell this kernel's HZ (jbd2 reports jiffies): no /boot/config-$(uname -r) and no /proc/timer_list"
+            );
+        }
+        let (mut ebpf, attachments) = biotop::load_jbd2(btf, BiotopConfig::DEFAULT, None, false)?;
+        let commits = match biotop::take_map(&mut ebpf, "COMMITS")? {
+            aya::maps::Map::PerCpuHashMap(data) => data,
+            _ => bail!("COMMITS is not a per-CPU hash map (build bug)"),
+        };
+        let collector = Self {
+            commits,
+            stats: StatsReader::take(&mut ebpf)?,
+            _ebpf: ebpf,
+            hz,
+            devices: biotop::Devices::default(),
+            labels: CommLabels::new(device_limit),
+            totals: BTreeMap::new(),
+        };
+        Ok((Box::new(collector), attachments))
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let drained = loader::drain_per_cpu::<u32, CommitStats>(&self.commits)?;
+        for (dev, c) in biotop::fold_commits(drained) {
+            let device = self.devices.name(dev);
+            let journal = biotop::journal_name(&device).unwrap_or(device);
+            let label = self.labels.admit(journal);
+            let t = self.totals.entry(label).or_default();
+            t.commits += c.commits;
+            t.running += c.running;
+            t.locked += c.locked;
+            t.flushing += c.flushing;
+            t.logging += c.logging;
+            t.handles += c.handles;
+            t.blocks += c.blocks;
+            t.blocks_logged += c.blocks_logged;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Jbd2 {
+    fn name(&self) -> String {
+        "jbd2".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        self.drain()?;
+        let secs = |jiffies: u64| jiffies as f64 / self.hz as f64;
+        s.declare(
+            "tracer_jbd2_commit_seconds",
+            Kind::Summary,
+            JBD2_COMMIT_HELP,
+        );
+        for (journal, t) in &self.totals {
+            let labels = vec![("journal", journal.clone())];
+            s.summary(
+                "tracer_jbd2_commit_seconds",
+                JBD2_COMMIT_HELP,
+                labels.clone(),
+                secs(t.locked + t.flushing + t.logging),
+                t.commits,
+            );
+            for (phase, jiffies) in [
+                ("running", t.running),
+                ("locked", t.locked),
+                ("flushing", t.flushing),
+                ("logging", t.logging),
+            ] {
+                s.counter(
+                    "tracer_jbd2_phase_seconds_total",
+                    "Time jbd2 transactions spent in each phase (jbd2_run_stats, jiffy resolution).",
+                    vec![("journal", journal.clone()), ("phase", phase.to_string())],
+                    secs(jiffies),
+                );
+            }
+            s.counter(
+                "tracer_jbd2_handles_total",
+                "Journal handles in the committed transactions.",
+                labels.clone(),
+                t.handles,
+            );
+            s.counter(
+                "tracer_jbd2_blocks_logged_total",
+                "Journal blocks written by the commits.",
+                labels,
+                t.blocks_logged,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+
+    fn maintain(&mut self) {
+        let _ = self.drain();
+    }
+}
+
+const JBD2_COMMIT_HELP: &str =
+    "jbd2 transaction commits (locked + flushing + logging time, jiffy resolution), per journal.";
+
+/// wqtop's object without filters: per-function running totals in the kernel (never reset,
+/// read as they are); the per-queuer and per-worker records serve does not show are emptied.
+struct Workqueue {
+    _ebpf: Ebpf,
+    funcs: PerCpuHashMap<MapData, FuncKey, FuncStats>,
+    queuers: PerCpuHashMap<MapData, QueuerKey, QueuerStats>,
+    workers: PerCpuHashMap<MapData, WorkerKey, WorkerStats>,
+    stats: StatsReader,
+    names: KernelNames,
+    labels: CommLabels,
+}
+
+impl Workqueue {
+    fn start(
+        btf: &KernelBtf,
+        function_limit: usize,
+    ) -> Result<(Box<dyn Collector>, Vec<Attachment>)> {
+        let config = wqtop::offsets(btf)?;
+        let (mut ebpf, attachments) = wqtop::load_and_attach(btf, config, None)?;
+        let collector = Self {
+            funcs: loader::take(&mut ebpf, "FUNCS")?,
+            queuers: loader::take(&mut ebpf, "QUEUERS")?,
+            workers: loader::take(&mut ebpf, "WORKERS")?,
+            stats: StatsReader::take(&mut ebpf)?,
+            _ebpf: ebpf,
+            names: KernelNames::default(),
+            labels: CommLabels::new(function_limit),
+        };
+        Ok((Box::new(collector), attachments))
+    }
+}
+
+impl Collector for Workqueue {
+    fn name(&self) -> String {
+        "workqueue".into()
+    }
+
+    fn collect(&mut self, s: &mut Scrape) -> Result<()> {
+        // Summed per function name over workqueues and CPUs.
+        let mut per_function: HashMap<String, FuncStats> = HashMap::new();
+        for entry in self.funcs.iter() {
+            let (key, per_cpu) = entry?;
+            let t = per_function
+                .entry(self.names.name(key.function))
+                .or_default();
+            for v in per_cpu.iter() {
+                t.runs += v.runs;
+                t.ended += v.ended;
+                t.run_ns += v.run_ns;
+                t.waited += v.waited;
+                t.latency_ns += v.latency_ns;
+            }
+        }
+        // The busiest functions get the room left; the rest are summed under "other".
+        let mut sorted: Vec<(String, FuncStats)> = per_function.into_iter().collect();
+        sorted.sort_by(|a, b| b.1.run_ns.cmp(&a.1.run_ns).then(a.0.cmp(&b.0)));
+        let mut labelled: BTreeMap<String, FuncStats> = BTreeMap::new();
+        for (function, v) in sorted {
+            let t = labelled.entry(self.labels.admit(function)).or_default();
+            t.runs += v.runs;
+            t.ended += v.ended;
+            t.run_ns += v.run_ns;
+            t.waited += v.waited;
+            t.latency_ns += v.latency_ns;
+        }
+        s.declare("tracer_workqueue_runs_total", Kind::Counter, WQ_RUNS_HELP);
+        s.declare(
+            "tracer_workqueue_work_seconds_total",
+            Kind::Counter,
+            WQ_SECONDS_HELP,
+        );
+        s.declare(
+            "tracer_workqueue_queue_wait_seconds_total",
+            Kind::Counter,
+            WQ_WAIT_HELP,
+        );
+        for (function, t) in labelled {
+            let labels = vec![("function", function)];
+            s.counter(
+                "tracer_workqueue_runs_total",
+                WQ_RUNS_HELP,
+                labels.clone(),
+                t.runs,
+            );
+            s.counter(
+                "tracer_workqueue_work_seconds_total",
+                WQ_SECONDS_HELP,
+                labels.clone(),
+                t.run_ns as f64 / 1e9,
+            );
+            s.counter(
+                "tracer_workqueue_queue_wait_seconds_total",
+                WQ_WAIT_HELP,
+                labels,
+                t.latency_ns as f64 / 1e9,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.read()
+    }
+
+    fn maintain(&mut self) {
+        let _ = loader::drain_per_cpu::<QueuerKey, QueuerStats>(self.queuers.map());
+        let _ = loader::drain_per_cpu::<WorkerKey, WorkerStats>(self.workers.map());
+    }
+}
+
+const WQ_RUNS_HELP: &str = "Work items run (workqueue_execute_start), per work function.";
+const WQ_SECONDS_HELP: &str =
+    "Time work items ran in the worker (execute_start to execute_end), per work function.";
+const WQ_WAIT_HELP: &str =
+    "Time work items waited from queue_work to execute_start, per work function.";
+
 // ---- probes from the config file (funccount / funclatency) -------------------------------------
 
 struct ProbeMetric {
@@ -911,5 +1573,8 @@ mod tests {
         assert_eq!(second.get("c"), None);
         assert_eq!(second.get("other"), Some(&9));
         assert_eq!(second.get("a"), Some(&6));
+        // Devices and work functions go through the same cap.
+        assert_eq!(labels.admit("a".into()), "a");
+        assert_eq!(labels.admit("loop9".into()), "other");
     }
 }

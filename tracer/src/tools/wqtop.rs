@@ -115,27 +115,7 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
         hists: args.dist.into(),
         ..offsets(&btf)?
     };
-    let mut ebpf = loader::load(objects::WQTOP, |l| {
-        l.override_global("WQ_CONFIG", &config, true);
-    })?;
-    let mut attached = Vec::new();
-    for (event, prefix, btf_args) in [
-        (
-            "workqueue_queue_work",
-            "wq_queue",
-            config.work_func_offset != 0,
-        ),
-        (
-            "workqueue_execute_start",
-            "wq_start",
-            config.work_func_offset != 0,
-        ),
-        ("workqueue_execute_end", "wq_end", true),
-    ] {
-        attached.push(attach_event(
-            &mut ebpf, &btf, event, prefix, btf_args, force,
-        )?);
-    }
+    let (mut ebpf, attached) = load_and_attach(&btf, config, force)?;
     if args.common.verbose {
         for a in &attached {
             errln!("{TOOL}: {}", a.summary());
@@ -155,10 +135,41 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
     view.run().await
 }
 
+/// Loads wqtop's object with `config` (filters, histograms and the offsets from `offsets`)
+/// and attaches queue, execute_start and execute_end; serve's workqueue collector shares it.
+pub fn load_and_attach(
+    btf: &KernelBtf,
+    config: WqConfig,
+    force: Option<Mechanism>,
+) -> Result<(Ebpf, Vec<Attachment>)> {
+    let mut ebpf = loader::load(objects::WQTOP, |l| {
+        l.override_global("WQ_CONFIG", &config, true);
+    })?;
+    let mut attached = Vec::new();
+    for (event, prefix, btf_args) in [
+        (
+            "workqueue_queue_work",
+            "wq_queue",
+            config.work_func_offset != 0,
+        ),
+        (
+            "workqueue_execute_start",
+            "wq_start",
+            config.work_func_offset != 0,
+        ),
+        ("workqueue_execute_end", "wq_end", true),
+    ] {
+        attached.push(attach_event(
+            &mut ebpf, btf, event, prefix, btf_args, force,
+        )?);
+    }
+    Ok((ebpf, attached))
+}
+
 /// The offsets the programs read, from BTF and the tracepoint formats. The BTF-argument rungs
 /// need `work_struct::func` (zero leaves them out); the classic tracepoint rung needs the
 /// format fields.
-fn offsets(btf: &KernelBtf) -> Result<WqConfig> {
+pub fn offsets(btf: &KernelBtf) -> Result<WqConfig> {
     let mut config = WqConfig::DEFAULT;
     let member = |s: &str, m: &str| btf.member_offset(s, m).ok();
     if let (Some(func), Some(wq), Some(name)) = (

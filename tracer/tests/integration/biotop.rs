@@ -42,11 +42,11 @@ pub fn tests() -> Vec<Trial> {
 }
 
 /// A loop device holding an ext4 file system, mounted; everything undone on drop.
-struct LoopExt4 {
+pub(crate) struct LoopExt4 {
     dir: PathBuf,
     image: PathBuf,
     mount: PathBuf,
-    device: String,
+    pub(crate) device: String,
     mounted: bool,
 }
 
@@ -121,16 +121,16 @@ impl LoopExt4 {
         Ok(self)
     }
 
-    fn new(tag: &str) -> Result<Self, Failed> {
+    pub(crate) fn new(tag: &str) -> Result<Self, Failed> {
         Self::attach(tag)?.format_and_mount()
     }
 
-    fn journal(&self) -> String {
+    pub(crate) fn journal(&self) -> String {
         format!("{}-8", self.device)
     }
 
     /// Transactions committed so far: the first number of /proc/fs/jbd2/<journal>/info.
-    fn transactions(&self) -> Result<u64, Failed> {
+    pub(crate) fn transactions(&self) -> Result<u64, Failed> {
         let path = format!("/proc/fs/jbd2/{}/info", self.journal());
         let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("{path}: {e}")))?;
         text.split_whitespace()
@@ -154,14 +154,14 @@ impl LoopExt4 {
     /// Nothing in flight: dirty data written, and the device idle for a moment (the end of a
     /// window, or before a tool starts: IO between its attach and the first ground-truth read
     /// would be in its count and not in the delta).
-    fn settle(&self) -> Result<(), Failed> {
+    pub(crate) fn settle(&self) -> Result<(), Failed> {
         sh(Command::new("sync").arg("-f").arg(&self.mount))?;
         thread::sleep(scaled(Duration::from_millis(300)));
         Ok(())
     }
 
     /// One writer process: `count` 4 KiB O_DSYNC appends, each an fsync (ext4_sync_file).
-    fn dsync_writer(&self, count: u32) -> Result<u32, Failed> {
+    pub(crate) fn dsync_writer(&self, count: u32) -> Result<u32, Failed> {
         let child = Command::new("dd")
             .args([
                 "if=/dev/zero",
@@ -201,7 +201,7 @@ impl Drop for LoopExt4 {
 }
 
 /// How many O_DSYNC writes: each is a journal commit, slow under TCG.
-fn writes() -> u32 {
+pub(crate) fn writes() -> u32 {
     if emulated().is_some() { 40 } else { 200 }
 }
 

@@ -24,6 +24,7 @@ mod profile;
 mod reclaimtop;
 mod sched;
 mod serve;
+mod serve_collectors;
 mod signals;
 mod soak;
 mod softirq_top;
@@ -51,6 +52,7 @@ fn main() {
     trials.extend(overload::tests());
     trials.extend(pipes::tests());
     trials.extend(serve::tests());
+    trials.extend(serve_collectors::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
     trials.extend(wqtop::tests());

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::common::{Finished, Need, emulated, ensure, fail, run, scaled, start, trial};
 
 const ROOT: &[Need] = &[Need::Root];
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 
 pub fn tests() -> Vec<Trial> {
     vec![
@@ -63,15 +63,15 @@ pub fn tests() -> Vec<Trial> {
 }
 
 /// A memory cgroup made for one test, removed on drop (v1 memory hierarchy or cgroup2).
-struct MemCgroup {
+pub(crate) struct MemCgroup {
     dir: PathBuf,
     /// The path /proc/PID/cgroup shows for its members.
     path: String,
-    v2: bool,
+    pub(crate) v2: bool,
 }
 
 impl MemCgroup {
-    fn create(limit: u64) -> Result<Option<Self>, Failed> {
+    pub(crate) fn create(limit: u64) -> Result<Option<Self>, Failed> {
         let name = format!("tracer-reclaimtop-{}", std::process::id());
         let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes");
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
@@ -101,7 +101,7 @@ impl MemCgroup {
     }
 
     /// memory.stat as name → value.
-    fn stat(&self) -> HashMap<String, u64> {
+    pub(crate) fn stat(&self) -> HashMap<String, u64> {
         parse_pairs(&fs::read_to_string(self.dir.join("memory.stat")).unwrap_or_default())
     }
 }
@@ -127,7 +127,7 @@ fn parse_pairs(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn vmstat() -> HashMap<String, u64> {
+pub(crate) fn vmstat() -> HashMap<String, u64> {
     parse_pairs(&fs::read_to_string("/proc/vmstat").unwrap_or_default())
 }
 
@@ -138,7 +138,11 @@ fn meminfo(field: &str) -> Option<u64> {
 }
 
 /// Delta of the vmstat counters starting with `prefix` (pgsteal_kswapd, pgsteal_direct...).
-fn delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, name: &str) -> u64 {
+pub(crate) fn delta(
+    after: &HashMap<String, u64>,
+    before: &HashMap<String, u64>,
+    name: &str,
+) -> u64 {
     after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
 }
 
@@ -155,13 +159,13 @@ fn evict(path: &Path) {
 /// swap). In a VM guest, whose only disk-backed filesystem is the host's root shared
 /// read-only over 9p: the build's dependency artifacts (one flat directory: walking trees over
 /// 9p under TCG takes minutes), evicted first.
-struct ColdFiles {
+pub(crate) struct ColdFiles {
     files: Vec<PathBuf>,
     made: Option<PathBuf>,
 }
 
 impl ColdFiles {
-    fn new(bytes: u64) -> Result<Self, Failed> {
+    pub(crate) fn new(bytes: u64) -> Result<Self, Failed> {
         if emulated().is_none() {
             let dir = std::env::temp_dir();
             let path = dir.join(format!("tracer-reclaimtop-{}.data", std::process::id()));
@@ -206,7 +210,7 @@ impl ColdFiles {
         Ok(Self { files, made: None })
     }
 
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.files
             .iter()
             .filter_map(|f| fs::metadata(f).ok())
@@ -214,7 +218,7 @@ impl ColdFiles {
             .sum()
     }
 
-    fn pages(&self) -> u64 {
+    pub(crate) fn pages(&self) -> u64 {
         self.files
             .iter()
             .filter_map(|f| fs::metadata(f).ok())
@@ -246,7 +250,7 @@ fn collect_files(dir: &Path, out: &mut Vec<(u64, PathBuf)>) {
 
 /// `tail -c +1 -f FILES`: reads every byte of the files into the page cache, then stays alive
 /// (following them), so its cgroup can be read when reclaimtop reports.
-fn reader_in(cgroup: &MemCgroup, files: &ColdFiles) -> Result<Child, Failed> {
+pub(crate) fn reader_in(cgroup: &MemCgroup, files: &ColdFiles) -> Result<Child, Failed> {
     let procs = cgroup.dir.join("cgroup.procs");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -275,7 +279,7 @@ fn bytes_read(pid: u32) -> u64 {
 }
 
 /// Waits until `pid` has read `bytes`.
-fn wait_read(pid: u32, bytes: u64, timeout: Duration) -> Result<(), Failed> {
+pub(crate) fn wait_read(pid: u32, bytes: u64, timeout: Duration) -> Result<(), Failed> {
     let deadline = Instant::now() + timeout;
     while bytes_read(pid) < bytes {
         ensure(Instant::now() < deadline, || {
@@ -308,7 +312,7 @@ fn intervals(finished: &Finished) -> Result<Vec<Value>, Failed> {
 }
 
 /// Within `pct` percent of `want`, or `slack` pages.
-fn close(got: u64, want: u64, pct: f64, slack: u64) -> bool {
+pub(crate) fn close(got: u64, want: u64, pct: f64, slack: u64) -> bool {
     got.abs_diff(want) as f64 <= (want as f64 * pct / 100.0).max(slack as f64)
 }
 

@@ -72,10 +72,10 @@ fn nothing_loaded() -> Result<(), Failed> {
 }
 
 /// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(what: &str) -> Result<Self, Failed> {
+    pub(crate) fn new(what: &str) -> Result<Self, Failed> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tracer-serve-{what}-{}-{}",
@@ -87,7 +87,7 @@ impl TempDir {
         Ok(Self(dir))
     }
 
-    fn write(&self, name: &str, text: &str) -> Result<String, Failed> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> Result<String, Failed> {
         let path = self.0.join(name);
         std::fs::write(&path, text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
         Ok(path.display().to_string())
@@ -101,7 +101,11 @@ impl Drop for TempDir {
 }
 
 /// GET `path` from `addr` over HTTP/1.1 (Connection: close): (status, body).
-fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String), Failed> {
+pub(crate) fn http_get(
+    addr: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(u16, String), Failed> {
     http_request(addr, "GET", path, accept)
 }
 
@@ -141,13 +145,13 @@ fn http_request(
 }
 
 /// The value of the sample `name{labels}` (labels exactly as rendered) in an exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// `tracer serve ARGS --listen 127.0.0.1:<free port>`, attached; returns it and the address.
-fn serve(args: &[&str]) -> Result<(Running, String), Failed> {
+pub(crate) fn serve(args: &[&str]) -> Result<(Running, String), Failed> {
     let addr = format!("127.0.0.1:{}", free_local_port()?);
     let mut all = vec!["serve", "--listen", &addr];
     all.extend_from_slice(args);

@@ -16,7 +16,7 @@ use crate::common::{
 };
 
 const ROOT: &[Need] = &[Need::Root, Need::Tracefs];
-const FUNCTION: &str = "refresh_vm_stats";
+pub(crate) const FUNCTION: &str = "refresh_vm_stats";
 
 pub fn tests() -> Vec<Trial> {
     vec![
@@ -53,11 +53,11 @@ fn bad_input() -> Result<(), Failed> {
 }
 
 /// Reads of stat_refresh per run: small under TCG, where each costs milliseconds.
-fn reads() -> u64 {
+pub(crate) fn reads() -> u64 {
     if emulated().is_some() { 20 } else { 200 }
 }
 
-fn online_cpus() -> Result<u64, Failed> {
+pub(crate) fn online_cpus() -> Result<u64, Failed> {
     // SAFETY: sysconf without side effects.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     ensure(n > 0, || "sysconf(_SC_NPROCESSORS_ONLN) failed".into())?;
@@ -66,13 +66,13 @@ fn online_cpus() -> Result<u64, Failed> {
 
 /// The kernel's count of workqueue_execute_start per function, from a private tracefs
 /// instance (other tests' and users' tracing is untouched).
-struct KernelCount {
+pub(crate) struct KernelCount {
     instance: PathBuf,
     hist: bool,
 }
 
 impl KernelCount {
-    fn start() -> Result<Self, Failed> {
+    pub(crate) fn start() -> Result<Self, Failed> {
         let root = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
             .into_iter()
             .map(PathBuf::from)
@@ -102,7 +102,7 @@ impl KernelCount {
     }
 
     /// Runs of `function` so far (stops the recording in the buffer case).
-    fn runs(&self, function: &str) -> Result<u64, Failed> {
+    pub(crate) fn runs(&self, function: &str) -> Result<u64, Failed> {
         if self.hist {
             let text = fs::read_to_string(self.event().join("hist"))
                 .map_err(|e| fail(format!("read hist: {e}")))?;

@@ -9,8 +9,16 @@
 //! forks = true            # tracer_forks_total
 //! runqueue = true         # tracer_runqueue_latency_seconds
 //! kthreads = true         # tracer_kthread_cpu_seconds_total
+//! reclaim = false         # tracer_reclaim_* (reclaimtop's object)
+//! block = false           # tracer_block_io_* per device (biotop's object)
+//! jbd2 = false            # tracer_jbd2_* per journal (biotop --jbd2's object)
+//! workqueue = false       # tracer_workqueue_* per work function (wqtop's object)
 //! comm_limit = 500        # distinct comm label values per metric; the rest go to "other"
+//! device_limit = 64       # distinct device / journal label values; the rest go to "other"
+//! function_limit = 200    # distinct work-function label values; the rest go to "other"
 //! buckets = "1us..10s"    # histogram buckets of the built-in histograms
+//! block_buckets = "10us..10s"    # block IO latency buckets (default: buckets)
+//! reclaim_buckets = "10us..10s"  # reclaim stall buckets (default: buckets)
 //!
 //! [[probe]]
 //! name = "nginx_requests"                             # the `probe` label
@@ -34,6 +42,10 @@ use crate::{
 pub const DEFAULT_BUCKETS: &str = "1us..10s";
 /// Distinct `comm` label values per metric when a config says nothing.
 pub const DEFAULT_COMM_LIMIT: usize = 500;
+/// Distinct `device` / `journal` label values when a config says nothing.
+pub const DEFAULT_DEVICE_LIMIT: usize = 64;
+/// Distinct `function` label values when a config says nothing.
+pub const DEFAULT_FUNCTION_LIMIT: usize = 200;
 /// More probes than this in one config are refused (each loads its own object).
 pub const MAX_CONFIG_PROBES: usize = 64;
 
@@ -53,8 +65,16 @@ struct CollectorsFile {
     forks: Option<bool>,
     runqueue: Option<bool>,
     kthreads: Option<bool>,
+    reclaim: Option<bool>,
+    block: Option<bool>,
+    jbd2: Option<bool>,
+    workqueue: Option<bool>,
     comm_limit: Option<Spanned<i64>>,
+    device_limit: Option<Spanned<i64>>,
+    function_limit: Option<Spanned<i64>>,
     buckets: Option<Spanned<String>>,
+    block_buckets: Option<Spanned<String>>,
+    reclaim_buckets: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -83,8 +103,18 @@ pub struct Collectors {
     pub forks: bool,
     pub runqueue: bool,
     pub kthreads: bool,
+    /// Off by default: they cost per event on hot paths (every block IO, every work item).
+    pub reclaim: bool,
+    pub block: bool,
+    pub jbd2: bool,
+    pub workqueue: bool,
     pub comm_limit: usize,
+    pub device_limit: usize,
+    pub function_limit: usize,
     pub buckets: Buckets,
+    /// None: `buckets`.
+    pub block_buckets: Option<Buckets>,
+    pub reclaim_buckets: Option<Buckets>,
 }
 
 /// One configured probe, resolved to its attach points.
@@ -111,8 +141,16 @@ impl Default for Config {
                 forks: true,
                 runqueue: true,
                 kthreads: true,
+                reclaim: false,
+                block: false,
+                jbd2: false,
+                workqueue: false,
                 comm_limit: DEFAULT_COMM_LIMIT,
+                device_limit: DEFAULT_DEVICE_LIMIT,
+                function_limit: DEFAULT_FUNCTION_LIMIT,
                 buckets: parse_buckets(DEFAULT_BUCKETS).expect("valid default"),
+                block_buckets: None,
+                reclaim_buckets: None,
             },
             probes: Vec::new(),
         }
@@ -142,20 +180,35 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         d.forks = c.forks.unwrap_or(d.forks);
         d.runqueue = c.runqueue.unwrap_or(d.runqueue);
         d.kthreads = c.kthreads.unwrap_or(d.kthreads);
-        if let Some(limit) = c.comm_limit {
-            d.comm_limit = match usize::try_from(*limit.get_ref()) {
-                Ok(n @ 1..=100_000) => n,
-                _ => bail!(
-                    "{}: comm_limit must be between 1 and 100000, not {}",
-                    at(limit.span()),
-                    limit.get_ref()
-                ),
+        d.reclaim = c.reclaim.unwrap_or(d.reclaim);
+        d.block = c.block.unwrap_or(d.block);
+        d.jbd2 = c.jbd2.unwrap_or(d.jbd2);
+        d.workqueue = c.workqueue.unwrap_or(d.workqueue);
+        let limit = |key: &str, value: Option<Spanned<i64>>, default: usize| -> Result<usize> {
+            let Some(value) = value else {
+                return Ok(default);
             };
+            match usize::try_from(*value.get_ref()) {
+                Ok(n @ 1..=100_000) => Ok(n),
+                _ => bail!(
+                    "{}: {key} must be between 1 and 100000, not {}",
+                    at(value.span()),
+                    value.get_ref()
+                ),
+            }
+        };
+        d.comm_limit = limit("comm_limit", c.comm_limit, d.comm_limit)?;
+        d.device_limit = limit("device_limit", c.device_limit, d.device_limit)?;
+        d.function_limit = limit("function_limit", c.function_limit, d.function_limit)?;
+        let buckets = |spec: Option<Spanned<String>>| -> Result<Option<Buckets>> {
+            spec.map(|b| parse_buckets(b.get_ref()).map_err(|e| anyhow!("{}: {e}", at(b.span()))))
+                .transpose()
+        };
+        if let Some(b) = buckets(c.buckets)? {
+            d.buckets = b;
         }
-        if let Some(buckets) = c.buckets {
-            d.buckets = parse_buckets(buckets.get_ref())
-                .map_err(|e| anyhow!("{}: {e}", at(buckets.span())))?;
-        }
+        d.block_buckets = buckets(c.block_buckets)?;
+        d.reclaim_buckets = buckets(c.reclaim_buckets)?;
     }
     if file.probes.len() > MAX_CONFIG_PROBES {
         bail!(
@@ -271,11 +324,39 @@ mod tests {
         )
         .unwrap();
         assert!(!c.collectors.softirq && c.collectors.kthreads);
+        assert!(!c.collectors.reclaim && !c.collectors.block);
+        assert!(!c.collectors.jbd2 && !c.collectors.workqueue);
         assert_eq!(c.collectors.comm_limit, 3);
         assert_eq!(
             c.collectors.buckets,
             Buckets::nanoseconds(1_000_000, 1_000_000_000)
         );
+    }
+
+    #[test]
+    fn kernel_thread_collectors() {
+        let c = parse(
+            "[collectors]\nreclaim = true\nblock = true\njbd2 = true\nworkqueue = true\n\
+             device_limit = 4\nfunction_limit = 7\nblock_buckets = \"10us..1s\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .collectors;
+        assert!(c.reclaim && c.block && c.jbd2 && c.workqueue);
+        assert_eq!((c.device_limit, c.function_limit), (4, 7));
+        assert_eq!(
+            c.block_buckets,
+            Some(Buckets::nanoseconds(10_000, 1_000_000_000))
+        );
+        assert_eq!(c.reclaim_buckets, None);
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../../../../docs/tools/serve.example.toml");
+        let c = parse(text, "serve.example.toml").unwrap().collectors;
+        assert!(c.softirq && c.reclaim && c.block && c.jbd2 && c.workqueue);
+        assert_eq!(c.device_limit, 64);
     }
 
     #[test]
@@ -294,6 +375,18 @@ mod tests {
                 "bad bucket spec",
             ),
             ("[collectors]\ncomm_limit = 0\n", "t.toml:2: comm_limit"),
+            (
+                "[collectors]\nblock = true\ndevice_limit = -1\n",
+                "t.toml:3: device_limit must be between",
+            ),
+            (
+                "[collectors]\nfunction_limit = 100001\n",
+                "t.toml:2: function_limit must be between",
+            ),
+            (
+                "[collectors]\nblock_buckets = \"1s\"\n",
+                "t.toml:2: bad bucket spec '1s'",
+            ),
             (
                 "[[probe]]\nname = \"x\"\nprobe = \"t:sched:sched_switch\"\nkind = \"histo\"\n",
                 "t.toml:4: unknown variant `histo`",
