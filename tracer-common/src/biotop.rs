@@ -69,6 +69,28 @@ pub struct BiotopConfig {
     /// `dev` of `jbd2:jbd2_handle_start` and of `ext4:ext4_sync_file_enter`.
     pub handle_dev: u32,
     pub sync_dev: u32,
+    /// 1 when every block record the programs read has dev, sector and nr_sector at the
+    /// offsets of [`RqHead`] (every kernel so far): plain loads then replace helper calls.
+    pub rq_head: u32,
+}
+
+/// The start of every `block_rq`-class record on the kernels seen so far (5.10 to 6.18): the
+/// 8-byte common header, then dev, sector and nr_sector. The loader checks it against the
+/// format files before saying so in `BiotopConfig::rq_head`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RqHead {
+    pub common: u64,
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+    pub nr_sector: u32,
+}
+
+impl RqHead {
+    pub const DEV: u32 = 8;
+    pub const SECTOR: u32 = 16;
+    pub const NR_SECTOR: u32 = 24;
 }
 
 impl BiotopConfig {
@@ -113,6 +135,7 @@ impl BiotopConfig {
         },
         handle_dev: 0,
         sync_dev: 0,
+        rq_head: 0,
     };
 }
 

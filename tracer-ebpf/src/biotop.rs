@@ -24,7 +24,7 @@ use aya_ebpf::{
 use tracer_common::{
     biotop::{
         BiotopConfig, CommitStats, DEV_ENTRIES, IO_ENTRIES, IoKey, IoStats, PENDING_ENTRIES,
-        Pending, RequestKey, RqFields, TASK_ENTRIES, TaskKey, rw_of,
+        Pending, RequestKey, RqFields, RqHead, TASK_ENTRIES, TaskKey, rw_of,
     },
     hist::{LOG2_SLOTS, Log2Hist, log2_slot},
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
@@ -89,9 +89,29 @@ fn read_failed() -> i32 {
     0
 }
 
+/// The record's fixed head, read with plain loads (the verifier checks constant-offset reads
+/// of a tracepoint's record; a helper call per field cost about as much as the rest of the
+/// program), when the loader found the usual layout.
+#[inline(always)]
+fn head(ctx: &TracePointContext) -> Option<&RqHead> {
+    if config().rq_head == 0 {
+        return None;
+    }
+    // SAFETY: the record starts with RqHead's layout (checked by the loader against the format
+    // file); the reads are at constant offsets into the tracepoint's record.
+    Some(unsafe { &*ctx.as_ptr().cast::<RqHead>() })
+}
+
 /// The request's key (None: a field could not be read).
 #[inline(always)]
 fn request(ctx: &TracePointContext, fields: &RqFields) -> Option<RequestKey> {
+    if let Some(head) = head(ctx) {
+        return Some(RequestKey {
+            dev: head.dev,
+            _pad: 0,
+            sector: head.sector,
+        });
+    }
     let dev: u32 = read(ctx, fields.dev)?;
     let sector: u64 = read(ctx, fields.sector)?;
     Some(RequestKey {
@@ -176,9 +196,13 @@ pub fn biotop_rq_issue(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn biotop_rq_complete(ctx: TracePointContext) -> i32 {
     let fields = &config().complete;
+    let nr_sector = match head(&ctx) {
+        Some(head) => Some(head.nr_sector),
+        None => read::<u32>(&ctx, fields.nr_sector),
+    };
     let (Some(key), Some(nr_sector), Some(rwbs)) = (
         request(&ctx, fields),
-        read::<u32>(&ctx, fields.nr_sector),
+        nr_sector,
         read::<[u8; 8]>(&ctx, fields.rwbs),
     ) else {
         return read_failed();

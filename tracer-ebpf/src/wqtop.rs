@@ -4,7 +4,10 @@
 //! workqueue_execute_start counts the run per (function, workqueue) in `FUNCS` (queue latency
 //! from the stamp) and notes the worker's open run in `RUNNING` (by tid: a work function may
 //! free its own work_struct, so execute_end's pointer is not a key); workqueue_execute_end
-//! closes it into `FUNCS` and `WORKERS`. Totals are per-CPU hash maps: no atomics.
+//! closes it into `FUNCS` and `WORKERS`. Totals are per-CPU hash maps: no atomics. Stamps
+//! and open runs are cleared in place (time 0), not deleted: the same work_structs and
+//! workers come back, and an LRU element allocation plus a delete per event cost more than
+//! the rest of the program.
 #![no_std]
 #![no_main]
 
@@ -220,11 +223,29 @@ fn on_queue(work: u64, function: u64, wq: &[u8; WQ_NAME_LEN]) -> i32 {
             return 0;
         }
     }
-    let queued = Queued {
-        queued_ns: now(),
-        wq: *wq,
-    };
-    if QUEUED.insert(&work, &queued, 0).is_err() {
+    // Most work items are queued again and again from the same work_struct: stamping the
+    // entry in place spares the LRU map's element allocation (and execute_start's delete),
+    // which were half of this tool's kernel time.
+    let ts = now();
+    if let Some(queued) = QUEUED.get_ptr_mut(&work) {
+        // SAFETY: a value from a successful lookup. A work item is pending once at a time;
+        // an execute_start of its previous queueing racing on another CPU may take this
+        // stamp as its own, as it could with insert and delete.
+        unsafe {
+            (*queued).queued_ns = ts;
+            (*queued).wq = *wq;
+        }
+    } else if QUEUED
+        .insert(
+            &work,
+            &Queued {
+                queued_ns: ts,
+                wq: *wq,
+            },
+            0,
+        )
+        .is_err()
+    {
         bump(&STATS, STAT_MAP_FULL);
     }
     let key = QueuerKey {
@@ -294,23 +315,43 @@ pub fn wq_start_tp(ctx: TracePointContext) -> i32 {
 fn on_start(work: u64, function: u64) -> i32 {
     let config = config();
     let ts = now();
-    // SAFETY: the value is copied out before the entry is deleted.
-    let queued = unsafe { QUEUED.get(&work) }.copied();
-    if queued.is_some() {
-        let _ = QUEUED.remove(&work);
-    } else if config.queuer_filter != 0 {
+    // The stamp is consumed by zeroing it in place (see on_queue); the entry stays for the
+    // next queueing of the same work_struct, and the LRU evicts those never queued again.
+    let queued = QUEUED.get_ptr_mut(&work).and_then(|entry| {
+        // SAFETY: a value from a successful lookup, copied out before it is cleared.
+        unsafe {
+            let value = *entry;
+            (*entry).queued_ns = 0;
+            (value.queued_ns != 0).then_some(value)
+        }
+    });
+    if queued.is_none() && config.queuer_filter != 0 {
         // Not queued by the task the filters name (or queued before we attached).
         return 0;
     }
     let wq = queued.map(|q| q.wq).unwrap_or([0; WQ_NAME_LEN]);
     let latency = queued.map(|q| ts.saturating_sub(q.queued_ns));
     let tid = bpf_get_current_pid_tgid() as u32;
-    let running = Running {
-        start_ns: ts,
-        function,
-        wq,
-    };
-    if RUNNING.insert(&tid, &running, 0).is_err() {
+    // A worker's entry is reused for its every run (start_ns 0: none open).
+    if let Some(running) = RUNNING.get_ptr_mut(&tid) {
+        // SAFETY: a value from a successful lookup; only this worker's programs touch it.
+        unsafe {
+            (*running).start_ns = ts;
+            (*running).function = function;
+            (*running).wq = wq;
+        }
+    } else if RUNNING
+        .insert(
+            &tid,
+            &Running {
+                start_ns: ts,
+                function,
+                wq,
+            },
+            0,
+        )
+        .is_err()
+    {
         bump(&STATS, STAT_MAP_FULL);
     }
     let key = FuncKey { function, wq };
@@ -368,11 +409,18 @@ pub fn wq_end_tp(_ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn on_end() -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out before the entry is deleted.
-    let Some(running) = (unsafe { RUNNING.get(&tid) }).copied() else {
+    let Some(entry) = RUNNING.get_ptr_mut(&tid) else {
         return 0;
     };
-    let _ = RUNNING.remove(&tid);
+    // SAFETY: a value from a successful lookup, copied out before the run is closed.
+    let running = unsafe {
+        let value = *entry;
+        (*entry).start_ns = 0;
+        value
+    };
+    if running.start_ns == 0 {
+        return 0;
+    }
     let ns = now().saturating_sub(running.start_ns);
     let key = FuncKey {
         function: running.function,

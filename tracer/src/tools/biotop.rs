@@ -21,7 +21,8 @@ use clap::Args;
 use serde_json::{Value, json};
 use tracer_common::{
     biotop::{
-        BiotopConfig, CommitStats, IoKey, IoStats, RW_NAMES, RqFields, RunStatsFields, TaskKey,
+        BiotopConfig, CommitStats, IoKey, IoStats, RW_NAMES, RqFields, RqHead, RunStatsFields,
+        TaskKey,
     },
     comm::CommFilter,
     hist::Log2Hist,
@@ -148,6 +149,20 @@ pub fn load_block(
     config.insert = rq_fields("block_rq_insert").unwrap_or_default();
     config.issue = rq_fields("block_rq_issue")?;
     config.complete = rq_fields("block_rq_complete")?;
+    let head = |f: &RqFields| {
+        f.dev == RqHead::DEV && f.sector == RqHead::SECTOR && f.nr_sector == RqHead::NR_SECTOR
+    };
+    // Absent events (zero offsets) have no program to read them.
+    let absent = RqFields::default();
+    config.rq_head = [
+        &config.io_start,
+        &config.insert,
+        &config.issue,
+        &config.complete,
+    ]
+    .iter()
+    .all(|f| **f == absent || head(f))
+    .into();
     let mut ebpf = loader::load(objects::BIOTOP, |l| {
         l.override_global("BIOTOP_CONFIG", &config, true);
     })?;

@@ -4,6 +4,7 @@
 mod bpf_stats;
 mod common;
 mod forksnoop;
+mod lens;
 mod probes;
 mod profile;
 mod sched;
@@ -16,7 +17,7 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve, startup.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve, startup, lens.
     pub names: Vec<String>,
 }
 
@@ -30,6 +31,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("sched", sched::run),
     ("serve", serve::run),
     ("startup", startup::run),
+    ("lens", lens::run),
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
