@@ -17,6 +17,7 @@ use clap::{Parser, error::ErrorKind};
 pub const BCC_TOOLS: &[&str] = &[
     "softirqs",
     "hardirqs",
+    "tplist",
     "runqlat",
     "cpudist",
     "profile",
@@ -40,6 +41,7 @@ pub fn translate(tool: &str, args: &[OsString]) -> Result<Vec<String>> {
     let mut out = vec!["tracer".to_string()];
     match tool {
         "softirqs" | "hardirqs" => parse::<Irqs>(tool, argv)?.translate(tool, &mut out),
+        "tplist" => parse::<Tplist>(tool, argv)?.translate(&mut out),
         "runqlat" => parse::<Runqlat>(tool, argv)?.translate(&mut out)?,
         "cpudist" => parse::<Cpudist>(tool, argv)?.translate(&mut out),
         "profile" => parse::<Profile>(tool, argv)?.translate(&mut out)?,
@@ -300,6 +302,43 @@ impl Irqs {
             (interval, _) => push_opt_positional(out, interval),
         }
         push_opt_positional(out, &self.count);
+    }
+}
+
+/// Kernel tracepoints or USDT probes (BCC's tplist): `-p`/`-l` select USDT probes, which
+/// tracer's tplist lists with `--usdt` (its own `-l` lists a binary's functions).
+#[derive(Parser, Debug)]
+#[command(
+    name = "tplist",
+    disable_version_flag = true,
+    override_usage = "tplist [-h] [-p PID] [-l LIB] [-v] [filter]"
+)]
+struct Tplist {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// The USDT probes of every file this process has mapped.
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    /// The USDT probes of this library or executable.
+    #[arg(short = 'l', value_name = "LIB")]
+    lib: Option<String>,
+    /// Tracepoint fields, probe locations and arguments (BCC's -vv shows the same here).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// A wildcard on category:event or provider:probe.
+    filter: Option<String>,
+}
+
+impl Tplist {
+    fn translate(&self, out: &mut Vec<String>) {
+        push(out, &["tplist"]);
+        push_if(out, self.json, "--json");
+        push_if(out, self.pid.is_some() || self.lib.is_some(), "--usdt");
+        push_opt(out, "-p", &self.pid);
+        push_opt(out, "-l", &self.lib);
+        push_if(out, self.verbose > 0, "-v");
+        push_opt_positional(out, &self.filter);
     }
 }
 
@@ -883,6 +922,19 @@ mod tests {
                 "{bcc}: {got}"
             );
             assert_eq!(got.lines().count(), 1, "{bcc}: {got}");
+        }
+    }
+
+    #[test]
+    fn tplist_p_and_l_are_usdt() {
+        for (bcc, tracer) in [
+            ("tplist", "tplist"),
+            ("tplist -v 'net:*'", "tplist -v net:*"),
+            ("tplist -l pthread", "tplist --usdt -l pthread"),
+            ("tplist -p 4717 'libc:*'", "tplist --usdt -p 4717 libc:*"),
+            ("tplist -vv -l node", "tplist --usdt -l node -v"),
+        ] {
+            assert_eq!(tr(bcc), tracer, "{bcc}");
         }
     }
 }

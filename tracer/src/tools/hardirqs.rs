@@ -72,44 +72,116 @@ pub async fn run(args: HardirqsArgs) -> Result<()> {
         Some(text) => filters::cpu_list(text, &online)?,
         None => online,
     };
-    let force = args
-        .common
-        .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?;
-    let config = HardirqsConfig {
-        dist: args.dist.into(),
-        unit_div: if args.nanoseconds { 1 } else { 1000 },
-        ..HardirqsConfig::DEFAULT
-    };
-    let btf = KernelBtf::new();
-    let mut ebpf = loader::load(objects::HARDIRQS, |l| {
-        l.override_global("HARDIRQS_CONFIG", &config, true);
-        l.map_max_entries("HISTS", if args.dist { IRQ_ENTRIES } else { 1 });
-    })?;
-    // Exit first: an entry stamped before its exit program is attached is simply not timed.
-    let ladder = [Mechanism::TpBtf, Mechanism::RawTp];
-    let mut attach_irq = |event, prefix| {
-        attach::tracepoint_ladder(&mut ebpf, &btf, "irq", event, prefix, &ladder, force)
-    };
-    let exit = attach_irq("irq_handler_exit", "hardirqs_exit")?;
-    let entry = attach_irq("irq_handler_entry", "hardirqs_entry")?;
+    let force = args.common.attach_for(TOOL, LADDER)?;
+    let program = HardirqProgram::attach(&KernelBtf::new(), force, args.dist, args.nanoseconds)?;
     if args.common.verbose {
-        for a in [&entry, &exit] {
+        for a in [&program.entry, &program.exit] {
             errln!("{TOOL}: {}", a.summary());
         }
     }
-    Report::new(&mut ebpf, args, cpus)?.run(&entry).await
+    Report {
+        program,
+        args,
+        cpus,
+    }
+    .run()
+    .await
+}
+
+/// The mechanisms hardirqs' programs have (a tp_btf and a raw_tp twin of each).
+pub(crate) const LADDER: &[Mechanism] = &[Mechanism::TpBtf, Mechanism::RawTp];
+
+/// hardirqs' kernel program, loaded and attached: what hardirqs reports, and what softirq-top's
+/// hard-IRQ line reads.
+pub(crate) struct HardirqProgram {
+    pub entry: Attachment,
+    pub exit: Attachment,
+    irqs: PerCpuHashMap<MapData, u32, IrqStats>,
+    hists: Option<PerCpuHashMap<MapData, u32, Log2Hist>>,
+    pub stats: StatsReader,
+    /// Holds the programs (and so the attachments).
+    _ebpf: Ebpf,
+}
+
+impl HardirqProgram {
+    /// Loads and attaches irq_handler_entry/exit; `dist` keeps a histogram per line (in ns
+    /// with `nanoseconds`, else us).
+    pub(crate) fn attach(
+        btf: &KernelBtf,
+        force: Option<Mechanism>,
+        dist: bool,
+        nanoseconds: bool,
+    ) -> Result<Self> {
+        let config = HardirqsConfig {
+            dist: dist.into(),
+            unit_div: if nanoseconds { 1 } else { 1000 },
+            ..HardirqsConfig::DEFAULT
+        };
+        let mut ebpf = loader::load(objects::HARDIRQS, |l| {
+            l.override_global("HARDIRQS_CONFIG", &config, true);
+            l.map_max_entries("HISTS", if dist { IRQ_ENTRIES } else { 1 });
+        })?;
+        // Exit first: an entry stamped before its exit program is attached is simply not timed.
+        let mut attach_irq = |event, prefix| {
+            attach::tracepoint_ladder(&mut ebpf, btf, "irq", event, prefix, LADDER, force)
+        };
+        let exit = attach_irq("irq_handler_exit", "hardirqs_exit")?;
+        let entry = attach_irq("irq_handler_entry", "hardirqs_entry")?;
+        let hists = if dist {
+            Some(loader::take(&mut ebpf, "HISTS")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            entry,
+            exit,
+            irqs: loader::take(&mut ebpf, "IRQS")?,
+            hists,
+            stats: StatsReader::take(&mut ebpf)?,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Running totals per IRQ line (per line and CPU with `per_cpu`), over `cpus`.
+    pub(crate) fn snapshot(&self, cpus: &[u32], per_cpu: bool) -> BTreeMap<RowKey, Totals> {
+        let mut rows: BTreeMap<RowKey, Totals> = BTreeMap::new();
+        let row = |irq: u32, cpu: u32| (irq, per_cpu.then_some(cpu));
+        for (irq, values) in self.irqs.iter().flatten() {
+            for (cpu, s) in values.iter().enumerate() {
+                let cpu = cpu as u32;
+                if !cpus.contains(&cpu) || s.count == 0 {
+                    continue;
+                }
+                let t = rows.entry(row(irq, cpu)).or_default();
+                t.count += s.count;
+                t.time_ns += s.time_ns;
+                t.max_ns = t.max_ns.max(s.max_ns);
+            }
+        }
+        if let Some(hists) = &self.hists {
+            for (irq, values) in hists.iter().flatten() {
+                for (cpu, h) in values.iter().enumerate() {
+                    if cpus.contains(&(cpu as u32)) {
+                        let t = rows.entry(row(irq, cpu as u32)).or_default();
+                        t.hist.merge(&Log2::from_per_cpu([h]));
+                    }
+                }
+            }
+        }
+        rows
+    }
 }
 
 /// What a row is: an IRQ line, or an IRQ line on one CPU.
-type RowKey = (u32, Option<u32>);
+pub(crate) type RowKey = (u32, Option<u32>);
 
 #[derive(Clone, Debug, PartialEq)]
-struct Totals {
-    count: u64,
-    time_ns: u64,
+pub(crate) struct Totals {
+    pub count: u64,
+    pub time_ns: u64,
     /// Longest run since the tool started (the kernel keeps a running maximum).
-    max_ns: u64,
-    hist: Log2,
+    pub max_ns: u64,
+    pub hist: Log2,
 }
 
 impl Default for Totals {
@@ -125,63 +197,19 @@ impl Default for Totals {
 }
 
 struct Report {
+    program: HardirqProgram,
     args: HardirqsArgs,
     cpus: Vec<u32>,
-    irqs: PerCpuHashMap<MapData, u32, IrqStats>,
-    hists: Option<PerCpuHashMap<MapData, u32, Log2Hist>>,
-    stats: StatsReader,
 }
 
 impl Report {
-    fn new(ebpf: &mut Ebpf, args: HardirqsArgs, cpus: Vec<u32>) -> Result<Self> {
-        let hists = if args.dist {
-            Some(loader::take(ebpf, "HISTS")?)
-        } else {
-            None
-        };
-        Ok(Self {
-            irqs: loader::take(ebpf, "IRQS")?,
-            stats: StatsReader::take(ebpf)?,
-            hists,
-            args,
-            cpus,
-        })
-    }
-
-    /// Running totals per row, over the chosen CPUs.
     fn snapshot(&self) -> BTreeMap<RowKey, Totals> {
-        let mut rows: BTreeMap<RowKey, Totals> = BTreeMap::new();
-        let row = |irq: u32, cpu: u32| (irq, self.args.per_cpu.then_some(cpu));
-        for (irq, per_cpu) in self.irqs.iter().flatten() {
-            for (cpu, s) in per_cpu.iter().enumerate() {
-                let cpu = cpu as u32;
-                if !self.cpus.contains(&cpu) || s.count == 0 {
-                    continue;
-                }
-                let t = rows.entry(row(irq, cpu)).or_default();
-                t.count += s.count;
-                t.time_ns += s.time_ns;
-                t.max_ns = t.max_ns.max(s.max_ns);
-            }
-        }
-        if let Some(hists) = &self.hists {
-            for (irq, per_cpu) in hists.iter().flatten() {
-                for (cpu, h) in per_cpu.iter().enumerate() {
-                    if self.cpus.contains(&(cpu as u32)) {
-                        let t = rows.entry(row(irq, cpu as u32)).or_default();
-                        t.hist.merge(&Log2::from_per_cpu([h]));
-                    }
-                }
-            }
-        }
-        rows
+        self.program.snapshot(&self.cpus, self.args.per_cpu)
     }
 
-    async fn run(&mut self, attachment: &Attachment) -> Result<()> {
-        errln!(
-            "Tracing hard IRQ handlers ({})... Hit Ctrl-C to end.",
-            attachment.mechanism
-        );
+    async fn run(&mut self) -> Result<()> {
+        let mechanism = self.program.entry.mechanism;
+        errln!("Tracing hard IRQ handlers ({mechanism})... Hit Ctrl-C to end.");
         let mut out = Out::new();
         let stop = session::stop_requested(self.args.common.duration.duration);
         tokio::pin!(stop);
@@ -200,7 +228,7 @@ impl Report {
             began = std::time::Instant::now();
             let rows = deltas(&now, &before);
             self.print(&rows, seconds, &mut out);
-            runqlat::report_drops(TOOL, &self.stats.read(), &mut reported);
+            runqlat::report_drops(TOOL, &self.program.stats.read(), &mut reported);
             printed += 1;
             if stopped || out.closed() || self.args.interval.count.is_some_and(|c| printed >= c) {
                 break;
@@ -208,10 +236,10 @@ impl Report {
             before = now;
         }
         if self.args.common.output.json {
-            let end = self.stats.read();
+            let end = self.program.stats.read();
             out.json(&with_schema(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "attach": attachment.mechanism}),
+                json!({"type": "end", "map_full": end.map_full, "attach": mechanism}),
             ));
         }
         out.flush();
@@ -302,7 +330,7 @@ impl Report {
 }
 
 /// Rows with activity since `before`, busiest (by time) first.
-fn deltas(
+pub(crate) fn deltas(
     now: &BTreeMap<RowKey, Totals>,
     before: &BTreeMap<RowKey, Totals>,
 ) -> Vec<(RowKey, Totals)> {
@@ -330,10 +358,10 @@ fn deltas(
 
 /// IRQ number → the names of its handlers, read once per report (lines come and go with
 /// devices and drivers).
-struct IrqNames(BTreeMap<u32, String>);
+pub(crate) struct IrqNames(BTreeMap<u32, String>);
 
 impl IrqNames {
-    fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let mut names = BTreeMap::new();
         if let Ok(text) = std::fs::read_to_string("/proc/interrupts") {
             for (irq, name) in parse_proc_interrupts(&text) {
@@ -343,7 +371,7 @@ impl IrqNames {
         Self(names)
     }
 
-    fn name(&self, irq: u32) -> String {
+    pub(crate) fn name(&self, irq: u32) -> String {
         // sysfs has the exact action list (CONFIG_SPARSE_IRQ); /proc/interrupts' last
         // column is the fallback.
         std::fs::read_to_string(format!("/sys/kernel/irq/{irq}/actions"))

@@ -43,7 +43,10 @@ use crate::{
     output::{Clock, Out, comm_str, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, Frames, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
-    tools::CommonArgs,
+    tools::{
+        CommonArgs,
+        hardirqs::{self, HardirqProgram, IrqNames, RowKey, Totals},
+    },
     tracefs,
 };
 
@@ -70,7 +73,8 @@ pub enum SortKey {
     softirq-top --latency -D         raise->entry latency and run-time histograms per vector\n  \
     softirq-top --stacks -d 10       hot kernel stacks while serving softirqs, for 10 s\n  \
     softirq-top --stacks --svg si.svg -d 10   flame graph of softirq context\n  \
-    softirq-top --json 1 3           one JSON object per interval")]
+    softirq-top --json 1 3           one JSON object per interval\n  \
+    softirq-top --no-hardirqs        without the hard-IRQ line (irq_handler_* unprobed)")]
 pub struct SoftirqTopArgs {
     /// Only these CPUs: a list like 0,2-3.
     #[arg(short = 'C', long = "cpu", value_name = "CPUS")]
@@ -123,6 +127,10 @@ pub struct SoftirqTopArgs {
     /// Plain interval blocks even on a terminal (no screen redraw).
     #[arg(short = 'b', long = "no-redraw", alias = "batch")]
     pub batch: bool,
+    /// No hard-IRQ line in the header: irq_handler_entry/exit stay unprobed (its cost is one
+    /// map update per hardware interrupt handler run).
+    #[arg(long = "no-hardirqs")]
+    pub no_hardirqs: bool,
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
@@ -464,6 +472,139 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// Handlers named in the text header's hard-IRQ line (JSON lists `HARDIRQ_TOP_JSON`).
+const HARDIRQ_TOP_TEXT: usize = 3;
+const HARDIRQ_TOP_JSON: usize = 5;
+
+/// The header's hard-IRQ line: time in hard IRQ handlers per CPU in the interval, and the
+/// handlers that took most of it (hardirqs' program, read at the same ticks).
+struct HardIrqLine {
+    /// (CPU, runs, ns) for each selected CPU.
+    per_cpu: Vec<(u32, u64, u64)>,
+    /// (IRQ, handler names, runs, ns), most time first.
+    top: Vec<(u32, String, u64, u64)>,
+}
+
+impl HardIrqLine {
+    fn new(
+        cpus: &[u32],
+        now: &BTreeMap<RowKey, Totals>,
+        before: &BTreeMap<RowKey, Totals>,
+    ) -> Self {
+        let rows = hardirqs::deltas(now, before);
+        let per_cpu = cpus
+            .iter()
+            .map(|&cpu| {
+                rows.iter()
+                    .filter(|((_, c), _)| *c == Some(cpu))
+                    .fold((cpu, 0, 0), |(cpu, n, ns), (_, t)| {
+                        (cpu, n + t.count, ns + t.time_ns)
+                    })
+            })
+            .collect();
+        let mut by_irq: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for ((irq, _), t) in &rows {
+            let e = by_irq.entry(*irq).or_default();
+            e.0 += t.count;
+            e.1 += t.time_ns;
+        }
+        let mut top: Vec<(u32, u64, u64)> =
+            by_irq.into_iter().map(|(i, (n, t))| (i, n, t)).collect();
+        top.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        top.truncate(HARDIRQ_TOP_JSON);
+        let names = IrqNames::read();
+        let top = top
+            .into_iter()
+            .map(|(irq, n, t)| (irq, names.name(irq), n, t))
+            .collect();
+        Self { per_cpu, top }
+    }
+
+    fn total_ns(&self) -> u64 {
+        self.per_cpu.iter().map(|c| c.2).sum()
+    }
+
+    fn share(&self, ns: u64) -> f64 {
+        ns as f64 / self.total_ns().max(1) as f64 * 100.0
+    }
+
+    /// "hard IRQ 0.81% of CPU time (CPU0 1.20%, CPU1 0.42%); top: virtio2-req.0 [IRQ 25] 71%, ..."
+    fn text(&self, seconds: f64) -> String {
+        let cpus: Vec<String> = self
+            .per_cpu
+            .iter()
+            .map(|(cpu, _, ns)| format!("CPU{cpu} {:.2}%", pct(*ns, seconds, 1)))
+            .collect();
+        let top: Vec<String> = self
+            .top
+            .iter()
+            .take(HARDIRQ_TOP_TEXT)
+            .map(|(irq, name, _, ns)| format!("{name} [IRQ {irq}] {:.0}%", self.share(*ns)))
+            .collect();
+        format!(
+            "hard IRQ {:.2}% of CPU time ({}); top: {}",
+            pct(self.total_ns(), seconds, self.per_cpu.len()),
+            cpus.join(", "),
+            if top.is_empty() {
+                "-".into()
+            } else {
+                top.join(", ")
+            }
+        )
+    }
+
+    fn json(&self, seconds: f64) -> Value {
+        let per_cpu: Vec<Value> = self
+            .per_cpu
+            .iter()
+            .map(|(cpu, n, ns)| {
+                json!({"cpu": cpu, "count": n, "time_us": us(*ns), "pct": round2(pct(*ns, seconds, 1))})
+            })
+            .collect();
+        let top: Vec<Value> = self
+            .top
+            .iter()
+            .map(|(irq, name, n, ns)| {
+                json!({"irq": irq, "name": name, "count": n, "time_us": us(*ns),
+                       "share_pct": round2(self.share(*ns))})
+            })
+            .collect();
+        json!({"time_us": us(self.total_ns()), "pct": round2(pct(self.total_ns(), seconds, self.per_cpu.len())),
+               "per_cpu": per_cpu, "top": top})
+    }
+}
+
+/// hardirqs' program for the hard-IRQ line, unless `--no-hardirqs`. Where it cannot attach
+/// (or `--attach tracepoint` asks for a mechanism it has no program for) softirq-top runs
+/// without the line and says why.
+fn attach_hardirqs(
+    args: &SoftirqTopArgs,
+    btf: &KernelBtf,
+    force: Option<Mechanism>,
+) -> Option<HardirqProgram> {
+    if args.no_hardirqs {
+        return None;
+    }
+    let why = match force {
+        Some(m) if !hardirqs::LADDER.contains(&m) => {
+            format!("irq_handler_entry/exit have no {m} program here (choose tp_btf or raw_tp)")
+        }
+        _ => match HardirqProgram::attach(btf, force, false, false) {
+            Ok(program) => {
+                if args.common.verbose {
+                    for a in [&program.entry, &program.exit] {
+                        errln!("{TOOL}: {}", a.summary());
+                    }
+                }
+                return Some(program);
+            }
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    errln!("{TOOL}: no hard-IRQ line: {why} (--no-hardirqs leaves it out)");
+    None
+}
+
 fn compute(args: &SoftirqTopArgs, ctx: &RunContext, now: &Snapshot, before: &Snapshot) -> Interval {
     let seconds = now.mono_ns.saturating_sub(before.mono_ns) as f64 / 1e9;
     let cell = |vec: usize, cpu: u32| -> Cell {
@@ -652,7 +793,13 @@ impl Interval {
     }
 }
 
-fn render_text(ctx: &RunContext, iv: &Interval, net_rx: (u64, u64), live: bool) -> String {
+fn render_text(
+    ctx: &RunContext,
+    iv: &Interval,
+    net_rx: (u64, u64),
+    hard: Option<&HardIrqLine>,
+    live: bool,
+) -> String {
     let mut s = String::new();
     let n = iv.cpus.len();
     let total = iv.grand_total();
@@ -670,6 +817,10 @@ fn render_text(ctx: &RunContext, iv: &Interval, net_rx: (u64, u64), live: bool) 
     }
     s.push_str(&head);
     s.push('\n');
+    if let Some(hard) = hard {
+        s.push_str(&hard.text(iv.seconds));
+        s.push('\n');
+    }
     // The matrix: one row per vector; totals first, then each CPU's % and entries.
     let mut h = format!(
         "{:<9} {:>9} {:>11} {:>6} {:>8}",
@@ -855,7 +1006,12 @@ fn contexts_json(c: &Cell) -> Value {
     Value::Object(map)
 }
 
-fn render_json(ctx: &RunContext, iv: &Interval, net_rx: (u64, u64)) -> Value {
+fn render_json(
+    ctx: &RunContext,
+    iv: &Interval,
+    net_rx: (u64, u64),
+    hard: Option<&HardIrqLine>,
+) -> Value {
     let n = iv.cpus.len();
     let per_cpu = |cells: &[Cell]| -> Vec<Value> {
         iv.cpus
@@ -918,6 +1074,9 @@ fn render_json(ctx: &RunContext, iv: &Interval, net_rx: (u64, u64)) -> Value {
         }
         Value::Object(map)
     };
+    if let Some(hard) = hard {
+        o["hardirqs"] = hard.json(iv.seconds);
+    }
     if !iv.runtime.is_empty() {
         o["runtime_hist"] = hists(&iv.runtime);
     }
@@ -1110,6 +1269,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     if args.stacks {
         attach_stacks(&mut ebpf, &online, args.frequency)?;
     }
+    let hard_irqs = attach_hardirqs(&args, &btf, force);
 
     let stats = StatsReader::take(&mut ebpf)?;
     let maps = Maps {
@@ -1163,7 +1323,14 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
+    let hard_snapshot = || {
+        hard_irqs
+            .as_ref()
+            .map(|p| p.snapshot(&ctx.cpus, true))
+            .unwrap_or_default()
+    };
     let mut before = reader.read()?;
+    let mut hard_before = hard_snapshot();
     let mut printed = 0u64;
     loop {
         let stopped = tokio::select! {
@@ -1180,14 +1347,18 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
             attach::detach_all(&mut ebpf);
         }
         let now = reader.read()?;
+        let hard_now = hard_snapshot();
         // A stop right after a print would add an empty sliver of an interval.
         if !stopped || now.mono_ns.saturating_sub(before.mono_ns) >= 10_000_000 {
             let iv = compute(&args, &ctx, &now, &before);
             let net_rx = iv.net_rx(&now, &before);
+            let hard = hard_irqs
+                .as_ref()
+                .map(|_| HardIrqLine::new(&ctx.cpus, &hard_now, &hard_before));
             if json {
-                out.json(&render_json(&ctx, &iv, net_rx));
+                out.json(&render_json(&ctx, &iv, net_rx, hard.as_ref()));
             } else {
-                let text = render_text(&ctx, &iv, net_rx, live);
+                let text = render_text(&ctx, &iv, net_rx, hard.as_ref(), live);
                 if live {
                     out.line(&format!("\x1b[H\x1b[2J{}", text.trim_end()));
                 } else {
@@ -1199,6 +1370,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
             printed += 1;
         }
         before = now;
+        hard_before = hard_now;
         if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
             break;
         }
@@ -1223,7 +1395,8 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         out.json(&with_schema(
             TOOL,
             json!({"type": "end", "intervals": printed, "map_full": end.map_full, "read_errors": end.read_errors,
-                   "attach": attachments.iter().map(|a| json!({"target": a.target, "mechanism": a.mechanism})).collect::<Vec<_>>()}),
+                   "attach": attachments.iter().chain(hard_irqs.iter().flat_map(|p| [&p.entry, &p.exit]))
+                       .map(|a| json!({"target": a.target, "mechanism": a.mechanism})).collect::<Vec<_>>()}),
         ));
     }
     out.flush();

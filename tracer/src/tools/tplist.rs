@@ -1,16 +1,19 @@
 //! tplist: what the probe tools can attach to here: tracepoints (with `-v` their record
 //! fields, as argdist and trace name them), kernel functions (`-k`, when this kernel lets us
-//! attach to them), and a binary's or library's functions (`-b`).
+//! attach to them), a binary's or library's functions (`-l`), and USDT probes (SDT notes) of a
+//! binary or library (`-l ... --usdt`) or of everything a process has mapped (`-p PID`).
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
 use crate::{
     attach,
     output::{Out, with_schema},
-    probe_spec::{self, ElfSymbols},
-    session, tracefs,
+    probe_spec::{self, ElfSymbols, glob_match},
+    session, tracefs, usdt,
 };
 
 const TOOL: &str = "tplist";
@@ -22,7 +25,9 @@ const TOOL: &str = "tplist";
     tplist -v t:sched:sched_switch         its fields (names argdist/trace take)\n  \
     tplist -k 'tcp_*'                      kernel functions (k:/kr: probes)\n  \
     tplist -l /usr/sbin/nginx 'ngx_http*'  functions a uprobe can attach to\n  \
-    tplist -l libc 'mall*'                 a library, found like the dynamic loader does")]
+    tplist -l libc 'mall*'                 a library, found like the dynamic loader does\n  \
+    tplist -p 1234                         USDT probes of a process and its libraries\n  \
+    tplist --usdt -v -l /usr/bin/python3.11  a binary's USDT probes with their arguments")]
 pub struct TplistArgs {
     /// Glob on `category:event` (or `t:category:event`), function or symbol names (default:
     /// everything).
@@ -37,9 +42,19 @@ pub struct TplistArgs {
     /// List the functions of this binary or library (path or name like libc).
     #[arg(short = 'l', long = "binary", alias = "lib", value_name = "BINARY")]
     pub binary: Option<String>,
-    /// Resolve a library name through this process's maps.
-    #[arg(short = 'p', long = "pid", value_name = "PID", requires = "binary")]
+    /// With -l: resolve a library name through this process's maps; alone: list the USDT
+    /// probes of the process's binary and of every library it has mapped.
+    #[arg(
+        short = 'p',
+        long = "pid",
+        value_name = "PID",
+        conflicts_with = "kernel"
+    )]
     pub pid: Option<u32>,
+    /// List USDT probes (SDT notes: provider:name) instead of functions (with -l; implied by
+    /// -p alone).
+    #[arg(long = "usdt", conflicts_with = "kernel")]
+    pub usdt: bool,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +70,9 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         pattern = tracepoint.to_string();
     }
     let mut out = Out::new();
+    if args.usdt || (args.pid.is_some() && args.binary.is_none()) {
+        return list_usdt(&args, &pattern, &mut out);
+    }
     if let Some(binary) = &args.binary {
         if let Some(pid) = args.pid {
             session::check_pid(pid)?;
@@ -157,4 +175,126 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The USDT probes of `-l BINARY`, or of `-p PID`'s binary and mapped libraries, whose
+/// `provider:name` matches `pattern` (a glob; without a `:` it may match either part).
+fn list_usdt(args: &TplistArgs, pattern: &str, out: &mut Out) -> Result<()> {
+    if let Some(pid) = args.pid {
+        session::check_pid(pid)?;
+    }
+    let files = match (&args.binary, args.pid) {
+        (Some(binary), pid) => {
+            // An executable on $PATH first, as BCC's -l (`tplist -l node`), then a library.
+            let path = match in_path(binary) {
+                Some(path) => path,
+                None => probe_spec::resolve_binary(binary, pid)?,
+            };
+            vec![(path.clone(), path)]
+        }
+        (None, Some(pid)) => mapped_files(pid)?,
+        (None, None) => {
+            usage_bail!("--usdt lists a binary's or a process's probes: add -l BINARY or -p PID")
+        }
+    };
+    let matches = |provider: &str, name: &str| {
+        let full = format!("{provider}:{name}");
+        glob_match(pattern, &full)
+            || (!pattern.contains(':')
+                && (glob_match(pattern, provider) || glob_match(pattern, name)))
+    };
+    let mut listed = 0;
+    for (path, read) in &files {
+        // A process maps files that are not ELF (locale archives, caches): they have no probes.
+        let probes = match usdt::probes(read) {
+            Ok(p) => p,
+            Err(_) if args.binary.is_none() => continue,
+            Err(e) => return Err(e),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for p in probes.iter().filter(|p| matches(&p.provider, &p.name)) {
+            listed += 1;
+            if args.json {
+                out.json(&with_schema(
+                    TOOL,
+                    json!({"type": "usdt", "binary": path, "provider": p.provider, "name": p.name,
+                           "address": p.address, "semaphore": p.semaphore, "args": p.args}),
+                ));
+            } else if args.verbose {
+                // One line per probe site: a probe used in several places has several.
+                out.line(&format!(
+                    "{} {}:{}  location {:#x}  semaphore {:#x}  {} args: {}",
+                    path.display(),
+                    p.provider,
+                    p.name,
+                    p.address,
+                    p.semaphore,
+                    p.args.len(),
+                    p.args.join(" ")
+                ));
+            } else if seen.insert((&p.provider, &p.name)) {
+                out.line(&format!("{} {}:{}", path.display(), p.provider, p.name));
+            }
+        }
+        if out.closed() {
+            break;
+        }
+    }
+    if listed == 0 {
+        let shown: Vec<String> = files.iter().map(|f| f.0.display().to_string()).collect();
+        usage_bail!(
+            "no USDT probe matches '{pattern}' in {} (it has no SDT notes, or none by that name)",
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The files a process has mapped, its binary first, each once: (the path as the process
+/// sees it, the path to read it by — through the process's root, so a container's files are
+/// the ones it sees).
+fn mapped_files(pid: u32) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("cannot read /proc/{pid}/maps (is PID {pid} running?)"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for path in exe.into_iter().chain(maps.lines().filter_map(|line| {
+        // address perms offset dev inode path: the path may hold spaces.
+        let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
+        path.starts_with('/').then(|| PathBuf::from(path))
+    })) {
+        if files.iter().any(|(shown, _)| *shown == path) {
+            continue;
+        }
+        let via_root =
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
+        let read = if via_root.is_file() {
+            via_root
+        } else {
+            path.clone()
+        };
+        if read.is_file() {
+            files.push((path, read));
+        }
+    }
+    Ok(files)
+}
+
+/// An ELF executable named `name` (no `/`) on $PATH (scripts, such as pyenv's shims, are
+/// passed over: they have no probes).
+fn in_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return None;
+    }
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| {
+            let mut magic = [0u8; 4];
+            std::fs::File::open(p)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && magic == *b"\x7fELF"
+        })
 }

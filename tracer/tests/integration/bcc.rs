@@ -44,6 +44,21 @@ pub fn tests() -> Vec<Trial> {
             softirqs_match_proc,
         ),
         trial("bcc::bad_bcc_input_is_one_line", &[], bad_input),
+        trial(
+            "bcc::hardirqs_1_1_matches_proc_interrupts",
+            ROOT,
+            hardirqs_1_1_matches_proc_interrupts,
+        ),
+        trial(
+            "bcc::tplist_man_page_examples",
+            ROOT,
+            tplist_man_page_examples,
+        ),
+        trial(
+            "bcc::tplist_usdt_and_tracepoints_match_ground_truth",
+            ROOT,
+            tplist_matches_ground_truth,
+        ),
     ]
 }
 
@@ -139,6 +154,7 @@ fn bcc_bin() -> Result<PathBuf, Failed> {
     for tool in [
         "softirqs",
         "hardirqs",
+        "tplist",
         "runqlat",
         "cpudist",
         "profile",
@@ -498,5 +514,243 @@ fn bad_input() -> Result<(), Failed> {
         )?;
         ensure(!stderr.contains("panicked"), || format!("{line}: {stderr}"))?;
     }
+    Ok(())
+}
+
+// ---- hardirqs 1 1 and tplist -----------------------------------------------------------------
+
+/// /proc/interrupts: numbered line → (handler names, per-CPU counts).
+fn proc_interrupts() -> std::collections::BTreeMap<u32, (String, Vec<u64>)> {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let mut lines = text.lines();
+    let ncpus = lines
+        .next()
+        .map(|h| h.split_whitespace().count())
+        .unwrap_or(0);
+    lines
+        .filter_map(|line| {
+            let (irq, rest) = line.split_once(':')?;
+            let irq: u32 = irq.trim().parse().ok()?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let counts = fields
+                .iter()
+                .take(ncpus)
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            // After the counts: chip, "<hwirq>-<trigger>", then the handlers.
+            let rest = fields.get(ncpus..).unwrap_or_default();
+            let trigger = rest.iter().position(|f| {
+                f.split_once('-')
+                    .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
+            })?;
+            Some((irq, (rest.get(trigger + 1..)?.join(" "), counts)))
+        })
+        .collect()
+}
+
+/// `hardirqs 1 1` (BCC's line: one 1 s interval, then exit) while an uncached read loop keeps
+/// the disk's IRQ busy: the busiest single-handler line's count equals its /proc/interrupts
+/// delta within 2 %. The reads run inside the interval, so its edges see none.
+fn hardirqs_1_1_matches_proc_interrupts() -> Result<(), Failed> {
+    use crate::hardirqs::{Busiest, busiest, read_uncached, within_2pct};
+    let dir = bcc_bin()?;
+    // Under TCG a second holds too few reads for a 2 % check: the interval scales.
+    let (interval, reads_for) = if emulated().is_some() {
+        ("4", Duration::from_secs(3))
+    } else {
+        ("1", Duration::from_millis(600))
+    };
+    let line = format!("hardirqs {interval} 1");
+    let tool = start_program(&dir.join("hardirqs"), &[interval, "1"])?;
+    let before = proc_interrupts();
+    let reads = read_uncached(TRACER, reads_for)?;
+    let out = tool.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let after = proc_interrupts();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure(out.status.success(), || format!("{line} failed:\n{stdout}"))?;
+    let Busiest { irq, name, truth } = busiest(&before, &after, reads)?;
+    let want: u64 = truth.iter().sum();
+    // "  IRQ HANDLERS  COUNT TOTAL AVG MAX": the count is the fourth field from the end (a
+    // shared line's names hold spaces).
+    let got = stdout
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first()?.parse::<u32>().ok()? == irq && f.len() >= 6)
+                .then(|| f[f.len() - 4].parse::<u64>().ok())
+                .flatten()
+        })
+        .ok_or_else(|| fail(format!("{line}: no row for IRQ {irq} ({name}):\n{stdout}")))?;
+    ensure(within_2pct(got, want), || {
+        format!("{line}: IRQ {irq} ({name}) counted {got}, /proc/interrupts says {want}:\n{stdout}")
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Debian's python3.11 carries USDT probes (provider `python`).
+const PYTHON: &str = "/usr/bin/python3.11";
+
+/// A python3.11 that sleeps, killed when dropped.
+struct Python(std::process::Child);
+
+impl Python {
+    fn start() -> Result<Self, Failed> {
+        let child = Command::new(PYTHON)
+            .args(["-c", "import time; time.sleep(600)"])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "{PYTHON}: {e} (Debian's python3.11 has the USDT probes)"
+                ))
+            })?;
+        let python = Self(child);
+        // Wait until the dynamic loader has mapped its libraries.
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
+        while !std::fs::read_to_string(format!("/proc/{}/maps", python.pid()))
+            .unwrap_or_default()
+            .contains("libc.so")
+        {
+            if Instant::now() > deadline {
+                return Err(fail("python3.11 did not map libc within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(python)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// BCC's tplist EXAMPLES, adapted where Debian differs: its libpthread and libc carry no SDT
+/// notes (libstdc++ and python3.11 do), there is no node; PYPID is a live python3.11.
+const TPLIST_EXAMPLES: &[&str] = &[
+    "tplist",
+    "tplist -v 'net:*'",
+    "tplist -l stdc++",
+    "tplist -p PYPID 'python:*'",
+    "tplist -l python3.11",
+];
+
+/// Each example through the `tplist` symlink exits 0 within 15 s and lists something.
+fn tplist_man_page_examples() -> Result<(), Failed> {
+    let dir = bcc_bin()?;
+    let python = Python::start()?;
+    let mut failures = Vec::new();
+    for example in TPLIST_EXAMPLES {
+        let example = example.replace("PYPID", &python.pid().to_string());
+        let words = words(&example, 0);
+        let out = output_within(&mut command(&dir, &words), scaled(Duration::from_secs(15)))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            failures.push(format!(
+                "{example}: {} with {} bytes of output: {}",
+                out.status,
+                out.stdout.len(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure(failures.is_empty(), || failures.join("\n"))
+}
+
+/// (provider:name, arguments) of each SDT note in `path`, by binutils' readelf.
+fn readelf_sdt(path: &str) -> Result<Vec<(String, String)>, Failed> {
+    let out = Command::new("readelf")
+        .args(["-n", path])
+        .output()
+        .map_err(|e| fail(format!("readelf (binutils): {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut notes = Vec::new();
+    let mut provider = "";
+    for line in text.lines().map(str::trim) {
+        if let Some(p) = line.strip_prefix("Provider: ") {
+            provider = p;
+        } else if let Some(n) = line.strip_prefix("Name: ") {
+            notes.push((format!("{provider}:{n}"), String::new()));
+        } else if let Some(a) = line.strip_prefix("Arguments:")
+            && let Some(last) = notes.last_mut()
+        {
+            last.1 = a.trim().to_string();
+        }
+    }
+    Ok(notes)
+}
+
+/// `tplist -p PID` on a python3.11 lists exactly the SDT notes readelf finds in the files the
+/// process maps (python's function__entry among them); `-v` shows each probe's arguments as
+/// the note has them; `tplist 'sched:*'` lists exactly tracefs' available_events for sched.
+fn tplist_matches_ground_truth() -> Result<(), Failed> {
+    use std::collections::BTreeSet;
+    let dir = bcc_bin()?;
+    let python = Python::start()?;
+    let pid = python.pid().to_string();
+    let tplist = |args: &[&str]| -> Result<String, Failed> {
+        let out = output_within(
+            Command::new(dir.join("tplist")).args(args),
+            scaled(Duration::from_secs(15)),
+        )?;
+        ensure(out.status.success(), || {
+            format!(
+                "tplist {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    let listed: BTreeSet<String> = tplist(&["-p", &pid])?.lines().map(str::to_string).collect();
+    let maps =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| fail(e.to_string()))?;
+    let files: BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    let mut truth = BTreeSet::new();
+    for file in &files {
+        for (probe, _) in readelf_sdt(file)? {
+            truth.insert(format!("{file} {probe}"));
+        }
+    }
+    ensure(listed == truth, || {
+        format!("tplist -p {pid}: {listed:?}\nreadelf -n over its maps: {truth:?}")
+    })?;
+    ensure(
+        listed.contains(&format!("{PYTHON} python:function__entry")),
+        || format!("no python:function__entry in {listed:?}"),
+    )?;
+
+    let verbose = tplist(&["-v", "-l", PYTHON, "python:function__entry"])?;
+    let (_, args) = readelf_sdt(PYTHON)?
+        .into_iter()
+        .find(|(p, _)| p == "python:function__entry")
+        .ok_or_else(|| fail("readelf finds no python:function__entry"))?;
+    ensure(
+        verbose.lines().count() == 1 && verbose.contains(&format!("args: {args}")),
+        || format!("tplist -v: want one line with args '{args}':\n{verbose}"),
+    )?;
+
+    let events = std::fs::read_to_string("/sys/kernel/tracing/available_events")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/available_events"))
+        .map_err(|e| fail(format!("available_events: {e}")))?;
+    let want: BTreeSet<&str> = events.lines().filter(|l| l.starts_with("sched:")).collect();
+    let sched = tplist(&["sched:*"])?;
+    let got: BTreeSet<&str> = sched.lines().collect();
+    ensure(!want.is_empty() && got == want, || {
+        format!("tplist 'sched:*': {got:?}\navailable_events: {want:?}")
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -27,12 +27,17 @@ pub fn tests() -> Vec<Trial> {
             counts_match_sys_kernel_irq,
         ),
         trial("hardirqs::bad_input", &[], bad_input),
+        trial(
+            "hardirqs::softirq_top_line_matches_sys_kernel_irq",
+            ROOT,
+            softirq_top_line_matches_sys_kernel_irq,
+        ),
     ]
 }
 
 /// IRQ line → (its actions, per-CPU counts), from /sys/kernel/irq (CONFIG_SPARSE_IRQ, as
 /// every distribution kernel has it).
-fn irq_counts() -> BTreeMap<u32, (String, Vec<u64>)> {
+pub fn irq_counts() -> BTreeMap<u32, (String, Vec<u64>)> {
     let mut lines = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/sys/kernel/irq") else {
         return lines;
@@ -54,7 +59,7 @@ fn irq_counts() -> BTreeMap<u32, (String, Vec<u64>)> {
 
 /// Reads `path` uncached for `how_long` (O_DIRECT, or dropping the page cache before every
 /// read where O_DIRECT is refused, as on 9p): each read is a device request and an IRQ.
-fn read_uncached(path: &str, how_long: Duration) -> Result<u64, Failed> {
+pub fn read_uncached(path: &str, how_long: Duration) -> Result<u64, Failed> {
     let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -116,22 +121,21 @@ fn tool_counts(records: &[Value]) -> Result<(Value, PerCpuCounts), Failed> {
     Ok((interval, counts))
 }
 
-fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
-    let tool = start(&["hardirqs", "--json", "--per-cpu", "-D"])?;
-    let before = irq_counts();
-    let window = if emulated().is_some() {
-        Duration::from_secs(4)
-    } else {
-        Duration::from_secs(2)
-    };
-    let reads = read_uncached(TRACER, window)?;
-    let after = irq_counts();
-    let done = tool.stop(libc::SIGINT)?.ok()?;
-    let records = done.json()?;
-    let (interval, ours) = tool_counts(&records)?;
+/// The busiest IRQ line of a window and its per-CPU runs by /sys/kernel/irq.
+pub struct Busiest {
+    pub irq: u32,
+    pub name: String,
+    pub truth: Vec<u64>,
+}
 
-    // The busiest line with one handler (a shared line counts each handler's runs, which
-    // per_cpu_count does not): the workload's device, whichever it is on this machine.
+/// The busiest line with one handler between two `irq_counts` (a shared line counts each
+/// handler's runs, which per_cpu_count does not): the workload's device, whichever it is on
+/// this machine. `reads` (the workload's) only explains a failure.
+pub fn busiest(
+    before: &BTreeMap<u32, (String, Vec<u64>)>,
+    after: &BTreeMap<u32, (String, Vec<u64>)>,
+    reads: u64,
+) -> Result<Busiest, Failed> {
     let delta = |irq: &u32| -> Vec<u64> {
         let (_, a) = &after[irq];
         let b = before.get(irq).map(|(_, c)| c.clone()).unwrap_or_default();
@@ -153,17 +157,35 @@ fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
             "{reads} uncached reads raised only {total} IRQs on the busiest line {irq} ({name})"
         )
     })?;
+    Ok(Busiest { irq, name, truth })
+}
+
+/// A few ms at each end of a window are outside one of the two views: 2 % and 3 runs.
+pub fn within_2pct(got: u64, want: u64) -> bool {
+    got.abs_diff(want) as f64 <= want as f64 * 0.02 + 3.0
+}
+
+fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
+    let tool = start(&["hardirqs", "--json", "--per-cpu", "-D"])?;
+    let before = irq_counts();
+    let window = if emulated().is_some() {
+        Duration::from_secs(4)
+    } else {
+        Duration::from_secs(2)
+    };
+    let reads = read_uncached(TRACER, window)?;
+    let after = irq_counts();
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let (interval, ours) = tool_counts(&records)?;
+    let Busiest { irq, name, truth } = busiest(&before, &after, reads)?;
     for (cpu, want) in truth.iter().enumerate() {
         let got = ours.get(&(irq, cpu as u32)).copied().unwrap_or(0);
-        // A few ms at each end of the window are outside one of the two views.
-        ensure(
-            got.abs_diff(*want) as f64 <= *want as f64 * 0.02 + 3.0,
-            || {
-                format!(
-                    "IRQ {irq} ({name}) CPU {cpu}: hardirqs counted {got}, per_cpu_count says {want}"
-                )
-            },
-        )?;
+        ensure(within_2pct(got, *want), || {
+            format!(
+                "IRQ {irq} ({name}) CPU {cpu}: hardirqs counted {got}, per_cpu_count says {want}"
+            )
+        })?;
     }
     for row in interval["irqs"].as_array().into_iter().flatten() {
         if row["irq"].as_u64() == Some(irq as u64) {
@@ -194,4 +216,77 @@ fn bad_input() -> Result<(), Failed> {
             "choose one of tp_btf, raw_tp",
         ),
     ])
+}
+
+/// softirq-top's hard-IRQ line (hardirqs' program): over one interval spanning the run, the
+/// busiest line is among the top handlers with its /sys/kernel/irq count (within 2 %), and
+/// every CPU that served it shows hard-IRQ time; `--no-hardirqs` drops the line.
+fn softirq_top_line_matches_sys_kernel_irq() -> Result<(), Failed> {
+    // One interval longer than the run: SIGINT prints it, covering attach to stop.
+    let tool = start(&["softirq-top", "--json", "-b", "86400"])?;
+    let before = irq_counts();
+    let window = if emulated().is_some() {
+        Duration::from_secs(4)
+    } else {
+        Duration::from_secs(2)
+    };
+    let reads = read_uncached(TRACER, window)?;
+    let after = irq_counts();
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let Busiest { irq, name, truth } = busiest(&before, &after, reads)?;
+    let interval = records
+        .iter()
+        .rfind(|r| r["type"] == "interval")
+        .ok_or_else(|| fail("no interval record"))?;
+    let hard = &interval["hardirqs"];
+    let top = hard["top"]
+        .as_array()
+        .ok_or_else(|| fail(format!("no hardirqs.top in {interval}")))?;
+    let row = top
+        .iter()
+        .find(|r| r["irq"].as_u64() == Some(irq as u64))
+        .ok_or_else(|| {
+            fail(format!(
+                "IRQ {irq} ({name}) not among the top handlers: {hard}"
+            ))
+        })?;
+    ensure(row["name"] == name.as_str(), || {
+        format!("IRQ {irq}: name {} != actions {name}", row["name"])
+    })?;
+    let want: u64 = truth.iter().sum();
+    let got = row["count"].as_u64().unwrap_or(0);
+    ensure(within_2pct(got, want), || {
+        format!("IRQ {irq} ({name}): softirq-top counted {got}, per_cpu_count says {want}")
+    })?;
+    for (cpu, runs) in truth.iter().enumerate() {
+        if *runs < 20 {
+            continue;
+        }
+        let time = hard["per_cpu"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["cpu"].as_u64() == Some(cpu as u64))
+            .and_then(|c| c["time_us"].as_u64())
+            .unwrap_or(0);
+        ensure(time > 0, || {
+            format!("CPU {cpu} ran IRQ {irq} {runs} times but shows no hard-IRQ time: {hard}")
+        })?;
+    }
+    ensure(hard["time_us"].as_u64().unwrap_or(0) > 0, || {
+        format!("no hard-IRQ time: {hard}")
+    })?;
+
+    let off = crate::common::run(&["softirq-top", "--no-hardirqs", "--json", "0.3", "1"]);
+    ensure(off.status.success(), || {
+        format!("--no-hardirqs: {}", String::from_utf8_lossy(&off.stderr))
+    })?;
+    for line in String::from_utf8_lossy(&off.stdout).lines() {
+        let value: Value = serde_json::from_str(line).map_err(|e| fail(format!("{e}: {line}")))?;
+        ensure(value.get("hardirqs").is_none(), || {
+            format!("--no-hardirqs still printed a hard-IRQ line: {line}")
+        })?;
+    }
+    assert_nothing_loaded("hardirqs_")
 }
