@@ -21,6 +21,7 @@ mod kprobe_multi;
 mod kthread_roles;
 mod loader;
 mod metrics;
+mod pprof;
 mod privileges;
 mod probe_attach;
 mod probe_spec;

@@ -37,6 +37,9 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "cpio",
     "prometheus",
+    // Go's pprof, built from Debian's source offline: reads the --pprof files in the tests.
+    "golang-go",
+    "golang-github-google-pprof-dev",
 ];
 
 pub fn setup() -> Result<()> {
@@ -44,7 +47,26 @@ pub fn setup() -> Result<()> {
     ensure_rust_target(crate::dist::MUSL_TARGET)?;
     ensure_bpf_linker()?;
     ensure_packages()?;
+    ensure_pprof()?;
     Ok(())
+}
+
+/// target/tools/bin/pprof, Go's pprof built from Debian's packaged source (no module download).
+fn ensure_pprof() -> Result<()> {
+    let pprof = tools_dir().join("bin/pprof");
+    if pprof.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(tools_dir().join("bin"))?;
+    let cache = tools_dir().join("go-cache");
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&pprof)
+        .arg("github.com/google/pprof")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", &cache))
 }
 
 fn rustc_output(args: &[&str]) -> Result<String> {

@@ -139,6 +139,10 @@ pub struct StackOutputArgs {
     /// Also write an SVG flame graph to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Also write the run's stacks as a gzipped pprof profile to FILE when done (for go tool
+    /// pprof, Pyroscope, Parca, Grafana).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
 }
 
 impl StackOutputArgs {

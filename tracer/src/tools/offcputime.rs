@@ -22,6 +22,7 @@ use crate::{
     filters,
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
+    pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
     stacks::{self, Evictor, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
@@ -96,6 +97,12 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         .as_deref()
         .map(SvgFile::create)
         .transpose()?;
+    let pprof = args
+        .stacks
+        .pprof
+        .as_deref()
+        .map(PprofFile::create)
+        .transpose()?;
 
     let btf = KernelBtf::new();
     let offsets = btf
@@ -165,7 +172,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     // In interval mode keys are deleted after each report (see profile's sample_loop and
     // `Evictor`); the end-of-run flame graph gets their folded totals.
-    let mut evictor = Evictor::new(svg.is_some());
+    let mut evictor = Evictor::new(svg.is_some() || pprof.is_some());
     let mut printed = 0u64;
     let mut since = Instant::now();
     loop {
@@ -230,12 +237,17 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         );
     }
 
-    if let Some(svg) = svg {
+    if svg.is_some() || pprof.is_some() {
         let (totals, evicted) = evictor.totals();
         let raws: Vec<RawStack> = totals.iter().map(|(k, &ns)| stack_map.raw(k, ns)).collect();
         let resolved = symbols.resolve_all(&raws);
         let lines = stacks::folded_with(evicted, &resolved, Unit::Nanoseconds);
-        svg.write(&lines, &title, "us")?;
+        if let Some(pprof) = pprof {
+            pprof.write(&lines, PprofKind::OffCpuMicros, &title)?;
+        }
+        if let Some(svg) = svg {
+            svg.write(&lines, &title, "us")?;
+        }
     }
     symbols.report_unknown(TOOL);
     let end = stats.read();

@@ -37,6 +37,7 @@ use crate::{
     filters,
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
+    pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
     stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
@@ -596,6 +597,12 @@ async fn run_sampler(
         .as_deref()
         .map(SvgFile::create)
         .transpose()?;
+    let pprof = sample
+        .stacks
+        .pprof
+        .as_deref()
+        .map(PprofFile::create)
+        .transpose()?;
     // The earlier run is read before sampling, so a bad file fails at once.
     let before = match profile.and_then(|p| p.diff_against.as_deref()) {
         Some(_) if svg.is_none() => {
@@ -621,7 +628,7 @@ async fn run_sampler(
         &mut sampler,
         sample,
         &mut symbols,
-        svg.is_some(),
+        svg.is_some() || pprof.is_some(),
         |sampler, counts, elapsed, symbols, out| {
             let raws: Vec<RawStack> = counts.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
             let resolved = stacks::merge(symbols.resolve_all(&raws));
@@ -636,10 +643,17 @@ async fn run_sampler(
         &mut out,
     )
     .await?;
-    if let Some(svg) = svg {
+    let lines = if svg.is_some() || pprof.is_some() {
         let raws: Vec<RawStack> = totals.iter().map(|(k, &v)| sampler.raw(k, v)).collect();
         let resolved = symbols.resolve_all(&raws);
-        let lines = stacks::folded_with(evicted, &resolved, Unit::Samples);
+        stacks::folded_with(evicted, &resolved, Unit::Samples)
+    } else {
+        Vec::new()
+    };
+    if let Some(pprof) = pprof {
+        pprof.write(&lines, PprofKind::Samples { hz: sampler.hz }, &title)?;
+    }
+    if let Some(svg) = svg {
         match &before {
             Some((path, before)) => {
                 let diff = super::flamegraph::diff_lines(before, &lines)?;

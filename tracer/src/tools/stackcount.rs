@@ -69,6 +69,10 @@ pub struct StackcountArgs {
     /// Also write an SVG flame graph here.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Also write the run's stacks as a gzipped pprof profile here (for go tool pprof,
+    /// Pyroscope, Parca, Grafana).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
     /// Print only the N most frequent stacks.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
@@ -90,6 +94,11 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         .svg
         .as_deref()
         .map(stacks::SvgFile::create)
+        .transpose()?;
+    let pprof = args
+        .pprof
+        .as_deref()
+        .map(crate::pprof::PprofFile::create)
         .transpose()?;
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let all_user = probes.iter().all(|p| p.kind.is_user());
@@ -184,13 +193,13 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             break;
         }
     }
+    let title = format!("stackcount {}", specs.join(" "));
+    let lines = stacks::folded_with(all_folded, &[], Unit::Samples);
+    if let Some(pprof) = pprof {
+        pprof.write(&lines, crate::pprof::PprofKind::Count("hits"), &title)?;
+    }
     if let Some(svg) = svg {
-        let title = format!("stackcount {}", specs.join(" "));
-        svg.write(
-            &stacks::folded_with(all_folded, &[], Unit::Samples),
-            &title,
-            "hits",
-        )?;
+        svg.write(&lines, &title, "hits")?;
     }
     symbols.report_unknown(TOOL);
     loaded.stack_loss().report_with_hint(

@@ -32,6 +32,11 @@ pub fn tests() -> Vec<Trial> {
             svg_is_valid,
         ),
         trial(
+            "profile::pprof_file_reads_in_go_pprof_as_our_top",
+            ROOT,
+            pprof_matches_folded,
+        ),
+        trial(
             "profile::lost_stacks_are_counted_not_hidden",
             ROOT,
             lost_stacks_counted,
@@ -318,6 +323,83 @@ fn svg_is_valid() -> Result<(), Failed> {
         svg.matches("<g").count() == svg.matches("</g>").count(),
         || "unbalanced <g> elements".into(),
     )?;
+    Ok(())
+}
+
+/// Go's pprof, built by `cargo xtask setup` from Debian's source.
+const GO_PPROF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/bin/pprof");
+
+/// `--pprof` and `--folded` of one run: `pprof -top` ranks the same leaf function first with
+/// the same share of samples, and counts the same total.
+fn pprof_matches_folded() -> Result<(), Failed> {
+    let path =
+        std::env::temp_dir().join(format!("tracer-profile-test-{}.pb.gz", std::process::id()));
+    let path_text = path.to_string_lossy().into_owned();
+    let Around { done, .. } = around_workload(
+        &["hot", "3"],
+        &[
+            "profile", "-F", "199", "-d", "2", "--folded", "--pprof", &path_text,
+        ],
+        true,
+    )?;
+    // Our own flat counts: the leaf frame of each folded line.
+    let mut flat: std::collections::HashMap<String, u64> = Default::default();
+    let mut total = 0;
+    for line in &done.stdout {
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| fail(format!("no count: {line}")))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| fail(format!("bad count: {line}")))?;
+        let leaf = stack.rsplit(';').next().unwrap_or("");
+        *flat.entry(leaf.to_string()).or_default() += count;
+        total += count;
+    }
+    let (ours_top, ours_count) = flat
+        .iter()
+        .max_by_key(|&(_, &n)| n)
+        .ok_or_else(|| fail("no folded lines"))?;
+    let ours_pct = *ours_count as f64 * 100.0 / total as f64;
+    let top = std::process::Command::new(GO_PPROF)
+        .args(["-top", "-sample_index=samples", "-nodecount=5", &path_text])
+        .output()
+        .map_err(|e| fail(format!("{GO_PPROF}: {e} (cargo xtask setup builds it)")))?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&top.stdout).into_owned();
+    ensure(top.status.success(), || {
+        format!(
+            "pprof -top failed: {}{text}",
+            String::from_utf8_lossy(&top.stderr)
+        )
+    })?;
+    eprintln!("pprof -top:\n{text}");
+    // "Showing nodes accounting for 398, 100% of 398 total", then the header, then rows:
+    // flat flat% sum% cum cum% name.
+    let their_total: u64 = text
+        .lines()
+        .find_map(|l| l.split(" of ").nth(1)?.strip_suffix(" total")?.parse().ok())
+        .ok_or_else(|| fail(format!("no total in pprof -top: {text}")))?;
+    ensure(their_total == total, || {
+        format!("pprof counts {their_total} samples, the folded lines {total}")
+    })?;
+    let row = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .ok_or_else(|| fail(format!("no rows in pprof -top: {text}")))?;
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let their_pct: f64 = fields
+        .get(1)
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .ok_or_else(|| fail(format!("no flat% in: {row}")))?;
+    let their_top = fields[5..].join(" ");
+    ensure(&their_top == ours_top, || {
+        format!("pprof's top function is {their_top}, ours {ours_top}")
+    })?;
+    ensure((their_pct - ours_pct).abs() <= 2.0, || {
+        format!("{ours_top}: {their_pct}% of samples in pprof, {ours_pct:.1}% in our folded output")
+    })?;
     Ok(())
 }
 
