@@ -990,6 +990,7 @@ impl TraceProbe {
                 .find(|&(i, c)| c == '"' && !quoted[..i].ends_with('\\'))
                 .map(|(i, _)| i)
                 .ok_or_else(|| bad("the format string has no closing '\"'"))?;
+            // One line per event here: a trailing "\n" (some BCC formats end in one) goes.
             format = Some(quoted[..close].replace("\\\"", "\"").replace("\\n", ""));
             rest = quoted[close + 1..].trim_start();
             if let Some(list) = rest.strip_prefix(',') {

@@ -1368,3 +1368,55 @@ fn parse_constant(text: &str) -> Option<i64> {
     };
     Some(if neg { value.wrapping_neg() } else { value })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(name: &str, index: u8, size: u8, signed: bool) -> Param {
+        Param {
+            name: name.into(),
+            index,
+            size,
+            signed,
+        }
+    }
+
+    #[test]
+    fn signatures_name_arguments_with_their_width() {
+        let (probe, params) =
+            split_signature("k:do_sys_openat2(int dfd, const char *filename, void *how)").unwrap();
+        assert_eq!(probe, "k:do_sys_openat2");
+        assert_eq!(
+            params,
+            vec![
+                param("dfd", 0, 4, true),
+                param("filename", 1, 0, false),
+                param("how", 2, 0, false)
+            ]
+        );
+        let (_, params) = split_signature("u:c:write(unsigned int fd, size_t count)").unwrap();
+        assert_eq!(
+            params,
+            vec![param("fd", 0, 4, false), param("count", 1, 0, false)]
+        );
+        assert_eq!(
+            split_signature("u:c:fork()").unwrap(),
+            ("u:c:fork".into(), vec![])
+        );
+        assert_eq!(
+            split_signature("t:sched:sched_switch()").unwrap(),
+            ("t:sched:sched_switch".into(), vec![])
+        );
+        for bad in [
+            "k:f(int)",
+            "k:f(int fd",
+            "t:sched:sched_switch(int x)",
+            "k:f(struct timespec ts)",
+            "k:f(int a, int b, int c, int d, int e, int f, int g)",
+        ] {
+            let err = split_signature(bad).unwrap_err().to_string();
+            assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        }
+    }
+}
