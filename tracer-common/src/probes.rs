@@ -143,6 +143,8 @@ pub struct ProbesConfig {
     /// Never this process: tracer's own, set by the loader unless `include_self`, so a probe
     /// on libc (malloc, write) does not count or trace tracer's own calls. 0: none.
     pub exclude_tgid: u32,
+    /// Only this thread; 0: any (trace `-t`).
+    pub tid: u32,
     /// MODE_TRACE: at most this many events per second (all CPUs); 0: no limit.
     pub rate_limit: u32,
     /// MODE_LATENCY / MODE_VALUE histograms: divide before bucketing (1, 1000 for µs, 10^6
@@ -172,6 +174,7 @@ impl ProbesConfig {
         probe_id: 0,
         tgid: 0,
         exclude_tgid: 0,
+        tid: 0,
         rate_limit: 0,
         unit_div: 1,
         values: [ValueSpec::NONE; TRACE_VALUES],

@@ -279,6 +279,7 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if (config.tgid != 0 && config.tgid != tgid)
+        || (config.tid != 0 && config.tid != pid_tgid as u32)
         || (config.exclude_tgid != 0 && config.exclude_tgid == tgid)
     {
         return;
@@ -448,14 +449,31 @@ fn add_to_hist(key: HistKey, value: u64, unit_div: u32) {
 #[inline(always)]
 fn value<C: Source>(ctx: &C, spec: &ValueSpec, pid_tgid: u64) -> Option<u64> {
     match spec.kind {
-        VAL_ARG => ctx.arg(spec.index),
-        VAL_RET => ctx.ret(),
+        VAL_ARG => ctx.arg(spec.index).map(|v| narrow(v, spec)),
+        VAL_RET => ctx.ret().map(|v| narrow(v, spec)),
         VAL_FIELD if ctx.has_record() => field(ctx, spec),
         VAL_TID => Some(pid_tgid & 0xffff_ffff),
         VAL_PID => Some(pid_tgid >> 32),
         // SAFETY: helper without arguments.
         VAL_CPU => Some(unsafe { bpf_get_smp_processor_id() } as u64),
         _ => None,
+    }
+}
+
+/// A register holding a declared `int` (or narrower) type: only its low bytes are the value
+/// (the ABI leaves the rest undefined), sign-extended when the type is signed. Size 0 or 8:
+/// the whole register.
+#[inline(always)]
+fn narrow(v: u64, spec: &ValueSpec) -> u64 {
+    let signed = spec.signed != 0;
+    match (spec.size, signed) {
+        (1, true) => v as i8 as i64 as u64,
+        (1, false) => v as u8 as u64,
+        (2, true) => v as i16 as i64 as u64,
+        (2, false) => v as u16 as u64,
+        (4, true) => v as i32 as i64 as u64,
+        (4, false) => v as u32 as u64,
+        _ => v,
     }
 }
 

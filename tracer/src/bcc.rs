@@ -25,6 +25,8 @@ pub const BCC_TOOLS: &[&str] = &[
     "funccount",
     "funclatency",
     "stackcount",
+    "trace",
+    "argdist",
 ];
 
 /// BCC names that are not also tracer tools: `tracer softirqs` takes BCC's grammar too.
@@ -49,6 +51,8 @@ pub fn translate(tool: &str, args: &[OsString]) -> Result<Vec<String>> {
         "funccount" => parse::<Funccount>(tool, argv)?.translate(&mut out)?,
         "funclatency" => parse::<Funclatency>(tool, argv)?.translate(&mut out)?,
         "stackcount" => parse::<Stackcount>(tool, argv)?.translate(&mut out)?,
+        "trace" => parse::<Trace>(tool, argv)?.translate(&mut out)?,
+        "argdist" => parse::<Argdist>(tool, argv)?.translate(&mut out)?,
         _ => usage_bail!(
             "{tool} has no BCC front end (BCC tools here: {})",
             BCC_TOOLS.join(", ")
@@ -813,6 +817,585 @@ impl Stackcount {
     }
 }
 
+// ---- trace and argdist: BCC's probe expressions ---------------------------------------------
+
+/// Print a line per probe hit (BCC's trace).
+#[derive(Parser, Debug)]
+#[command(
+    name = "trace",
+    disable_version_flag = true,
+    override_usage = "trace [-h] [-b BUFFER_PAGES] [-p PID] [-L TID] [-v] [-Z STRING_SIZE] [-S] [-M MAX_EVENTS] [-T] probe [probe ...]"
+)]
+struct Trace {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    /// Perf buffer pages (tracer's ring buffer is 1 MiB; ignored).
+    #[arg(short = 'b', value_name = "BUFFER_PAGES")]
+    buffer_pages: Option<u32>,
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
+    #[arg(short = 'L', long = "tid", value_name = "TID")]
+    tid: Option<String>,
+    #[arg(long = "uid", value_name = "UID")]
+    uid: Option<String>,
+    /// Print the BPF program (tracer's programs are prebuilt; ignored).
+    #[arg(short = 'v')]
+    verbose: bool,
+    /// String size (tracer reads up to 127 bytes).
+    #[arg(
+        short = 'Z',
+        short_alias = 'z',
+        long = "string-size",
+        value_name = "STRING_SIZE"
+    )]
+    string_size: Option<u32>,
+    #[arg(short = 's', long = "sym_file_list", value_name = "SYM_FILE_LIST")]
+    sym_files: Option<String>,
+    /// Also trace trace's own process.
+    #[arg(short = 'S', long = "include-self")]
+    include_self: bool,
+    #[arg(short = 'M', long = "max-events", value_name = "MAX_EVENTS")]
+    max_events: Option<String>,
+    /// Times relative to the start.
+    #[arg(short = 't', long = "timestamp")]
+    offsets: bool,
+    /// UNIX timestamps (with -t).
+    #[arg(short = 'u', long = "unix-timestamp")]
+    unix: bool,
+    /// The time column (HH:MM:SS).
+    #[arg(short = 'T', long = "time")]
+    time: bool,
+    #[arg(short = 'C', long = "print_cpu")]
+    cpu: bool,
+    #[arg(short = 'c', long = "cgroup-path", value_name = "CGROUP_PATH")]
+    cgroup: Option<String>,
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    name: Option<String>,
+    #[arg(short = 'f', long = "msg-filter", value_name = "MSG_FILTER")]
+    msg_filter: Option<String>,
+    #[arg(short = 'B', long = "bin_cmp")]
+    bin_cmp: bool,
+    #[arg(short = 'K', long = "kernel-stack")]
+    kernel_stack: bool,
+    #[arg(short = 'U', long = "user-stack")]
+    user_stack: bool,
+    #[arg(short = 'a', long = "address")]
+    address: bool,
+    #[arg(short = 'I', long = "include", value_name = "HEADER")]
+    include: Vec<String>,
+    #[arg(short = 'A', long = "aggregate")]
+    aggregate: bool,
+    #[arg(required = true, value_name = "probe")]
+    probes: Vec<String>,
+}
+
+/// BCC's trace probe: `[{p,r}]:[library]:function[(signature)] [(predicate)] ["format"[, arguments]]`
+/// or `{t:category:event,u:library:probe} [(predicate)] ["format"[, arguments]]`.
+const TRACE_FORM: &str = "[p|r]:[lib]:func[(signature)] [(predicate)] [\"format\"[, args]], t:cat:event ..., u:lib:usdt ...";
+
+impl Trace {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "trace";
+        let refused = [
+            (
+                self.uid.is_some(),
+                "--uid",
+                "no user-id filter; -p PID or -L TID",
+            ),
+            (
+                self.sym_files.is_some(),
+                "-s",
+                "stacks are not printed per event",
+            ),
+            (
+                self.offsets || self.unix,
+                "-t/-u",
+                "no offset or UNIX time column; -T prints HH:MM:SS, --json carries UNIX time (ts)",
+            ),
+            (
+                self.cpu,
+                "-C",
+                "no CPU column; --json carries each event's cpu",
+            ),
+            (
+                self.cgroup.is_some(),
+                "-c",
+                "cgroup filters are planned (issue 18)",
+            ),
+            (
+                self.name.is_some() || self.msg_filter.is_some(),
+                "-n/-f",
+                "no output filters by name or message; pipe through grep",
+            ),
+            (self.bin_cmp, "-B", "STRCMP is not supported"),
+            (
+                self.kernel_stack || self.user_stack || self.address,
+                "-K/-U",
+                "stacks are not printed per event; stackcount counts them per probe",
+            ),
+            (
+                !self.include.is_empty(),
+                "-I",
+                "no C is compiled here: types come from the signature and tracepoint formats",
+            ),
+            (
+                self.aggregate,
+                "-A",
+                "no aggregation; funccount counts hits per probe",
+            ),
+        ];
+        if let Some((_, option, why)) = refused.iter().find(|(on, _, _)| *on) {
+            refuse!(TOOL, option, why);
+        }
+        let _ = (self.buffer_pages, self.verbose, self.string_size);
+        let [probe_text] = self.probes.as_slice() else {
+            refuse!(
+                TOOL,
+                format!("with {} probes", self.probes.len()),
+                "one probe per trace here: run one trace per probe"
+            );
+        };
+        let probe = TraceProbe::parse(probe_text)?;
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        push_opt(out, "-p", &self.pid);
+        push_opt(out, "-t", &self.tid);
+        push_if(out, self.time, "-T");
+        push_if(out, self.include_self, "--include-self");
+        push_opt(out, "--max-events", &self.max_events);
+        if let Some(predicate) = &probe.predicate {
+            out.push("--filter".into());
+            out.push(bcc_filter(predicate)?);
+        }
+        out.push(probe.probe);
+        if let Some(format) = probe.format {
+            if let Some(conv) = ["%K", "%U"].iter().find(|c| format.contains(**c)) {
+                refuse!(
+                    TOOL,
+                    conv,
+                    "addresses are not symbolized in messages; print them with %llx"
+                );
+            }
+            out.push(format);
+            for arg in &probe.args {
+                out.push(bcc_value(arg)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One BCC trace probe, split into tracer's pieces.
+struct TraceProbe {
+    /// tracer's probe, with the signature (if any) kept: `k:func(int fd)`.
+    probe: String,
+    predicate: Option<String>,
+    format: Option<String>,
+    args: Vec<String>,
+}
+
+impl TraceProbe {
+    fn parse(text: &str) -> Result<Self> {
+        let bad = |why: &str| usage_err!("'{text}': {why} (BCC's form: {TRACE_FORM})");
+        let text = text.trim();
+        let end = text
+            .find(|c: char| c.is_whitespace() || c == '(' || c == '"')
+            .unwrap_or(text.len());
+        let (spec, mut rest) = text.split_at(end);
+        if spec.is_empty() {
+            return Err(bad("no probe before the format"));
+        }
+        let mut signature = String::new();
+        if rest.starts_with('(') {
+            let (inner, after) =
+                balanced(rest).ok_or_else(|| bad("unbalanced '(' in the signature"))?;
+            signature = format!("({inner})");
+            rest = after;
+        }
+        rest = rest.trim_start();
+        let mut predicate = None;
+        if rest.starts_with('(') {
+            let (inner, after) =
+                balanced(rest).ok_or_else(|| bad("unbalanced '(' in the predicate"))?;
+            predicate = Some(inner.trim().to_string());
+            rest = after.trim_start();
+        }
+        let mut format = None;
+        let mut args = Vec::new();
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let close = quoted
+                .char_indices()
+                .find(|&(i, c)| c == '"' && !quoted[..i].ends_with('\\'))
+                .map(|(i, _)| i)
+                .ok_or_else(|| bad("the format string has no closing '\"'"))?;
+            // One line per event here: a trailing "\n" (some BCC formats end in one) goes.
+            format = Some(quoted[..close].replace("\\\"", "\"").replace("\\n", ""));
+            rest = quoted[close + 1..].trim_start();
+            if let Some(list) = rest.strip_prefix(',') {
+                args = split_top_level(list)
+                    .into_iter()
+                    .map(|a| a.trim().to_string())
+                    .collect();
+                if args.iter().any(String::is_empty) {
+                    return Err(bad("an empty argument after the format"));
+                }
+                rest = "";
+            }
+        }
+        if !rest.is_empty() {
+            return Err(bad(&format!("unexpected '{rest}'")));
+        }
+        let parts: Vec<&str> = spec.splitn(3, ':').collect();
+        let (kind, kernel) = match parts.as_slice() {
+            [_] => ("p", true),
+            [_, _] => ("p", false),
+            [kind, lib, _] => (*kind, lib.is_empty() && *kind != "t"),
+            _ => unreachable!("splitn yields 1 to 3 parts"),
+        };
+        if kernel && spec.contains('+') {
+            refuse!(
+                "trace",
+                format!("'{spec}'"),
+                "kernel functions are probed at entry, not at an offset"
+            );
+        }
+        let probe = probe("trace", spec, false)?;
+        if kind == "t"
+            && !signature
+                .trim_matches(|c| c == '(' || c == ')')
+                .trim()
+                .is_empty()
+        {
+            return Err(bad(
+                "tracepoints take no signature: name their fields as args->field",
+            ));
+        }
+        Ok(Self {
+            probe: if kind == "t" {
+                probe
+            } else {
+                probe + &signature
+            },
+            predicate,
+            format,
+            args,
+        })
+    }
+}
+
+/// `(inner) rest` → (inner, rest), parentheses balanced.
+fn balanced(text: &str) -> Option<(&str, &str)> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some((&text[1..i], &text[i + 1..]));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Splits on commas outside parentheses and quotes.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// BCC's value words as tracer writes them: `arg1`..`arg6` (BCC counts from 1) → `arg0`..`arg5`;
+/// `retval` → `$retval`; `args->field` → `field`; `$pid` (BCC: the thread) → `$tid`, `$tgid`
+/// → `$pid`; `@user` (read user memory) is dropped (tracer tries user memory first). Declared
+/// parameter names pass through (the signature travels with the probe). C expressions are
+/// refused in one line.
+fn bcc_value(text: &str) -> Result<String> {
+    let text = text.trim();
+    let text = text.strip_suffix("@user").unwrap_or(text);
+    if let Some(n) = text.strip_prefix("arg")
+        && let Ok(n) = n.parse::<u8>()
+    {
+        if !(1..=6).contains(&n) {
+            usage_bail!("'{text}': BCC's arguments are arg1..arg6");
+        }
+        return Ok(format!("arg{}", n - 1));
+    }
+    if let Some(field) = text.strip_prefix("args->")
+        && is_identifier(field)
+    {
+        return Ok(field.to_string());
+    }
+    Ok(match text {
+        "retval" | "$retval" => "$retval".into(),
+        "$pid" => "$tid".into(),
+        "$tgid" => "$pid".into(),
+        "$cpu" => "$cpu".into(),
+        "$latency" => usage_bail!("$latency is not supported here; funclatency times a function"),
+        t if t.starts_with("$entry(") => usage_bail!(
+            "'{t}' is not supported here: read the argument at an entry probe (p:) instead"
+        ),
+        t if is_identifier(t) => t.into(),
+        t => usage_bail!(
+            "'{t}' is a C expression; tracer reads arg1..arg6, retval, $pid, $tgid, $cpu, \
+             declared parameter names and args->field"
+        ),
+    })
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && !text.starts_with(|c: char| c.is_ascii_digit())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// BCC's predicate as tracer's `--filter`: `VALUE OP NUMBER` only.
+fn bcc_filter(predicate: &str) -> Result<String> {
+    let predicate = predicate.trim();
+    let predicate = predicate
+        .strip_prefix('(')
+        .and_then(|p| p.strip_suffix(')'))
+        .unwrap_or(predicate);
+    // A tracepoint field is a name here; its '->' is no comparison.
+    let fields = predicate.replace("args->", "");
+    for op in ["==", "!=", "<=", ">=", "<", ">"] {
+        if let Some((lhs, rhs)) = fields.split_once(op) {
+            let rhs = rhs.trim();
+            let number = rhs.strip_prefix('-').unwrap_or(rhs);
+            let numeric = number
+                .strip_prefix("0x")
+                .map(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
+                .unwrap_or(!number.is_empty() && number.chars().all(|c| c.is_ascii_digit()));
+            if numeric && !lhs.contains(['&', '|', '!', '<', '>', '=']) {
+                return Ok(format!("{} {op} {rhs}", bcc_value(lhs)?));
+            }
+            break;
+        }
+    }
+    usage_bail!(
+        "filter '{predicate}': only VALUE OP NUMBER is supported here (OP: == != < <= > >=), \
+         e.g. 'arg3 > 20000'"
+    )
+}
+
+/// Distribution of a probe's value (BCC's argdist).
+#[derive(Parser, Debug)]
+#[command(
+    name = "argdist",
+    disable_version_flag = true,
+    override_usage = "argdist [-h] [-p PID] [-z STRING_SIZE] [-i INTERVAL] [-n COUNT] [-v] [-c] [-T TOP] [-H specifier] [-C specifier]"
+)]
+struct Argdist {
+    /// JSON lines, as tracer prints them (not a BCC option; accepted in both grammars).
+    #[arg(long = "json")]
+    json: bool,
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pid: Option<String>,
+    /// String size (strings are not counted here; ignored).
+    #[arg(short = 'z', long = "string-size", value_name = "STRING_SIZE")]
+    string_size: Option<u32>,
+    /// Output interval, seconds (BCC's default: 1).
+    #[arg(short = 'i', long = "interval", value_name = "INTERVAL")]
+    interval: Option<String>,
+    /// Number of outputs.
+    #[arg(short = 'n', long = "number", value_name = "COUNT")]
+    count: Option<String>,
+    /// Print the BPF program (tracer's programs are prebuilt; ignored).
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Cumulative: do not clear between intervals.
+    #[arg(short = 'c', long = "cumulative")]
+    cumulative: bool,
+    /// Only the TOP most frequent values (-C).
+    #[arg(short = 'T', long = "top", value_name = "TOP")]
+    top: Option<String>,
+    #[arg(short = 'H', long = "histogram", value_name = "specifier", num_args = 1..)]
+    histogram: Vec<String>,
+    #[arg(short = 'C', long = "count", value_name = "specifier", num_args = 1..)]
+    counts: Vec<String>,
+    #[arg(short = 'I', long = "include", value_name = "HEADER")]
+    include: Vec<String>,
+}
+
+/// BCC's argdist specifier.
+const ARGDIST_FORM: &str =
+    "{p,r,t,u}:{[library],category}:function(signature)[:type:expr[:filter]][#label]";
+
+impl Argdist {
+    fn translate(&self, out: &mut Vec<String>) -> Result<()> {
+        const TOOL: &str = "argdist";
+        if !self.include.is_empty() {
+            refuse!(
+                TOOL,
+                "-I",
+                "no C is compiled here: types come from the signature and tracepoint formats"
+            );
+        }
+        let _ = (self.string_size, self.verbose);
+        let (histogram, spec) = match (self.histogram.as_slice(), self.counts.as_slice()) {
+            ([spec], []) => (true, spec),
+            ([], [spec]) => (false, spec),
+            ([], []) => usage_bail!("give a -H or -C specifier (BCC's form: {ARGDIST_FORM})"),
+            _ => refuse!(
+                TOOL,
+                "with several specifiers",
+                "one -H or -C specifier per argdist here: run one argdist per specifier"
+            ),
+        };
+        let spec = ArgdistSpec::parse(spec)?;
+        push(out, &[TOOL]);
+        push_if(out, self.json, "--json");
+        out.push(if histogram { "-H" } else { "--count" }.into());
+        push_if(out, self.cumulative, "--cumulative");
+        push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+        push_opt(out, "-n", &self.top);
+        if let Some(filter) = &spec.filter {
+            out.push("--filter".into());
+            out.push(bcc_filter(filter)?);
+        }
+        out.push(spec.probe);
+        out.push(spec.expr);
+        // BCC prints every second unless told otherwise.
+        out.push(self.interval.clone().unwrap_or_else(|| "1".into()));
+        push_opt_positional(out, &self.count);
+        Ok(())
+    }
+}
+
+/// One argdist specifier in tracer's pieces.
+struct ArgdistSpec {
+    probe: String,
+    expr: String,
+    filter: Option<String>,
+}
+
+impl ArgdistSpec {
+    fn parse(text: &str) -> Result<Self> {
+        const TOOL: &str = "argdist";
+        let bad = |why: &str| usage_err!("'{text}': {why} (BCC's form: {ARGDIST_FORM})");
+        // The label only names the output; tracer names it after the expression.
+        // (BCC's man page writes one example with ';').
+        let body = text
+            .split_once(['#', ';'])
+            .map_or(text, |(body, _)| body)
+            .trim();
+        let mut parts = body.splitn(3, ':');
+        let (Some(kind), Some(lib), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("a specifier starts with TYPE:LIBRARY:FUNCTION"));
+        };
+        if !matches!(kind, "p" | "r" | "t" | "u") {
+            return Err(bad(&format!("unknown probe type '{kind}:' (p, r, t, u)")));
+        }
+        let name_end = rest.find(['(', ':']).unwrap_or(rest.len());
+        let (function, mut rest) = rest.split_at(name_end);
+        let mut signature = String::new();
+        if rest.starts_with('(') {
+            let (inner, after) =
+                balanced(rest).ok_or_else(|| bad("unbalanced '(' in the signature"))?;
+            signature = format!("({inner})");
+            rest = after;
+        }
+        let fields: Vec<&str> = match rest.strip_prefix(':') {
+            Some(fields) => split_colons(fields),
+            None if rest.is_empty() => Vec::new(),
+            None => return Err(bad(&format!("unexpected '{rest}' after the function"))),
+        };
+        let (types, exprs, filter) = match fields.as_slice() {
+            [] => ("", None, None),
+            [types, exprs] => (*types, Some(*exprs), None),
+            [types, exprs, filter] => (*types, Some(*exprs), Some(filter.to_string())),
+            _ => {
+                return Err(bad(
+                    "after the function come :type:expr and an optional :filter",
+                ));
+            }
+        };
+        if types.contains(',') || exprs.is_some_and(|e| split_top_level(e).len() > 1) {
+            refuse!(
+                TOOL,
+                "several values per specifier",
+                "one value per specifier here"
+            );
+        }
+        if types.contains("char*") || types.contains("char *") {
+            refuse!(
+                TOOL,
+                "char* values",
+                "values are counted as numbers here; trace prints strings (%s)"
+            );
+        }
+        // Without an expression BCC counts calls at an entry probe and takes the return value at a
+        // return probe; a count of calls is one value, $pid's, when nothing else is asked.
+        let expr = match exprs {
+            Some(e) if e.trim() == "$PID" => "$pid".to_string(),
+            Some(e) => bcc_value(e)?,
+            None if kind == "r" => "$retval".to_string(),
+            None => usage_bail!(
+                "'{text}' names no value: add :TYPE:EXPR (e.g. ':int:fd'); funccount counts calls"
+            ),
+        };
+        let spec = if kind == "t" {
+            format!("t:{lib}:{function}")
+        } else {
+            format!("{kind}:{lib}:{function}")
+        };
+        if kind == "t"
+            && !signature
+                .trim_matches(|c| c == '(' || c == ')')
+                .trim()
+                .is_empty()
+        {
+            return Err(bad("tracepoints take no signature: name their fields"));
+        }
+        let probe = probe(TOOL, &spec, false)?;
+        Ok(Self {
+            probe: if kind == "t" {
+                probe
+            } else {
+                probe + &signature
+            },
+            expr,
+            filter,
+        })
+    }
+}
+
+/// Splits on ':' outside parentheses.
+fn split_colons(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ':' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,6 +1490,71 @@ mod tests {
     }
 
     #[test]
+    fn trace_and_argdist_expressions_become_tracer_lines() {
+        for (bcc, tracer) in [
+            ("trace do_sys_open", "trace k:do_sys_open"),
+            (
+                r#"trace 'p::do_sys_openat2 "%s", arg2'"#,
+                "trace k:do_sys_openat2 %s arg1",
+            ),
+            (
+                r#"trace '::do_sys_open "%s", arg2@user'"#,
+                "trace k:do_sys_open %s arg1",
+            ),
+            (
+                r#"trace '::sys_read (arg3 > 20000) "read %d bytes", arg3'"#,
+                "trace --filter arg2 > 20000 k:sys_read read %d bytes arg2",
+            ),
+            (
+                r#"trace 'r::do_sys_openat2 "%d", retval'"#,
+                "trace kr:do_sys_openat2 %d $retval",
+            ),
+            (
+                r#"trace ':c:malloc "size = %d", arg1'"#,
+                "trace u:c:malloc size = %d arg0",
+            ),
+            (
+                r#"trace 'r:bash:readline "%s", retval'"#,
+                "trace ur:bash:readline %s $retval",
+            ),
+            (
+                r#"trace 't:block:block_rq_complete "%d sectors", args->nr_sector'"#,
+                "trace t:block:block_rq_complete %d sectors nr_sector",
+            ),
+            (
+                r#"trace 'u:pthread:pthread_create "start addr = %llx", arg3'"#,
+                "trace usdt:pthread:pthread_create start addr = %llx arg2",
+            ),
+            (
+                r#"trace -p 7 -L 8 -T -M 3 'p:c:write(int fd, char *buf) (fd == 1) "%d %s", fd, buf'"#,
+                "trace -p 7 -t 8 -T --max-events 3 --filter fd == 1 u:c:write(int fd, char *buf) %d %s fd buf",
+            ),
+            (
+                "argdist -H 'p::__kmalloc(u64 size):u64:size'",
+                "argdist -H k:__kmalloc(u64 size) size 1",
+            ),
+            (
+                "argdist -p 1005 -C 'p:c:malloc(size_t size):size_t:size:size==16'",
+                "argdist --count -p 1005 --filter size == 16 u:c:malloc(size_t size) size 1",
+            ),
+            (
+                "argdist -p 1005 -H 'r:c:read()'",
+                "argdist -H -p 1005 ur:c:read() $retval 1",
+            ),
+            (
+                "argdist -C 'p:c:fork():int:$PID;fork per process'",
+                "argdist --count u:c:fork() $pid 1",
+            ),
+            (
+                "argdist -i 5 -n 2 -T 3 -c -C 't:irq:irq_handler_entry():int:irq#irqs'",
+                "argdist --count --cumulative -n 3 t:irq:irq_handler_entry irq 5 2",
+            ),
+        ] {
+            assert_eq!(tr(bcc), tracer, "{bcc}");
+        }
+    }
+
+    #[test]
     fn refusals_are_one_line_naming_the_form() {
         for (bcc, needle) in [
             ("profile -x", "BCC profile's form: profile"),
@@ -915,6 +1563,22 @@ mod tests {
             ("profile -p 1,2", "tracer's -p takes one process"),
             ("funccount -r 'vfs_(read|write)'", "globs in disguise"),
             ("funccount x:y:z", "unknown probe type 'x:'"),
+            (r#"trace 'p::f "%d", a + b'"#, "is a C expression"),
+            (
+                r#"trace 'p::f (a && b) "%d", arg1'"#,
+                "only VALUE OP NUMBER",
+            ),
+            (r#"trace 'p::f "%d'"#, "BCC's form: [p|r]:[lib]:func"),
+            (r#"trace 'p::f "%K", arg1'"#, "not symbolized"),
+            ("trace 'p::f' 'p::g'", "one probe per trace"),
+            ("trace -K 'p::f'", "stacks are not printed per event"),
+            ("argdist -C 'p::f(int x):int'", "BCC's form: {p,r,t,u}:"),
+            ("argdist -C 'r::f():u64:$latency'", "funclatency"),
+            ("argdist -C 'p:c:gets():char*:$retval'", "numbers here"),
+            (
+                "argdist -C 'p::f(int a):int,int:a,a'",
+                "one value per specifier",
+            ),
         ] {
             let got = tr(bcc);
             assert!(

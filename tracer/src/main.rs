@@ -46,7 +46,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
     after_help = "Each tool is also available as a command of its own name (forksnoop ...) \
                   through the symlinks `cargo xtask build` creates.\n\
                   Invoked by a BCC tool's name (profile, offcputime, funccount, funclatency, \
-                  stackcount, runqlat, cpudist, hardirqs, softirqs, tplist), or as `tracer bcc TOOL \
+                  stackcount, runqlat, cpudist, hardirqs, softirqs, tplist, trace, argdist), or as `tracer bcc TOOL \
                   ARGS`, a tool takes BCC's command line with BCC's meanings \
                   (`tracer bcc --print ...` shows the tracer command it becomes).\n\
                   Run 'tracer doctor' to see what this kernel allows."

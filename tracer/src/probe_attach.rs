@@ -1104,13 +1104,82 @@ pub struct Expr {
     pub needs_record: bool,
 }
 
-const EXPRS: &str =
-    "arg0..arg5, $retval, $pid, $tid, $cpu, or a tracepoint field ('tplist -v' lists them)";
+const EXPRS: &str = "arg0..arg5, a declared parameter name, $retval, $pid, $tid, $cpu, or a \
+                     tracepoint field ('tplist -v' lists them)";
 
-/// Parses `arg0..arg5`, `$retval`, `$pid`, `$tid`, `$cpu` or a tracepoint field name for the
-/// given probes. With `string`, the value is a string to read (a pointer, or a char array or
-/// `__data_loc` field).
-pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
+/// A parameter declared in a probe's signature (`k:do_sys_openat2(int dfd, char *filename)`):
+/// its name stands for argument `index`, read as `size` bytes (0: the whole register) with the
+/// declared sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub index: u8,
+    pub size: u8,
+    pub signed: bool,
+}
+
+/// Splits `PROBE(TYPE NAME, ...)` into the probe and its declared parameters (none without a
+/// signature). The C types say how wide and signed each argument is (`int fd` is 4 bytes,
+/// signed; a pointer or an unknown type is the whole register).
+pub fn split_signature(text: &str) -> Result<(String, Vec<Param>)> {
+    let text = text.trim();
+    let Some(open) = text.find('(') else {
+        return Ok((text.to_string(), Vec::new()));
+    };
+    let (probe, rest) = text.split_at(open);
+    let Some(inner) = rest[1..].strip_suffix(')') else {
+        usage_bail!(
+            "probe '{text}': a signature is (TYPE NAME, ...) at the end, e.g. \
+             k:do_sys_openat2(int dfd, const char *filename)"
+        );
+    };
+    if probe.starts_with("t:") || probe.starts_with("tracepoint:") {
+        if inner.trim().is_empty() {
+            return Ok((probe.to_string(), Vec::new()));
+        }
+        usage_bail!("tracepoint '{probe}' takes no signature: its fields have names (tplist -v)");
+    }
+    let mut params = Vec::new();
+    for decl in inner.split(',').map(str::trim) {
+        if decl.is_empty() || decl == "void" {
+            continue;
+        }
+        let name_at = decl
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let (ty, name) = decl.split_at(name_at);
+        let ty = ty.trim();
+        if name.is_empty() || ty.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            usage_bail!(
+                "parameter '{decl}' in '{text}' is not TYPE NAME (e.g. int fd, const char *path)"
+            );
+        }
+        if params.len() >= 6 {
+            usage_bail!("'{text}' declares more than six parameters: only arg0..arg5 are read");
+        }
+        let (size, signed) = match c_type(decl, name) {
+            Some((8, signed)) => (0, signed),
+            Some((width, signed)) => (width as u8, signed),
+            None if ty.contains('*') => (0, false),
+            None if ty.starts_with("struct ") || ty.starts_with("union ") => usage_bail!(
+                "parameter '{decl}': a struct passed by value is not one register; declare a pointer or an integer"
+            ),
+            None => (0, false),
+        };
+        params.push(Param {
+            name: name.to_string(),
+            index: params.len() as u8,
+            size,
+            signed,
+        });
+    }
+    Ok((probe.to_string(), params))
+}
+
+/// Parses `arg0..arg5`, `$retval`, `$pid`, `$tid`, `$cpu`, a parameter declared in the probe's
+/// signature or a tracepoint field name for the given probes. With `string`, the value is a
+/// string to read (a pointer, or a char array or `__data_loc` field).
+pub fn parse_expr(text: &str, probes: &[Probe], params: &[Param], string: bool) -> Result<Expr> {
     let text = text.trim();
     let all_return = probes.iter().all(|p| p.kind.is_return());
     let any_return = probes.iter().any(|p| p.kind.is_return());
@@ -1126,6 +1195,20 @@ pub fn parse_expr(text: &str, probes: &[Probe], string: bool) -> Result<Expr> {
         signed,
         needs_record: false,
     };
+    if let Some(param) = params.iter().find(|p| p.name == text) {
+        if any_return {
+            usage_bail!(
+                "parameter '{text}' is not available at a return probe (ur:/kr:): arguments are read at entry (u:/k:)"
+            );
+        }
+        let mut e = simple(VAL_ARG, param.signed);
+        e.spec.index = param.index;
+        if !string {
+            e.spec.size = param.size;
+            e.spec.signed = param.signed.into();
+        }
+        return Ok(e);
+    }
     if let Some(n) = text.strip_prefix("arg") {
         let index: u8 = n
             .parse()
@@ -1237,7 +1320,7 @@ fn c_type(declaration: &str, name: &str) -> Option<(u32, bool)> {
 }
 
 /// `EXPR OP NUMBER` (e.g. `arg2 > 100`, `prev_state == 1`), evaluated in the kernel.
-pub fn parse_filter(text: &str, probes: &[Probe]) -> Result<(Filter, bool)> {
+pub fn parse_filter(text: &str, probes: &[Probe], params: &[Param]) -> Result<(Filter, bool)> {
     let text = text.trim().trim_start_matches('(').trim_end_matches(')');
     let ops = [
         ("==", OP_EQ),
@@ -1255,7 +1338,7 @@ pub fn parse_filter(text: &str, probes: &[Probe]) -> Result<(Filter, bool)> {
                 "filter '{text}' is not EXPR OP NUMBER (OP: == != < <= > >=), e.g. 'arg2 > 100'"
             )
         })?;
-    let expr = parse_expr(lhs, probes, false)?;
+    let expr = parse_expr(lhs, probes, params, false)?;
     let constant = parse_constant(rhs)
         .ok_or_else(|| usage_err!("'{rhs}' in filter '{text}' is not a number"))?;
     let mut value = expr.spec;
@@ -1284,4 +1367,56 @@ fn parse_constant(text: &str) -> Option<i64> {
         None => digits.parse::<u64>().ok()? as i64,
     };
     Some(if neg { value.wrapping_neg() } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(name: &str, index: u8, size: u8, signed: bool) -> Param {
+        Param {
+            name: name.into(),
+            index,
+            size,
+            signed,
+        }
+    }
+
+    #[test]
+    fn signatures_name_arguments_with_their_width() {
+        let (probe, params) =
+            split_signature("k:do_sys_openat2(int dfd, const char *filename, void *how)").unwrap();
+        assert_eq!(probe, "k:do_sys_openat2");
+        assert_eq!(
+            params,
+            vec![
+                param("dfd", 0, 4, true),
+                param("filename", 1, 0, false),
+                param("how", 2, 0, false)
+            ]
+        );
+        let (_, params) = split_signature("u:c:write(unsigned int fd, size_t count)").unwrap();
+        assert_eq!(
+            params,
+            vec![param("fd", 0, 4, false), param("count", 1, 0, false)]
+        );
+        assert_eq!(
+            split_signature("u:c:fork()").unwrap(),
+            ("u:c:fork".into(), vec![])
+        );
+        assert_eq!(
+            split_signature("t:sched:sched_switch()").unwrap(),
+            ("t:sched:sched_switch".into(), vec![])
+        );
+        for bad in [
+            "k:f(int)",
+            "k:f(int fd",
+            "t:sched:sched_switch(int x)",
+            "k:f(struct timespec ts)",
+            "k:f(int a, int b, int c, int d, int e, int f, int g)",
+        ] {
+            let err = split_signature(bad).unwrap_err().to_string();
+            assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        }
+    }
 }

@@ -24,9 +24,10 @@ const TOOL: &str = "argdist";
 /// Histogram or frequency count of a probe's argument, return value or tracepoint field.
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "EXPR: arg0..arg5 (entry probes), $retval (ur:/kr:), $pid, $tid, $cpu, or a\n\
-tracepoint field by name (tplist -v t:CATEGORY:EVENT lists them). -C shows the kernel's\n\
-own name next to values of fields it prints by name (prev_state: S, D, I...).\n\
+    after_help = "EXPR: arg0..arg5 (entry probes), $retval (ur:/kr:), $pid, $tid, $cpu, a name declared in\n\
+the probe's signature ('u:libc:write(int fd)' then fd), or a tracepoint field by name\n\
+(tplist -v t:CATEGORY:EVENT lists them). -C shows the kernel's own name next to values of\n\
+fields it prints by name (prev_state: S, D, I...).\n\
 Examples:\n  \
     argdist --count t:sched:sched_switch prev_state   how tasks leave the CPU\n  \
     argdist -H u:libc:malloc arg0                     malloc sizes (log2)\n  \
@@ -56,6 +57,9 @@ pub struct ArgdistArgs {
     /// Print only the N most frequent values (-C).
     #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// With an interval: print totals since the start, not each interval's own values.
+    #[arg(long)]
+    pub cumulative: bool,
     /// Also probe tracer's own process (left out by default, so that a probe on libc does not
     /// see tracer's own calls).
     #[arg(long)]
@@ -77,9 +81,10 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
-    let spec = probe_spec::parse(probe_text)?;
+    let (probe_only, params) = probe_attach::split_signature(probe_text)?;
+    let spec = probe_spec::parse(&probe_only)?;
     let probes = probe_spec::resolve(&spec, args.pid)?;
-    let expr = probe_attach::parse_expr(expr_text, &probes, false)?;
+    let expr = probe_attach::parse_expr(expr_text, &probes, &params, false)?;
     let mut config = ProbesConfig {
         mode: MODE_VALUE,
         include_self: args.include_self.into(),
@@ -92,7 +97,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     config.values[0] = expr.spec;
     let mut needs_record = expr.needs_record;
     if let Some(filter) = &args.filter {
-        let (filter, record) = probe_attach::parse_filter(filter, &probes)?;
+        let (filter, record) = probe_attach::parse_filter(filter, &probes, &params)?;
         config.filter = filter;
         needs_record |= record;
     }
@@ -119,10 +124,11 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     let mut prev_counts: HashMap<ValueKey, u64> = HashMap::new();
     let mut prev_hists: HashMap<HistKey, Hist> = HashMap::new();
     let periodic = interval.interval.is_some();
+    let drain = periodic && !args.cumulative;
     probe_attach::every_interval(&interval, args.common.duration.duration, |_| {
         if args.histogram {
             // Interval mode drains the map: an interval's min and max are its own.
-            let now = loaded.hists(periodic)?;
+            let now = loaded.hists(drain)?;
             print_hists(&args, &probes, &expr, &now, &prev_hists, periodic, &mut out);
             if !periodic {
                 prev_hists = now;
@@ -130,7 +136,7 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
         } else {
             // Interval mode drains the map: values seen once (pids, pointers, sizes) would
             // otherwise fill it within minutes.
-            let now = loaded.value_counts(periodic)?;
+            let now = loaded.value_counts(drain)?;
             print_counts(
                 &args,
                 &probes,

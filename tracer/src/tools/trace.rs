@@ -23,15 +23,18 @@ const TOOL: &str = "trace";
 #[derive(Args, Clone, Debug)]
 #[command(
     after_help = "FORMAT takes %d %i %u %x %X %p %c %s (and %ld, %llu, ...: sizes are ignored) and %%.\n\
-ARGS: arg0..arg5, $retval, $pid, $tid, $cpu, or tracepoint fields (tplist -v lists them).\n\
+ARGS: arg0..arg5, $retval, $pid, $tid, $cpu, tracepoint fields (tplist -v lists them), or the\n\
+names of a signature declared after the probe: 'k:func(int fd, char *path)'.\n\
 Examples:\n  \
     trace 'u:libc:write' 'fd=%d size=%d' arg0 arg2 -p 1234\n  \
     trace 'ur:libc:malloc' 'ptr=%p' '$retval' --max-rate 100\n  \
     trace t:sched:sched_process_exec 'exec %s' filename\n  \
+    trace 'u:libc:openat(int dfd, const char *path)' '%d %s' dfd path\n  \
     trace t:syscalls:sys_enter_openat '%s' filename --filter 'dfd == -100'"
 )]
 pub struct TraceArgs {
-    /// The probe (a glob attaches several; the FUNC column tells them apart).
+    /// The probe (a glob attaches several; the FUNC column tells them apart), optionally with
+    /// a signature naming its arguments: `u:libc:write(int fd, const void *buf, size_t n)`.
     #[arg(value_name = "PROBE")]
     pub probe: String,
     /// printf-style format (default: no message, just the task and probe).
@@ -46,6 +49,9 @@ pub struct TraceArgs {
     /// Only this process.
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<u32>,
+    /// Only this thread.
+    #[arg(short = 't', long = "tid", value_name = "TID")]
+    pub tid: Option<u32>,
     /// At most this many events per second (in the kernel; the rest are counted, not sent).
     #[arg(long = "max-rate", value_name = "N")]
     pub max_rate: Option<u32>,
@@ -124,9 +130,11 @@ fn parse_format(format: &str) -> Result<Vec<Piece>> {
 }
 
 pub async fn run(args: TraceArgs) -> Result<()> {
-    if let Some(pid) = args.pid {
-        session::check_pid(pid)?;
+    crate::tools::TaskArgs {
+        pid: args.pid,
+        tid: args.tid,
     }
+    .check()?;
     let pieces = parse_format(args.format.as_deref().unwrap_or(""))?;
     let convs: Vec<Conv> = pieces
         .iter()
@@ -154,16 +162,23 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     if args.max_rate == Some(0) {
         usage_bail!("--max-rate needs a positive number of events per second");
     }
-    let spec = probe_spec::parse(&args.probe)?;
+    let (probe_text, params) = probe_attach::split_signature(&args.probe)?;
+    let spec = probe_spec::parse(&probe_text)?;
     let probes = probe_spec::resolve(&spec, args.pid)?;
     let mut exprs: Vec<Expr> = Vec::new();
     for (text, conv) in args.args.iter().zip(&convs) {
-        exprs.push(probe_attach::parse_expr(text, &probes, *conv == Conv::Str)?);
+        exprs.push(probe_attach::parse_expr(
+            text,
+            &probes,
+            &params,
+            *conv == Conv::Str,
+        )?);
     }
     let mut config = ProbesConfig {
         mode: MODE_TRACE,
         include_self: args.include_self.into(),
         tgid: args.pid.unwrap_or(0),
+        tid: args.tid.unwrap_or(0),
         rate_limit: args.max_rate.unwrap_or(0),
         ..ProbesConfig::DEFAULT
     };
@@ -173,7 +188,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         needs_record |= expr.needs_record;
     }
     if let Some(filter) = &args.filter {
-        let (filter, record) = probe_attach::parse_filter(filter, &probes)?;
+        let (filter, record) = probe_attach::parse_filter(filter, &probes, &params)?;
         config.filter = filter;
         needs_record |= record;
     }

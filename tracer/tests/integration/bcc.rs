@@ -15,7 +15,7 @@ use libtest_mimic::{Failed, Trial};
 
 use crate::common::{
     Need, TRACER, Workload, emulated, ensure, fail, kernel_has_kprobe_multi, output_within, scaled,
-    trial,
+    start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -59,12 +59,30 @@ pub fn tests() -> Vec<Trial> {
             ROOT,
             tplist_matches_ground_truth,
         ),
+        trial(
+            "bcc::trace_tracepoint_prints_the_opened_path",
+            ROOT,
+            trace_tracepoint_path,
+        ),
+        trial(
+            "bcc::trace_kprobe_prints_the_opened_path",
+            &[Need::Root, Need::Kprobes],
+            trace_kprobe_path,
+        ),
+        trial(
+            "bcc::trace_uprobe_signature_and_tid",
+            ROOT,
+            trace_uprobe_signature,
+        ),
+        trial("bcc::argdist_counts_known_calls", ROOT, argdist_counts),
     ]
 }
 
 /// BCC's EXAMPLES (man/man8/*.8), adapted only where noted: `PID` is a live workload
 /// process (the man pages use 181/185), `do_sys_open` is `do_sys_openat2` (renamed in 5.6),
-/// `t:sched:sched_fork` is `t:sched:sched_process_fork` (no such tracepoint).
+/// `t:sched:sched_fork` is `t:sched:sched_process_fork` (no such tracepoint); trace's `sys_read`
+/// is `vfs_read` (syscall entry points are `__x64_sys_*` wrappers taking pt_regs now);
+/// argdist's `__kmalloc` is `__kmalloc*` (`__kmalloc_noprof` since 6.10).
 const EXAMPLES: &[&str] = &[
     "softirqs",
     "softirqs -C",
@@ -128,6 +146,19 @@ const EXAMPLES: &[&str] = &[
     "stackcount -p PID ip_output",
     "stackcount -p PID c:malloc",
     "stackcount t:sched:sched_switch",
+    r#"trace '::do_sys_openat2 "%s", arg2@user'"#,
+    r#"trace '::vfs_read (arg3 > 20000) "read %d bytes", arg3'"#,
+    r#"trace ':c:malloc "size = %d", arg1'"#,
+    r#"trace 'r:bash:readline "%s", retval'"#,
+    r#"trace 't:block:block_rq_complete "%d sectors", args->nr_sector'"#,
+    "argdist -H 'p::__kmalloc*(u64 size):u64:size'",
+    "argdist -p PID -C 'p:c:malloc(size_t size):size_t:size:size==16'",
+    "argdist -p PID -C 'p:c:write(int fd):int:fd'",
+    "argdist -p PID -H 'r:c:read()'",
+    "argdist -H 'p:c:write(int fd, const void *buf, size_t count):size_t:count:fd==1'",
+    "argdist -C 'p:c:fork():int:$PID;fork per process'",
+    "argdist -H 't:block:block_rq_complete():u32:nr_sector'",
+    "argdist -C 't:irq:irq_handler_entry():int:irq'",
 ];
 
 /// Examples refused on purpose, with the reason's words (docs/bcc-compat.md).
@@ -136,12 +167,42 @@ const REFUSED: &[(&str, &str)] = &[
     ("stackcount -s ip_output", "without offsets"),
     ("stackcount -sv ip_output", "without offsets"),
     ("stackcount -c 1 put_prev_entity", "not filtered per CPU"),
+    (
+        r#"trace 'p::SyS_nanosleep(struct timespec *ts) "sleep for %lld ns", ts->tv_nsec'"#,
+        "is a C expression",
+    ),
+    (
+        "trace -s /lib/x86_64-linux-gnu/libc.so.6,/bin/ping 'p:c:inet_pton' -U",
+        "stacks are not printed per event",
+    ),
+    (
+        "argdist -C 'r:c:gets():char*:$retval'",
+        "counted as numbers",
+    ),
+    (
+        "argdist -H 'r::__vfs_read(void *file, void *buf, size_t count):size_t:$entry(count):$latency > 1000000'",
+        "read the argument at an entry probe",
+    ),
+    (
+        "argdist -H 'p:c:sleep(u32 seconds):u32:seconds' 'p:c:nanosleep(struct timespec *req):long:req->tv_nsec'",
+        "one -H or -C specifier per argdist",
+    ),
+    (
+        "argdist -p PID -z 120 -C 'p:c:write(int fd, char* buf, size_t len):char*:buf:fd==1'",
+        "counted as numbers",
+    ),
+    (
+        "argdist -C 'p::__vfs_read(struct file *file, void *buf, size_t count):char*,size_t:file->f_path.dentry->d_iname,count:file->f_path.dentry->d_iname[0]!=0'",
+        "one value per specifier",
+    ),
 ];
 
 /// USDT examples: they parse (BCC's `u:` becomes `usdt:`); USDT probes are issue 18.
 const USDT: &[&str] = &[
     "funccount -p PID u:node:gc*",
     "stackcount -p PID u:pthread:pthread_create",
+    r#"trace 'u:pthread:pthread_create "start addr = %llx", arg3'"#,
+    "argdist -C 'u:pthread:pthread_start():u64:arg2' -p PID",
 ];
 
 /// What funccount says when a glob matches more kernel functions than single kprobes may take.
@@ -162,6 +223,8 @@ fn bcc_bin() -> Result<PathBuf, Failed> {
         "funccount",
         "funclatency",
         "stackcount",
+        "trace",
+        "argdist",
     ] {
         let link = dir.join(tool);
         if !link.exists() {
@@ -501,6 +564,18 @@ fn bad_input() -> Result<(), Failed> {
         ("funccount -r 'a|b'", "globs in disguise"),
         ("runqlat --pidnss", "not supported here"),
         ("softirqs -q", "BCC softirqs's form"),
+        (r#"trace 'p::vfs_read "%d'"#, "BCC's form: [p|r]:[lib]:func"),
+        (
+            r#"trace 'p::vfs_read "%d" arg1'"#,
+            "BCC's form: [p|r]:[lib]:func",
+        ),
+        ("trace", "BCC trace's form: trace [-h]"),
+        (
+            "argdist -C 'p::vfs_read(int x):int'",
+            "BCC's form: {p,r,t,u}:",
+        ),
+        ("argdist -C 'x::vfs_read'", "unknown probe type 'x:'"),
+        ("argdist -C 'p::vfs_read(int x'", "unbalanced '('"),
     ] {
         let words = words(line, 0);
         let mut cmd = Command::new(TRACER);
@@ -753,4 +828,146 @@ fn tplist_matches_ground_truth() -> Result<(), Failed> {
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A path nobody else opens, unique to this run.
+fn marker_path(what: &str) -> String {
+    format!(
+        "/tmp/tracer-bcc-{what}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
+}
+
+/// Starts `tracer bcc LINE...`, opens `path` (it need not exist: openat is called either way)
+/// until the tool prints it or the time runs out, then SIGINT; the stdout lines.
+fn trace_sees_open(words: &[&str], path: &str) -> Result<Vec<String>, Failed> {
+    let mut args = vec!["bcc"];
+    args.extend_from_slice(words);
+    let mut tool = start(&args)?;
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    let mut lines = Vec::new();
+    while Instant::now() < deadline && !lines.iter().any(|l: &String| l.contains(path)) {
+        let _ = std::fs::File::open(path);
+        lines.extend(tool.stdout_lines(1, Duration::from_millis(200)));
+    }
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    lines.extend(done.stdout.iter().cloned());
+    Ok(lines)
+}
+
+/// `trace 't:syscalls:sys_enter_openat (args->dfd == -100) "%d %s", args->dfd,
+/// args->filename'`: a BCC tracepoint line with a filter and two printed fields shows the path
+/// this test opens, with AT_FDCWD as -100 (File::open goes through openat(AT_FDCWD, ...)).
+fn trace_tracepoint_path() -> Result<(), Failed> {
+    let path = marker_path("tp");
+    let lines = trace_sees_open(
+        &[
+            "trace",
+            r#"t:syscalls:sys_enter_openat (args->dfd == -100) "dfd=%d %s", args->dfd, args->filename"#,
+        ],
+        &path,
+    )?;
+    ensure(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!("dfd=-100 {path}"))),
+        || format!("no 'dfd=-100 {path}' line:\n{}", lines.join("\n")),
+    )?;
+    ensure(
+        lines.iter().skip(1).all(|l| l.contains("dfd=-100 ")),
+        || format!("the filter let other dfds through:\n{}", lines.join("\n")),
+    )
+}
+
+/// `trace 'p::do_sys_openat2 "%s", arg2'` (BCC's arg2 is the second argument, the filename):
+/// the path this test opens is printed (kprobes: the VM kernels).
+fn trace_kprobe_path() -> Result<(), Failed> {
+    let path = marker_path("kprobe");
+    let lines = trace_sees_open(&["trace", r#"p::do_sys_openat2 "%s", arg2"#], &path)?;
+    ensure(lines.iter().any(|l| l.ends_with(&path)), || {
+        format!("no line with {path}:\n{}", lines.join("\n"))
+    })
+}
+
+/// A uprobe with a declared signature and BCC's `-L TID`: `p:c:write(int fd, const void *buf,
+/// size_t count) "fd=%d size=%zu", fd, count` on a workload that writes one byte to /dev/null
+/// N times prints exactly N events, each `size=1` on the same descriptor, and only the
+/// workload's thread.
+fn trace_uprobe_signature() -> Result<(), Failed> {
+    const N: u64 = 30;
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let tid = workload.pid.to_string();
+    let tool = start(&[
+        "bcc",
+        "trace",
+        "--json",
+        "-L",
+        &tid,
+        r#"p:c:write(int fd, const void *buf, size_t count) "fd=%d size=%zu", fd, count"#,
+    ])?;
+    workload.go_and_wait()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let events: Vec<serde_json::Value> = done
+        .json()?
+        .into_iter()
+        .filter(|r| r["type"] == "event")
+        .collect();
+    ensure(events.len() as u64 == N, || {
+        format!("{} events for {N} write() calls", events.len())
+    })?;
+    let messages: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    ensure(
+        messages.len() == 1
+            && messages.iter().all(|m| {
+                m.strip_prefix("fd=")
+                    .and_then(|m| m.strip_suffix(" size=1"))
+                    .and_then(|fd| fd.parse::<u32>().ok())
+                    .is_some_and(|fd| fd >= 3)
+            }),
+        || format!("messages: {messages:?}"),
+    )?;
+    ensure(
+        events.iter().all(|e| e["tid"].as_u64() == tid.parse().ok()),
+        || format!("an event of another thread: {:?}", events.first()),
+    )
+}
+
+/// `argdist -C 'p:c:write(int fd, const void *buf, size_t count):size_t:count:fd>=0'` (BCC
+/// prints every second) on a workload that makes N one-byte writes: the count of value 1,
+/// summed over the intervals, is N.
+fn argdist_counts() -> Result<(), Failed> {
+    const N: u64 = 25;
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "bcc",
+        "argdist",
+        "--json",
+        "-p",
+        &pid,
+        "-C",
+        "p:c:write(int fd, const void *buf, size_t count):size_t:count:fd>=0",
+    ])?;
+    workload.go_and_wait()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let mut ones = 0;
+    let mut others = Vec::new();
+    for record in records.iter().filter(|r| r["type"] == "counts") {
+        for value in record["values"].as_array().into_iter().flatten() {
+            match value["value"].as_u64() {
+                Some(1) => ones += value["count"].as_u64().unwrap_or(0),
+                _ => others.push(value.clone()),
+            }
+        }
+    }
+    ensure(ones == N && others.is_empty(), || {
+        format!("value 1 counted {ones} times for {N} writes; other values: {others:?}")
+    })
 }
