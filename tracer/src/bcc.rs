@@ -1260,6 +1260,30 @@ impl Argdist {
             ),
         };
         let spec = ArgdistSpec::parse(spec)?;
+        if let Some(entry) = &spec.latency_of {
+            // A histogram of $latency is funclatency's: entry and return paired per thread.
+            if !histogram {
+                refuse!(
+                    TOOL,
+                    "-C with $latency",
+                    "counting distinct latencies tells little: -H gives funclatency's histogram"
+                );
+            }
+            if spec.filter.is_some() || self.cumulative || self.top.is_some() {
+                refuse!(
+                    TOOL,
+                    "a filter, -c or -T with $latency",
+                    "$latency runs as funclatency, which takes -p, -i and -n only"
+                );
+            }
+            push(out, &["funclatency"]);
+            push_if(out, self.json, "--json");
+            push_opt(out, "-p", &one_pid(TOOL, &self.pid)?);
+            out.push(entry.clone());
+            out.push(self.interval.clone().unwrap_or_else(|| "1".into()));
+            push_opt_positional(out, &self.count);
+            return Ok(());
+        }
         push(out, &[TOOL]);
         push_if(out, self.json, "--json");
         out.push(if histogram { "-H" } else { "--count" }.into());
@@ -1284,6 +1308,8 @@ struct ArgdistSpec {
     probe: String,
     expr: String,
     filter: Option<String>,
+    /// `$latency` at a return probe: the function to time (its entry probe), for funclatency.
+    latency_of: Option<String>,
 }
 
 impl ArgdistSpec {
@@ -1343,8 +1369,13 @@ impl ArgdistSpec {
         }
         // Without an expression BCC counts calls at an entry probe and takes the return value at a
         // return probe; a count of calls is one value, $pid's, when nothing else is asked.
+        let latency = exprs.is_some_and(|e| e.trim() == "$latency");
+        if latency && kind != "r" {
+            return Err(bad("$latency is known at a return probe (r:)"));
+        }
         let expr = match exprs {
             Some(e) if e.trim() == "$PID" => "$pid".to_string(),
+            Some(_) if latency => "$latency".to_string(),
             Some(e) => bcc_value(e)?,
             None if kind == "r" => "$retval".to_string(),
             None => usage_bail!(
@@ -1364,6 +1395,11 @@ impl ArgdistSpec {
         {
             return Err(bad("tracepoints take no signature: name their fields"));
         }
+        let latency_of = if latency {
+            Some(self::probe(TOOL, &format!("p:{lib}:{function}"), false)?)
+        } else {
+            None
+        };
         let probe = probe(TOOL, &spec, false)?;
         Ok(Self {
             probe: if kind == "t" {
@@ -1373,6 +1409,7 @@ impl ArgdistSpec {
             },
             expr,
             filter,
+            latency_of,
         })
     }
 }
@@ -1546,6 +1583,14 @@ mod tests {
                 "argdist --count u:c:fork() $pid 1",
             ),
             (
+                "argdist -i 2 -n 3 -p 9 -H 'r::do_sys_openat2():u64:$latency'",
+                "funclatency -p 9 k:do_sys_openat2 2 3",
+            ),
+            (
+                "argdist -H 'r:c:read(int fd):u64:$latency'",
+                "funclatency u:c:read 1",
+            ),
+            (
                 "argdist -i 5 -n 2 -T 3 -c -C 't:irq:irq_handler_entry():int:irq#irqs'",
                 "argdist --count --cumulative -n 3 t:irq:irq_handler_entry irq 5 2",
             ),
@@ -1574,6 +1619,11 @@ mod tests {
             ("trace -K 'p::f'", "stacks are not printed per event"),
             ("argdist -C 'p::f(int x):int'", "BCC's form: {p,r,t,u}:"),
             ("argdist -C 'r::f():u64:$latency'", "funclatency"),
+            ("argdist -H 'p::f():u64:$latency'", "return probe"),
+            (
+                "argdist -H 'r::f():u64:$latency:$latency>10'",
+                "takes -p, -i and -n only",
+            ),
             ("argdist -C 'p:c:gets():char*:$retval'", "numbers here"),
             (
                 "argdist -C 'p::f(int a):int,int:a,a'",

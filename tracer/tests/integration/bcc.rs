@@ -75,6 +75,11 @@ pub fn tests() -> Vec<Trial> {
             trace_uprobe_signature,
         ),
         trial("bcc::argdist_counts_known_calls", ROOT, argdist_counts),
+        trial(
+            "bcc::argdist_latency_histogram_times_each_call",
+            ROOT,
+            argdist_latency_is_funclatency,
+        ),
     ]
 }
 
@@ -969,5 +974,33 @@ fn argdist_counts() -> Result<(), Failed> {
     }
     ensure(ones == N && others.is_empty(), || {
         format!("value 1 counted {ones} times for {N} writes; other values: {others:?}")
+    })
+}
+
+/// argdist's `$latency` histogram runs as funclatency: one entry per call of the function.
+fn argdist_latency_is_funclatency() -> Result<(), Failed> {
+    const N: u64 = 25;
+    let workload = Workload::spawn(&["write", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let tool = start(&[
+        "bcc",
+        "argdist",
+        "--json",
+        "-p",
+        &pid,
+        "-H",
+        "r:c:write():u64:$latency",
+    ])?;
+    workload.go_and_wait()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let records = done.json()?;
+    let calls: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "histogram")
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum();
+    ensure(calls == N, || {
+        format!("{calls} write latencies for {N} writes: {records:?}")
     })
 }
