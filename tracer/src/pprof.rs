@@ -127,7 +127,19 @@ impl PprofFile {
     /// Writes folded totals (`comm;root;...;leaf value`, a "-" user/kernel delimiter frame
     /// skipped) as a gzipped profile; `title` goes in as a comment.
     pub fn write(self, lines: &[String], kind: PprofKind, title: &str) -> Result<()> {
-        let profile = build(lines, kind, title, self.started);
+        self.write_labelled(lines, kind, title, "comm")
+    }
+
+    /// `write` where the folded lines' first frame is not a process name: it becomes the
+    /// label `label` (softirq-top: the vector).
+    pub fn write_labelled(
+        self,
+        lines: &[String],
+        kind: PprofKind,
+        title: &str,
+        label: &str,
+    ) -> Result<()> {
+        let profile = build(lines, kind, title, label, self.started);
         let mut gz = GzEncoder::new(self.file, Compression::default());
         gz.write_all(&profile.encode_to_vec())
             .and_then(|()| gz.finish().map(drop))
@@ -160,7 +172,13 @@ impl Strings {
     }
 }
 
-fn build(lines: &[String], kind: PprofKind, title: &str, started: SystemTime) -> proto::Profile {
+fn build(
+    lines: &[String],
+    kind: PprofKind,
+    title: &str,
+    label: &str,
+    started: SystemTime,
+) -> proto::Profile {
     let mut strings = Strings::new();
     let value_type = |ty: &str, unit: &str, strings: &mut Strings| proto::ValueType {
         r#type: strings.id(ty),
@@ -185,7 +203,7 @@ fn build(lines: &[String], kind: PprofKind, title: &str, started: SystemTime) ->
         ),
         PprofKind::Count(what) => (vec![value_type(what, "count", &mut strings)], None, 0),
     };
-    let comm_key = strings.id("comm");
+    let comm_key = strings.id(label);
     // One function and one location per distinct frame name, same id for both.
     let mut frame_ids: HashMap<String, u64> = HashMap::new();
     let mut functions = Vec::new();
@@ -271,6 +289,7 @@ mod tests {
             &lines,
             PprofKind::Samples { hz: 100 },
             "t",
+            "comm",
             SystemTime::now(),
         );
         let name = |id: u64| {

@@ -41,6 +41,7 @@ use crate::{
     hist::Log2,
     loader::{self, StatsReader, objects, take},
     output::{Clock, Out, comm_str, hms_now, with_schema},
+    pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
     stacks::{self, Frames, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
     tools::{
@@ -124,6 +125,10 @@ pub struct SoftirqTopArgs {
     /// With --stacks: write a flame graph of softirq context to FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// With --stacks: write the sampled stacks as a gzipped pprof profile to FILE (the vector
+    /// as a `vec` label).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
     /// Plain interval blocks even on a terminal (no screen redraw).
     #[arg(short = 'b', long = "no-redraw", alias = "batch")]
     pub batch: bool,
@@ -1169,10 +1174,11 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         Some(text) => parse_vecs(text)?,
         None => (0..NR_SOFTIRQS).collect(),
     };
-    if !args.stacks && (args.folded || args.svg.is_some()) {
-        usage_bail!("--folded and --svg print sampled stacks: add --stacks");
+    if !args.stacks && (args.folded || args.svg.is_some() || args.pprof.is_some()) {
+        usage_bail!("--folded, --svg and --pprof print sampled stacks: add --stacks");
     }
     let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
+    let pprof = args.pprof.as_deref().map(PprofFile::create).transpose()?;
 
     let btf = KernelBtf::new();
     let Feeds {
@@ -1378,7 +1384,7 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
     drop(tty);
 
     if args.stacks {
-        print_stacks(&args, &mut ebpf, &mut out, svg)?;
+        print_stacks(&args, &mut ebpf, &mut out, svg, pprof)?;
         StackLoss::read(&stats).report(TOOL);
     }
     let end = stats.read();
@@ -1519,6 +1525,7 @@ fn print_stacks(
     ebpf: &mut Ebpf,
     out: &mut Out,
     svg: Option<SvgFile>,
+    pprof: Option<PprofFile>,
 ) -> Result<()> {
     let counts: PerCpuHashMap<MapData, StackKey, u64> = take(ebpf, "STACK_COUNTS")?;
     let map = StackMap::take(ebpf, "STACKS")?;
@@ -1541,19 +1548,21 @@ fn print_stacks(
     stacks::sort(&mut raws);
     let total: u64 = raws.iter().map(|r| r.value).sum();
     let mut symbols = Symbols::new();
-    let wanted = if args.folded || svg.is_some() {
+    let wanted = if args.folded || svg.is_some() || pprof.is_some() {
         raws.len()
     } else {
         raws.len().min(args.top)
     };
     let resolved = symbols.resolve_all(&raws[..wanted]);
+    const TITLE: &str = "softirq-top: kernel stacks while serving softirqs";
+    if let Some(pprof) = pprof {
+        let lines = stacks::folded(&resolved, Unit::Samples);
+        let kind = PprofKind::Samples { hz: args.frequency };
+        pprof.write_labelled(&lines, kind, TITLE, "vec")?;
+    }
     if let Some(svg) = svg {
         let lines = stacks::folded(&resolved, Unit::Samples);
-        svg.write(
-            &lines,
-            "softirq-top: kernel stacks while serving softirqs",
-            "samples",
-        )?;
+        svg.write(&lines, TITLE, "samples")?;
     }
     if args.common.output.json {
         let list: Vec<Value> = resolved

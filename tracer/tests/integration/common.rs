@@ -20,6 +20,26 @@ pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_tracer-workload");
 
 pub type TestResult = Result<Completion, Failed>;
 
+/// Go's pprof, built by `cargo xtask setup` from Debian's source.
+const GO_PPROF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/bin/pprof");
+
+/// Runs Go's pprof with `args`; its standard output, or why it failed.
+pub fn go_pprof(args: &[&str]) -> Result<String, Failed> {
+    let out = Command::new(GO_PPROF)
+        .args(args)
+        .output()
+        .map_err(|e| fail(format!("{GO_PPROF}: {e} (cargo xtask setup builds it)")))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(fail(format!(
+            "pprof {} failed: {}{text}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(text)
+}
+
 /// The longest any one command a test runs may take (a tracer run to completion, a workload,
 /// bpftool): past it the command is killed and the test fails naming it, so a hang fails one
 /// test instead of stalling the suite.

@@ -11,8 +11,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Finished, Need, Workload, assert_nothing_loaded, emulated, ensure, fail, run, scaled, start,
-    trial,
+    Finished, Need, Workload, assert_nothing_loaded, emulated, ensure, fail, go_pprof, run, scaled,
+    start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -326,9 +326,6 @@ fn svg_is_valid() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Go's pprof, built by `cargo xtask setup` from Debian's source.
-const GO_PPROF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/bin/pprof");
-
 /// `--pprof` and `--folded` of one run: `pprof -top` ranks the same leaf function first with
 /// the same share of samples, and counts the same total.
 fn pprof_matches_folded() -> Result<(), Failed> {
@@ -361,18 +358,9 @@ fn pprof_matches_folded() -> Result<(), Failed> {
         .max_by_key(|&(_, &n)| n)
         .ok_or_else(|| fail("no folded lines"))?;
     let ours_pct = *ours_count as f64 * 100.0 / total as f64;
-    let top = std::process::Command::new(GO_PPROF)
-        .args(["-top", "-sample_index=samples", "-nodecount=5", &path_text])
-        .output()
-        .map_err(|e| fail(format!("{GO_PPROF}: {e} (cargo xtask setup builds it)")))?;
+    let text = go_pprof(&["-top", "-sample_index=samples", "-nodecount=5", &path_text]);
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&top.stdout).into_owned();
-    ensure(top.status.success(), || {
-        format!(
-            "pprof -top failed: {}{text}",
-            String::from_utf8_lossy(&top.stderr)
-        )
-    })?;
+    let text = text?;
     eprintln!("pprof -top:\n{text}");
     // "Showing nodes accounting for 398, 100% of 398 total", then the header, then rows:
     // flat flat% sum% cum cum% name.

@@ -8,8 +8,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, Running, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, run,
-    start, trial,
+    Need, Running, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, go_pprof,
+    run, start, trial,
 };
 use testbed::{netns::NetnsPair, nginx::Nginx};
 
@@ -578,12 +578,16 @@ fn syn_flood_stacks() -> Result<(), Failed> {
     let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
     let svg = std::env::temp_dir().join(format!("tracer-softirq-{}.svg", std::process::id()));
     let svg_arg = svg.display().to_string();
+    let pprof = svg.with_extension("pb.gz");
+    let pprof_arg = pprof.display().to_string();
     let tool: Running = start(&[
         "softirq-top",
         "--json",
         "--stacks",
         "--svg",
         &svg_arg,
+        "--pprof",
+        &pprof_arg,
         "--top",
         "20",
         "5",
@@ -624,6 +628,24 @@ fn syn_flood_stacks() -> Result<(), Failed> {
         svg_text.contains("<svg") && svg_text.contains("net_rx_action"),
         || "SVG lacks net_rx_action".into(),
     )?;
+    // The same stacks in Go's pprof: every sample, and net_rx_action among the NET_RX ones.
+    let top = go_pprof(&[
+        "-top",
+        "-cum",
+        "-nodecount=200",
+        "-tagfocus=vec=NET_RX",
+        &pprof_arg,
+    ]);
+    let total = go_pprof(&["-top", "-sample_index=samples", "-nodecount=1", &pprof_arg]);
+    let _ = std::fs::remove_file(&pprof);
+    let (top, total) = (top?, total?);
+    ensure(top.contains("net_rx_action"), || {
+        format!("pprof -top -cum -tagfocus=vec=NET_RX lacks net_rx_action:\n{top}")
+    })?;
+    let samples = stacks["samples"].as_u64().unwrap_or(0);
+    ensure(total.contains(&format!("of {samples} total")), || {
+        format!("our stacks record has {samples} samples; pprof says:\n{total}")
+    })?;
     Ok(())
 }
 
