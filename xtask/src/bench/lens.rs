@@ -130,7 +130,14 @@ fn setups(tracer: &Path) -> Vec<Setup> {
             name: "libbpf-tools biolatency",
             lens: Some(Lens::Block),
             ours: false,
-            argv: vec![LIBBPF_BIOLATENCY.into(), "1".into()],
+            // Line-buffered: its "Hit Ctrl-C" goes to a pipe, held back until 4 KiB of
+            // histograms follow when the machine does little IO.
+            argv: vec![
+                "stdbuf".into(),
+                "-oL".into(),
+                LIBBPF_BIOLATENCY.into(),
+                "1".into(),
+            ],
         });
     }
     if Path::new(BPFTRACE).exists() {
