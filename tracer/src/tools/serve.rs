@@ -52,7 +52,7 @@ use crate::{
     output::{Clock, comm_str},
     probe_attach::{self, Hist, Loaded, Request},
     session,
-    stacks::{Frames, RawStack, Symbols},
+    stacks::Symbols,
     tracefs,
 };
 
@@ -908,28 +908,8 @@ struct KernelNames {
 
 impl KernelNames {
     fn name(&mut self, address: u64) -> String {
-        if let Some(name) = self.names.get(&address) {
-            return name.clone();
-        }
-        let raw = RawStack {
-            comm: String::new(),
-            pid: 0,
-            tid: 0,
-            kernel: Frames::Ips(vec![address]),
-            user: Frames::None,
-            value: 0,
-        };
-        let name = self
-            .symbols
-            .get_or_insert_with(Symbols::new)
-            .resolve(&raw)
-            .kernel
-            .first()
-            .map(|n| n.to_string())
-            .filter(|n| n != crate::stacks::UNKNOWN)
-            .unwrap_or_else(|| format!("{address:#x}"));
-        self.names.insert(address, name.clone());
-        name
+        let symbols = self.symbols.get_or_insert_with(Symbols::new);
+        crate::stacks::kernel_function_name(symbols, &mut self.names, address)
     }
 }
 

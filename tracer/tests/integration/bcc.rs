@@ -947,21 +947,13 @@ fn trace_uprobe_signature() -> Result<(), Failed> {
 /// summed over the intervals, is N.
 fn argdist_counts() -> Result<(), Failed> {
     const N: u64 = 25;
-    let workload = Workload::spawn(&["write", &N.to_string()])?;
-    let pid = workload.pid.to_string();
-    let tool = start(&[
-        "bcc",
-        "argdist",
-        "--json",
-        "-p",
-        &pid,
-        "-C",
-        "p:c:write(int fd, const void *buf, size_t count):size_t:count:fd>=0",
-    ])?;
-    workload.go_and_wait()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let done = tool.stop(libc::SIGINT)?.ok()?;
-    let records = done.json()?;
+    let records = argdist_around_writes(
+        N,
+        &[
+            "-C",
+            "p:c:write(int fd, const void *buf, size_t count):size_t:count:fd>=0",
+        ],
+    )?;
     let mut ones = 0;
     let mut others = Vec::new();
     for record in records.iter().filter(|r| r["type"] == "counts") {
@@ -980,21 +972,7 @@ fn argdist_counts() -> Result<(), Failed> {
 /// argdist's `$latency` histogram runs as funclatency: one entry per call of the function.
 fn argdist_latency_is_funclatency() -> Result<(), Failed> {
     const N: u64 = 25;
-    let workload = Workload::spawn(&["write", &N.to_string()])?;
-    let pid = workload.pid.to_string();
-    let tool = start(&[
-        "bcc",
-        "argdist",
-        "--json",
-        "-p",
-        &pid,
-        "-H",
-        "r:c:write():u64:$latency",
-    ])?;
-    workload.go_and_wait()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let done = tool.stop(libc::SIGINT)?.ok()?;
-    let records = done.json()?;
+    let records = argdist_around_writes(N, &["-H", "r:c:write():u64:$latency"])?;
     let calls: u64 = records
         .iter()
         .filter(|r| r["type"] == "histogram")
@@ -1003,4 +981,17 @@ fn argdist_latency_is_funclatency() -> Result<(), Failed> {
     ensure(calls == N, || {
         format!("{calls} write latencies for {N} writes: {records:?}")
     })
+}
+
+/// `tracer bcc argdist --json -p PID SPEC...` around a workload making `n` one-byte writes;
+/// its JSON records.
+fn argdist_around_writes(n: u64, spec: &[&str]) -> Result<Vec<serde_json::Value>, Failed> {
+    let workload = Workload::spawn(&["write", &n.to_string()])?;
+    let pid = workload.pid.to_string();
+    let mut args = vec!["bcc", "argdist", "--json", "-p", &pid];
+    args.extend_from_slice(spec);
+    let tool = start(&args)?;
+    workload.go_and_wait()?;
+    std::thread::sleep(Duration::from_millis(300));
+    tool.stop(libc::SIGINT)?.ok()?.json()
 }

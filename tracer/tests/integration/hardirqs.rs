@@ -165,8 +165,10 @@ pub fn within_2pct(got: u64, want: u64) -> bool {
     got.abs_diff(want) as f64 <= want as f64 * 0.02 + 3.0
 }
 
-fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
-    let tool = start(&["hardirqs", "--json", "--per-cpu", "-D"])?;
+/// Runs `tracer ARGS` (JSON) around 2 s (4 s under TCG) of uncached reads; its records and
+/// the IRQ line those reads kept busiest, with its counts from /sys/kernel/irq.
+fn around_reads(args: &[&str]) -> Result<(Vec<serde_json::Value>, Busiest), Failed> {
+    let tool = start(args)?;
     let before = irq_counts();
     let window = if emulated().is_some() {
         Duration::from_secs(4)
@@ -175,10 +177,14 @@ fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
     };
     let reads = read_uncached(TRACER, window)?;
     let after = irq_counts();
-    let done = tool.stop(libc::SIGINT)?.ok()?;
-    let records = done.json()?;
+    let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+    Ok((records, busiest(&before, &after, reads)?))
+}
+
+fn counts_match_sys_kernel_irq() -> Result<(), Failed> {
+    let (records, Busiest { irq, name, truth }) =
+        around_reads(&["hardirqs", "--json", "--per-cpu", "-D"])?;
     let (interval, ours) = tool_counts(&records)?;
-    let Busiest { irq, name, truth } = busiest(&before, &after, reads)?;
     for (cpu, want) in truth.iter().enumerate() {
         let got = ours.get(&(irq, cpu as u32)).copied().unwrap_or(0);
         ensure(within_2pct(got, *want), || {
@@ -223,18 +229,8 @@ fn bad_input() -> Result<(), Failed> {
 /// every CPU that served it shows hard-IRQ time; `--no-hardirqs` drops the line.
 fn softirq_top_line_matches_sys_kernel_irq() -> Result<(), Failed> {
     // One interval longer than the run: SIGINT prints it, covering attach to stop.
-    let tool = start(&["softirq-top", "--json", "-b", "86400"])?;
-    let before = irq_counts();
-    let window = if emulated().is_some() {
-        Duration::from_secs(4)
-    } else {
-        Duration::from_secs(2)
-    };
-    let reads = read_uncached(TRACER, window)?;
-    let after = irq_counts();
-    let done = tool.stop(libc::SIGINT)?.ok()?;
-    let records = done.json()?;
-    let Busiest { irq, name, truth } = busiest(&before, &after, reads)?;
+    let (records, Busiest { irq, name, truth }) =
+        around_reads(&["softirq-top", "--json", "-b", "86400"])?;
     let interval = records
         .iter()
         .rfind(|r| r["type"] == "interval")
