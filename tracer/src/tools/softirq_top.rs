@@ -1349,13 +1349,15 @@ pub async fn run(args: SoftirqTopArgs) -> Result<()> {
         // one's gain). Not otherwise: under TCG detaching takes long enough (each tracepoint
         // waits for RCU) to count ~1 s more than a /proc/softirqs read at the signal.
         let last = stopped || args.interval.count.is_some_and(|c| printed + 1 >= c);
-        if last && (args.dist || args.latency) {
-            attach::detach_all(&mut ebpf);
+        let detached = last && (args.dist || args.latency);
+        if detached {
+            attach::detach_all(&mut ebpf, &["raise", "entry"]);
         }
         let now = reader.read()?;
         let hard_now = hard_snapshot();
-        // A stop right after a print would add an empty sliver of an interval.
-        if !stopped || now.mono_ns.saturating_sub(before.mono_ns) >= 10_000_000 {
+        // A stop right after a print would add an empty sliver of an interval; not when
+        // detached: that sliver carries the last skew between the count and histogram maps.
+        if !stopped || detached || now.mono_ns.saturating_sub(before.mono_ns) >= 10_000_000 {
             let iv = compute(&args, &ctx, &now, &before);
             let net_rx = iv.net_rx(&now, &before);
             let hard = hard_irqs
