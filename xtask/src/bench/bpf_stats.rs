@@ -102,3 +102,17 @@ pub fn ns_per_run(pid: u32) -> Option<f64> {
         .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt));
     (c > 0).then(|| t as f64 / c as f64)
 }
+
+/// Program name → (run_time_ns, run_cnt).
+pub type Progs = BTreeMap<String, (u64, u64)>;
+
+/// What each program of `after` ran since `before` (a program new since then counts from 0).
+pub fn progs_delta(before: &Progs, after: &Progs) -> Progs {
+    after
+        .iter()
+        .map(|(k, (t, c))| {
+            let (t0, c0) = before.get(k).copied().unwrap_or((0, 0));
+            (k.clone(), (t - t0, c - c0))
+        })
+        .collect()
+}

@@ -19,7 +19,6 @@
 //! run_time_ns / run_cnt per program.
 
 use std::{
-    collections::BTreeMap,
     fs,
     os::unix::{fs::FileExt as _, io::AsRawFd as _},
     path::{Path, PathBuf},
@@ -31,7 +30,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    bpf_stats::{StatsEnabled, stats_of},
+    bpf_stats::{Progs, StatsEnabled, stats_of},
     common::{Attached, median},
 };
 use crate::util::release_bin;
@@ -339,9 +338,6 @@ struct Run {
 
 const COST_ROUND: usize = usize::MAX;
 
-/// Program name → (run_time_ns, run_cnt).
-type Progs = BTreeMap<String, (u64, u64)>;
-
 fn run_setup(bed: &Bed, setups: &[Setup], index: usize, round: usize, slot: usize) -> Result<Run> {
     let setup = &setups[index];
     let tool = if setup.argv.is_empty() {
@@ -373,13 +369,7 @@ fn run_setup(bed: &Bed, setups: &[Setup], index: usize, round: usize, slot: usiz
     if let Some(tool) = tool {
         tool.stop()?;
     }
-    let progs = after
-        .iter()
-        .map(|(k, (t, c))| {
-            let (t0, c0) = before.get(k).copied().unwrap_or((0, 0));
-            (k.clone(), (t - t0, c - c0))
-        })
-        .collect();
+    let progs = super::bpf_stats::progs_delta(&before, &after);
     Ok(Run {
         setup: index,
         round,

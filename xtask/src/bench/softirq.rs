@@ -135,13 +135,7 @@ fn phase_with(name: &'static str, net: &Net, mut cmd: Command) -> Result<Phase> 
     let after = prog_stats(&ids);
     signal(pid, "INT");
     let _ = child.wait();
-    let progs = after
-        .iter()
-        .map(|(k, (t, c))| {
-            let (t0, c0) = before.get(k).copied().unwrap_or((0, 0));
-            (k.clone(), (t - t0, c - c0))
-        })
-        .collect();
+    let progs = super::bpf_stats::progs_delta(&before, &after);
     Ok(Phase {
         name,
         round: 0,
