@@ -4,6 +4,7 @@
 //! "N passed, N failed, N skipped" summed over every stage.
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     thread::JoinHandle,
@@ -44,21 +45,44 @@ pub struct Tally {
     pub failures: Vec<String>,
 }
 
+/// How much of a failed test's message its summary line keeps.
+const MESSAGE_CHARS: usize = 400;
+
 impl Tally {
     /// Adds up libtest's "test result: ok. 3 passed; 0 failed; 1 ignored; ..." lines, and
-    /// notes the names in the "failures:" list before each, labelled with `stage`.
+    /// notes the names in the "failures:" list before each, labelled with `stage` and followed
+    /// by the first line of the test's "---- NAME ----" message (CI shows only the tail of a
+    /// run's output, so the summary line must say why).
     pub fn add_libtest(&mut self, stage: &str, output: &str) {
         let mut listed: Vec<&str> = Vec::new();
+        let mut messages: HashMap<&str, String> = HashMap::new();
+        let mut reading: Option<&str> = None;
         for line in output.lines().map(|l| l.trim_end_matches('\r')) {
+            if let Some(name) = line
+                .strip_prefix("---- ")
+                .and_then(|l| l.strip_suffix(" ----"))
+            {
+                reading = Some(name.strip_suffix(" stdout").unwrap_or(name));
+                continue;
+            }
+            if let Some(name) = reading.filter(|_| !line.trim().is_empty()) {
+                messages
+                    .entry(name)
+                    .or_insert_with(|| line.trim().chars().take(MESSAGE_CHARS).collect());
+            }
             if line == "failures:" {
                 listed.clear();
+                reading = None;
             } else if let Some(name) = line.strip_prefix("    ") {
                 if !name.contains(' ') && !name.is_empty() {
                     listed.push(name);
                 }
             } else if line.starts_with("test result:") {
                 self.failures
-                    .extend(listed.drain(..).map(|name| format!("{stage}: {name}")));
+                    .extend(listed.drain(..).map(|name| match messages.get(name) {
+                        Some(why) => format!("{stage}: {name} — {why}"),
+                        None => format!("{stage}: {name}"),
+                    }));
             } else if !line.is_empty() {
                 listed.clear();
             }

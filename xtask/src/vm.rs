@@ -202,6 +202,7 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         exec: args.exec.clone(),
         test_cwd: repo_root().join("tracer"),
         shared_dirs: shared_dirs(),
+        cold_dir: cold_files()?,
     };
     let initrd = dir.join("initramfs.cpio");
     fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
@@ -266,6 +267,32 @@ struct VmRun {
 /// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
 /// The host folders the guest mounts again at their own paths (`GuestPlan::shared_dirs`): the
 /// checkout, and the target dir when it lives elsewhere (CARGO_TARGET_DIR).
+/// The guest's page-cache fillers: 32 files of 32 MiB, half the guest's RAM (`boot`'s
+/// `-m 2048`) in steps small enough that a test reads little more than it needs.
+const COLD_FILES: usize = 32;
+const COLD_FILE_BYTES: u64 = 32 << 20;
+
+/// The folder of sparse files guests read for page cache that reclaim can evict (reclaimtop's
+/// and serve's tests): holes cost the host no disk and read as zeros, and over 9p with
+/// cache=loose every page read is a clean page-cache page in the guest. The build's own
+/// artifacts were read before, but a fresh clone has too few of them.
+fn cold_files() -> Result<PathBuf> {
+    let dir = target_dir().join("vm").join("cold-pages");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for i in 0..COLD_FILES {
+        let path = dir.join(format!("{i:02}.data"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.set_len(COLD_FILE_BYTES)
+            .with_context(|| format!("cannot size {}", path.display()))?;
+    }
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
 fn shared_dirs() -> Vec<PathBuf> {
     let canonical = |p: PathBuf| p.canonicalize().unwrap_or(p);
     let repo = canonical(repo_root());
@@ -589,7 +616,7 @@ mod tests {
         let mut tally = Tally::default();
         tally.add_libtest("debian-6.1", console);
         assert_eq!((tally.passed, tally.failed), (1, 2));
-        assert_eq!(tally.failures, ["debian-6.1: b", "debian-6.1: c"]);
+        assert_eq!(tally.failures, ["debian-6.1: b — boom", "debian-6.1: c"]);
     }
 
     #[test]

@@ -157,8 +157,7 @@ fn evict(path: &Path) {
 /// Files whose pages are not in this machine's page cache, `bytes` in total. On the host: one
 /// new file on a disk-backed filesystem (not tmpfs, whose pages reclaim cannot evict without
 /// swap). In a VM guest, whose only disk-backed filesystem is the host's root shared
-/// read-only over 9p: the build's dependency artifacts (one flat directory: walking trees over
-/// 9p under TCG takes minutes), evicted first.
+/// read-only over 9p: sparse files the VM stage made on the host, evicted first.
 pub(crate) struct ColdFiles {
     files: Vec<PathBuf>,
     made: Option<PathBuf>,
@@ -183,13 +182,14 @@ impl ColdFiles {
                 made: Some(path),
             });
         }
-        let deps = Path::new(crate::common::TRACER)
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join("deps");
+        // The VM stage's sparse fillers (see xtask's `cold_files`): zeros over 9p, each page
+        // read a clean page-cache page in this guest.
+        let dir = PathBuf::from(std::env::var_os("TRACER_COLD_DIR").ok_or_else(|| {
+            fail("TRACER_COLD_DIR unset: run the VM stage with cargo xtask vm-test")
+        })?);
         let mut found = Vec::new();
-        collect_files(&deps, &mut found);
-        found.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+        collect_files(&dir, &mut found);
+        found.sort_by(|a, b| a.1.cmp(&b.1));
         let mut files = Vec::new();
         let mut total = 0;
         for (size, path) in found {
@@ -202,8 +202,9 @@ impl ColdFiles {
         }
         ensure(total >= bytes, || {
             format!(
-                "only {} MiB of files to read, need {} MiB",
+                "only {} MiB of files in {}, need {} MiB",
                 total >> 20,
+                dir.display(),
                 bytes >> 20
             )
         })?;

@@ -44,6 +44,9 @@ pub struct GuestPlan {
     /// at its own path after the guest's tmpfs folders are mounted: the checkout and the
     /// target dir, which a clone under /tmp would otherwise have hidden by the guest's /tmp.
     pub shared_dirs: Vec<PathBuf>,
+    /// Sparse host files the guest reads to fill its page cache (`TRACER_COLD_DIR`): the
+    /// host root is read-only, so the guest cannot write disk-backed files of its own.
+    pub cold_dir: PathBuf,
 }
 
 /// The 9p mount tag of `GuestPlan::shared_dirs[index]`.
@@ -147,7 +150,7 @@ hostname vm-{kernel}
 # tracer's release dir first, so `--exec 'tracer ...'` finds the binary under test.
 export PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp TERM=dumb RUST_BACKTRACE=1 TRACER_VM={kernel}
-export CARGO_MANIFEST_DIR={cwd}
+export CARGO_MANIFEST_DIR={cwd} TRACER_COLD_DIR={cold_dir}
 cd /
 {body}
 rc=$?
@@ -171,6 +174,7 @@ report $rc
             .collect::<Vec<_>>()
             .join("\n"),
         cwd = cwd,
+        cold_dir = quote(&plan.cold_dir.display().to_string()),
         body = body,
         bin_dir = quote(
             &plan
