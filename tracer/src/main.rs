@@ -16,6 +16,7 @@ mod btf;
 mod cgroup;
 mod cli_vocabulary;
 mod filters;
+mod frame_origins;
 mod hist;
 mod kprobe_multi;
 mod kthread_roles;

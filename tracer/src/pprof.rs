@@ -2,7 +2,10 @@
 //! the format Pyroscope, Parca, Grafana and `go tool pprof` read. Built from the same folded
 //! totals the SVG flame graph is drawn from, so both always agree: one pprof function and
 //! location per distinct frame name, the process name as a `comm` label rather than a frame
-//! (so `pprof -top` ranks functions, not processes).
+//! (so `pprof -top` ranks functions, not processes). Each location names its binary as a
+//! mapping with the binary's GNU build id (the kernel's from /sys/kernel/notes), the symbol's
+//! address in it, and the source file and line where the binary has DWARF
+//! (`frame_origins`), so symbol servers and `pprof -raw` can place it.
 
 use std::{
     collections::HashMap,
@@ -13,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+
+use crate::frame_origins::FrameOrigins;
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
@@ -24,6 +29,8 @@ mod proto {
         pub sample_type: Vec<ValueType>,
         #[prost(message, repeated, tag = "2")]
         pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub mapping: Vec<Mapping>,
         #[prost(message, repeated, tag = "4")]
         pub location: Vec<Location>,
         #[prost(message, repeated, tag = "5")]
@@ -70,9 +77,35 @@ mod proto {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Mapping {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub memory_start: u64,
+        #[prost(uint64, tag = "3")]
+        pub memory_limit: u64,
+        #[prost(uint64, tag = "4")]
+        pub file_offset: u64,
+        #[prost(int64, tag = "5")]
+        pub filename: i64,
+        #[prost(int64, tag = "6")]
+        pub build_id: i64,
+        #[prost(bool, tag = "7")]
+        pub has_functions: bool,
+        #[prost(bool, tag = "8")]
+        pub has_filenames: bool,
+        #[prost(bool, tag = "9")]
+        pub has_line_numbers: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
     pub struct Location {
         #[prost(uint64, tag = "1")]
         pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub mapping_id: u64,
+        #[prost(uint64, tag = "3")]
+        pub address: u64,
         #[prost(message, repeated, tag = "4")]
         pub line: Vec<Line>,
     }
@@ -81,6 +114,8 @@ mod proto {
     pub struct Line {
         #[prost(uint64, tag = "1")]
         pub function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub line: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -91,6 +126,8 @@ mod proto {
         pub name: i64,
         #[prost(int64, tag = "3")]
         pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
     }
 }
 
@@ -125,9 +162,16 @@ impl PprofFile {
     }
 
     /// Writes folded totals (`comm;root;...;leaf value`, a "-" user/kernel delimiter frame
-    /// skipped) as a gzipped profile; `title` goes in as a comment.
-    pub fn write(self, lines: &[String], kind: PprofKind, title: &str) -> Result<()> {
-        self.write_labelled(lines, kind, title, "comm")
+    /// skipped) as a gzipped profile; `title` goes in as a comment. `origins` (from
+    /// `Symbols::recording_origins`) places the frames in their binaries.
+    pub fn write(
+        self,
+        lines: &[String],
+        kind: PprofKind,
+        title: &str,
+        origins: Option<&FrameOrigins>,
+    ) -> Result<()> {
+        self.write_labelled(lines, kind, title, "comm", origins)
     }
 
     /// `write` where the folded lines' first frame is not a process name: it becomes the
@@ -138,8 +182,9 @@ impl PprofFile {
         kind: PprofKind,
         title: &str,
         label: &str,
+        origins: Option<&FrameOrigins>,
     ) -> Result<()> {
-        let profile = build(lines, kind, title, label, self.started);
+        let profile = build(lines, kind, title, label, origins, self.started);
         let mut gz = GzEncoder::new(self.file, Compression::default());
         gz.write_all(&profile.encode_to_vec())
             .and_then(|()| gz.finish().map(drop))
@@ -177,6 +222,7 @@ fn build(
     kind: PprofKind,
     title: &str,
     label: &str,
+    origins: Option<&FrameOrigins>,
     started: SystemTime,
 ) -> proto::Profile {
     let mut strings = Strings::new();
@@ -229,6 +275,7 @@ fn build(
                     id,
                     name,
                     system_name: name,
+                    filename: 0,
                 });
                 frame_ids.insert(frame.to_string(), id);
                 id
@@ -248,13 +295,60 @@ fn build(
             }],
         });
     }
-    let location = functions
+    let empty = FrameOrigins::default();
+    let origins = origins.unwrap_or(&empty);
+    // pprof mapping ids are 1-based: module i is mapping i + 1. Each mapping spans the
+    // addresses of its locations (file addresses: memory_start is not a load address).
+    let mut spans: HashMap<usize, (u64, u64)> = HashMap::new();
+    let mut with_lines: HashMap<usize, bool> = HashMap::new();
+    let mut location = Vec::with_capacity(functions.len());
+    for function in &mut functions {
+        let name = &strings.table[function.name as usize];
+        let origin = origins.get(name).cloned();
+        let (mapping_id, address, line) = match &origin {
+            Some(o) => {
+                let span = spans.entry(o.module).or_insert((o.address, o.address + 1));
+                span.0 = span.0.min(o.address);
+                span.1 = span.1.max(o.address + 1);
+                *with_lines.entry(o.module).or_default() |= o.line.is_some();
+                (o.module as u64 + 1, o.address, o.line.unwrap_or(0))
+            }
+            None => (0, 0, 0),
+        };
+        if let Some(file) = origin.as_ref().and_then(|o| o.file.as_deref()) {
+            function.filename = strings.id(file);
+        }
+        location.push(proto::Location {
+            id: function.id,
+            mapping_id,
+            address,
+            line: vec![proto::Line {
+                function_id: function.id,
+                line: i64::from(line),
+            }],
+        });
+    }
+    let mut mapping: Vec<proto::Mapping> = origins
+        .modules
         .iter()
-        .map(|f| proto::Location {
-            id: f.id,
-            line: vec![proto::Line { function_id: f.id }],
+        .enumerate()
+        .filter_map(|(i, module)| {
+            let &(start, limit) = spans.get(&i)?;
+            let lines = with_lines.get(&i).copied().unwrap_or(false);
+            Some(proto::Mapping {
+                id: i as u64 + 1,
+                memory_start: start,
+                memory_limit: limit,
+                file_offset: 0,
+                filename: strings.id(&module.path),
+                build_id: module.build_id.as_deref().map_or(0, |b| strings.id(b)),
+                has_functions: true,
+                has_filenames: lines,
+                has_line_numbers: lines,
+            })
         })
         .collect();
+    mapping.sort_by_key(|m| m.id);
     let since = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let duration = SystemTime::now()
         .duration_since(started)
@@ -263,6 +357,7 @@ fn build(
     proto::Profile {
         sample_type,
         sample: samples,
+        mapping,
         location,
         function: functions,
         string_table: strings.table,
@@ -290,6 +385,7 @@ mod tests {
             PprofKind::Samples { hz: 100 },
             "t",
             "comm",
+            None,
             SystemTime::now(),
         );
         let name = |id: u64| {
@@ -305,5 +401,53 @@ mod tests {
         assert_eq!(p.string_table[0], "");
         assert_eq!(p.string_table[p.sample[0].label[0].str as usize], "app");
         assert_eq!(p.period, 10_000_000);
+    }
+
+    #[test]
+    fn frames_are_placed_in_their_binaries() {
+        use std::{ffi::OsStr, rc::Rc};
+        let mut origins = FrameOrigins::default();
+        origins.note(
+            &Rc::from("hot"),
+            Some(OsStr::new("/no/such/app")),
+            0x1200,
+            Some((Rc::from("src/main.rs"), 42)),
+        );
+        origins.note(
+            &Rc::from("main"),
+            Some(OsStr::new("/no/such/app")),
+            0x1000,
+            None,
+        );
+        origins.note(
+            &Rc::from("do_syscall_64"),
+            None,
+            0xffff_ffff_8100_0000,
+            None,
+        );
+        let lines = vec![
+            "app;main;hot 3".to_string(),
+            "app;main;-;do_syscall_64 1".to_string(),
+        ];
+        let p = build(
+            &lines,
+            PprofKind::Count("hits"),
+            "t",
+            "comm",
+            Some(&origins),
+            SystemTime::now(),
+        );
+        let string = |i: i64| p.string_table[i as usize].as_str();
+        assert_eq!(p.mapping.len(), 2);
+        let app = &p.mapping[0];
+        assert_eq!(string(app.filename), "/no/such/app");
+        assert_eq!((app.memory_start, app.memory_limit), (0x1000, 0x1201));
+        assert!(app.has_line_numbers);
+        assert_eq!(string(p.mapping[1].filename), "[kernel.kallsyms]");
+        let hot = p.function.iter().find(|f| string(f.name) == "hot").unwrap();
+        assert_eq!(string(hot.filename), "src/main.rs");
+        let location = p.location.iter().find(|l| l.id == hot.id).unwrap();
+        assert_eq!((location.mapping_id, location.address), (1, 0x1200));
+        assert_eq!(location.line[0].line, 42);
     }
 }

@@ -54,6 +54,7 @@ use tracer_common::{
 };
 
 use crate::{
+    frame_origins::FrameOrigins,
     loader::StatsReader,
     output::{Out, comm_str},
 };
@@ -210,6 +211,9 @@ pub struct Symbols {
     user: HashMap<(u32, u64), Rc<str>>,
     unknown: Rc<str>,
     strip_tracing: bool,
+    /// Each frame name's binary, build id and source line, for `--pprof` (see
+    /// `recording_origins`); None when not asked for, so other runs pay nothing.
+    origins: Option<FrameOrigins>,
     /// Processes forgotten since the symbolizer was last rebuilt (see `forget_processes`).
     forgotten: usize,
     /// Frames printed as `[unknown]` so far (kernel, user).
@@ -234,6 +238,7 @@ impl Symbols {
             user: HashMap::new(),
             unknown: Rc::from(UNKNOWN),
             strip_tracing: false,
+            origins: None,
             forgotten: 0,
             unknown_kernel: 0,
             unknown_user: 0,
@@ -248,6 +253,22 @@ impl Symbols {
     pub fn strip_tracing_frames(mut self) -> Self {
         self.strip_tracing = true;
         self
+    }
+
+    /// Also notes where each frame name came from (`origins`), source lines included where a
+    /// binary has DWARF: for `--pprof`, whose readers want mappings, build ids and lines. The
+    /// DWARF it reads costs memory and time the names alone do not, hence opt-in.
+    pub fn recording_origins(mut self, on: bool) -> Self {
+        if on {
+            self.origins = Some(FrameOrigins::default());
+            self.symbolizer = Self::symbolizer_with(true);
+        }
+        self
+    }
+
+    /// The frame origins noted so far (empty unless `recording_origins`).
+    pub fn origins(&self) -> Option<&FrameOrigins> {
+        self.origins.as_ref()
     }
 
     /// Symbolizes one stack.
@@ -311,7 +332,7 @@ impl Symbols {
         }
         self.forgotten += pids.len();
         if self.forgotten >= REBUILD_AFTER {
-            self.symbolizer = Self::symbolizer();
+            self.symbolizer = Self::symbolizer_with(self.origins.is_some());
             self.forgotten = 0;
         }
     }
@@ -326,9 +347,14 @@ impl Symbols {
     }
 
     fn symbolizer() -> Symbolizer {
-        // Names only: source lines and inlined frames would cost DWARF parsing per binary.
+        Self::symbolizer_with(false)
+    }
+
+    /// Names only unless `code_info`: source lines (and inlined frames, never asked for) cost
+    /// DWARF parsing per binary.
+    fn symbolizer_with(code_info: bool) -> Symbolizer {
         Symbolizer::builder()
-            .enable_code_info(false)
+            .enable_code_info(code_info)
             .enable_inlined_fns(false)
             .enable_demangling(true)
             .build()
@@ -392,17 +418,28 @@ impl Symbols {
             Some(pid) => Source::Process(Process {
                 // ELF symbols (still demangled): DWARF of big binaries (compilers, browsers)
                 // costs hundreds of MB and seconds, for names the symbol table already has.
-                debug_syms: false,
+                // Only a run recording origins (--pprof) reads DWARF, for source lines.
+                debug_syms: self.origins.is_some(),
                 ..Process::new(pid.into())
             }),
         };
+        let origins = &mut self.origins;
         // A process that exited can no longer be symbolized: its frames stay `[unknown]`.
         let names: Vec<Option<Rc<str>>> =
             match self.symbolizer.symbolize(&source, Input::AbsAddr(&addrs)) {
                 Ok(results) => results
                     .into_iter()
                     .map(|r| match r {
-                        Symbolized::Sym(sym) => Some(Rc::from(sanitize(&sym.name))),
+                        Symbolized::Sym(sym) => {
+                            let name: Rc<str> = Rc::from(sanitize(&sym.name));
+                            if let Some(origins) = origins.as_mut() {
+                                let code = sym.code_info.as_ref().and_then(|c| {
+                                    Some((Rc::from(c.to_path().to_string_lossy()), c.line?))
+                                });
+                                origins.note(&name, sym.module.as_deref(), sym.addr, code);
+                            }
+                            Some(name)
+                        }
                         Symbolized::Unknown(_) => None,
                     })
                     .collect(),

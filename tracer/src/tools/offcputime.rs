@@ -155,7 +155,9 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         scope(&args)
     );
 
-    let mut symbols = Symbols::new().strip_tracing_frames();
+    let mut symbols = Symbols::new()
+        .strip_tracing_frames()
+        .recording_origins(pprof.is_some());
     let mut out = Out::new();
     let json = args.common.output.json;
     let stop = session::stop_requested(args.common.duration.duration);
@@ -243,7 +245,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         let resolved = symbols.resolve_all(&raws);
         let lines = stacks::folded_with(evicted, &resolved, Unit::Nanoseconds);
         if let Some(pprof) = pprof {
-            pprof.write(&lines, PprofKind::OffCpuMicros, &title)?;
+            pprof.write(&lines, PprofKind::OffCpuMicros, &title, symbols.origins())?;
         }
         if let Some(svg) = svg {
             svg.write(&lines, &title, "us")?;

@@ -621,7 +621,7 @@ async fn run_sampler(
         sampler.event
     );
 
-    let mut symbols = Symbols::new();
+    let mut symbols = Symbols::new().recording_origins(pprof.is_some());
     let mut out = Out::new();
     let (totals, evicted) = sample_loop(
         tool,
@@ -651,7 +651,12 @@ async fn run_sampler(
         Vec::new()
     };
     if let Some(pprof) = pprof {
-        pprof.write(&lines, PprofKind::Samples { hz: sampler.hz }, &title)?;
+        pprof.write(
+            &lines,
+            PprofKind::Samples { hz: sampler.hz },
+            &title,
+            symbols.origins(),
+        )?;
     }
     if let Some(svg) = svg {
         match &before {

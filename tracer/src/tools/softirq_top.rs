@@ -1549,7 +1549,7 @@ fn print_stacks(
     }
     stacks::sort(&mut raws);
     let total: u64 = raws.iter().map(|r| r.value).sum();
-    let mut symbols = Symbols::new();
+    let mut symbols = Symbols::new().recording_origins(pprof.is_some());
     let wanted = if args.folded || svg.is_some() || pprof.is_some() {
         raws.len()
     } else {
@@ -1560,7 +1560,7 @@ fn print_stacks(
     if let Some(pprof) = pprof {
         let lines = stacks::folded(&resolved, Unit::Samples);
         let kind = PprofKind::Samples { hz: args.frequency };
-        pprof.write_labelled(&lines, kind, TITLE, "vec")?;
+        pprof.write_labelled(&lines, kind, TITLE, "vec", symbols.origins())?;
     }
     if let Some(svg) = svg {
         let lines = stacks::folded(&resolved, Unit::Samples);

@@ -156,7 +156,9 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
     let mut ticker = super::runqlat::ticker(interval.interval);
-    let mut symbols = Symbols::new().strip_tracing_frames();
+    let mut symbols = Symbols::new()
+        .strip_tracing_frames()
+        .recording_origins(pprof.is_some());
     let mut out = Out::new();
     let mut all_folded: HashMap<String, u64> = HashMap::new();
     let mut printed = 0u64;
@@ -196,7 +198,12 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     let title = format!("stackcount {}", specs.join(" "));
     let lines = stacks::folded_with(all_folded, &[], Unit::Samples);
     if let Some(pprof) = pprof {
-        pprof.write(&lines, crate::pprof::PprofKind::Count("hits"), &title)?;
+        pprof.write(
+            &lines,
+            crate::pprof::PprofKind::Count("hits"),
+            &title,
+            symbols.origins(),
+        )?;
     }
     if let Some(svg) = svg {
         svg.write(&lines, &title, "hits")?;

@@ -3,6 +3,7 @@
 
 use std::{
     io::Write as _,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -11,8 +12,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Finished, Need, Workload, assert_nothing_loaded, emulated, ensure, fail, go_pprof, run, scaled,
-    start, trial,
+    Finished, Need, WORKLOAD, Workload, assert_nothing_loaded, emulated, ensure, fail, go_pprof,
+    run, scaled, start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -35,6 +36,11 @@ pub fn tests() -> Vec<Trial> {
             "profile::pprof_file_reads_in_go_pprof_as_our_top",
             ROOT,
             pprof_matches_folded,
+        ),
+        trial(
+            "profile::pprof_places_frames_on_source_lines",
+            &[Need::Root, Need::Command("cc")],
+            pprof_source_lines,
         ),
         trial(
             "profile::lost_stacks_are_counted_not_hidden",
@@ -359,8 +365,10 @@ fn pprof_matches_folded() -> Result<(), Failed> {
         .ok_or_else(|| fail("no folded lines"))?;
     let ours_pct = *ours_count as f64 * 100.0 / total as f64;
     let text = go_pprof(&["-top", "-sample_index=samples", "-nodecount=5", &path_text]);
+    let raw = go_pprof(&["-raw", &path_text]);
     let _ = std::fs::remove_file(&path);
     let text = text?;
+    mappings_have_build_ids(&raw?)?;
     eprintln!("pprof -top:\n{text}");
     // "Showing nodes accounting for 398, 100% of 398 total", then the header, then rows:
     // flat flat% sum% cum cum% name.
@@ -387,6 +395,104 @@ fn pprof_matches_folded() -> Result<(), Failed> {
     })?;
     ensure((their_pct - ours_pct).abs() <= 2.0, || {
         format!("{ours_top}: {their_pct}% of samples in pprof, {ours_pct:.1}% in our folded output")
+    })?;
+    Ok(())
+}
+
+/// `pprof -raw` of a system-wide profile: the workload's frames sit in a mapping named after
+/// its binary with the build id `readelf -n` reads from it; kernel frames, if any, in
+/// `[kernel.kallsyms]` with a build id.
+fn mappings_have_build_ids(raw: &str) -> Result<(), Failed> {
+    binary_mapping(raw, WORKLOAD)?;
+    let mappings = raw_mappings(raw);
+    if let Some(kernel) = mappings
+        .iter()
+        .find(|m| m.get(2) == Some(&"[kernel.kallsyms]"))
+    {
+        ensure(
+            kernel
+                .get(3)
+                .is_some_and(|id| id.len() == 40 && id.chars().all(|c| c.is_ascii_hexdigit())),
+            || format!("the kernel mapping has no build id: {kernel:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The "Mappings" rows of `pprof -raw`, split in words:
+/// "1: 0xSTART/0xLIMIT/0xOFFSET FILE BUILDID [FN]".
+fn raw_mappings(raw: &str) -> Vec<Vec<&str>> {
+    raw.lines()
+        .skip_while(|l| !l.starts_with("Mappings"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+/// The mapping id `pprof -raw` gives `binary`, checked to carry the build id `readelf -n`
+/// reads from the file.
+fn binary_mapping(raw: &str, binary: &str) -> Result<String, Failed> {
+    let notes = Command::new("readelf")
+        .args(["-n", binary])
+        .output()
+        .map_err(|e| fail(format!("readelf: {e}")))?;
+    let build_id = String::from_utf8_lossy(&notes.stdout)
+        .lines()
+        .find_map(|l| Some(l.trim().strip_prefix("Build ID: ")?.to_string()))
+        .ok_or_else(|| fail(format!("{binary} has no GNU build id")))?;
+    let mappings = raw_mappings(raw);
+    let mapping = mappings
+        .iter()
+        .find(|m| m.get(2) == Some(&binary))
+        .ok_or_else(|| fail(format!("no mapping for {binary} in pprof -raw:\n{raw}")))?;
+    ensure(mapping.get(3) == Some(&build_id.as_str()), || {
+        format!("{binary}'s mapping {mapping:?}, build id {build_id}")
+    })?;
+    Ok(mapping[0].trim_end_matches(':').to_string())
+}
+
+/// A C program built with `-g` spins in one function written on one line: `--pprof` puts
+/// that function's location on that line of that file, in the program's own mapping.
+fn pprof_source_lines() -> Result<(), Failed> {
+    const SOURCE: &str = "volatile unsigned long sink;\n\
+        __attribute__((noinline)) void tracer_c_hot(void) { for (;;) sink++; }\n\
+        int main(void) { tracer_c_hot(); return 0; }\n";
+    let dir = crate::serve::TempDir::new("pprof-lines")?;
+    let source = dir.write("hot.c", SOURCE)?;
+    let binary = format!("{}/tracer-c-hot", dir.path().display());
+    let cc = Command::new("cc")
+        .args(["-g", "-O1", "-o", &binary, &source])
+        .output()
+        .map_err(|e| fail(format!("cc: {e}")))?;
+    ensure(cc.status.success(), || {
+        format!("cc failed: {}", String::from_utf8_lossy(&cc.stderr))
+    })?;
+    let mut hot = Command::new(&binary)
+        .spawn()
+        .map_err(|e| fail(format!("{binary}: {e}")))?;
+    let pid = hot.id().to_string();
+    let profile = dir.path().join("lines.pb.gz").display().to_string();
+    let done = run(&[
+        "profile", "-p", &pid, "-F", "99", "-d", "2", "--pprof", &profile,
+    ]);
+    let _ = hot.kill();
+    let _ = hot.wait();
+    ensure(done.status.success(), || {
+        format!("profile failed: {}", String::from_utf8_lossy(&done.stderr))
+    })?;
+    let raw = go_pprof(&["-raw", &profile])?;
+    let mapping = binary_mapping(&raw, &binary)?;
+    // "     1: 0x1139 M=1 tracer_c_hot /tmp/.../hot.c:2 s=0"
+    let location = raw
+        .lines()
+        .find(|l| l.contains(&format!(" M={mapping} tracer_c_hot ")))
+        .ok_or_else(|| {
+            fail(format!(
+                "no tracer_c_hot location in mapping {mapping}:\n{raw}"
+            ))
+        })?;
+    ensure(location.contains(&format!("{source}:2 ")), || {
+        format!("tracer_c_hot is not placed on {source}:2: {location}")
     })?;
     Ok(())
 }

@@ -87,6 +87,10 @@ impl TempDir {
         Ok(Self(dir))
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
     pub(crate) fn write(&self, name: &str, text: &str) -> Result<String, Failed> {
         let path = self.0.join(name);
         std::fs::write(&path, text).map_err(|e| fail(format!("cannot write {name}: {e}")))?;
