@@ -157,6 +157,7 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
             kind: Kind::Tracepoint,
             name: what.clone(),
             point: start.point.clone(),
+            usdt: None,
         };
         (vec![probe], loaded, interval, what)
     } else {
