@@ -440,6 +440,69 @@ pub fn attach_pair(
     Ok(loaded)
 }
 
+/// funclatency between two USDT probes: one object, every `start` site running the entry
+/// program and every `end` site the return one (a plain uprobe at the site: the programs
+/// only differ in their role), all as probe id 0 so both ends share `START` keys. The
+/// attach goes through tracer's own perf events (see `usdt::attach_with_semaphore`) so semaphores
+/// are raised, and it needs no cookie (Linux 5.10 has none).
+pub fn attach_usdt_pair(
+    start: &[Probe],
+    end: &[Probe],
+    config: ProbesConfig,
+    pid: Option<u32>,
+) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        instances: Vec::new(),
+        attachments: Vec::new(),
+        mechanisms: Vec::new(),
+    };
+    let config = ProbesConfig {
+        probe_id: 0,
+        use_cookie: 0,
+        ..config
+    };
+    let mut ebpf = load(&config)?;
+    let mut semaphore_probes = Vec::new();
+    for (program, sites) in [("probes_uprobe", start), ("probes_uretprobe", end)] {
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+            .try_into()?;
+        prog.load().map_err(|e| {
+            anyhow!(
+                "cannot load the {program} program: {}",
+                attach::describe(Mechanism::Kprobe, &e)
+            )
+        })?;
+        for probe in sites {
+            let (Point::User { path, offset, .. }, Some(site)) = (&probe.point, &probe.usdt) else {
+                usage_bail!("{} is not a USDT probe", probe.spec());
+            };
+            let attached = crate::usdt::attach_with_semaphore(
+                prog.fd()?,
+                path,
+                *offset,
+                site.semaphore_offset,
+                pid,
+                None,
+            )
+            .map_err(|e| anyhow!("cannot attach to {} in {}: {e}", probe.name, path.display()))?;
+            semaphore_probes.push(attached);
+            loaded.note(Attachment {
+                target: format!("{} in {}", probe.name, path.display()),
+                mechanism: Mechanism::Uprobe,
+                program: program.into(),
+                declined: Vec::new(),
+            });
+        }
+    }
+    loaded.push(ebpf, vec![0])?;
+    if let Some(instance) = loaded.instances.last_mut() {
+        instance.semaphore_probes = semaphore_probes;
+    }
+    Ok(loaded)
+}
+
 /// (probe id, symbol, file offset) of a user probe.
 type UserPoint<'a> = (u32, &'a str, u64);
 
