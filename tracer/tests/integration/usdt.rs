@@ -378,7 +378,7 @@ fn container_path() -> Result<(), Failed> {
     ensure(!inner.exists(), || {
         format!("{} is visible on the host", inner.display())
     })?;
-    let host_pid = find_host_pid(&inner)?;
+    let host_pid = find_host_pid(prog.child.id())?;
     let status = std::fs::read_to_string(format!("/proc/{host_pid}/status"))
         .map_err(|e| fail(e.to_string()))?;
     let nspid = status
@@ -413,33 +413,30 @@ fn container_path() -> Result<(), Failed> {
     Ok(())
 }
 
-/// The host PID of the process running `exe` (a path inside its mount namespace).
-fn find_host_pid(exe: &Path) -> Result<u32, Failed> {
-    let deadline = Instant::now() + scaled(Duration::from_secs(5));
-    loop {
-        for entry in std::fs::read_dir("/proc")
-            .map_err(|e| fail(e.to_string()))?
-            .flatten()
-        {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe) {
-                return Ok(pid);
-            }
-        }
-        ensure(Instant::now() < deadline, || {
-            format!("no process runs {}", exe.display())
-        })?;
-        thread::sleep(Duration::from_millis(50));
+/// The host PID of `unshare -f`'s child (its PID 1, which exec'd the program): read from
+/// the children list, since /proc/PID/exe of a file mounted only in that namespace need not
+/// read back as the same path from outside it (the VM stage runs tests in a chroot).
+fn find_host_pid(unshare: u32) -> Result<u32, Failed> {
+    let path = format!("/proc/{unshare}/task/{unshare}/children");
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("{path}: {e}")))?;
+    match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [child] => child.parse().map_err(|_| fail(format!("{path}: '{text}'"))),
+        other => Err(fail(format!("unshare has children {other:?}, not one"))),
     }
 }
 
 fn bad_input() -> Result<(), Failed> {
+    // The probe tools' spelling lists what it would attach to.
+    let out = crate::common::run(&["tplist", "usdt:/usr/bin/python3.11:python:function__*"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure(
+        listed.lines().collect::<Vec<_>>()
+            == [
+                "/usr/bin/python3.11 python:function__entry",
+                "/usr/bin/python3.11 python:function__return",
+            ],
+        || format!("tplist usdt:...: {listed}"),
+    )?;
     expect_one_line_errors(&[
         (
             vec![
@@ -467,6 +464,10 @@ fn bad_input() -> Result<(), Failed> {
         (
             vec!["funclatency", ENTRY],
             "time two of them with --start usdt:... --end usdt:...",
+        ),
+        (
+            vec!["tplist", "usdt:/usr/bin/python3.11:nope:*"],
+            "no USDT probe matches 'nope:*'",
         ),
         (
             vec!["funccount", "-p", "1", "u:/no/such/dir/binary:main"],
