@@ -35,6 +35,9 @@ pub const VAL_TID: u8 = 4;
 pub const VAL_PID: u8 = 5;
 /// The CPU the probe fired on.
 pub const VAL_CPU: u8 = 6;
+/// USDT argument `index` of the probe site that fired, decoded as its SDT note says
+/// (`USDT_ARGS`, keyed by probe id); the loader turns `VAL_ARG` into this for USDT probes.
+pub const VAL_USDT_ARG: u8 = 7;
 
 /// `ValueSpec::string`: the value is a number.
 pub const STR_NONE: u8 = 0;
@@ -300,3 +303,44 @@ pub const VALUE_COUNTS_ENTRIES: u32 = 10240;
 pub const STACK_COUNTS_ENTRIES: u32 = 10240;
 pub const STACKS_ENTRIES: u32 = 16384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// `UsdtArg::kind`: a constant (`-4@$5`): `value`.
+pub const USDT_CONST: u8 = 1;
+/// A register (`8@%rdi`): the pt_regs slot at `reg_offset`.
+pub const USDT_REG: u8 = 2;
+/// Memory at a register plus a displacement (`8@-24(%rbp)`): user memory at
+/// `regs[reg_offset] + value`.
+pub const USDT_DEREF: u8 = 3;
+/// At most this many arguments per USDT probe site (SystemTap's sdt.h allows 12).
+pub const USDT_MAX_ARGS: usize = 12;
+/// At most this many USDT probe sites with arguments in one object.
+pub const USDT_SITES_ENTRIES: u32 = 1024;
+
+/// One decoded SDT argument operand.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtArg {
+    /// One of `USDT_*`, 0 for an unused slot.
+    pub kind: u8,
+    /// Bytes of the value (1, 2, 4, 8).
+    pub size: u8,
+    /// Sign-extend from `size` bytes.
+    pub signed: u8,
+    pub _reserved: u8,
+    /// Byte offset of the register in `struct pt_regs`.
+    pub reg_offset: u16,
+    pub _reserved2: u16,
+    /// The constant, or the displacement.
+    pub value: i64,
+}
+
+crate::user_pod!(UsdtArg);
+
+/// Value of `USDT_ARGS`: the argument operands of one probe site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtArgs {
+    pub args: [UsdtArg; USDT_MAX_ARGS],
+}
+
+crate::user_pod!(UsdtArgs);

@@ -80,6 +80,11 @@ static RATE: Array<RateState> = Array::with_max_entries(1, 0);
 #[map]
 static ZERO_HIST: PerCpuArray<ValueHist> = PerCpuArray::with_max_entries(1, 0);
 
+/// USDT probe sites' argument operands by probe id (filled by the loader before attach).
+#[map]
+static USDT_ARGS: aya_ebpf::maps::HashMap<u32, UsdtArgs> =
+    aya_ebpf::maps::HashMap::with_max_entries(USDT_SITES_ENTRIES, 0);
+
 #[map]
 static PROBE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PSTAT_SLOTS, 0);
 
@@ -289,14 +294,14 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
     } else {
         config.probe_id
     };
-    if config.filter.op != OP_NONE && !passes(ctx, &config.filter, pid_tgid) {
+    if config.filter.op != OP_NONE && !passes(ctx, &config.filter, pid_tgid, probe_id) {
         return;
     }
     match config.mode {
         MODE_COUNT => count(probe_id, tgid, config.per_pid != 0),
         MODE_LATENCY => latency(ctx, config, role, probe_id, pid_tgid),
         MODE_VALUE => {
-            let Some(value) = value(ctx, &config.values[0], pid_tgid) else {
+            let Some(value) = value(ctx, &config.values[0], pid_tgid, probe_id) else {
                 bump(&STATS, STAT_READ_ERRORS);
                 return;
             };
@@ -364,7 +369,7 @@ fn latency<C: Source>(ctx: &C, config: &ProbesConfig, role: Role, probe_id: u32,
     let now = unsafe { bpf_ktime_get_ns() };
     match role {
         Role::Entry => {
-            let Some(key) = value(ctx, &config.start_key, pid_tgid) else {
+            let Some(key) = value(ctx, &config.start_key, pid_tgid, probe_id) else {
                 bump(&STATS, STAT_READ_ERRORS);
                 return;
             };
@@ -378,7 +383,7 @@ fn latency<C: Source>(ctx: &C, config: &ProbesConfig, role: Role, probe_id: u32,
             }
         }
         Role::Return => {
-            let Some(key) = value(ctx, &config.end_key, pid_tgid) else {
+            let Some(key) = value(ctx, &config.end_key, pid_tgid, probe_id) else {
                 bump(&STATS, STAT_READ_ERRORS);
                 return;
             };
@@ -447,9 +452,10 @@ fn add_to_hist(key: HistKey, value: u64, unit_div: u32) {
 /// Reads a value; `None` when it cannot be read here (a failed memory read, or an argument the
 /// program type does not have).
 #[inline(always)]
-fn value<C: Source>(ctx: &C, spec: &ValueSpec, pid_tgid: u64) -> Option<u64> {
+fn value<C: Source>(ctx: &C, spec: &ValueSpec, pid_tgid: u64, probe_id: u32) -> Option<u64> {
     match spec.kind {
         VAL_ARG => ctx.arg(spec.index).map(|v| narrow(v, spec)),
+        VAL_USDT_ARG => usdt_arg(ctx, probe_id, spec.index),
         VAL_RET => ctx.ret().map(|v| narrow(v, spec)),
         VAL_FIELD if ctx.has_record() => field(ctx, spec),
         VAL_TID => Some(pid_tgid & 0xffff_ffff),
@@ -458,6 +464,37 @@ fn value<C: Source>(ctx: &C, spec: &ValueSpec, pid_tgid: u64) -> Option<u64> {
         VAL_CPU => Some(unsafe { bpf_get_smp_processor_id() } as u64),
         _ => None,
     }
+}
+
+/// USDT argument `index` of probe site `probe_id`: a constant, a register, or user memory at
+/// a register plus a displacement, narrowed to its size (sign-extended when signed). The
+/// register is read through the helper at its pt_regs offset (see `ctx_u64`).
+#[inline(always)]
+fn usdt_arg<C: Source>(ctx: &C, probe_id: u32, index: u8) -> Option<u64> {
+    // SAFETY: a read-only lookup; the value is copied out field by field.
+    let site = unsafe { USDT_ARGS.get(&probe_id) }?;
+    let arg = site.args.get(index as usize)?;
+    let raw = match arg.kind {
+        USDT_CONST => arg.value as u64,
+        USDT_REG => ctx_u64(ctx, (arg.reg_offset & 0xf8) as usize)?,
+        USDT_DEREF => {
+            let base = ctx_u64(ctx, (arg.reg_offset & 0xf8) as usize)?;
+            let at = base.wrapping_add(arg.value as u64) as *const u64;
+            // SAFETY: user memory through the helper, which checks the access.
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(at) }.ok()?
+        }
+        _ => return None,
+    };
+    let signed = arg.signed != 0;
+    Some(match (arg.size, signed) {
+        (1, true) => raw as i8 as i64 as u64,
+        (1, false) => raw as u8 as u64,
+        (2, true) => raw as i16 as i64 as u64,
+        (2, false) => raw as u16 as u64,
+        (4, true) => raw as i32 as i64 as u64,
+        (4, false) => raw as u32 as u64,
+        _ => raw,
+    })
 }
 
 /// A register holding a declared `int` (or narrower) type: only its low bytes are the value
@@ -516,8 +553,8 @@ fn field<C: Source>(ctx: &C, spec: &ValueSpec) -> Option<u64> {
 }
 
 #[inline(always)]
-fn passes<C: Source>(ctx: &C, filter: &Filter, pid_tgid: u64) -> bool {
-    let Some(v) = value(ctx, &filter.value, pid_tgid) else {
+fn passes<C: Source>(ctx: &C, filter: &Filter, pid_tgid: u64, probe_id: u32) -> bool {
+    let Some(v) = value(ctx, &filter.value, pid_tgid, probe_id) else {
         return false;
     };
     let c = filter.constant;
@@ -602,7 +639,7 @@ fn trace<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, pid_tgid: u64
                 *slot = 0;
                 continue;
             }
-            let v = value(ctx, spec, pid_tgid);
+            let v = value(ctx, spec, pid_tgid, probe_id);
             *slot = v.unwrap_or(0);
             if spec.string != STR_NONE && read_string(ctx, spec, v, user, text).is_err() {
                 bump(&STATS, STAT_READ_ERRORS);

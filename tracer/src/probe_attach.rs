@@ -64,6 +64,8 @@ pub struct Instance {
     multi_links: Vec<uprobe_multi::Link>,
     /// kprobe_multi links (one per side), closed like `multi_links`.
     kprobe_multi_links: Vec<kprobe_multi::Link>,
+    /// USDT probes with a semaphore: perf events tracer opened itself (see `usdt`).
+    semaphore_probes: Vec<crate::usdt::SemaphoreProbe>,
 }
 
 /// Everything attached for one run. Dropping it detaches and unloads.
@@ -128,11 +130,39 @@ fn load(config: &ProbesConfig) -> Result<Ebpf> {
             mode == MODE_VALUE && config.hist_values == 0,
         );
         shrink(l, "STACKS", mode == MODE_STACK);
+        shrink(l, "USDT_ARGS", reads_usdt_args(config));
         shrink(l, "STACK_COUNTS", mode == MODE_STACK);
         if mode != MODE_TRACE {
             l.map_max_entries("EVENTS", 4096);
         }
     })
+}
+
+/// Whether any value the object reads is a USDT argument (else `USDT_ARGS` stays one entry).
+fn reads_usdt_args(config: &ProbesConfig) -> bool {
+    config
+        .values
+        .iter()
+        .chain([&config.filter.value, &config.start_key, &config.end_key])
+        .any(|v| v.kind == VAL_USDT_ARG)
+}
+
+/// Fills `USDT_ARGS` with the argument operands of the USDT probes among `users`.
+fn fill_usdt_args(ebpf: &mut Ebpf, config: &ProbesConfig, users: &[(u32, &Probe)]) -> Result<()> {
+    if !reads_usdt_args(config) {
+        return Ok(());
+    }
+    let mut map: aya::maps::HashMap<_, u32, UsdtArgs> = aya::maps::HashMap::try_from(
+        ebpf.map_mut("USDT_ARGS")
+            .ok_or_else(|| anyhow!("USDT_ARGS map missing (build bug)"))?,
+    )?;
+    for (id, probe) in users {
+        if let Some(site) = &probe.usdt {
+            map.insert(id, site.map_value(), 0)
+                .with_context(|| format!("cannot store the arguments of {}", probe.name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads and attaches everything in `req`. Errors are one line naming the probe that failed.
@@ -410,6 +440,69 @@ pub fn attach_pair(
     Ok(loaded)
 }
 
+/// funclatency between two USDT probes: one object, every `start` site running the entry
+/// program and every `end` site the return one (a plain uprobe at the site: the programs
+/// only differ in their role), all as probe id 0 so both ends share `START` keys. The
+/// attach goes through tracer's own perf events (see `usdt::attach_with_semaphore`) so semaphores
+/// are raised, and it needs no cookie (Linux 5.10 has none).
+pub fn attach_usdt_pair(
+    start: &[Probe],
+    end: &[Probe],
+    config: ProbesConfig,
+    pid: Option<u32>,
+) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        instances: Vec::new(),
+        attachments: Vec::new(),
+        mechanisms: Vec::new(),
+    };
+    let config = ProbesConfig {
+        probe_id: 0,
+        use_cookie: 0,
+        ..config
+    };
+    let mut ebpf = load(&config)?;
+    let mut semaphore_probes = Vec::new();
+    for (program, sites) in [("probes_uprobe", start), ("probes_uretprobe", end)] {
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+            .try_into()?;
+        prog.load().map_err(|e| {
+            anyhow!(
+                "cannot load the {program} program: {}",
+                attach::describe(Mechanism::Kprobe, &e)
+            )
+        })?;
+        for probe in sites {
+            let (Point::User { path, offset, .. }, Some(site)) = (&probe.point, &probe.usdt) else {
+                usage_bail!("{} is not a USDT probe", probe.spec());
+            };
+            let attached = crate::usdt::attach_with_semaphore(
+                prog.fd()?,
+                path,
+                *offset,
+                site.semaphore_offset,
+                pid,
+                None,
+            )
+            .map_err(|e| anyhow!("cannot attach to {} in {}: {e}", probe.name, path.display()))?;
+            semaphore_probes.push(attached);
+            loaded.note(Attachment {
+                target: format!("{} in {}", probe.name, path.display()),
+                mechanism: Mechanism::Uprobe,
+                program: program.into(),
+                declined: Vec::new(),
+            });
+        }
+    }
+    loaded.push(ebpf, vec![0])?;
+    if let Some(instance) = loaded.instances.last_mut() {
+        instance.semaphore_probes = semaphore_probes;
+    }
+    Ok(loaded)
+}
+
 /// (probe id, symbol, file offset) of a user probe.
 type UserPoint<'a> = (u32, &'a str, u64);
 
@@ -426,9 +519,11 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         ..req.config
     };
     let mut ebpf = load(&config)?;
+    fill_usdt_args(&mut ebpf, &config, users)?;
     let scope = uprobe_scope(req.pid)?;
     let mut links = Vec::new();
     let mut multi_links = Vec::new();
+    let mut semaphore_probes = Vec::new();
     for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
         // Probes by binary, in the order given.
         let mut groups: Vec<(&Path, Vec<UserPoint<'_>>)> = Vec::new();
@@ -467,7 +562,56 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         let mut multi_program: Option<Result<uprobe_multi::Program, String>> = None;
         let mut per_offset_loaded = false;
         let mut ids = Vec::new();
-        for (path, points) in groups {
+        for (path, mut points) in groups {
+            // USDT probes with a semaphore need ref_ctr_offset: tracer's own perf events.
+            let semaphore_of = |id: u32| {
+                req.probes[id as usize]
+                    .usdt
+                    .as_ref()
+                    .map_or(0, |site| site.semaphore_offset)
+            };
+            let guarded: Vec<UserPoint<'_>> = points
+                .iter()
+                .copied()
+                .filter(|(id, _, _)| semaphore_of(*id) != 0)
+                .collect();
+            if !guarded.is_empty() {
+                points.retain(|(id, _, _)| semaphore_of(*id) == 0);
+                let prog: &mut UProbe = ebpf
+                    .program_mut(program)
+                    .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+                    .try_into()?;
+                if !per_offset_loaded {
+                    prog.load().map_err(|e| {
+                        anyhow!(
+                            "cannot load the {program} program: {}",
+                            attach::describe(Mechanism::Kprobe, &e)
+                        )
+                    })?;
+                    per_offset_loaded = true;
+                }
+                for (id, symbol, offset) in &guarded {
+                    let probe = crate::usdt::attach_with_semaphore(
+                        prog.fd()?,
+                        path,
+                        *offset,
+                        semaphore_of(*id),
+                        req.pid,
+                        Some(u64::from(*id)),
+                    )
+                    .map_err(|e| anyhow!("cannot attach to {symbol} in {}: {e}", path.display()))?;
+                    semaphore_probes.push(probe);
+                    loaded.note(Attachment {
+                        target: format!("{symbol} in {} (with its semaphore)", path.display()),
+                        mechanism: single,
+                        program: program.into(),
+                        declined: Vec::new(),
+                    });
+                }
+                if points.is_empty() {
+                    continue;
+                }
+            }
             let target = match points.as_slice() {
                 [(_, symbol, _)] => format!("{symbol} in {}", path.display()),
                 _ => format!("{} functions in {}", points.len(), path.display()),
@@ -559,6 +703,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
     if let Some(instance) = loaded.instances.last_mut() {
         instance.uprobe_links = links;
         instance.multi_links = multi_links;
+        instance.semaphore_probes = semaphore_probes;
     }
     Ok(())
 }
@@ -620,6 +765,9 @@ fn attach_uprobes_without_cookies(
             ..req.config
         };
         let mut ebpf = load(&config)?;
+        fill_usdt_args(&mut ebpf, &config, &[(*id, *probe)])?;
+        let semaphore = probe.usdt.as_ref().map_or(0, |site| site.semaphore_offset);
+        let mut semaphore_probes = Vec::new();
         let mut links = Vec::new();
         for (program, ret) in [("probes_uprobe", false), ("probes_uretprobe", true)] {
             if probe.kind.is_return() != ret && !req.entry_and_return {
@@ -640,6 +788,28 @@ fn attach_uprobes_without_cookies(
                     attach::describe(Mechanism::Kprobe, &e)
                 )
             })?;
+            if semaphore != 0 {
+                let attached = crate::usdt::attach_with_semaphore(
+                    prog.fd()?,
+                    path,
+                    *offset,
+                    semaphore,
+                    req.pid,
+                    None,
+                )
+                .map_err(|e| anyhow!("cannot attach to {symbol} in {}: {e}", path.display()))?;
+                semaphore_probes.push(attached);
+                loaded.note(Attachment {
+                    target: format!("{symbol} in {} (with its semaphore)", path.display()),
+                    mechanism: single,
+                    program: program.into(),
+                    declined: vec![Declined {
+                        mechanism: multi,
+                        reason: NO_COOKIES.into(),
+                    }],
+                });
+                continue;
+            }
             let link = prog
                 .attach(UProbeAttachLocation::AbsoluteOffset(*offset), path, scope)
                 .map_err(|e| {
@@ -664,6 +834,7 @@ fn attach_uprobes_without_cookies(
         loaded.push(ebpf, vec![*id])?;
         if let Some(instance) = loaded.instances.last_mut() {
             instance.uprobe_links = links;
+            instance.semaphore_probes = semaphore_probes;
         }
     }
     Ok(())
@@ -790,6 +961,7 @@ impl Loaded {
             uprobe_links: Vec::new(),
             multi_links: Vec::new(),
             kprobe_multi_links: Vec::new(),
+            semaphore_probes: Vec::new(),
         });
         Ok(())
     }
@@ -990,6 +1162,9 @@ impl Drop for Loaded {
             }
             for link in std::mem::take(&mut instance.kprobe_multi_links) {
                 links.push(Box::new(link));
+            }
+            for probe in std::mem::take(&mut instance.semaphore_probes) {
+                links.push(Box::new(probe));
             }
             for (program, ids) in std::mem::take(&mut instance.uprobe_links) {
                 let Some(prog) = instance.ebpf.program_mut(program) else {
@@ -1208,6 +1383,18 @@ pub fn parse_expr(text: &str, probes: &[Probe], params: &[Param], string: bool) 
             e.spec.signed = param.signed.into();
         }
         return Ok(e);
+    }
+    let usdt: Vec<&crate::usdt::Site> = probes.iter().filter_map(|p| p.usdt.as_ref()).collect();
+    if !usdt.is_empty()
+        && let Some(n) = text.strip_prefix("arg")
+    {
+        if usdt.len() != probes.len() {
+            usage_bail!(
+                "{text}: USDT probes and other probes read arguments differently: trace them \
+                 in separate runs"
+            );
+        }
+        return crate::usdt::arg_expr(text, n, probes, string);
     }
     if let Some(n) = text.strip_prefix("arg") {
         let index: u8 = n

@@ -8,6 +8,7 @@
 //! k:FUNC                       kernel function entry (fentry, else kprobe)
 //! kr:FUNC                      kernel function return (fexit, else kretprobe)
 //! t:CATEGORY:EVENT             tracepoint (tp_btf, else raw_tp, else classic)
+//! usdt:PATH_OR_LIB:PROVIDER:NAME  USDT probe (SDT note)  usdt:/usr/bin/python3.11:python:function__entry
 //! ```
 //! SYMBOL, FUNC, CATEGORY and EVENT may be globs (`*`, `?`, `[abc]`). bpftrace's long names
 //! (`uprobe:`, `uretprobe:`, `kprobe:`, `kretprobe:`, `tracepoint:`) are accepted too.
@@ -93,12 +94,18 @@ pub enum ProbeSpec {
         category: String,
         event: String,
     },
+    /// A USDT probe: attached as a uprobe at each site the binary's SDT notes name.
+    Usdt {
+        target: String,
+        provider: String,
+        name: String,
+    },
 }
 
 impl ProbeSpec {
     pub fn kind(&self) -> Kind {
         match self {
-            Self::User { ret: false, .. } => Kind::Uprobe,
+            Self::User { ret: false, .. } | Self::Usdt { .. } => Kind::Uprobe,
             Self::User { ret: true, .. } => Kind::Uretprobe,
             Self::Kernel { ret: false, .. } => Kind::Kprobe,
             Self::Kernel { ret: true, .. } => Kind::Kretprobe,
@@ -116,6 +123,7 @@ impl ProbeSpec {
             Self::User { .. } => false,
             Self::Kernel { pattern, .. } => is_glob(pattern),
             Self::Tracepoint { category, event } => is_glob(category) || is_glob(event),
+            Self::Usdt { provider, name, .. } => is_glob(provider) || is_glob(name),
         }
     }
 }
@@ -147,12 +155,17 @@ impl fmt::Display for ProbeSpec {
             }
             Self::Kernel { pattern, .. } => write!(f, "{kind}:{pattern}"),
             Self::Tracepoint { category, event } => write!(f, "t:{category}:{event}"),
+            Self::Usdt {
+                target,
+                provider,
+                name,
+            } => write!(f, "usdt:{target}:{provider}:{name}"),
         }
     }
 }
 
-const SYNTAX: &str =
-    "use u:BINARY:SYMBOL, ur:BINARY:SYMBOL, k:FUNCTION, kr:FUNCTION or t:CATEGORY:EVENT";
+const SYNTAX: &str = "use u:BINARY:SYMBOL, ur:BINARY:SYMBOL, usdt:BINARY:PROVIDER:NAME, \
+                      k:FUNCTION, kr:FUNCTION or t:CATEGORY:EVENT";
 
 /// Parses one probe. Errors are one line naming the problem and the expected syntax.
 pub fn parse(text: &str) -> Result<ProbeSpec> {
@@ -218,6 +231,29 @@ pub fn parse(text: &str) -> Result<ProbeSpec> {
             Ok(ProbeSpec::Tracepoint {
                 category: category.to_string(),
                 event: event.to_string(),
+            })
+        }
+        "usdt" => {
+            // BINARY:PROVIDER:NAME, or BINARY:NAME for any provider (as bpftrace allows).
+            let Some((head, name)) = rest.rsplit_once(':') else {
+                return Err(bad("a USDT probe is usdt:BINARY:PROVIDER:NAME"));
+            };
+            let (target, provider) = match head.rsplit_once(':') {
+                Some((target, provider)) => (target, provider),
+                None => (head, "*"),
+            };
+            if target.is_empty() {
+                return Err(bad("empty binary or library"));
+            }
+            if target.contains('\0') {
+                return Err(bad("NUL in the binary name"));
+            }
+            check_name(provider, "provider")?;
+            check_name(name, "probe name")?;
+            Ok(ProbeSpec::Usdt {
+                target: target.to_string(),
+                provider: provider.to_string(),
+                name: name.to_string(),
             })
         }
         _ => Err(usage_err!(
@@ -366,12 +402,17 @@ pub struct Probe {
     /// Short name for output: the symbol, the function, or `category:event`.
     pub name: String,
     pub point: Point,
+    /// A USDT probe site: its semaphore and arguments (None for every other probe).
+    pub usdt: Option<crate::usdt::Site>,
 }
 
 impl Probe {
     /// The full spec of this one probe, e.g. `u:/usr/sbin/nginx:ngx_http_process_request`.
     pub fn spec(&self) -> String {
         match &self.point {
+            Point::User { path, symbol, .. } if self.usdt.is_some() => {
+                format!("usdt:{}:{symbol}", path.display())
+            }
             Point::User { path, symbol, .. } => {
                 format!("{}:{}:{symbol}", self.kind.prefix(), path.display())
             }
@@ -411,6 +452,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                             symbol: format!("{addr:#x}"),
                             offset,
                         },
+                        usdt: None,
                     });
                 }
                 UserLocation::Symbol {
@@ -442,6 +484,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                                 symbol,
                                 offset,
                             },
+                            usdt: None,
                         });
                     }
                     if probes.is_empty() {
@@ -459,6 +502,11 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
             }
             Ok(probes)
         }
+        ProbeSpec::Usdt {
+            target,
+            provider,
+            name,
+        } => crate::usdt::resolve(target, provider, name, pid),
         ProbeSpec::Kernel { pattern, .. } => {
             let (functions, untraceable) = kernel_functions_and_untraceable(pattern)?;
             if functions.is_empty() {
@@ -508,6 +556,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                     kind,
                     name: function.clone(),
                     point: Point::Kernel { function },
+                    usdt: None,
                 })
                 .collect())
         }
@@ -531,6 +580,7 @@ pub fn resolve(spec: &ProbeSpec, pid: Option<u32>) -> Result<Vec<Probe>> {
                     kind,
                     name: format!("{category}:{event}"),
                     point: Point::Tracepoint { category, event },
+                    usdt: None,
                 })
                 .collect())
         }
@@ -557,10 +607,26 @@ pub fn resolve_all(texts: &[String], pid: Option<u32>) -> Result<Vec<Probe>> {
 pub fn resolve_binary(target: &str, pid: Option<u32>) -> Result<PathBuf> {
     if target.contains('/') {
         let path = PathBuf::from(target);
+        // With -p, the path as the process sees it: through its root when that is another
+        // file than the host's (a container's mount namespace), else the host's own path.
+        if let Some(pid) = pid
+            && target.starts_with('/')
+        {
+            let via_root = PathBuf::from(format!("/proc/{pid}/root{target}"));
+            if via_root.exists() && !same_file(&via_root, &path) {
+                return Ok(via_root);
+            }
+        }
         if !path.exists() {
-            usage_bail!(
-                "{target}: no such file (give the binary's path or a library name like libc)"
-            );
+            match pid {
+                Some(pid) => usage_bail!(
+                    "{target}: no such file, on the host or in PID {pid}'s mount namespace"
+                ),
+                None => usage_bail!(
+                    "{target}: no such file (give the binary's path or a library name like libc; \
+                     with -p PID, paths inside its container resolve too)"
+                ),
+            }
         }
         return Ok(path);
     }
@@ -610,6 +676,15 @@ pub fn resolve_binary(target: &str, pid: Option<u32>) -> Result<PathBuf> {
         None => usage_bail!(
             "cannot find library or binary '{target}' (not in ld.so.cache, the library directories or $PATH): give its path"
         ),
+    }
+}
+
+/// Whether two paths name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -1054,6 +1129,30 @@ pub fn tracepoints(category: &str, event: &str) -> Result<Vec<(String, String)>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_usdt() {
+        assert_eq!(
+            parse("usdt:/usr/bin/python3.11:python:function__*").unwrap(),
+            ProbeSpec::Usdt {
+                target: "/usr/bin/python3.11".into(),
+                provider: "python".into(),
+                name: "function__*".into(),
+            }
+        );
+        assert_eq!(
+            parse("usdt:libstdc++:throw").unwrap(),
+            ProbeSpec::Usdt {
+                target: "libstdc++".into(),
+                provider: "*".into(),
+                name: "throw".into(),
+            }
+        );
+        assert!(parse("usdt:libstdc++:throw").unwrap().is_glob());
+        assert!(parse("usdt:/bin/x").is_err());
+        assert!(parse("usdt::p:n").is_err());
+        assert_eq!(parse("usdt:/a/b:p:n").unwrap().to_string(), "usdt:/a/b:p:n");
+    }
 
     #[test]
     fn parses_every_kind() {

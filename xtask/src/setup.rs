@@ -37,6 +37,10 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "cpio",
     "prometheus",
+    // USDT tests: Debian's python3.11 carries SDT probes with semaphores; g++ builds a
+    // program throwing exceptions (libstdcxx:throw).
+    "python3.11",
+    "g++",
     // Go's pprof, built from Debian's source offline: reads the --pprof files in the tests.
     "golang-go",
     "golang-github-google-pprof-dev",

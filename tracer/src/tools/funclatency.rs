@@ -99,66 +99,95 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
             usage_bail!("give either PROBE or --start/--end, not both");
         }
         let (_, interval) = split_numbers(&args.items)?;
-        let start = one_tracepoint(start, "--start")?;
-        let end = one_tracepoint(end, "--end")?;
-        let current = match args.key.as_str() {
-            "tid" => ValueSpec::TID,
-            "pid" => ValueSpec {
-                kind: VAL_PID,
-                ..ValueSpec::NONE
-            },
-            "cpu" => ValueSpec {
-                kind: VAL_CPU,
-                ..ValueSpec::NONE
-            },
-            other => usage_bail!(
-                "--key takes tid, pid or cpu, not '{other}' (record fields: --start-key/--end-key)"
-            ),
-        };
-        let field_key = |probe: &Probe, name: &Option<String>| -> Result<Option<ValueSpec>> {
-            let Some(name) = name else { return Ok(None) };
-            let (category, event) = probe.name.split_once(':').unwrap_or_default();
-            let field = tracefs::fields(category, event)?
-                .into_iter()
-                .find(|f| &f.name == name)
-                .ok_or_else(|| {
-                    usage_err!(
-                        "tracepoint {} has no field '{name}' ('tplist -v {}' lists them)",
-                        probe.name,
-                        probe.name
-                    )
-                })?;
-            if field.size > 8 || field.declaration.contains('[') {
-                usage_bail!("field '{name}' of {} is not a number", probe.name);
+        if start.starts_with("usdt:") || end.starts_with("usdt:") {
+            if args.start_key.is_some() || args.end_key.is_some() {
+                usage_bail!("--start-key/--end-key name tracepoint fields; USDT pairs use --key");
             }
-            Ok(Some(ValueSpec {
-                kind: VAL_FIELD,
-                size: field.size as u8,
-                signed: field.signed.into(),
-                offset: field.offset as u16,
-                string: STR_NONE,
-                ..ValueSpec::NONE
-            }))
-        };
-        let start_field = field_key(&start, &args.start_key)?;
-        let end_field = field_key(&end, &args.end_key)?;
-        config.start_key = start_field.unwrap_or(current);
-        config.end_key = end_field.unwrap_or(current);
-        config.per_probe = 0;
-        let loaded = probe_attach::attach_pair(
-            &start,
-            &end,
-            config,
-            (start_field.is_some(), end_field.is_some()),
-            args.common.attach,
-        )?;
-        let what = format!("{} -> {}", start.name, end.name);
-        let probe = Probe {
-            kind: Kind::Tracepoint,
-            name: what.clone(),
-            point: start.point.clone(),
-        };
-        (vec![probe], loaded, interval, what)
+            let usdt_sites = |text: &str, option: &str| -> Result<Vec<Probe>> {
+                let spec = probe_spec::parse(text)?;
+                if !matches!(spec, probe_spec::ProbeSpec::Usdt { .. }) {
+                    usage_bail!(
+                        "{option}: time two USDT probes (usdt:BINARY:PROVIDER:NAME) or two \
+                         tracepoints, not one of each"
+                    );
+                }
+                probe_spec::resolve(&spec, args.pid)
+            };
+            let start = usdt_sites(start, "--start")?;
+            let end = usdt_sites(end, "--end")?;
+            config.start_key = current_key(&args.key)?;
+            config.end_key = config.start_key;
+            config.per_probe = 0;
+            let loaded = probe_attach::attach_usdt_pair(&start, &end, config, args.pid)?;
+            let what = format!("{} -> {}", start[0].name, end[0].name);
+            let probe = Probe {
+                name: what.clone(),
+                ..start[0].clone()
+            };
+            (vec![probe], loaded, interval, what)
+        } else {
+            let start = one_tracepoint(start, "--start")?;
+            let end = one_tracepoint(end, "--end")?;
+            let current = match args.key.as_str() {
+                "tid" => ValueSpec::TID,
+                "pid" => ValueSpec {
+                    kind: VAL_PID,
+                    ..ValueSpec::NONE
+                },
+                "cpu" => ValueSpec {
+                    kind: VAL_CPU,
+                    ..ValueSpec::NONE
+                },
+                other => usage_bail!(
+                    "--key takes tid, pid or cpu, not '{other}' (record fields: --start-key/--end-key)"
+                ),
+            };
+            let field_key = |probe: &Probe, name: &Option<String>| -> Result<Option<ValueSpec>> {
+                let Some(name) = name else { return Ok(None) };
+                let (category, event) = probe.name.split_once(':').unwrap_or_default();
+                let field = tracefs::fields(category, event)?
+                    .into_iter()
+                    .find(|f| &f.name == name)
+                    .ok_or_else(|| {
+                        usage_err!(
+                            "tracepoint {} has no field '{name}' ('tplist -v {}' lists them)",
+                            probe.name,
+                            probe.name
+                        )
+                    })?;
+                if field.size > 8 || field.declaration.contains('[') {
+                    usage_bail!("field '{name}' of {} is not a number", probe.name);
+                }
+                Ok(Some(ValueSpec {
+                    kind: VAL_FIELD,
+                    size: field.size as u8,
+                    signed: field.signed.into(),
+                    offset: field.offset as u16,
+                    string: STR_NONE,
+                    ..ValueSpec::NONE
+                }))
+            };
+            let start_field = field_key(&start, &args.start_key)?;
+            let end_field = field_key(&end, &args.end_key)?;
+            config.start_key = start_field.unwrap_or(current);
+            config.end_key = end_field.unwrap_or(current);
+            config.per_probe = 0;
+            let loaded = probe_attach::attach_pair(
+                &start,
+                &end,
+                config,
+                (start_field.is_some(), end_field.is_some()),
+                args.common.attach,
+            )?;
+            let what = format!("{} -> {}", start.name, end.name);
+            let probe = Probe {
+                kind: Kind::Tracepoint,
+                name: what.clone(),
+                point: start.point.clone(),
+                usdt: None,
+            };
+            (vec![probe], loaded, interval, what)
+        }
     } else {
         let (specs, interval) = probe_attach::split_positionals(&args.items)?;
         if specs.len() != 1 {
@@ -168,6 +197,12 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
             );
         }
         let spec = probe_spec::parse(&specs[0])?;
+        if matches!(spec, probe_spec::ProbeSpec::Usdt { .. }) {
+            usage_bail!(
+                "a USDT probe is one point, not a function with a return: time two of them \
+                 with --start usdt:... --end usdt:..."
+            );
+        }
         match spec.kind() {
             Kind::Uprobe | Kind::Kprobe => {}
             Kind::Uretprobe | Kind::Kretprobe => {
@@ -228,6 +263,22 @@ fn split_numbers(items: &[String]) -> Result<(Vec<String>, session::IntervalArgs
     let mut with_probe = vec!["t:x:y".to_string()];
     with_probe.extend(items.iter().cloned());
     probe_attach::split_positionals(&with_probe)
+}
+
+/// `--key` as the pairing value of both ends.
+fn current_key(key: &str) -> Result<ValueSpec> {
+    Ok(match key {
+        "tid" => ValueSpec::TID,
+        "pid" => ValueSpec {
+            kind: VAL_PID,
+            ..ValueSpec::NONE
+        },
+        "cpu" => ValueSpec {
+            kind: VAL_CPU,
+            ..ValueSpec::NONE
+        },
+        other => usage_bail!("--key takes tid, pid or cpu, not '{other}'"),
+    })
 }
 
 fn one_tracepoint(text: &str, option: &str) -> Result<Probe> {

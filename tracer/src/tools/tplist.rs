@@ -70,6 +70,23 @@ pub async fn run(args: TplistArgs) -> Result<()> {
         pattern = tracepoint.to_string();
     }
     let mut out = Out::new();
+    if args.binary.is_none()
+        && !args.kernel
+        && pattern.starts_with("usdt:")
+        && let probe_spec::ProbeSpec::Usdt {
+            target,
+            provider,
+            name,
+        } = probe_spec::parse(&pattern)?
+    {
+        // The probe tools' own spelling (usdt:BINARY:PROVIDER:NAME): that binary's probes.
+        let args = TplistArgs {
+            binary: Some(target),
+            usdt: true,
+            ..args.clone()
+        };
+        return list_usdt(&args, &format!("{provider}:{name}"), &mut out);
+    }
     if args.usdt || (args.pid.is_some() && args.binary.is_none()) {
         return list_usdt(&args, &pattern, &mut out);
     }

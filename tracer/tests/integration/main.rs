@@ -28,6 +28,7 @@ mod serve_collectors;
 mod signals;
 mod soak;
 mod softirq_top;
+mod usdt;
 mod wqtop;
 
 fn main() {
@@ -37,6 +38,7 @@ fn main() {
     trials.extend(bad_input::tests());
     trials.extend(bcc::tests());
     trials.extend(doctor::tests());
+    trials.extend(usdt::tests());
     trials.extend(dist::tests());
     trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
