@@ -63,10 +63,13 @@ pub struct KtopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: KtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }

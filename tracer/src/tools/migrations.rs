@@ -75,8 +75,8 @@ pub struct MigrationsArgs {
     #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 10)]
     pub top: usize,
     /// Show each task's cgroup (the cpu controller's hierarchy on cgroup v1).
-    #[arg(short = 'G', long = "cgroup")]
-    pub cgroup: bool,
+    #[arg(short = 'G', long = "show-cgroup")]
+    pub show_cgroup: bool,
     /// Also sample the on-CPU kernel stacks of the migration/N threads (perf cpu-clock).
     #[arg(long)]
     pub stoppers: bool,
@@ -565,7 +565,7 @@ impl View {
     }
 
     fn cgroup(&mut self, args: &MigrationsArgs, tgid: u32) -> Option<String> {
-        args.cgroup
+        args.show_cgroup
             .then(|| self.cgroups.label(tgid, Controller::Cpu))
     }
 
@@ -666,7 +666,7 @@ impl View {
             "{:>7} {:>7} {:<16} {:>6} {:>8}",
             "PID", "TID", "COMM", "MIGR", "STOPPER"
         );
-        if args.cgroup {
+        if args.show_cgroup {
             header.push_str("  CGROUP");
         }
         out.line(&header);
