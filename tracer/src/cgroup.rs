@@ -29,7 +29,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 
 /// `--cgroup PATH` / `--cgroup-exact` of the tools that filter tasks in the kernel.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupArgs {
     /// Only tasks in this cgroup v2 directory or any cgroup below it.
     #[arg(short = 'c', long = "cgroup", value_name = "PATH")]
@@ -71,13 +71,6 @@ impl CgroupArgs {
         Ok(())
     }
 
-    /// "cgroup /sys/fs/cgroup/x" for titles (None without `--cgroup`).
-    pub fn describe(&self) -> Option<String> {
-        let path = self.cgroup.as_ref()?;
-        let exact = if self.cgroup_exact { " (exact)" } else { "" };
-        Some(format!("cgroup {}{exact}", path.display()))
-    }
-
     /// Refuses `--cgroup` for a tool whose data has no task to filter on.
     pub fn refuse(&self, why: &str) -> Result<()> {
         if self.cgroup.is_some() {
@@ -96,6 +89,11 @@ static FILTER: std::sync::OnceLock<CgroupFilter> = std::sync::OnceLock::new();
 /// Sets the process's filter (the first call wins; a tool installs it once, before loading).
 pub fn install(filter: CgroupFilter) {
     let _ = FILTER.set(filter);
+}
+
+/// Whether a `--cgroup` filter is installed (for attach rungs that cannot apply it).
+pub fn filtering() -> bool {
+    FILTER.get().is_some_and(|f| *f != CgroupFilter::ANY)
 }
 
 /// Sets `CGROUP_FILTER` in an object about to load, when a filter was installed. Objects whose

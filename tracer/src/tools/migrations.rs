@@ -95,10 +95,18 @@ pub struct MigrationsArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: MigrationsArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
+    if args.cgroup.cgroup.is_some() && args.common.attach == Some(Mechanism::Tracepoint) {
+        usage_bail!(
+            "--attach tracepoint: the classic sched_migrate_task record has no task pointer to read the cgroup from; --cgroup needs tp_btf or raw_tp"
+        );
+    }
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -181,7 +189,11 @@ fn load_and_attach(
             program: "migrations_raw",
         });
     }
-    if let Ok(fields) = &fields {
+    // The classic record names the migrated task by pid only: no task pointer to read its
+    // cgroup from, so that rung is left out under `--cgroup`.
+    if let Ok(fields) = &fields
+        && !crate::cgroup::filtering()
+    {
         let find = |name: &str| fields.iter().find(|f| f.name == name);
         if let (Some(pid), Some(orig), Some(dest), Some(comm)) = (
             find("pid"),

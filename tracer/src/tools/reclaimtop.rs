@@ -78,6 +78,8 @@ pub struct ReclaimtopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -96,6 +98,7 @@ pub const EVENTS: &[(&str, &str, &str)] = &[
 ];
 
 pub async fn run(args: ReclaimtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }

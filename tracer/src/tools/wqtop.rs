@@ -89,6 +89,8 @@ pub struct WqtopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -96,6 +98,7 @@ pub struct WqtopArgs {
 const TOP_PER_FUNCTION: usize = 3;
 
 pub async fn run(args: WqtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -110,7 +113,9 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
     )?;
     let config = WqConfig {
         tgid: args.pid.unwrap_or(0),
-        queuer_filter: u32::from(args.pid.is_some() || args.comm.is_some()),
+        queuer_filter: u32::from(
+            args.pid.is_some() || args.comm.is_some() || args.cgroup.cgroup.is_some(),
+        ),
         comm,
         hists: args.dist.into(),
         ..offsets(&btf)?

@@ -22,8 +22,10 @@ pub fn tests() -> Vec<Trial> {
         trial("cgroup_filter_forksnoop", &[Need::Root], forksnoop),
         trial("cgroup_filter_funccount", &[Need::Root], funccount),
         trial("cgroup_filter_runqlat", &[Need::Root], runqlat),
+        trial("cgroup_filter_ktop", &[Need::Root], ktop),
         trial("cgroup_filter_profile", &[Need::Root], profile),
         trial("cgroup_filter_offcputime", &[Need::Root], offcputime),
+        trial("cgroup_filter_serve", &[Need::Root], serve),
         trial("cgroup_filter_bad_input", &[Need::Root], bad_input),
     ]
 }
@@ -84,8 +86,13 @@ impl Drop for Cgroups {
 /// A workload moved into `cgroup` before it starts: everything it forks starts there too.
 fn workload_in(cgroup: &Path, args: &[&str]) -> Result<Workload, Failed> {
     let workload = Workload::spawn(args)?;
-    std::fs::write(cgroup.join("cgroup.procs"), workload.pid.to_string())
-        .map_err(|e| fail(format!("cannot move {} into {}: {e}", workload.pid, cgroup.display())))?;
+    std::fs::write(cgroup.join("cgroup.procs"), workload.pid.to_string()).map_err(|e| {
+        fail(format!(
+            "cannot move {} into {}: {e}",
+            workload.pid,
+            cgroup.display()
+        ))
+    })?;
     Ok(workload)
 }
 
@@ -146,7 +153,11 @@ fn forksnoop() -> Result<(), Failed> {
         let (records, pids) = traced(
             &["forksnoop"],
             exact,
-            [&["fork", FORKS[0]], &["fork", FORKS[1]], &["fork", FORKS[2]]],
+            [
+                &["fork", FORKS[0]],
+                &["fork", FORKS[1]],
+                &["fork", FORKS[2]],
+            ],
         )?;
         let forks = of_type(&records, "fork");
         let by = |pid: u64| forks.iter().filter(|f| f["parent"]["pid"] == pid).count();
@@ -177,7 +188,11 @@ fn funccount() -> Result<(), Failed> {
         let (records, _) = traced(
             &["funccount", "t:sched:sched_process_fork"],
             exact,
-            [&["fork", FORKS[0]], &["fork", FORKS[1]], &["fork", FORKS[2]]],
+            [
+                &["fork", FORKS[0]],
+                &["fork", FORKS[1]],
+                &["fork", FORKS[2]],
+            ],
         )?;
         let total: u64 = of_type(&records, "counts")
             .iter()
@@ -211,12 +226,7 @@ fn sleepers() -> [&'static [&'static str]; 3] {
     [args, args, args]
 }
 
-fn expect_pids(
-    tool: &str,
-    exact: bool,
-    seen: &BTreeSet<u64>,
-    pids: &Pids,
-) -> Result<(), Failed> {
+fn expect_pids(tool: &str, exact: bool, seen: &BTreeSet<u64>, pids: &Pids) -> Result<(), Failed> {
     let expected: BTreeSet<u64> = if exact {
         [pids.target].into()
     } else {
@@ -239,6 +249,15 @@ fn runqlat() -> Result<(), Failed> {
     Ok(())
 }
 
+fn ktop() -> Result<(), Failed> {
+    for exact in [false, true] {
+        let (records, pids) = traced(&["ktop", "1"], exact, sleepers())?;
+        let seen = pids_in(&records, "interval", "threads");
+        expect_pids("ktop", exact, &seen, &pids)?;
+    }
+    Ok(())
+}
+
 fn offcputime() -> Result<(), Failed> {
     for exact in [false, true] {
         let (records, pids) = traced(&["offcputime"], exact, sleepers())?;
@@ -255,6 +274,52 @@ fn profile() -> Result<(), Failed> {
         let (records, pids) = traced(&["profile", "-F", "99", "--top", "1000"], exact, [hot; 3])?;
         let seen = pids_in(&records, "profile", "stacks");
         expect_pids("profile", exact, &seen, &pids)?;
+    }
+    Ok(())
+}
+
+/// serve's `[collectors] cgroup`: the forks collector and a fork probe count exactly the forks
+/// made in the cgroup (and below it unless `cgroup_exact`).
+fn serve() -> Result<(), Failed> {
+    for exact in [false, true] {
+        let cgroups = Cgroups::create("serve")?;
+        let dir = crate::serve::TempDir::new("cgroup")?;
+        let config = dir.write(
+            "tracer.toml",
+            &format!(
+                "[collectors]\ncgroup = \"{}\"\ncgroup_exact = {exact}\n\n\
+                 [[probe]]\nname = \"forks\"\nprobe = \"t:sched:sched_process_fork\"\nkind = \"counter\"\n",
+                cgroups.target()
+            ),
+        )?;
+        let (tool, addr) = crate::serve::serve(&["--config", &config])?;
+        let mut workloads = vec![
+            workload_in(&cgroups.target, &["fork", FORKS[0]])?,
+            workload_in(&cgroups.child, &["fork", FORKS[1]])?,
+            workload_in(&cgroups.sibling, &["fork", FORKS[2]])?,
+        ];
+        for w in &mut workloads {
+            w.go();
+        }
+        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
+        while !workloads.iter_mut().all(|w| w.finished()) {
+            if std::time::Instant::now() > deadline {
+                return Err(fail("workloads did not finish in time"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (status, text) = crate::serve::http_get(&addr, "/metrics", None)?;
+        ensure(status == 200, || format!("/metrics: HTTP {status}"))?;
+        let expected = if exact { 7.0 } else { 12.0 };
+        let forks =
+            crate::serve::sample(&text, "tracer_forks_total{parent_comm=\"tracer-workload\"}");
+        let hits = crate::serve::sample(&text, "tracer_probe_hits_total{probe=\"forks\"}");
+        ensure(forks == Some(expected) && hits == Some(expected), || {
+            format!(
+                "exact={exact}: tracer_forks_total {forks:?}, probe hits {hits:?}, expected {expected}"
+            )
+        })?;
+        tool.stop(libc::SIGINT)?.ok()?;
     }
     Ok(())
 }
@@ -290,7 +355,26 @@ fn bad_input() -> Result<(), Failed> {
     expect_one_line_errors(&cases)?;
     for (args, _) in &cases {
         let code = run(args).status.code();
-        ensure(code == Some(2), || format!("{args:?}: exit {code:?}, expected 2"))?;
+        ensure(code == Some(2), || {
+            format!("{args:?}: exit {code:?}, expected 2")
+        })?;
     }
+    // serve names the config line.
+    let dir = crate::serve::TempDir::new("cgroup-bad")?;
+    let config = dir.write(
+        "tracer.toml",
+        "[collectors]\ncgroup = \"/no/such/cgroup\"\n",
+    )?;
+    let exact_alone = dir.write("exact.toml", "[collectors]\ncgroup_exact = true\n")?;
+    expect_one_line_errors(&[
+        (
+            vec!["serve", "--check", "--config", &config],
+            "tracer.toml:2: --cgroup /no/such/cgroup: no such directory",
+        ),
+        (
+            vec!["serve", "--check", "--config", &exact_alone],
+            "exact.toml:2: cgroup_exact needs cgroup = \"PATH\"",
+        ),
+    ])?;
     Ok(())
 }
