@@ -4,12 +4,11 @@
 //! charge work to its cause (`-G` / `--show-cgroup`: reclaimtop's memcg reclaim, biotop's and
 //! wqtop's issuers and queuers).
 //!
-//! The column is
-//! read from `/proc/PID/cgroup` in userspace rather than from the task in BPF: one file read
-//! per process per report is cheap, it works the same on cgroup v1 (where memory and blkio
-//! live in their own hierarchies and have no id BPF helpers return) and v2, and the kernel
-//! prints the path relative to the reader's cgroup namespace, which is what an operator in a
-//! container expects to see.
+//! The column is read from `/proc/PID/cgroup` in userspace rather than from the task in BPF:
+//! one file read per process per report is cheap, it works the same on cgroup v1 (where
+//! memory and blkio live in their own hierarchies and have no id BPF helpers return) and v2,
+//! and the kernel prints the path relative to the reader's cgroup namespace, which is what an
+//! operator in a container expects to see.
 
 use std::{
     collections::HashMap,
