@@ -29,7 +29,7 @@ use tracer_common::{
     hist::{LOG2_SLOTS, Log2Hist, log2_slot},
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
 };
-use tracer_ebpf::stats::bump;
+use tracer_ebpf::{stats::bump, task::current_in_cgroup};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -138,6 +138,11 @@ fn current() -> (u32, u32, [u8; 16]) {
 /// Charges the request to the running task (queue time = now).
 #[inline(always)]
 fn charge(key: &RequestKey, ts: u64, issued: bool) {
+    // `--cgroup`: a request queued by a task outside it is never pending, so never counted
+    // (as `-p` drops it at completion); the queuer is current here.
+    if !current_in_cgroup() {
+        return;
+    }
     let (tgid, pid, comm) = current();
     let pending = Pending {
         queue_ns: ts,
@@ -343,6 +348,9 @@ fn count_task(ctx: &TracePointContext, map: &PerCpuHashMap<TaskKey, u64>, dev_of
     }
     let (tgid, pid, comm) = current();
     if config.tgid != 0 && tgid != config.tgid {
+        return;
+    }
+    if !current_in_cgroup() {
         return;
     }
     let key = TaskKey {

@@ -20,7 +20,11 @@ use tracer_common::{
     stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRORS},
     task::{KTHREADD_PID, PF_KTHREAD},
 };
-use tracer_ebpf::{ringbuf::submit_flags, stats::bump, task::Task};
+use tracer_ebpf::{
+    ringbuf::submit_flags,
+    stats::bump,
+    task::{Task, current_in_cgroup},
+};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -98,6 +102,10 @@ fn on_fork(child: Child) -> i32 {
     let parent_tgid = (pid_tgid >> 32) as u32;
     let parent_pid = pid_tgid as u32;
     if config.parent_tgid != 0 && config.parent_tgid != parent_tgid {
+        return 0;
+    }
+    // The parent is current: its cgroup is the forking one (the child starts in it too).
+    if !current_in_cgroup() {
         return 0;
     }
     let mut flags = child.flags;

@@ -127,6 +127,12 @@ fn from_task<C: StackIdContext>(ctx: &C, task: Task, dest_cpu: u64) -> i32 {
         bump(&STATS, STAT_READ_ERRORS);
         return 0;
     };
+    // The migrated task is not current (the migrating CPU's task or stopper is): its own
+    // cgroup, through the pointer. The classic tracepoint rung has no pointer; the loader
+    // leaves that rung out under `--cgroup`.
+    if !task.in_cgroup() {
+        return 0;
+    }
     // Not part of the test above: with the comm's Option in it, LLVM re-tests the helper's
     // result on a merged path, which verifiers before 6.8 cannot prove and reject (a
     // register read before it is set on a path that cannot happen). A task whose comm cannot

@@ -20,7 +20,11 @@ use tracer_common::{
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
     task::PF_KTHREAD,
 };
-use tracer_ebpf::{stacks::stack_id, stats::bump, task::Task};
+use tracer_ebpf::{
+    stacks::stack_id,
+    stats::bump,
+    task::{Task, current_in_cgroup},
+};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -91,6 +95,11 @@ fn switch_out<C: StackIdContext>(ctx: &C, prev: Task, now: u64) {
         return;
     }
     if config.user_only != 0 && kthread {
+        return;
+    }
+    // The blocked task is filtered where it is still current (switching out): its cgroup is
+    // the one bpf_get_current_cgroup_id sees, no task-pointer walk needed.
+    if !current_in_cgroup() {
         return;
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);

@@ -35,7 +35,11 @@ use tracer_common::{
     stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL, STAT_READ_ERRORS},
     task::PF_KTHREAD,
 };
-use tracer_ebpf::{stacks::stack_id, stats::bump, task::Task};
+use tracer_ebpf::{
+    stacks::stack_id,
+    stats::bump,
+    task::{Task, current_in_cgroup},
+};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -287,6 +291,10 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
         || (config.tid != 0 && config.tid != pid_tgid as u32)
         || (config.exclude_tgid != 0 && config.exclude_tgid == tgid)
     {
+        return;
+    }
+    // Every probe of these tools runs in the task that hit it: current.
+    if !current_in_cgroup() {
         return;
     }
     let probe_id = if config.use_cookie != 0 {

@@ -19,7 +19,11 @@ use tracer_common::{
     stats::{STAT_EVENTS, STAT_MAP_FULL},
     task::PF_KTHREAD,
 };
-use tracer_ebpf::{stacks::stack_id, stats::bump, task::Task};
+use tracer_ebpf::{
+    stacks::stack_id,
+    stats::bump,
+    task::{Task, current_in_cgroup},
+};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -65,6 +69,10 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     if !config.comm.matches(&comm) {
+        return 0;
+    }
+    // The sample interrupts the task it is charged to: current.
+    if !current_in_cgroup() {
         return 0;
     }
     bump(&STATS, STAT_EVENTS);

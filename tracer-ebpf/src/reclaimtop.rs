@@ -32,7 +32,10 @@ use tracer_common::{
     },
     stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS},
 };
-use tracer_ebpf::{stats::bump, task::Task};
+use tracer_ebpf::{
+    stats::bump,
+    task::{Task, current_in_cgroup},
+};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -92,6 +95,10 @@ fn current_is_kswapd() -> bool {
 #[inline(always)]
 fn wanted(config: &ReclaimConfig, tgid: u32) -> bool {
     if config.tgid != 0 && config.tgid != tgid {
+        return false;
+    }
+    // What is charged to a task is charged to current (the allocating task).
+    if !current_in_cgroup() {
         return false;
     }
     config

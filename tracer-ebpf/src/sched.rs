@@ -81,10 +81,14 @@ fn start_key(pid: u32) -> u32 {
     if pid == 0 { u32::MAX - cpu() } else { pid }
 }
 
-/// The user's filters (`-p`, `--kthreads`), applied when a task is stamped.
+/// The user's filters (`-p`, `--kthreads`, `--cgroup`), applied when a task is stamped.
 #[inline(always)]
 fn wanted(config: &SchedConfig, task: Task, pid: u32) -> bool {
     if config.tgid != 0 && task.tgid() != Some(config.tgid) {
+        return false;
+    }
+    // From the task pointer: the wakeup's target and sched_switch's next are not current.
+    if !task.in_cgroup() {
         return false;
     }
     if config.kthreads_only != 0 {
@@ -287,6 +291,11 @@ pub fn cpudist_switch_raw(ctx: RawTracePointContext) -> i32 {
 /// The (thread, CPU) record, created on first sight with the task's identity.
 #[inline(always)]
 fn thread_record(key: &ThreadKey, task: Task) -> Option<*mut ThreadStats> {
+    // `--cgroup`: a thread outside it gets no row (prev and next of a switch are both seen
+    // here, so the task pointer's cgroup, not current's).
+    if !task.in_cgroup() {
+        return None;
+    }
     if let Some(rec) = THREADS.get_ptr_mut(key) {
         return Some(rec);
     }

@@ -34,7 +34,7 @@ use tracer_common::{
         WqHistKey,
     },
 };
-use tracer_ebpf::stats::bump;
+use tracer_ebpf::{stats::bump, task::current_in_cgroup};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -219,7 +219,11 @@ fn on_queue(work: u64, function: u64, wq: &[u8; WQ_NAME_LEN]) -> i32 {
     };
     if config.queuer_filter != 0 {
         // The filters name a task: work queued from interrupt context never matches.
-        if !in_task || (config.tgid != 0 && tgid != config.tgid) || !config.comm.matches(&comm) {
+        if !in_task
+            || (config.tgid != 0 && tgid != config.tgid)
+            || !config.comm.matches(&comm)
+            || !current_in_cgroup()
+        {
             return 0;
         }
     }

@@ -508,7 +508,7 @@ impl Profile {
             refuse!(
                 TOOL,
                 "--cgroupmap/--mntnsmap",
-                "pinned BPF filter maps; cgroup filters are planned (issue 18)"
+                "pinned BPF filter maps (of cgroup ids or mount namespaces); --cgroup PATH filters by a cgroup v2 directory"
             );
         }
         if self.annotate {
@@ -919,11 +919,6 @@ impl Trace {
                 "no CPU column; --json carries each event's cpu",
             ),
             (
-                self.cgroup.is_some(),
-                "-c",
-                "cgroup filters are planned (issue 18)",
-            ),
-            (
                 self.name.is_some() || self.msg_filter.is_some(),
                 "-n/-f",
                 "no output filters by name or message; pipe through grep",
@@ -961,6 +956,9 @@ impl Trace {
         push_if(out, self.json, "--json");
         push_opt(out, "-p", &self.pid);
         push_opt(out, "-t", &self.tid);
+        // BCC's -c is a cgroup v2 path whose subtree it keeps (bpf_current_task_under_cgroup):
+        // tracer's --cgroup.
+        push_opt(out, "--cgroup", &self.cgroup);
         push_if(out, self.time, "-T");
         push_if(out, self.include_self, "--include-self");
         push_opt(out, "--max-events", &self.max_events);
@@ -1565,6 +1563,10 @@ mod tests {
             (
                 r#"trace -p 7 -L 8 -T -M 3 'p:c:write(int fd, char *buf) (fd == 1) "%d %s", fd, buf'"#,
                 "trace -p 7 -t 8 -T --max-events 3 --filter fd == 1 u:c:write(int fd, char *buf) %d %s fd buf",
+            ),
+            (
+                "trace -c /sys/fs/cgroup/app t:sched:sched_process_fork",
+                "trace --cgroup /sys/fs/cgroup/app t:sched:sched_process_fork",
             ),
             (
                 "argdist -H 'p::__kmalloc(u64 size):u64:size'",

@@ -36,6 +36,7 @@ pub fn load<'a>(object: &[u8], configure: impl FnOnce(&mut EbpfLoader<'a>)) -> R
     crate::privileges::require_bpf()?;
     crate::privileges::raise_memlock();
     let mut loader = EbpfLoader::new();
+    crate::cgroup::apply(&mut loader);
     configure(&mut loader);
     for (name, entries) in map_size_overrides()? {
         loader.map_max_entries(name, *entries);

@@ -65,10 +65,13 @@ pub struct ArgdistArgs {
     #[arg(long)]
     pub include_self: bool,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: ArgdistArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let (probe_text, expr_text, rest) = match args.items.as_slice() {
         [probe, expr, rest @ ..] => (probe, expr, rest),
         _ => usage_bail!(

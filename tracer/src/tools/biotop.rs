@@ -73,8 +73,8 @@ pub struct BiotopArgs {
     #[arg(short = 'D', long = "dist")]
     pub dist: bool,
     /// A CGROUP column: each task's blkio cgroup (v2: its cgroup).
-    #[arg(short = 'G', long = "cgroup")]
-    pub cgroup: bool,
+    #[arg(short = 'G', long = "show-cgroup")]
+    pub show_cgroup: bool,
     /// The ext4 journal view: commits per device with phase times, handle openers, fsyncs.
     #[arg(long, conflicts_with_all = ["queued", "dist"])]
     pub jbd2: bool,
@@ -84,10 +84,13 @@ pub struct BiotopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: BiotopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -692,7 +695,7 @@ impl View<'_> {
                         "avg_latency_ns": row.latency_ns.checked_div(row.ios).unwrap_or(0),
                         "max_latency_ns": row.max_ns, "threads": row.threads.len(),
                     });
-                    if self.args.cgroup {
+                    if self.args.show_cgroup {
                         v["cgroup"] = json!(self.cgroups.label(*tgid, Controller::Blkio));
                     }
                     v
@@ -736,13 +739,17 @@ impl View<'_> {
             ));
         }
         out.line("");
-        let cgroup_header = if self.args.cgroup { "  CGROUP" } else { "" };
+        let cgroup_header = if self.args.show_cgroup {
+            "  CGROUP"
+        } else {
+            ""
+        };
         out.line(&format!(
             "{:>7} {:<26} {:<10} {} {:>7} {:>10} {:>9} {:>9}{cgroup_header}",
             "PID", "COMM", "DEVICE", "D", "IOS", "KBYTES", "AVG_ms", "MAX_ms"
         ));
         for ((dev, tgid, rw, comm), row) in rows.iter().take(self.args.top) {
-            let cgroup = if self.args.cgroup {
+            let cgroup = if self.args.show_cgroup {
                 format!("  {}", self.cgroups.label(*tgid, Controller::Blkio))
             } else {
                 String::new()
@@ -841,7 +848,7 @@ impl View<'_> {
                     .map(|((dev, tgid, comm), count)| {
                         let mut v = json!({"device": devices.name(*dev), "pid": tgid,
                             "comm": task_name(*tgid, &comm_str(comm)), "count": count});
-                        if self.args.cgroup {
+                        if self.args.show_cgroup {
                             v["cgroup"] = json!(cgroups.label(*tgid, Controller::Blkio));
                         }
                         v
@@ -883,7 +890,11 @@ impl View<'_> {
         if commits.is_empty() {
             out.line("(no journal commits)");
         }
-        let cgroup_header = if self.args.cgroup { "  CGROUP" } else { "" };
+        let cgroup_header = if self.args.show_cgroup {
+            "  CGROUP"
+        } else {
+            ""
+        };
         for (title, rows) in [("HANDLES", &handles), ("FSYNCS", &fsyncs)] {
             out.line("");
             out.line(&format!(
@@ -891,7 +902,7 @@ impl View<'_> {
                 "PID", "COMM", "DEVICE", title, "/s"
             ));
             for ((dev, tgid, comm), count) in rows.iter().take(self.args.top) {
-                let cgroup = if self.args.cgroup {
+                let cgroup = if self.args.show_cgroup {
                     format!("  {}", self.cgroups.label(*tgid, Controller::Blkio))
                 } else {
                     String::new()

@@ -31,10 +31,13 @@ pub struct CpudistArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: CpudistArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let view = HistView {
         tool: TOOL,
         what: if args.offcpu {

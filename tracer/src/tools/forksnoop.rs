@@ -22,6 +22,7 @@ use tracer_common::{
 use crate::{
     attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
+    cgroup::CgroupArgs,
     filters,
     loader::{self, Stats, StatsReader, objects},
     output::{Clock, Out, comm_str, hms, hms_now, with_schema},
@@ -47,6 +48,8 @@ pub struct ForksnoopArgs {
     /// Only forks made by tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    #[command(flatten)]
+    pub cgroup: CgroupArgs,
     /// Only new threads (clone with CLONE_THREAD).
     #[arg(long, conflicts_with = "no_threads")]
     pub threads: bool,
@@ -91,6 +94,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
         comm: filters::comm_filter(args.comm.as_deref())?,
     };
 
+    args.cgroup.install(&KernelBtf::new())?;
     let (mut ebpf, attachment) = load_and_attach(
         config,
         args.common.attach_for(

@@ -49,10 +49,13 @@ pub struct FunccountArgs {
     #[arg(long)]
     pub include_self: bool,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: FunccountArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let (specs, interval) = probe_attach::split_positionals(&args.items)?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;

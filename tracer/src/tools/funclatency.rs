@@ -70,10 +70,13 @@ pub struct FunclatencyArgs {
     #[arg(long)]
     pub include_self: bool,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: FunclatencyArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }

@@ -63,10 +63,13 @@ pub struct KtopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: KtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -281,18 +284,22 @@ impl View {
                     if state.since_ns == 0 {
                         continue;
                     }
+                    let key = ThreadKey {
+                        pid: state.pid,
+                        cpu,
+                    };
+                    // Under `--cgroup` only threads the kernel kept a record for are rows: the
+                    // CPU's running thread may be outside the cgroup.
+                    if crate::cgroup::filtering() && !threads.contains_key(&key) {
+                        continue;
+                    }
                     let open = now_ns.saturating_sub(state.since_ns);
-                    let entry = threads
-                        .entry(ThreadKey {
-                            pid: state.pid,
-                            cpu,
-                        })
-                        .or_insert_with(|| ThreadStats {
-                            tgid: state.pid,
-                            task_flags: if state.pid == 0 { PF_KTHREAD } else { 0 },
-                            comm: comm_of(state.pid),
-                            ..ThreadStats::default()
-                        });
+                    let entry = threads.entry(key).or_insert_with(|| ThreadStats {
+                        tgid: state.pid,
+                        task_flags: if state.pid == 0 { PF_KTHREAD } else { 0 },
+                        comm: comm_of(state.pid),
+                        ..ThreadStats::default()
+                    });
                     entry.oncpu_ns += open;
                 }
                 let work = self

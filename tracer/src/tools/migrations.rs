@@ -75,8 +75,8 @@ pub struct MigrationsArgs {
     #[arg(short = 'n', long = "top", value_name = "N", default_value_t = 10)]
     pub top: usize,
     /// Show each task's cgroup (the cpu controller's hierarchy on cgroup v1).
-    #[arg(short = 'G', long = "cgroup")]
-    pub cgroup: bool,
+    #[arg(short = 'G', long = "show-cgroup")]
+    pub show_cgroup: bool,
     /// Also sample the on-CPU kernel stacks of the migration/N threads (perf cpu-clock).
     #[arg(long)]
     pub stoppers: bool,
@@ -95,10 +95,18 @@ pub struct MigrationsArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: MigrationsArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
+    if args.cgroup.cgroup.is_some() && args.common.attach == Some(Mechanism::Tracepoint) {
+        usage_bail!(
+            "--attach tracepoint: the classic sched_migrate_task record has no task pointer to read the cgroup from; --cgroup needs tp_btf or raw_tp"
+        );
+    }
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -181,7 +189,11 @@ fn load_and_attach(
             program: "migrations_raw",
         });
     }
-    if let Ok(fields) = &fields {
+    // The classic record names the migrated task by pid only: no task pointer to read its
+    // cgroup from, so that rung is left out under `--cgroup`.
+    if let Ok(fields) = &fields
+        && !crate::cgroup::filtering()
+    {
         let find = |name: &str| fields.iter().find(|f| f.name == name);
         if let (Some(pid), Some(orig), Some(dest), Some(comm)) = (
             find("pid"),
@@ -565,7 +577,7 @@ impl View {
     }
 
     fn cgroup(&mut self, args: &MigrationsArgs, tgid: u32) -> Option<String> {
-        args.cgroup
+        args.show_cgroup
             .then(|| self.cgroups.label(tgid, Controller::Cpu))
     }
 
@@ -666,7 +678,7 @@ impl View {
             "{:>7} {:>7} {:<16} {:>6} {:>8}",
             "PID", "TID", "COMM", "MIGR", "STOPPER"
         );
-        if args.cgroup {
+        if args.show_cgroup {
             header.push_str("  CGROUP");
         }
         out.line(&header);

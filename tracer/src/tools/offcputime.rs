@@ -66,10 +66,13 @@ pub struct OffcputimeArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: OffcputimeArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     args.task.check()?;
     let max_us = args.max_us.unwrap_or(u64::MAX / 1000);
     if max_us < args.min_us {

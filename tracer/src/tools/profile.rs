@@ -34,6 +34,7 @@ use tracer_common::{
 use crate::{
     attach::{self, Mechanism, Rung, Target},
     btf::KernelBtf,
+    cgroup::CgroupArgs,
     filters,
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
@@ -75,6 +76,8 @@ pub struct SampleArgs {
     /// Only tasks with this comm: exact, or a prefix ending in '*' ('kworker/*').
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    #[command(flatten)]
+    pub cgroup: CgroupArgs,
     #[command(flatten)]
     pub stacks: StackOutputArgs,
     #[command(flatten)]
@@ -183,6 +186,7 @@ impl Sampler {
             None => cpus,
         };
         sample.stacks.check()?;
+        sample.cgroup.install(&btf)?;
         if !softirq && let Some(m) = sample.common.attach {
             let with_softirq = if tool == "profile" {
                 ", unless --softirq (then choose one of tp_btf, raw_tp)"

@@ -61,8 +61,8 @@ pub struct ReclaimtopArgs {
     #[arg(long, value_name = "COMM")]
     pub comm: Option<String>,
     /// Add each process's memory cgroup (CGROUP column) to the stall rows.
-    #[arg(short = 'G', long = "cgroup")]
-    pub cgroup: bool,
+    #[arg(short = 'G', long = "show-cgroup")]
+    pub show_cgroup: bool,
     /// Stall-time log2 histograms per process and kind.
     #[arg(short = 'D', long = "dist")]
     pub dist: bool,
@@ -77,6 +77,8 @@ pub struct ReclaimtopArgs {
     pub no_redraw: bool,
     #[command(flatten)]
     pub interval: IntervalArgs,
+    #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -96,6 +98,7 @@ pub const EVENTS: &[(&str, &str, &str)] = &[
 ];
 
 pub async fn run(args: ReclaimtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -727,13 +730,13 @@ impl Report {
             ));
         }
         if !self.wakers.is_empty() {
-            let cg_header = if args.cgroup { "  CGROUP" } else { "" };
+            let cg_header = if args.show_cgroup { "  CGROUP" } else { "" };
             out.line(&format!(
                 "{:>7} {:<16} {:>12}{cg_header}",
                 "PID", "COMM", "WOKE-KSWAPD"
             ));
             for w in self.wakers.iter().take(args.top) {
-                let cg = if args.cgroup {
+                let cg = if args.show_cgroup {
                     format!("  {}", w.cgroup)
                 } else {
                     String::new()
@@ -745,13 +748,13 @@ impl Report {
             }
         }
         out.line("");
-        let cg_header = if args.cgroup { "  CGROUP" } else { "" };
+        let cg_header = if args.show_cgroup { "  CGROUP" } else { "" };
         out.line(&format!(
             "{:>7} {:<16} {:<6} {:>7} {:>9} {:>9} {:>10} {:>10} {:>5}{cg_header}",
             "PID", "COMM", "KIND", "STALLS", "TOTAL-ms", "MAX-ms", "SCANNED", "RECLAIMED", "EFF"
         ));
         for s in self.stalls.iter().take(args.top) {
-            let cg = if args.cgroup {
+            let cg = if args.show_cgroup {
                 format!("  {}", s.cgroup)
             } else {
                 String::new()

@@ -55,6 +55,8 @@ pub struct RunqlatArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -79,6 +81,7 @@ pub struct KeyArgs {
 }
 
 pub async fn run(args: RunqlatArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let view = HistView {
         tool: TOOL,
         what: "run queue latency",

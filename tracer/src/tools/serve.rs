@@ -115,6 +115,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Some(path) => config::load(path)?,
         None => Config::default(),
     };
+    if let Some(cgroup) = &config.collectors.cgroup {
+        cgroup
+            .install(&KernelBtf::new())
+            .map_err(|e| anyhow!("{}: {e}", config.collectors.cgroup_place))?;
+    }
     if args.check {
         check_kernel_can_attach(&config)?;
         outln!(

@@ -139,6 +139,8 @@ pub struct SoftirqTopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -1163,6 +1165,9 @@ fn quit_key() -> tokio::sync::mpsc::UnboundedReceiver<()> {
 }
 
 pub async fn run(args: SoftirqTopArgs) -> Result<()> {
+    args.cgroup.refuse(
+        "softirq-top's rows are per CPU and vector, and a softirq does no task's work (it runs in whichever task it interrupted); profile --softirq --cgroup PATH samples softirqs over a cgroup's tasks",
+    )?;
     // Everything the user typed is checked before anything is loaded.
     let online =
         aya::util::online_cpus().map_err(|(_, e)| anyhow!("cannot read the online CPUs: {e}"))?;

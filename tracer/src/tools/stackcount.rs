@@ -81,10 +81,13 @@ pub struct StackcountArgs {
     #[arg(long)]
     pub include_self: bool,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub async fn run(args: StackcountArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let (specs, interval) = probe_attach::split_positionals(&args.items)?;
     stacks::set_folded_delimiter(args.delimited);
     if let Some(pid) = args.pid {

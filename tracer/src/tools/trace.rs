@@ -63,6 +63,8 @@ pub struct TraceArgs {
     #[arg(long)]
     pub include_self: bool,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -130,6 +132,7 @@ fn parse_format(format: &str) -> Result<Vec<Piece>> {
 }
 
 pub async fn run(args: TraceArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     crate::tools::TaskArgs {
         pid: args.pid,
         tid: args.tid,

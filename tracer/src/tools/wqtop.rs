@@ -72,8 +72,8 @@ pub struct WqtopArgs {
     #[arg(long, value_name = "COMM")]
     pub comm: Option<String>,
     /// Show each queuing process's cgroup (from /proc/PID/cgroup).
-    #[arg(short = 'G', long)]
-    pub cgroup: bool,
+    #[arg(short = 'G', long = "show-cgroup")]
+    pub show_cgroup: bool,
     /// Per-function log2 histograms of queue latency and run time (microseconds).
     #[arg(short = 'D', long = "dist")]
     pub dist: bool,
@@ -89,6 +89,8 @@ pub struct WqtopArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -96,6 +98,7 @@ pub struct WqtopArgs {
 const TOP_PER_FUNCTION: usize = 3;
 
 pub async fn run(args: WqtopArgs) -> Result<()> {
+    args.cgroup.install(&crate::btf::KernelBtf::new())?;
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
@@ -110,7 +113,9 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
     )?;
     let config = WqConfig {
         tgid: args.pid.unwrap_or(0),
-        queuer_filter: u32::from(args.pid.is_some() || args.comm.is_some()),
+        queuer_filter: u32::from(
+            args.pid.is_some() || args.comm.is_some() || args.cgroup.cgroup.is_some(),
+        ),
         comm,
         hists: args.dist.into(),
         ..offsets(&btf)?
@@ -607,7 +612,7 @@ impl View {
             // The preempt count was not found: the task may be one an interrupt interrupted.
             _ => format!("{} {}?", q.key.tgid, q.comm),
         };
-        if self.args.cgroup && q.key.tgid != 0 {
+        if self.args.show_cgroup && q.key.tgid != 0 {
             let path = self.cgroups.label(q.key.tgid, Controller::Cpu);
             format!("{who} [{path}]")
         } else {
@@ -724,7 +729,7 @@ impl View {
                         "tid": in_task.then_some(q.key.pid),
                         "comm": in_task.then_some(&q.comm),
                     });
-                    if self.args.cgroup {
+                    if self.args.show_cgroup {
                         value["cgroup"] =
                             json!(in_task.then(|| self.cgroups.label(q.key.tgid, Controller::Cpu)));
                     }

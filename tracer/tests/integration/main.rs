@@ -8,6 +8,7 @@
 mod bad_input;
 mod bcc;
 mod biotop;
+mod cgroup_filter;
 mod cli;
 mod common;
 mod dist;
@@ -37,6 +38,7 @@ fn main() {
     trials.extend(cli::tests());
     trials.extend(bad_input::tests());
     trials.extend(bcc::tests());
+    trials.extend(cgroup_filter::tests());
     trials.extend(doctor::tests());
     trials.extend(usdt::tests());
     trials.extend(dist::tests());

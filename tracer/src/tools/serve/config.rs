@@ -19,6 +19,8 @@
 //! buckets = "1us..10s"    # histogram buckets of the built-in histograms
 //! block_buckets = "10us..10s"    # block IO latency buckets (default: buckets)
 //! reclaim_buckets = "10us..10s"  # reclaim stall buckets (default: buckets)
+//! cgroup = "/sys/fs/cgroup/app"  # only tasks in this cgroup v2 and below (every collector
+//!                                # and probe that filters tasks; cgroup_exact = true: only it)
 //!
 //! [[probe]]
 //! name = "nginx_requests"                             # the `probe` label
@@ -75,6 +77,8 @@ struct CollectorsFile {
     buckets: Option<Spanned<String>>,
     block_buckets: Option<Spanned<String>>,
     reclaim_buckets: Option<Spanned<String>>,
+    cgroup: Option<Spanned<String>>,
+    cgroup_exact: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +119,11 @@ pub struct Collectors {
     /// None: `buckets`.
     pub block_buckets: Option<Buckets>,
     pub reclaim_buckets: Option<Buckets>,
+    /// `cgroup = "PATH"` / `cgroup_exact`: the `--cgroup` filter of every task-filtering
+    /// collector and probe (one per process, like the tools' flag), and the config line it
+    /// came from for errors.
+    pub cgroup: Option<crate::cgroup::CgroupArgs>,
+    pub cgroup_place: String,
 }
 
 /// One configured probe, resolved to its attach points.
@@ -151,6 +160,8 @@ impl Default for Config {
                 buckets: parse_buckets(DEFAULT_BUCKETS).expect("valid default"),
                 block_buckets: None,
                 reclaim_buckets: None,
+                cgroup: None,
+                cgroup_place: String::new(),
             },
             probes: Vec::new(),
         }
@@ -209,6 +220,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         }
         d.block_buckets = buckets(c.block_buckets)?;
         d.reclaim_buckets = buckets(c.reclaim_buckets)?;
+        match (c.cgroup, c.cgroup_exact) {
+            (Some(path), exact) => {
+                d.cgroup_place = at(path.span());
+                d.cgroup = Some(crate::cgroup::CgroupArgs {
+                    cgroup: Some(path.into_inner().into()),
+                    cgroup_exact: exact.is_some_and(|e| e.into_inner()),
+                });
+            }
+            (None, Some(exact)) => {
+                bail!("{}: cgroup_exact needs cgroup = \"PATH\"", at(exact.span()))
+            }
+            (None, None) => {}
+        }
     }
     if file.probes.len() > MAX_CONFIG_PROBES {
         bail!(
