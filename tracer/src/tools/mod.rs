@@ -10,6 +10,7 @@ pub mod forksnoop;
 pub mod funccount;
 pub mod funclatency;
 pub mod hardirqs;
+pub mod hotcold;
 pub mod kthreads;
 pub mod ktop;
 pub mod migrations;

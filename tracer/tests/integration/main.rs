@@ -15,6 +15,7 @@ mod doctor;
 mod flamegraph;
 mod forksnoop;
 mod hardirqs;
+mod hotcold;
 mod migrations;
 mod overload;
 mod pipes;
@@ -43,6 +44,7 @@ fn main() {
     trials.extend(softirq_top::tests());
     trials.extend(hardirqs::tests());
     trials.extend(profile::tests());
+    trials.extend(hotcold::tests());
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
