@@ -13,6 +13,7 @@ pub mod hardirqs;
 pub mod hotcold;
 pub mod kthreads;
 pub mod ktop;
+pub mod memleak;
 pub mod migrations;
 pub mod offcputime;
 pub mod profile;

@@ -117,7 +117,7 @@ pub struct ProfileArgs {
     pub top: usize,
     /// Hot/cold: add off-CPU time by stack (sched_switch, as offcputime) to the on-CPU samples,
     /// both as time (a sample counts 1/F s); off-CPU frames end in "_[o]" and are drawn blue.
-    #[arg(long, conflicts_with_all = ["idle", "softirq", "diff_against"])]
+    #[arg(short = 'O', long, conflicts_with_all = ["idle", "softirq", "diff_against"])]
     pub offcpu: bool,
     /// With --svg: draw the flame graph as a differential one against an earlier run's folded
     /// stacks (red grew, blue shrank; BEFORE scaled to this run's total).

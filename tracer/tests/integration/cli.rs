@@ -201,6 +201,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "1"],
         &["softirqs", "--json", "0.3", "1"],
         &["profile", "--json", "-d", "0.5"],
+        &["profile", "--offcpu", "--json", "-d", "0.5"],
         &["kstacks", "--json", "-d", "0.5"],
         &["offcputime", "--json", "-d", "0.5"],
         &["funccount", "--json", "t:sched:sched_switch", "0.3", "1"],

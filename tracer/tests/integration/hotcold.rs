@@ -14,7 +14,7 @@ use crate::{
 
 pub fn tests() -> Vec<Trial> {
     vec![trial(
-        "hotcold::busy_half_asleep_half",
+        "memflame::hotcold_busy_half_asleep_half",
         &[Need::Root],
         busy_half_asleep_half,
     )]

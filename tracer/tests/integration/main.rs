@@ -16,6 +16,7 @@ mod flamegraph;
 mod forksnoop;
 mod hardirqs;
 mod hotcold;
+mod memory;
 mod migrations;
 mod overload;
 mod pipes;
@@ -45,6 +46,7 @@ fn main() {
     trials.extend(hardirqs::tests());
     trials.extend(profile::tests());
     trials.extend(hotcold::tests());
+    trials.extend(memory::tests());
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());
