@@ -131,9 +131,10 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             }
         }
     }
+    // The traced time ends here, not after the detach (which takes long under emulation).
+    let elapsed = sampler.started.elapsed();
     sampler.stop_sampling()?;
     let mut off = off_cpu_ns(&off_counts, &blocked);
-    let elapsed = sampler.started.elapsed();
     for (key, before) in baseline {
         if let Some(ns) = off.get_mut(&key) {
             *ns = ns.saturating_sub(before);

@@ -65,10 +65,14 @@ fn busy_half_asleep_half() -> Result<(), Failed> {
         on / 1e9,
         off / 1e9
     );
-    // One thread: its on- and off-CPU time together are the traced time.
-    ensure(((on + off) / 1e9 - seconds).abs() <= 0.1 * seconds, || {
-        format!("on + off = {:.3}s, traced {seconds:.3}s", (on + off) / 1e9)
-    })?;
+    // One thread: its on- and off-CPU time together are the traced time. Under TCG the
+    // cpu-clock timer fires late, so fewer than F samples a second arrive (17 % short seen
+    // on 6.12): the on-CPU share is judged there, the sum more loosely.
+    let slack = if tcg { 0.25 } else { 0.1 };
+    ensure(
+        ((on + off) / 1e9 - seconds).abs() <= slack * seconds,
+        || format!("on + off = {:.3}s, traced {seconds:.3}s", (on + off) / 1e9),
+    )?;
     ensure((share - truth_share).abs() <= 0.1, || {
         format!("on-CPU share {share:.3}, schedstat says {truth_share:.3}")
     })?;
