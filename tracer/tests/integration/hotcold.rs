@@ -99,13 +99,20 @@ fn busy_half_asleep_half() -> Result<(), Failed> {
             off / 1e9
         )
     })?;
+    // The nanosleep syscall itself runs on CPU (entry, the switch back in), but briefly.
     let on_stacks = report["on_cpu"].as_array().cloned().unwrap_or_default();
-    ensure(
-        on_stacks
-            .iter()
-            .all(|s| !frames(s).iter().any(|f| f.contains("nanosleep"))),
-        || format!("an on-CPU stack sleeps: {on_stacks:?}"),
-    )?;
+    let on_in_sleep: f64 = on_stacks
+        .iter()
+        .filter(|s| frames(s).iter().any(|f| f.contains("nanosleep")))
+        .filter_map(|s| s["value"].as_f64())
+        .sum();
+    ensure(on_in_sleep <= 0.05 * on, || {
+        format!(
+            "{:.3}s of {:.3}s on CPU under nanosleep frames: {on_stacks:?}",
+            on_in_sleep / 1e9,
+            on / 1e9
+        )
+    })?;
 
     // The SVG: off-CPU frames (`_[o]`) blue, on-CPU frames warm.
     let text = std::fs::read_to_string(&svg).map_err(|e| fail(format!("no SVG: {e}")))?;
