@@ -10,6 +10,7 @@ pub mod comm;
 pub mod forksnoop;
 pub mod hardirqs;
 pub mod hist;
+pub mod memleak;
 pub mod migrations;
 pub mod offcputime;
 pub mod probe;

@@ -29,6 +29,7 @@ pub mod objects {
     pub static RECLAIMTOP: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reclaimtop"));
     pub static HARDIRQS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hardirqs"));
+    pub static MEMLEAK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memleak"));
 }
 
 /// Loads `object` after `configure` set its globals; turns failures into one line.

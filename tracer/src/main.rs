@@ -73,6 +73,8 @@ enum Tool {
     Kstacks(tools::profile::KstacksArgs),
     /// Off-CPU (blocked) time by stack and task, from sched_switch.
     Offcputime(tools::offcputime::OffcputimeArgs),
+    /// Outstanding libc allocations (malloc/calloc/realloc not freed) of a process by stack.
+    Memleak(tools::memleak::MemleakArgs),
     /// Count calls to uprobes, kernel functions or tracepoints, per interval.
     Funccount(tools::funccount::FunccountArgs),
     /// Entry-to-return latency of a function as a log2 histogram.
@@ -126,6 +128,7 @@ const TOOL_NAMES: &[&str] = &[
     "profile",
     "kstacks",
     "offcputime",
+    "memleak",
     "funccount",
     "funclatency",
     "argdist",
@@ -288,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Hardirqs(args) => runtime()?.block_on(tools::hardirqs::run(args)),
         Tool::Profile(args) => runtime()?.block_on(tools::profile::run(args)),
         Tool::Offcputime(args) => runtime()?.block_on(tools::offcputime::run(args)),
+        Tool::Memleak(args) => runtime()?.block_on(tools::memleak::run(args)),
         Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),
         Tool::Funclatency(args) => runtime()?.block_on(tools::funclatency::run(args)),
         Tool::Argdist(args) => runtime()?.block_on(tools::argdist::run(args)),

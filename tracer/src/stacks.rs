@@ -957,7 +957,43 @@ pub fn render_svg(
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_string();
     options.count_name = count_name.to_string();
+    let mut cold = cold_palette(lines);
+    options.palette_map = cold.as_mut();
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), writer)
+}
+
+/// The annotation of off-CPU frames in hot/cold folded stacks (`profile --offcpu`), in the
+/// style of perf's `_[k]` (kernel) and `_[j]` (JIT) suffixes.
+pub const OFFCPU_SUFFIX: &str = "_[o]";
+
+/// Blue shades (FlameGraph's "io" palette range) for the `_[o]` frames of `lines`, so that a
+/// hot/cold graph draws off-CPU time cold; None when there are none (every other frame keeps
+/// the default warm palette either way).
+fn cold_palette(lines: &[String]) -> Option<inferno::flamegraph::color::PaletteMap> {
+    let mut palette = inferno::flamegraph::color::PaletteMap::default();
+    for line in lines {
+        let frames = line.rsplit_once(' ').map_or(line.as_str(), |(f, _)| f);
+        for frame in frames.split(';').filter(|f| f.ends_with(OFFCPU_SUFFIX)) {
+            if palette.get(frame).is_none() {
+                // A stable shade per name, as FlameGraph's --hash does.
+                let hash = frame
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+                let v1 = (hash % 61) as u8;
+                let v2 = ((hash / 61) % 56) as u8;
+                palette.insert(
+                    frame,
+                    inferno::flamegraph::color::Color {
+                        r: 80 + v1,
+                        g: 80 + v1,
+                        b: 190 + v2,
+                    },
+                );
+            }
+        }
+    }
+    let any = palette.iter().next().is_some();
+    any.then_some(palette)
 }
 
 /// The `--svg FILE` target, opened before any tracing so a bad path fails at once.

@@ -14,6 +14,11 @@
 //!   read N BYTES    N read(2) calls of BYTES bytes each from /dev/zero (value-histogram tests)
 //!   stat-refresh N  N reads of /proc/sys/vm/stat_refresh: each queues the work function
 //!                   refresh_vm_stats on every online CPU from this process (wqtop tests)
+//!   faults N        write once to each of N fresh anonymous pages in
+//!                   `tracer_workload_fault_pages`: N page faults (memory flame-graph tests)
+//!   mallocs K       K libc mallocs of known sizes (1000 + 16 i bytes): the even ones in
+//!                   `tracer_workload_malloc_kept`, kept until exit; the odd ones in
+//!                   `tracer_workload_malloc_freed`, freed at once (memleak tests)
 //!   repeat SECS ... run the commands after it again and again for SECS seconds (soak load)
 //! Commands run in order. With --wait, it prints its PID and waits for a line on stdin before
 //! starting, so a tracer can attach with `-p PID` first.
@@ -77,6 +82,86 @@ pub extern "C" fn tracer_workload_hot_function(deadline: &Instant) -> u64 {
         }
     }
     x
+}
+
+/// Writes once to each of `n` fresh anonymous pages: `n` page faults, all in this function.
+/// Huge pages are refused for the mapping, so each 4 KiB page faults on its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_fault_pages(n: u64) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = n as usize * page;
+    // SAFETY: a fresh private anonymous mapping, written inside its bounds and unmapped after.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            eprintln!(
+                "tracer-workload: mmap failed: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(1);
+        }
+        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+        for i in 0..n as usize {
+            std::ptr::write_volatile((p as *mut u8).add(i * page), 1);
+        }
+        libc::munmap(p, len);
+    }
+}
+
+/// One libc malloc whose block the caller keeps (memleak tests find it under this name).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_malloc_kept(size: usize) -> *mut u8 {
+    touched_malloc(size, 1)
+}
+
+/// One libc malloc whose block the caller frees at once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_malloc_freed(size: usize) -> *mut u8 {
+    touched_malloc(size, 2)
+}
+
+/// malloc, then a write: the call cannot become a tail call, so the allocating function stays
+/// the caller malloc returns to. Each caller writes its own `tag`, so that the two callers'
+/// code differs and the linker cannot fold them into one symbol.
+#[inline(always)]
+fn touched_malloc(size: usize, tag: u8) -> *mut u8 {
+    // SAFETY: plain libc malloc; the block is written only when it was allocated.
+    unsafe {
+        let p = libc::malloc(size) as *mut u8;
+        if p.is_null() {
+            eprintln!("tracer-workload: malloc({size}) failed");
+            std::process::exit(1);
+        }
+        std::ptr::write_volatile(p, tag);
+        p
+    }
+}
+
+/// `k` mallocs of 1000 + 16 i bytes: even i kept (until exit), odd i freed at once.
+fn mallocs(k: u64) {
+    let mut kept = Vec::with_capacity(k as usize);
+    for i in 0..k as usize {
+        let size = 1000 + 16 * i;
+        if i % 2 == 0 {
+            kept.push(tracer_workload_malloc_kept(size));
+        } else {
+            // SAFETY: a block from malloc, freed once.
+            unsafe { libc::free(tracer_workload_malloc_freed(size) as *mut libc::c_void) };
+        }
+    }
+    // Held until the process exits: an outstanding allocation is what memleak shows.
+    std::mem::forget(kept);
 }
 
 /// Exactly `n` calls of libc's write(2) (one byte to /dev/null), for uprobe tests on libc.
@@ -257,6 +342,8 @@ fn run(args: &[String]) {
                 std::hint::black_box(tracer_workload_hot_function(&deadline));
             }
             "sleep" => std::thread::sleep(Duration::from_secs_f64(number(args, i + 1, "sleep"))),
+            "faults" => tracer_workload_fault_pages(number(args, i + 1, "faults") as u64),
+            "mallocs" => mallocs(number(args, i + 1, "mallocs") as u64),
             "pingpong" => pingpong(number(args, i + 1, "pingpong") as u64),
             "write" => write_dev_null(number(args, i + 1, "write") as u64),
             "open" => open_dev_null(number(args, i + 1, "open") as u64),
@@ -271,7 +358,7 @@ fn run(args: &[String]) {
             other => {
                 eprintln!(
                     "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
-                     pingpong, open, write, read, stat-refresh, repeat)"
+                     pingpong, open, write, read, stat-refresh, faults, mallocs, repeat)"
                 );
                 std::process::exit(2);
             }

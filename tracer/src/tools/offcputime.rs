@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap},
+};
 use clap::Args;
 use serde_json::json;
 use tracer_common::{
@@ -107,40 +110,8 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         .map(PprofFile::create)
         .transpose()?;
 
-    let btf = KernelBtf::new();
-    let offsets = btf
-        .task_offsets()
-        .context("offcputime reads prev/next task_struct members at offsets from kernel BTF")?;
-    let mut ebpf = loader::load(objects::OFFCPUTIME, |l| {
-        l.override_global("CONFIG", &config, true);
-        l.override_global("TASK_OFFSETS", &offsets, false);
-        l.map_max_entries("STACKS", args.stacks.stack_storage_size);
-    })?;
-    let rungs = [
-        Rung {
-            mechanism: Mechanism::TpBtf,
-            program: "offcputime_switch_btf",
-        },
-        Rung {
-            mechanism: Mechanism::RawTp,
-            program: "offcputime_switch_raw",
-        },
-    ];
-    let target = Target::Tracepoint {
-        category: "sched",
-        event: "sched_switch",
-    };
-    let attachment = attach::attach(
-        &mut ebpf,
-        &btf,
-        target,
-        &rungs,
-        args.common
-            .attach_for(TOOL, &[Mechanism::TpBtf, Mechanism::RawTp])?,
-    )?;
-    if args.common.verbose {
-        errln!("{TOOL}: {}", attachment.summary());
-    }
+    let (mut ebpf, attachment) =
+        load_and_attach(TOOL, &config, args.stacks.stack_storage_size, &args.common)?;
     let counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
         ebpf.take_map("OFFCPU")
             .ok_or_else(|| anyhow!("OFFCPU map missing (build bug)"))?,
@@ -362,4 +333,48 @@ fn title(args: &OffcputimeArgs) -> String {
         ));
     }
     title
+}
+
+/// Loads the sched_switch object with `config` and attaches it (tp_btf, else raw_tp): shared
+/// with `profile --offcpu`, whose off-CPU half is this tool's kernel side.
+pub(super) fn load_and_attach(
+    tool: &str,
+    config: &OffcpuConfig,
+    stack_storage_size: u32,
+    common: &CommonArgs,
+) -> Result<(Ebpf, attach::Attachment)> {
+    let btf = KernelBtf::new();
+    let offsets = btf
+        .task_offsets()
+        .context("offcputime reads prev/next task_struct members at offsets from kernel BTF")?;
+    let mut ebpf = loader::load(objects::OFFCPUTIME, |l| {
+        l.override_global("CONFIG", config, true);
+        l.override_global("TASK_OFFSETS", &offsets, false);
+        l.map_max_entries("STACKS", stack_storage_size);
+    })?;
+    let rungs = [
+        Rung {
+            mechanism: Mechanism::TpBtf,
+            program: "offcputime_switch_btf",
+        },
+        Rung {
+            mechanism: Mechanism::RawTp,
+            program: "offcputime_switch_raw",
+        },
+    ];
+    let target = Target::Tracepoint {
+        category: "sched",
+        event: "sched_switch",
+    };
+    let attachment = attach::attach(
+        &mut ebpf,
+        &btf,
+        target,
+        &rungs,
+        common.attach_for(tool, &[Mechanism::TpBtf, Mechanism::RawTp])?,
+    )?;
+    if common.verbose {
+        errln!("{tool}: {}", attachment.summary());
+    }
+    Ok((ebpf, attachment))
 }

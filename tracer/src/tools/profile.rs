@@ -96,7 +96,8 @@ pub struct SampleArgs {
     profile -f -d 30 > out.folded    folded stacks for flamegraph.pl / inferno\n  \
     profile --svg cpu.svg -d 30      flame graph directly
   \
-    profile --svg diff.svg -d 30 --diff-against before.folded   what changed since then")]
+    profile --svg diff.svg -d 30 --diff-against before.folded   what changed since then\n  \
+    profile --offcpu -p 1234 --svg hotcold.svg -d 10   on- and off-CPU time in one graph")]
 pub struct ProfileArgs {
     #[command(flatten)]
     pub task: TaskArgs,
@@ -117,6 +118,10 @@ pub struct ProfileArgs {
     /// How many stacks to print (text and JSON).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Hot/cold: add off-CPU time by stack (sched_switch, as offcputime) to the on-CPU samples,
+    /// both as time (a sample counts 1/F s); off-CPU frames end in "_[o]" and are drawn blue.
+    #[arg(short = 'O', long, conflicts_with_all = ["idle", "softirq", "diff_against"])]
+    pub offcpu: bool,
     /// With --svg: draw the flame graph as a differential one against an earlier run's folded
     /// stacks (red grew, blue shrank; BEFORE scaled to this run's total).
     #[arg(long, value_name = "BEFORE.folded")]
@@ -143,7 +148,7 @@ pub struct KstacksArgs {
 }
 
 /// The loaded and attached sampler.
-struct Sampler {
+pub(super) struct Sampler {
     /// Keeps the programs attached; dropping it detaches everything.
     ebpf: Ebpf,
     /// The sampling perf events (one per CPU) until `stop_sampling` detaches them.
@@ -151,16 +156,16 @@ struct Sampler {
     /// When the perf events were attached: the first interval and `-d` count from here, so
     /// that the time reported is the time sampled (load and symbol setup take seconds under
     /// emulation).
-    started: Instant,
-    counts: PerCpuHashMap<MapData, SampleKey, u64>,
-    stack_map: StackMap,
-    stats: StatsReader,
-    event: &'static str,
-    cpus: usize,
-    hz: u64,
+    pub(super) started: Instant,
+    pub(super) counts: PerCpuHashMap<MapData, SampleKey, u64>,
+    pub(super) stack_map: StackMap,
+    pub(super) stats: StatsReader,
+    pub(super) event: &'static str,
+    pub(super) cpus: usize,
+    pub(super) hz: u64,
 }
 
-fn check_frequency(hz: u64) -> Result<()> {
+pub(super) fn check_frequency(hz: u64) -> Result<()> {
     if hz == 0 || hz > MAX_HZ {
         usage_bail!(
             "-F {hz}: the sampling frequency must be 1 to {MAX_HZ} Hz (49 or 99 are typical)"
@@ -170,7 +175,7 @@ fn check_frequency(hz: u64) -> Result<()> {
 }
 
 impl Sampler {
-    fn start(
+    pub(super) fn start(
         tool: &str,
         sample: &SampleArgs,
         config: ProfileConfig,
@@ -278,7 +283,7 @@ impl Sampler {
     /// are read from counts that no longer change: every sample taken is in the last report
     /// (or was not stored: map_full). Disabling a perf event runs on its CPU with interrupts
     /// off, so no sample is half-counted once this returns.
-    fn stop_sampling(&mut self) -> Result<()> {
+    pub(super) fn stop_sampling(&mut self) -> Result<()> {
         if self.links.is_empty() {
             return Ok(());
         }
@@ -296,7 +301,7 @@ impl Sampler {
     }
 
     /// Totals per key so far (summed over CPUs).
-    fn snapshot(&self) -> HashMap<SampleKey, u64> {
+    pub(super) fn snapshot(&self) -> HashMap<SampleKey, u64> {
         let mut totals = HashMap::new();
         for (key, per_cpu) in self.counts.iter().flatten() {
             *totals.entry(key).or_default() += per_cpu.iter().sum::<u64>();
@@ -308,7 +313,7 @@ impl Sampler {
         self.stack_map.raw(key, value)
     }
 
-    fn report_losses(&self, tool: &str) -> serde_json::Value {
+    pub(super) fn report_losses(&self, tool: &str) -> serde_json::Value {
         let stats = self.stats.read();
         let loss = StackLoss::read(&self.stats);
         loss.report(tool);
@@ -482,7 +487,7 @@ async fn sample_loop(
     Ok(evictor.totals())
 }
 
-fn what_sampled(
+pub(super) fn what_sampled(
     tool: &str,
     args: Option<&ProfileArgs>,
     sample: &SampleArgs,
@@ -542,6 +547,9 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
         _reserved: [0; 3],
         comm: filters::comm_filter(sample.comm.as_deref())?,
     };
+    if args.offcpu {
+        return super::hotcold::run(&args, config).await;
+    }
     run_sampler(
         TOOL,
         sample,

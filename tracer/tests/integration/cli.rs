@@ -201,6 +201,7 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "1"],
         &["softirqs", "--json", "0.3", "1"],
         &["profile", "--json", "-d", "0.5"],
+        &["profile", "--offcpu", "--json", "-d", "0.5"],
         &["kstacks", "--json", "-d", "0.5"],
         &["offcputime", "--json", "-d", "0.5"],
         &["funccount", "--json", "t:sched:sched_switch", "0.3", "1"],
@@ -244,6 +245,8 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         &["biotop", "--jbd2", "--json", "0.3", "1"],
         &["reclaimtop", "--json", "0.3", "1"],
         &["kthreads", "--json"],
+        // memleak on this test process (alive, and it links libc).
+        &["memleak", "--json", "-p", "{test_pid}", "-d", "0.5"],
     ];
     let tools = run(&["list-tools"]);
     for tool in String::from_utf8_lossy(&tools.stdout).split_whitespace() {
@@ -254,7 +257,19 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         })?;
     }
     let mut problems = Vec::new();
+    let own_pid = std::process::id().to_string();
     for args in RUNS {
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| {
+                if *a == "{test_pid}" {
+                    own_pid.as_str()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let args = args.as_slice();
         let shown = args.join(" ");
         let out = run(args);
         if !out.status.success() {

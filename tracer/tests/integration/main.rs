@@ -16,6 +16,8 @@ mod doctor;
 mod flamegraph;
 mod forksnoop;
 mod hardirqs;
+mod hotcold;
+mod memory;
 mod migrations;
 mod overload;
 mod pipes;
@@ -47,6 +49,8 @@ fn main() {
     trials.extend(softirq_top::tests());
     trials.extend(hardirqs::tests());
     trials.extend(profile::tests());
+    trials.extend(hotcold::tests());
+    trials.extend(memory::tests());
     trials.extend(probes::tests());
     trials.extend(probe_tools::tests());
     trials.extend(sched::tests());

@@ -119,7 +119,7 @@ impl Drop for Background {
 /// stretch its duty cycle or split its slices: the test then knows what the truth is. Not under
 /// TCG: a real-time spinner on the guest's 2 slow vCPUs starves its RCU kthreads (soft lockup),
 /// so there it stays SCHED_OTHER and the tests judge it with wider bounds.
-fn realtime(pid: u32) -> Result<(), Failed> {
+pub(crate) fn realtime(pid: u32) -> Result<(), Failed> {
     if emulated().is_some() {
         return Ok(());
     }
@@ -135,7 +135,7 @@ fn realtime(pid: u32) -> Result<(), Failed> {
 }
 
 /// On-CPU nanoseconds of a task so far (/proc/PID/schedstat, first field).
-fn schedstat_ns(pid: u32) -> Option<u64> {
+pub(crate) fn schedstat_ns(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .ok()?
         .split_whitespace()

@@ -22,7 +22,8 @@ enum Last {
 /// Tools that attach and run until stopped, with arguments that make them do so. A tool
 /// added to `tracer list-tools` must get a row here or in `NOT_LIVE`
 /// (`signals::every_tool_is_covered` fails otherwise). `{workload}` is replaced by the path
-/// of tracer-workload (uprobes on it touch no other process).
+/// of tracer-workload (uprobes on it touch no other process), `{test_pid}` by this test
+/// process's PID.
 const LIVE: &[(&str, &[&str], Last)] = &[
     ("forksnoop", &["--json"], Last::JsonEnd),
     ("softirq-top", &["--json"], Last::JsonEnd),
@@ -30,8 +31,15 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     // BCC's name for softirq-top, in BCC's grammar (plus --json).
     ("softirqs", &["--json"], Last::JsonEnd),
     ("profile", &["-F", "49", "--json"], Last::JsonEnd),
+    (
+        "profile",
+        &["--offcpu", "-F", "49", "--json"],
+        Last::JsonEnd,
+    ),
     ("kstacks", &["--json"], Last::JsonEnd),
     ("offcputime", &["--json"], Last::JsonEnd),
+    // This test process: alive throughout, and it links libc.
+    ("memleak", &["--json", "-p", "{test_pid}"], Last::JsonEnd),
     (
         "funccount",
         &["--json", "t:sched:sched_process_fork"],
@@ -93,7 +101,12 @@ pub fn tests() -> Vec<Trial> {
     )];
     for &(tool, args, last) in LIVE {
         let needs: &'static [Need] = &[Need::Root];
-        let name = format!("signals::{}", tool.replace('-', "_"));
+        // A second row of one tool is a mode of it (profile --offcpu): named after the flag.
+        let mode = args
+            .first()
+            .filter(|a| a.starts_with("--") && **a != "--json")
+            .map_or(String::new(), |a| format!("_{}", a.trim_start_matches('-')));
+        let name = format!("signals::{}{mode}", tool.replace('-', "_"));
         trials.push(Trial::ignorable_test(name, move || {
             if let Some(reason) = needs.iter().find_map(|n| n.missing()) {
                 return Ok(Completion::ignored_with(reason));
@@ -129,7 +142,11 @@ fn every_tool_is_covered() -> Result<(), Failed> {
 
 fn signals_leave_nothing(tool: &str, args: &[&str], last: Last) -> TestResult {
     let mut argv = vec![tool.to_string()];
-    argv.extend(args.iter().map(|a| a.replace("{workload}", WORKLOAD)));
+    let own_pid = std::process::id().to_string();
+    argv.extend(args.iter().map(|a| {
+        a.replace("{workload}", WORKLOAD)
+            .replace("{test_pid}", &own_pid)
+    }));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     for (signal, name) in SIGNALS {
         let pinned_before = pinned_paths();

@@ -76,11 +76,17 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("hardirqs", &["-D", INTERVAL]),
     ("profile", &["-F", "49", INTERVAL]),
     ("kstacks", &["-F", "49", INTERVAL]),
+    // Hot/cold has no interval mode (one report at the end); on the load's tasks, as offcputime.
+    (
+        "profile",
+        &["--offcpu", "-F", "49", "--comm", "tracer-workload"],
+    ),
     // The load's tasks only: system-wide, its keys follow the qemu stage running alongside
     // (its 9p and I/O worker threads block in ever new places as the guests' tests move on:
     // OFFCPU 2271 -> 2746 and STACKS 1046 -> 1482 between the thirds of a full run, with every
     // stack id a live key names), which is the machine changing, not the tool growing.
     ("offcputime", &["--comm", "tracer-workload", INTERVAL]),
+    ("memleak", &["-p", "{writer}", INTERVAL]),
     ("funccount", &["-P", "t:sched:sched_process_fork", INTERVAL]),
     (
         "funclatency",

@@ -1,0 +1,313 @@
+//! `profile --offcpu`: hot/cold flame graphs. profile's perf-event sampler gives the on-CPU half
+//! and offcputime's sched_switch object (loaded as is) the off-CPU half; both become time (one
+//! sample = 1/F s of CPU), so a thread's wall time splits into where it ran and where it waited.
+//! Off-CPU frames carry the `_[o]` annotation in folded output, which `stacks::render_svg`
+//! draws blue (the on-CPU frames keep the warm palette).
+
+use std::{collections::HashMap, rc::Rc, time::Duration};
+
+use anyhow::{Result, anyhow};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use serde_json::json;
+use tracer_common::{
+    offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, SwitchOut},
+    profile::{IDLE_EXCLUDE, ProfileConfig},
+};
+
+use crate::{
+    loader::StatsReader,
+    output::{Out, hms_now, with_schema},
+    pprof::{PprofFile, PprofKind},
+    session,
+    stacks::{self, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    tools::{
+        offcputime,
+        profile::{ProfileArgs, Sampler},
+    },
+};
+
+const TOOL: &str = "profile";
+
+pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result<()> {
+    let sample = &args.sample;
+    if sample.interval.interval.is_some() {
+        usage_bail!("profile --offcpu reports the whole run: drop INTERVAL [COUNT] (use -d SECS)");
+    }
+    sample.stacks.check()?;
+    // The idle tasks run when nothing else does: that time is neither hot nor cold.
+    config.idle = IDLE_EXCLUDE;
+    let offcpu_config = OffcpuConfig {
+        tgid: config.tgid,
+        tid: config.tid,
+        min_ns: 0,
+        max_ns: u64::MAX,
+        kernel_stacks: config.kernel_stacks,
+        user_stacks: config.user_stacks,
+        kthreads_only: config.kthreads_only,
+        user_only: 0,
+        _reserved: [0; 4],
+        comm: config.comm,
+    };
+    let svg = sample
+        .stacks
+        .svg
+        .as_deref()
+        .map(SvgFile::create)
+        .transpose()?;
+    let pprof = sample
+        .stacks
+        .pprof
+        .as_deref()
+        .map(PprofFile::create)
+        .transpose()?;
+
+    // --attach chooses the sched_switch mechanism; the sampler has only perf events.
+    let (mut off_ebpf, attachment) = offcputime::load_and_attach(
+        TOOL,
+        &offcpu_config,
+        sample.stacks.stack_storage_size,
+        &sample.common,
+    )?;
+    let off_counts: PerCpuHashMap<MapData, OffcpuKey, OffcpuValue> = PerCpuHashMap::try_from(
+        off_ebpf
+            .take_map("OFFCPU")
+            .ok_or_else(|| anyhow!("OFFCPU map missing (build bug)"))?,
+    )?;
+    let blocked: BpfHashMap<MapData, u32, SwitchOut> = BpfHashMap::try_from(
+        off_ebpf
+            .take_map("START")
+            .ok_or_else(|| anyhow!("START map missing (build bug)"))?,
+    )?;
+    let off_stacks = StackMap::take(&mut off_ebpf, "STACKS")?;
+    let off_stats = StatsReader::take(&mut off_ebpf)?;
+    let mut on_sample = sample.clone();
+    on_sample.common.attach = None;
+    let mut sampler = Sampler::start(TOOL, &on_sample, config, false)?;
+    // Off-CPU time counts from the moment sampling starts: what was blocked before is taken
+    // off again at the end (see `off_cpu_ns`).
+    let baseline = off_cpu_ns(&off_counts, &blocked);
+    let title = format!(
+        "{}, hot/cold (on CPU + off CPU, {})",
+        super::profile::what_sampled(TOOL, Some(args), sample, sampler.event),
+        attachment.mechanism
+    );
+    errln!(
+        "Sampling on-CPU stacks at {} Hz ({}) and off-CPU time ({}) of {}... Hit Ctrl-C to end.",
+        sample.frequency,
+        sampler.event,
+        attachment.mechanism,
+        scope(args)
+    );
+
+    let mut on_symbols = Symbols::new();
+    let mut off_symbols = Symbols::new().strip_tracing_frames();
+    let stop = session::stop_requested(
+        sample
+            .common
+            .duration
+            .duration
+            .map(|d| d.saturating_sub(sampler.started.elapsed())),
+    );
+    tokio::pin!(stop);
+    // User stacks are symbolized while their processes exist (see profile's sample_loop).
+    let mut warm = tokio::time::interval(Duration::from_secs(1));
+    warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warmed = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            reason = &mut stop => { reason?; break; }
+            _ = warm.tick() => {
+                for key in sampler.counts.keys().flatten() {
+                    if key.ustack >= 0 && warmed.insert((true, key.tgid, key.ustack)) {
+                        on_symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
+                    }
+                }
+                let now_blocked = blocked.iter().flatten().map(|(_, out)| out.key);
+                for key in off_counts.keys().flatten().chain(now_blocked) {
+                    if key.ustack >= 0 && warmed.insert((false, key.tgid, key.ustack)) {
+                        off_symbols.prefetch_user(key.tgid, &off_stacks.frames(key.ustack));
+                    }
+                }
+            }
+        }
+    }
+    // The traced time ends here, not after the detach (which takes long under emulation).
+    let elapsed = sampler.started.elapsed();
+    sampler.stop_sampling()?;
+    let mut off = off_cpu_ns(&off_counts, &blocked);
+    for (key, before) in baseline {
+        if let Some(ns) = off.get_mut(&key) {
+            *ns = ns.saturating_sub(before);
+        }
+    }
+    let period_ns = 1_000_000_000 / sample.frequency;
+    let on_raws: Vec<RawStack> = sampler
+        .snapshot()
+        .iter()
+        .map(|(key, &n)| sampler.stack_map.raw(key, n * period_ns))
+        .collect();
+    let off_raws: Vec<RawStack> = off
+        .iter()
+        .filter(|&(_, &ns)| ns > 0)
+        .map(|(key, &ns)| off_stacks.raw(key, ns))
+        .collect();
+    let on = stacks::merge(on_symbols.resolve_all(&on_raws));
+    let off = stacks::merge(off_symbols.resolve_all(&off_raws));
+    let on_ns: u64 = on.iter().map(|s| s.value).sum();
+    let off_ns: u64 = off.iter().map(|s| s.value).sum();
+
+    let mut out = Out::new();
+    let marked: Vec<Stack> = off.iter().map(mark_off_cpu).collect();
+    let lines = if sample.stacks.folded || svg.is_some() || pprof.is_some() {
+        let both: Vec<Stack> = on.iter().cloned().chain(marked).collect();
+        stacks::folded(&both, Unit::Nanoseconds)
+    } else {
+        Vec::new()
+    };
+    if sample.stacks.folded {
+        for line in &lines {
+            out.line(line);
+        }
+    } else if sample.common.output.json {
+        let list = |stacks: &[Stack]| -> Vec<_> {
+            stacks[..stacks.len().min(args.top)]
+                .iter()
+                .map(|s| stacks::stack_json(s, on_ns + off_ns))
+                .collect()
+        };
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "hotcold", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+                   "event": sampler.event, "hz": sampler.hz, "unit": "ns",
+                   "on_cpu_ns": on_ns, "off_cpu_ns": off_ns,
+                   "on_cpu_pct": pct(on_ns, on_ns + off_ns),
+                   "on_cpu_stacks_total": on.len(), "off_cpu_stacks_total": off.len(),
+                   "on_cpu": list(&on), "off_cpu": list(&off)}),
+        ));
+    } else {
+        out.interval_header(sample.common.output.timestamp);
+        out.line(&format!(
+            "{} on CPU ({:.1}%), {} off CPU ({:.1}%) in {:.1}s of tracing — {title}",
+            stacks::format_ns(on_ns),
+            pct(on_ns, on_ns + off_ns),
+            stacks::format_ns(off_ns),
+            pct(off_ns, on_ns + off_ns),
+            elapsed.as_secs_f64()
+        ));
+        for (heading, stacks) in [("On CPU (hot)", &on), ("Off CPU (cold)", &off)] {
+            out.line("");
+            out.line(&format!("{heading}: {} distinct stacks", stacks.len()));
+            out.line("");
+            let shown = stacks.len().min(args.top);
+            stacks::print_top(
+                &mut out,
+                &stacks[..shown],
+                on_ns + off_ns,
+                Unit::Nanoseconds,
+            );
+            if stacks.len() > shown {
+                out.line(&format!(
+                    "... {} more stacks (--top to show more, --folded for all)",
+                    stacks.len() - shown
+                ));
+            }
+        }
+    }
+    if let Some(pprof) = pprof {
+        // Folded values are microseconds: as 1 MHz "samples", pprof's time is exact.
+        pprof.write(&lines, PprofKind::Samples { hz: 1_000_000 }, &title)?;
+    }
+    if let Some(svg) = svg {
+        svg.write(&lines, &title, "us")?;
+    }
+    on_symbols.report_unknown(TOOL);
+    off_symbols.report_unknown(TOOL);
+    let on_end = sampler.report_losses(TOOL);
+    let off_end = off_stats.read();
+    let off_loss = StackLoss::read(&off_stats);
+    off_loss.report(TOOL);
+    if off_end.map_full > 0 {
+        errln!(
+            "{TOOL}: {} off-CPU blocks not counted: a map was full (too many blocked tasks or stacks)",
+            off_end.map_full
+        );
+    }
+    if sample.common.output.json {
+        out.json(&with_schema(
+            TOOL,
+            json!({"type": "end", "event": sampler.event, "hz": sampler.hz, "cpus": sampler.cpus,
+                   "attach": attachment.mechanism, "stats": on_end,
+                   "offcpu_stats": {"map_full": off_end.map_full, "read_errors": off_end.read_errors,
+                                    "stacks_lost": off_loss.json()}}),
+        ));
+    }
+    out.flush();
+    drop(off_ebpf);
+    Ok(())
+}
+
+/// Off-CPU nanoseconds per key: completed blocks, plus the part so far of the blocks still in
+/// progress (a task asleep for the whole run is all cold, not absent).
+fn off_cpu_ns(
+    counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>,
+    blocked: &BpfHashMap<MapData, u32, SwitchOut>,
+) -> HashMap<OffcpuKey, u64> {
+    let now = monotonic_ns();
+    let mut totals: HashMap<OffcpuKey, u64> = HashMap::new();
+    for (key, per_cpu) in counts.iter().flatten() {
+        *totals.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
+    }
+    for (_, out) in blocked.iter().flatten() {
+        *totals.entry(out.key).or_default() += now.saturating_sub(out.ts_ns);
+    }
+    totals
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The stack with every frame annotated `_[o]` (the comm stays shared with the on-CPU half).
+fn mark_off_cpu(stack: &Stack) -> Stack {
+    let mark = |frames: &[Rc<str>]| -> Vec<Rc<str>> {
+        frames
+            .iter()
+            .map(|f| Rc::from(format!("{f}{OFFCPU_SUFFIX}")))
+            .collect()
+    };
+    Stack {
+        kernel: mark(&stack.kernel),
+        user: mark(&stack.user),
+        ..stack.clone()
+    }
+}
+
+fn pct(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        (part as f64 * 10_000.0 / total as f64).round() / 100.0
+    }
+}
+
+fn scope(args: &ProfileArgs) -> String {
+    let mut what = args.task.describe();
+    if let Some(comm) = &args.sample.comm {
+        what.push(format!("comm {comm}"));
+    }
+    if args.kthreads {
+        what.push("kernel threads".into());
+    }
+    if what.is_empty() {
+        "all tasks".into()
+    } else {
+        what.join(", ")
+    }
+}
