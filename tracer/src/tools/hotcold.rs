@@ -99,7 +99,9 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
         scope(args)
     );
 
-    let mut on_symbols = Symbols::new();
+    // Origins (--pprof mappings) of the on-CPU half's frames; off-CPU frames carry the `_[o]`
+    // suffix, so their names are not the symbols' own and stay without a mapping.
+    let mut on_symbols = Symbols::new().recording_origins(pprof.is_some());
     let mut off_symbols = Symbols::new().strip_tracing_frames();
     let stop = session::stop_requested(
         sample
@@ -215,7 +217,12 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     }
     if let Some(pprof) = pprof {
         // Folded values are microseconds: as 1 MHz "samples", pprof's time is exact.
-        pprof.write(&lines, PprofKind::Samples { hz: 1_000_000 }, &title)?;
+        pprof.write(
+            &lines,
+            PprofKind::Samples { hz: 1_000_000 },
+            &title,
+            on_symbols.origins(),
+        )?;
     }
     if let Some(svg) = svg {
         svg.write(&lines, &title, "us")?;

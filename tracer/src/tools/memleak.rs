@@ -161,7 +161,7 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
         args.pid
     );
 
-    let mut symbols = Symbols::new();
+    let mut symbols = Symbols::new().recording_origins(pprof.is_some());
     let mut out = Out::new();
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
@@ -214,7 +214,12 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
             .collect();
         let lines = stacks::folded(&stacks, Unit::Samples);
         if let Some(pprof) = pprof {
-            pprof.write(&lines, PprofKind::Count("outstanding_bytes"), &title)?;
+            pprof.write(
+                &lines,
+                PprofKind::Count("outstanding_bytes"),
+                &title,
+                symbols.origins(),
+            )?;
         }
         if let Some(svg) = svg {
             svg.write(&lines, &title, "bytes")?;
