@@ -37,6 +37,8 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "cpio",
     "prometheus",
+    // serve_http: the test's CA, server and client certificates for --web.config.file.
+    "openssl",
     // Go's pprof, built from Debian's source offline: reads the --pprof files in the tests.
     "golang-go",
     "golang-github-google-pprof-dev",
