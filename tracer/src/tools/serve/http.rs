@@ -174,6 +174,7 @@ pub fn spawn(
     requests: mpsc::Sender<Exchange>,
     web: Option<Arc<Source>>,
 ) -> Arc<HttpStats> {
+    raise_descriptor_limit();
     let stats = Arc::new(HttpStats::default());
     let shared = stats.clone();
     tokio::spawn(async move {
@@ -213,6 +214,23 @@ pub fn spawn(
         }
     });
     stats
+}
+
+/// The soft descriptor limit up to the hard one (1024 is the usual soft default): a burst of
+/// connections is accepted and shed rather than left in the listen backlog by EMFILE.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and fill the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Closes the connection that has waited longest for a request. One that is being answered

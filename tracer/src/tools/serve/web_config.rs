@@ -98,7 +98,8 @@ impl WebConfig {
 /// The file and what it was last loaded from, for reloading on change.
 pub struct Source {
     path: PathBuf,
-    stamp: Mutex<Vec<Option<SystemTime>>>,
+    /// The files the config names, and the modification times of it and them when loaded.
+    stamp: Mutex<Stamp>,
     current: Mutex<Arc<WebConfig>>,
 }
 
@@ -135,8 +136,8 @@ impl Source {
     /// The config for a new connection: re-read first if the file or a file it names changed.
     pub fn for_connection(&self) -> Arc<WebConfig> {
         let mut stamp = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        let now = stamps(&self.path, &named_files(&self.path));
-        if now != *stamp {
+        let now = stamps(&self.path, &stamp.0);
+        if now != stamp.1 {
             match load(&self.path) {
                 Ok((config, fresh)) => {
                     *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
@@ -147,29 +148,13 @@ impl Source {
                         "serve: warning: --web.config.file {}: {e:#} (keeping the previous config)",
                         self.path.display()
                     );
-                    *stamp = now;
+                    stamp.1 = now;
                 }
             }
         }
         drop(stamp);
         self.get()
     }
-}
-
-fn named_files(path: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return vec![];
-    };
-    let Ok(file) = serde_norway::from_str::<File>(&text) else {
-        return vec![];
-    };
-    file.tls_server_config
-        .map(|t| {
-            let mut v = vec![t.cert_file, t.key_file];
-            v.extend(t.client_ca_file);
-            v
-        })
-        .unwrap_or_default()
 }
 
 fn stamps(path: &Path, named: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -179,7 +164,9 @@ fn stamps(path: &Path, named: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-fn load(path: &Path) -> Result<(WebConfig, Vec<Option<SystemTime>>)> {
+type Stamp = (Vec<PathBuf>, Vec<Option<SystemTime>>);
+
+fn load(path: &Path) -> Result<(WebConfig, Stamp)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read it: {e} (give a readable YAML file)"))?;
     let file: File = if text.trim().is_empty() {
@@ -229,7 +216,8 @@ fn load(path: &Path) -> Result<(WebConfig, Vec<Option<SystemTime>>)> {
         users: file.basic_auth_users,
         verified: Mutex::new(HashSet::new()),
     };
-    Ok((config, stamps(path, &named)))
+    let times = stamps(path, &named);
+    Ok((config, (named, times)))
 }
 
 fn server_config(
