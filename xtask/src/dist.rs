@@ -30,7 +30,22 @@ pub fn static_binary() -> PathBuf {
 pub fn dist() -> Result<PathBuf> {
     setup::ensure_rust_target(MUSL_TARGET)?;
     println!("dist: building tracer for {MUSL_TARGET}");
-    run(cargo().args([
+    // ring (rustls' crypto for serve's TLS) compiles a little C and assembly; without a musl
+    // cross gcc (musl-tools) the host's compiler does: that code needs only compiler headers.
+    let mut build = cargo();
+    if which("x86_64-linux-musl-gcc").is_none()
+        && std::env::var_os("CC_x86_64_unknown_linux_musl").is_none()
+    {
+        build.env(
+            "CC_x86_64_unknown_linux_musl",
+            if which("musl-gcc").is_some() {
+                "musl-gcc"
+            } else {
+                "cc"
+            },
+        );
+    }
+    run(build.args([
         "build",
         "--release",
         "--target",
@@ -148,4 +163,13 @@ fn install_text(name: &str) -> String {
          \n\
          Then `tracer doctor` shows what the kernel allows, `tracer --help` lists the tools.\n"
     )
+}
+
+/// The path of `program` on PATH, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
 }

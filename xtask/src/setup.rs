@@ -41,6 +41,8 @@ const PACKAGES: &[&str] = &[
     // program throwing exceptions (libstdcxx:throw).
     "python3.11",
     "g++",
+    // serve_http: the test's CA, server and client certificates for --web.config.file.
+    "openssl",
     // Go's pprof, built from Debian's source offline: reads the --pprof files in the tests.
     "golang-go",
     "golang-github-google-pprof-dev",

@@ -11,6 +11,7 @@
 
 mod config;
 mod http;
+mod web_config;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     /// Address to listen on: HOST:PORT, or :PORT for every interface.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9435", value_parser = parse_listen)]
     pub listen: SocketAddr,
+    /// TLS and basic auth, in Prometheus exporter-toolkit's YAML (as node_exporter's
+    /// --web.config.file); re-read when it changes. Default: plain HTTP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Collectors and probes to serve (TOML; see below). Default: every built-in collector.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -120,6 +125,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .install(&KernelBtf::new())
             .map_err(|e| anyhow!("{}: {e}", config.collectors.cgroup_place))?;
     }
+    let web = args
+        .web_config_file
+        .as_deref()
+        .map(web_config::Source::open)
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let scheme = match web.as_ref().and_then(|w| w.get().tls.clone()) {
+        Some(_) => "https",
+        None => "http",
+    };
     if args.check {
         check_kernel_can_attach(&config)?;
         outln!(
@@ -146,10 +161,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let mut exporter = Exporter::start(&config, &args)?;
     let (tx, mut rx) = mpsc::channel::<http::Exchange>(16);
-    http::spawn(listener, tx);
+    let described = web.as_ref().map(|w| format!(", {}", w.describe()));
+    exporter.http = Some(http::spawn(listener, tx, web));
     errln!(
-        "Serving metrics on http://{local}/metrics ({} programs attached)... Hit Ctrl-C to end.",
-        exporter.links
+        "Serving metrics on {scheme}://{local}/metrics ({} programs attached{})... Hit Ctrl-C to end.",
+        exporter.links,
+        described.unwrap_or_default()
     );
     let stop = session::stop_requested(None);
     tokio::pin!(stop);
@@ -247,6 +264,8 @@ struct Exporter {
     links: usize,
     scrapes: u64,
     scrape_errors: HashMap<String, u64>,
+    /// The HTTP layer's connection counts, once it serves.
+    http: Option<std::sync::Arc<http::HttpStats>>,
 }
 
 impl Exporter {
@@ -257,6 +276,7 @@ impl Exporter {
             links: 0,
             scrapes: 0,
             scrape_errors: HashMap::new(),
+            http: None,
         };
         let btf = KernelBtf::new();
         let c = &config.collectors;
@@ -396,6 +416,7 @@ impl Exporter {
                        <a href=\"/metrics\">/metrics</a></p></body></html>\n"
                     .into(),
             },
+            "/-/healthy" => http::Response::text(200, "OK\n"),
             _ => http::Response::text(404, "not found: try /metrics\n"),
         }
     }
@@ -503,6 +524,9 @@ impl Exporter {
             vec![],
             self.scrapes,
         );
+        if let Some(http) = &self.http {
+            http.report(s);
+        }
         process_metrics(s);
     }
 }

@@ -28,6 +28,7 @@ mod reclaimtop;
 mod sched;
 mod serve;
 mod serve_collectors;
+mod serve_http;
 mod signals;
 mod soak;
 mod softirq_top;
@@ -61,6 +62,7 @@ fn main() {
     trials.extend(pipes::tests());
     trials.extend(serve::tests());
     trials.extend(serve_collectors::tests());
+    trials.extend(serve_http::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
     trials.extend(wqtop::tests());

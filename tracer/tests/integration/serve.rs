@@ -165,14 +165,14 @@ pub(crate) fn serve(args: &[&str]) -> Result<(Running, String), Failed> {
 
 /// A copy of tracer-workload under a name nothing else runs, so its comm identifies exactly
 /// the forks this test makes (other tests may run tracer-workload at the same time).
-fn unique_workload(dir: &TempDir) -> Result<(PathBuf, String), Failed> {
+pub(crate) fn unique_workload(dir: &TempDir) -> Result<(PathBuf, String), Failed> {
     let comm = format!("srvfk{}", std::process::id() % 1_000_000);
     let path = dir.0.join(&comm);
     std::fs::copy(WORKLOAD, &path).map_err(|e| fail(format!("cannot copy workload: {e}")))?;
     Ok((path, comm))
 }
 
-fn run_workload(path: &Path, args: &[&str]) -> Result<(), Failed> {
+pub(crate) fn run_workload(path: &Path, args: &[&str]) -> Result<(), Failed> {
     let status = Command::new(path)
         .args(args)
         .status()
@@ -439,7 +439,7 @@ fn keep_going() -> Result<(), Failed> {
 }
 
 /// Debian's Prometheus on loopback, scraping `target` every second; stopped on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     addr: String,
     _dir: TempDir,
@@ -447,12 +447,18 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Result<Self, Failed> {
+        Self::start_jobs(&format!(
+            "  - job_name: tracer\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    /// Prometheus with `jobs` (YAML items of scrape_configs, indented two spaces).
+    pub(crate) fn start_jobs(jobs: &str) -> Result<Self, Failed> {
         let dir = TempDir::new("prometheus")?;
         let config = dir.write(
             "prometheus.yml",
             &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}"
             ),
         )?;
         let addr = format!("127.0.0.1:{}", free_local_port()?);
@@ -491,7 +497,7 @@ impl Prometheus {
     }
 
     /// An instant query: the result vector's (labels, value) pairs.
-    fn query(&self, promql: &str) -> Result<Vec<(Value, f64)>, Failed> {
+    pub(crate) fn query(&self, promql: &str) -> Result<Vec<(Value, f64)>, Failed> {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
@@ -525,7 +531,7 @@ impl Prometheus {
     }
 
     /// Polls `promql` until it has one value satisfying `done` (up to `timeout`); the last value.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         promql: &str,
         timeout: Duration,

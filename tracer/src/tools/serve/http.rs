@@ -1,23 +1,38 @@
-//! Just enough HTTP/1.1 for a metrics endpoint: GET and HEAD, keep-alive, `Content-Length`
-//! bodies, no chunked encoding, no TLS. Each connection is a task that parses requests and
-//! hands them to the serve loop over a channel; the loop owns the collectors (the BPF maps)
-//! and answers through a oneshot. Slow or idle clients time out without holding anything up.
+//! The HTTP side of serve: hyper's HTTP/1.1 server on the tool's tokio runtime, optionally
+//! behind TLS and basic auth (`--web.config.file`). Each connection is a task; requests that
+//! pass authentication go to the serve loop over a channel (the loop owns the collectors, the
+//! BPF maps) and are answered through a oneshot.
+//!
+//! Limits are built so that nobody can use them against the scraper: a connection must deliver
+//! its first request head within [`HEAD_DEADLINE`] of accept (TLS handshake included), idle
+//! keep-alive connections close after [`IDLE_TIMEOUT`], and above [`MAX_CONNECTIONS`] the
+//! oldest idle connection is closed to make room: a new connection is never refused.
 
 use std::{
+    collections::BTreeMap,
+    convert::Infallible,
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
 };
 
-/// A parsed request: what the serve loop needs to answer it.
+use super::web_config::{Source, WebConfig};
+use crate::metrics::Scrape;
+
+/// A request that passed the HTTP layer: what the serve loop needs to answer it.
 #[derive(Debug)]
 pub struct Request {
     pub method: String,
@@ -45,18 +60,125 @@ impl Response {
 
 pub type Exchange = (Request, oneshot::Sender<Response>);
 
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-const MAX_BODY_BYTES: usize = 64 * 1024;
-const MAX_CONNECTIONS: usize = 64;
-/// A request must arrive completely within this time once it started.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle keep-alive connections are closed after this (longer than any sane scrape interval).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Open connections above which the oldest idle one is closed for each new one.
+pub const MAX_CONNECTIONS: usize = 256;
+/// From accept to a complete first request head (TLS handshake included): slowloris-safe.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// Keep-alive connections waiting for their next request close after this: longer than the
+/// usual scrape intervals (15 s, 30 s, 60 s), so a scraper keeps its connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// hyper's read buffer: bounds a request head (larger ones get 431).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Why a connection or request was turned away: the `reason` of `tracer_http_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rejected {
+    /// The oldest idle connection, closed to make room for a new one.
+    Shed,
+    /// No complete request head within HEAD_DEADLINE of accept.
+    HeadTimeout,
+    /// A keep-alive connection idle for IDLE_TIMEOUT (or a later head that took as long).
+    IdleTimeout,
+    /// Not HTTP/1.x, or a head larger than MAX_HEAD_BYTES.
+    BadRequest,
+    /// The TLS handshake failed (plain HTTP to a TLS port, an unknown client certificate...).
+    Tls,
+    /// Basic auth missing or wrong: 401.
+    Unauthorized,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 6] = [
+        Rejected::Shed,
+        Rejected::HeadTimeout,
+        Rejected::IdleTimeout,
+        Rejected::BadRequest,
+        Rejected::Tls,
+        Rejected::Unauthorized,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejected::Shed => "shed_oldest_idle",
+            Rejected::HeadTimeout => "head_timeout",
+            Rejected::IdleTimeout => "idle_timeout",
+            Rejected::BadRequest => "bad_request",
+            Rejected::Tls => "tls_handshake",
+            Rejected::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// One open connection, as the accept loop sees it when it must shed one.
+struct Slot {
+    /// Since when it waits for a request (accept, or its last response); None while serving.
+    idle_since: Mutex<Option<Instant>>,
+    served: AtomicU64,
+    shed: Notify,
+}
+
+impl Slot {
+    fn set_idle(&self, since: Option<Instant>) {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Shared between the accept loop, the connections and the scrape (which reports it).
+#[derive(Default)]
+pub struct HttpStats {
+    open: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    rejected: Mutex<BTreeMap<Rejected, u64>>,
+}
+
+impl HttpStats {
+    fn reject(&self, why: Rejected) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(why)
+            .or_default() += 1;
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Slot>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `tracer_http_connections` and `tracer_http_rejected_total` for a scrape.
+    pub fn report(&self, s: &mut Scrape) {
+        s.gauge(
+            "tracer_http_connections",
+            "HTTP connections open to the exporter.",
+            vec![],
+            self.open().len() as u64,
+        );
+        let rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        for why in Rejected::ALL {
+            s.counter(
+                "tracer_http_rejected_total",
+                "Connections closed or requests refused by the HTTP layer, by reason.",
+                vec![("reason", why.label().to_string())],
+                rejected.get(&why).copied().unwrap_or(0),
+            );
+        }
+    }
+}
 
 /// Accepts connections on `listener` until the receiving side of `requests` is gone.
-pub fn spawn(listener: TcpListener, requests: mpsc::Sender<Exchange>) {
-    let open = Arc::new(AtomicUsize::new(0));
+pub fn spawn(
+    listener: TcpListener,
+    requests: mpsc::Sender<Exchange>,
+    web: Option<Arc<Source>>,
+) -> Arc<HttpStats> {
+    raise_descriptor_limit();
+    let stats = Arc::new(HttpStats::default());
+    let shared = stats.clone();
     tokio::spawn(async move {
+        let mut next_id = 0u64;
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 // EMFILE and friends: back off instead of spinning.
@@ -66,201 +188,243 @@ pub fn spawn(listener: TcpListener, requests: mpsc::Sender<Exchange>) {
             if requests.is_closed() {
                 return;
             }
-            let requests = requests.clone();
-            let open = open.clone();
-            if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-                open.fetch_sub(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let busy = Response::text(503, "too many connections\n");
-                    let _ = write_response(&mut stream, &busy, false, false).await;
-                });
-                continue;
+            let config = match &web {
+                Some(source) => source.for_connection(),
+                None => Arc::new(WebConfig::plain()),
+            };
+            let slot = Arc::new(Slot {
+                idle_since: Mutex::new(Some(Instant::now())),
+                served: AtomicU64::new(0),
+                shed: Notify::new(),
+            });
+            next_id += 1;
+            let id = next_id;
+            {
+                let mut open = shared.open();
+                if open.len() >= MAX_CONNECTIONS {
+                    shed_oldest_idle(&mut open);
+                }
+                open.insert(id, slot.clone());
             }
+            let (requests, shared) = (requests.clone(), shared.clone());
             tokio::spawn(async move {
-                let _ = connection(stream, requests).await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                connection(stream, config, slot, requests, &shared).await;
+                shared.open().remove(&id);
             });
         }
     });
+    stats
 }
 
-/// Serves requests on one connection until it closes, errs or times out.
-async fn connection(
-    mut stream: TcpStream,
-    requests: mpsc::Sender<Exchange>,
-) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    loop {
-        // Wait (idle) for the first byte of the next request, then for the whole head.
-        let head_end = loop {
-            if let Some(end) = find_head_end(&buf) {
-                break end;
-            }
-            if buf.len() > MAX_HEADER_BYTES {
-                let r = Response::text(431, "request header too large\n");
-                return write_response(&mut stream, &r, false, false).await;
-            }
-            let limit = if buf.is_empty() {
-                IDLE_TIMEOUT
-            } else {
-                REQUEST_TIMEOUT
-            };
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(limit, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Err(_) => return Ok(()),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(e),
-            };
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end + 4);
-        let Some(parsed) = parse_head(&head) else {
-            let r = Response::text(400, "bad request\n");
-            return write_response(&mut stream, &r, false, false).await;
-        };
-        if parsed.chunked || parsed.content_length > MAX_BODY_BYTES {
-            let r = Response::text(400, "request bodies are not accepted\n");
-            return write_response(&mut stream, &r, false, false).await;
-        }
-        // Skip a (pointless) body so the next request on this connection parses.
-        while buf.len() < parsed.content_length {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Err(_) => return Ok(()),
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => return Err(e),
-            }
-        }
-        buf.drain(..parsed.content_length);
-        let head_only = parsed.request.method == "HEAD";
-        let (tx, rx) = oneshot::channel();
-        if requests.send((parsed.request, tx)).await.is_err() {
-            return Ok(());
-        }
-        let Ok(response) = rx.await else {
-            return Ok(());
-        };
-        write_response(&mut stream, &response, parsed.keep_alive, head_only).await?;
-        if !parsed.keep_alive {
-            return Ok(());
-        }
-    }
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-struct Head {
-    request: Request,
-    keep_alive: bool,
-    content_length: usize,
-    chunked: bool,
-}
-
-fn parse_head(head: &str) -> Option<Head> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let (method, target, version) = (first.next()?, first.next()?, first.next()?);
-    if first.next().is_some() || !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let mut accept = String::new();
-    let mut connection = String::new();
-    let mut content_length = 0;
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line.split_once(':')?;
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "accept" => accept = value.to_string(),
-            "connection" => connection = value.to_ascii_lowercase(),
-            "content-length" => content_length = value.parse().ok()?,
-            "transfer-encoding" => chunked = !value.eq_ignore_ascii_case("identity"),
-            _ => {}
-        }
-    }
-    // HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes unless asked to keep it.
-    let keep_alive = if version == "HTTP/1.0" {
-        connection.contains("keep-alive")
-    } else {
-        !connection.contains("close")
+/// The soft descriptor limit up to the hard one (1024 is the usual soft default): a burst of
+/// connections is accepted and shed rather than left in the listen backlog by EMFILE.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    let path = target.split('?').next().unwrap_or(target).to_string();
-    Some(Head {
-        request: Request {
-            method: method.to_string(),
-            path,
-            accept,
-        },
-        keep_alive,
-        content_length,
-        chunked,
-    })
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
+    // SAFETY: getrlimit/setrlimit read and fill the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
-    response: &Response,
-    keep_alive: bool,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len(),
-        if keep_alive { "keep-alive" } else { "close" },
-    );
+/// Closes the connection that has waited longest for a request. One that is being answered
+/// is never chosen; when all are, the new one is still accepted (answers are quick).
+fn shed_oldest_idle(open: &mut BTreeMap<u64, Arc<Slot>>) {
+    let oldest = open
+        .iter()
+        .filter_map(|(id, slot)| slot.idle_since().map(|t| (t, *id)))
+        .min();
+    if let Some((_, id)) = oldest
+        && let Some(slot) = open.remove(&id)
+    {
+        slot.shed.notify_one();
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    config: Arc<WebConfig>,
+    slot: Arc<Slot>,
+    requests: mpsc::Sender<Exchange>,
+    stats: &Arc<HttpStats>,
+) {
+    let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
+    let work = async {
+        match &config.tls {
+            None => serve_http(stream, &config, &slot, &requests, stats).await,
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => serve_http(tls, &config, &slot, &requests, stats).await,
+                Err(_) => stats.reject(Rejected::Tls),
+            },
+        }
+    };
+    // The first head's deadline; later heads are hyper's (IDLE_TIMEOUT).
+    let first_head_late = async {
+        tokio::time::sleep_until((accepted + HEAD_DEADLINE).into()).await;
+        if slot.served.load(Ordering::Relaxed) == 0 && slot.idle_since().is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = work => {}
+        () = first_head_late => stats.reject(Rejected::HeadTimeout),
+        () = slot.shed.notified() => stats.reject(Rejected::Shed),
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    config: &Arc<WebConfig>,
+    slot: &Arc<Slot>,
+    requests: &mpsc::Sender<Exchange>,
+    stats: &Arc<HttpStats>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(|request: hyper::Request<Incoming>| {
+        let (config, slot, requests, stats) = (
+            config.clone(),
+            slot.clone(),
+            requests.clone(),
+            stats.clone(),
+        );
+        async move {
+            slot.set_idle(None);
+            let response = answer(request, &config, &requests, &stats).await;
+            slot.served.fetch_add(1, Ordering::Relaxed);
+            slot.set_idle(Some(Instant::now()));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .pipeline_flush(true)
+        // A client may shut its side down once the request is sent (printf | nc): answer it.
+        .half_close(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = result {
+        if e.is_timeout() {
+            stats.reject(if slot.served.load(Ordering::Relaxed) == 0 {
+                Rejected::HeadTimeout
+            } else {
+                Rejected::IdleTimeout
+            });
+        } else if e.is_parse() || e.is_parse_too_large() {
+            stats.reject(Rejected::BadRequest);
+        }
+    }
+}
+
+async fn answer(
+    request: hyper::Request<Incoming>,
+    config: &Arc<WebConfig>,
+    requests: &mpsc::Sender<Exchange>,
+    stats: &HttpStats,
+) -> hyper::Response<Full<Bytes>> {
+    if config.wants_auth() && !authorized(&request, config).await {
+        stats.reject(Rejected::Unauthorized);
+        let mut response = to_hyper(Response::text(401, "Unauthorized\n"));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic"),
+        );
+        return response;
+    }
+    let accept = request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let parsed = Request {
+        method: request.method().as_str().to_string(),
+        path: request.uri().path().to_string(),
+        accept,
+    };
+    let (tx, rx) = oneshot::channel();
+    let response = if requests.send((parsed, tx)).await.is_err() {
+        Response::text(503, "shutting down\n")
+    } else {
+        rx.await
+            .unwrap_or_else(|_| Response::text(503, "shutting down\n"))
+    };
+    to_hyper(response)
+}
+
+async fn authorized(request: &hyper::Request<Incoming>, config: &Arc<WebConfig>) -> bool {
+    let Some((user, password)) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        })
+    else {
+        return false;
+    };
+    // bcrypt takes milliseconds by design: off the runtime thread that serves everyone.
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || config.check(&user, &password))
+        .await
+        .unwrap_or(false)
+}
+
+fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder()
+        .status(response.status)
+        .header(header::CONTENT_TYPE, response.content_type);
     if response.status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
+        builder = builder.header(header::ALLOW, "GET, HEAD");
     }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.flush().await
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn slot(idle_since: Option<Instant>) -> Arc<Slot> {
+        Arc::new(Slot {
+            idle_since: Mutex::new(idle_since),
+            served: AtomicU64::new(0),
+            shed: Notify::new(),
+        })
+    }
+
     #[test]
-    fn heads() {
-        let h = parse_head(
-            "GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text",
-        )
-        .unwrap();
-        assert_eq!(h.request.path, "/metrics");
-        assert_eq!(h.request.accept, "application/openmetrics-text");
-        assert!(h.keep_alive);
-        assert!(!parse_head("GET / HTTP/1.0").unwrap().keep_alive);
-        assert!(
-            !parse_head("GET / HTTP/1.1\r\nConnection: close")
-                .unwrap()
-                .keep_alive
-        );
-        assert!(parse_head("GET /").is_none());
-        assert!(parse_head("GET / HTTP/1.1\r\nbroken").is_none());
-        assert!(parse_head("GET / HTTP/1.1\r\nContent-Length: x").is_none());
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(14));
+    fn sheds_the_oldest_idle_never_a_busy_one() {
+        let t0 = Instant::now();
+        let mut open = BTreeMap::new();
+        open.insert(1, slot(None));
+        open.insert(2, slot(Some(t0 + Duration::from_secs(5))));
+        open.insert(3, slot(Some(t0)));
+        shed_oldest_idle(&mut open);
+        assert_eq!(open.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        shed_oldest_idle(&mut open);
+        assert_eq!(open.keys().copied().collect::<Vec<_>>(), vec![1]);
+        shed_oldest_idle(&mut open);
+        assert_eq!(open.keys().copied().collect::<Vec<_>>(), vec![1]);
     }
 }
