@@ -28,6 +28,7 @@ mod probe_attach;
 mod probe_spec;
 mod procfs;
 mod session;
+mod stack_files;
 mod stacks;
 mod tools;
 mod tracefs;

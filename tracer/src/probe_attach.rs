@@ -577,19 +577,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
                 .collect();
             if !guarded.is_empty() {
                 points.retain(|(id, _, _)| semaphore_of(*id) == 0);
-                let prog: &mut UProbe = ebpf
-                    .program_mut(program)
-                    .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
-                    .try_into()?;
-                if !per_offset_loaded {
-                    prog.load().map_err(|e| {
-                        anyhow!(
-                            "cannot load the {program} program: {}",
-                            attach::describe(Mechanism::Kprobe, &e)
-                        )
-                    })?;
-                    per_offset_loaded = true;
-                }
+                let prog = per_offset_program(&mut ebpf, program, &mut per_offset_loaded)?;
                 for (id, symbol, offset) in &guarded {
                     let probe = crate::usdt::attach_with_semaphore(
                         prog.fd()?,
@@ -657,20 +645,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
                     }),
                 }
             }
-            let prog: &mut UProbe = ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
-                .try_into()?;
-            if !per_offset_loaded {
-                // Uprobes are kprobe-type programs: describe() condenses a verifier log.
-                prog.load().map_err(|e| {
-                    anyhow!(
-                        "cannot load the {program} program: {}",
-                        attach::describe(Mechanism::Kprobe, &e)
-                    )
-                })?;
-                per_offset_loaded = true;
-            }
+            let prog = per_offset_program(&mut ebpf, program, &mut per_offset_loaded)?;
             for (id, symbol, offset) in points {
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
@@ -1554,6 +1529,30 @@ fn parse_constant(text: &str) -> Option<i64> {
         None => digits.parse::<u64>().ok()? as i64,
     };
     Some(if neg { value.wrapping_neg() } else { value })
+}
+
+/// The uprobe program attached once per offset (the perf-event and semaphore paths), loaded
+/// the first time a group needs it.
+fn per_offset_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &str,
+    loaded: &mut bool,
+) -> Result<&'a mut UProbe> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing (build bug)"))?
+        .try_into()?;
+    if !*loaded {
+        // Uprobes are kprobe-type programs: describe() condenses a verifier log.
+        prog.load().map_err(|e| {
+            anyhow!(
+                "cannot load the {program} program: {}",
+                attach::describe(Mechanism::Kprobe, &e)
+            )
+        })?;
+        *loaded = true;
+    }
+    Ok(prog)
 }
 
 #[cfg(test)]

@@ -17,9 +17,10 @@ use tracer_common::{
 use crate::{
     loader::StatsReader,
     output::{Out, hms_now, with_schema},
-    pprof::{PprofFile, PprofKind},
+    pprof::PprofKind,
     session,
-    stacks::{self, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stack_files::StackFiles,
+    stacks::{self, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
     tools::{
         offcputime,
         profile::{ProfileArgs, Sampler},
@@ -48,18 +49,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
         _reserved: [0; 4],
         comm: config.comm,
     };
-    let svg = sample
-        .stacks
-        .svg
-        .as_deref()
-        .map(SvgFile::create)
-        .transpose()?;
-    let pprof = sample
-        .stacks
-        .pprof
-        .as_deref()
-        .map(PprofFile::create)
-        .transpose()?;
+    let files = StackFiles::open(sample.stacks.svg.as_deref(), sample.stacks.pprof.as_deref())?;
 
     // --attach chooses the sched_switch mechanism; the sampler has only perf events.
     let (mut off_ebpf, attachment) = offcputime::load_and_attach(
@@ -101,7 +91,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
 
     // Origins (--pprof mappings) of the on-CPU half's frames; off-CPU frames carry the `_[o]`
     // suffix, so their names are not the symbols' own and stay without a mapping.
-    let mut on_symbols = Symbols::new().recording_origins(pprof.is_some());
+    let mut on_symbols = Symbols::new().recording_origins(files.pprof());
     let mut off_symbols = Symbols::new().strip_tracing_frames();
     let stop = session::stop_requested(
         sample
@@ -160,7 +150,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
 
     let mut out = Out::new();
     let marked: Vec<Stack> = off.iter().map(mark_off_cpu).collect();
-    let lines = if sample.stacks.folded || svg.is_some() || pprof.is_some() {
+    let lines = if sample.stacks.folded || files.wanted() {
         let both: Vec<Stack> = on.iter().cloned().chain(marked).collect();
         stacks::folded(&both, Unit::Nanoseconds)
     } else {
@@ -215,18 +205,14 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             }
         }
     }
-    if let Some(pprof) = pprof {
-        // Folded values are microseconds: as 1 MHz "samples", pprof's time is exact.
-        pprof.write(
-            &lines,
-            PprofKind::Samples { hz: 1_000_000 },
-            &title,
-            on_symbols.origins(),
-        )?;
-    }
-    if let Some(svg) = svg {
-        svg.write(&lines, &title, "us")?;
-    }
+    // Folded values are microseconds: as 1 MHz "samples", pprof's time is exact.
+    files.write(
+        &lines,
+        &title,
+        "us",
+        PprofKind::Samples { hz: 1_000_000 },
+        on_symbols.origins(),
+    )?;
     on_symbols.report_unknown(TOOL);
     off_symbols.report_unknown(TOOL);
     let on_end = sampler.report_losses(TOOL);

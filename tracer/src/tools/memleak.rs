@@ -25,10 +25,11 @@ use crate::{
     attach::{self, Mechanism},
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
-    pprof::{PprofFile, PprofKind},
+    pprof::PprofKind,
     probe_spec, session,
     session::IntervalArgs,
-    stacks::{self, Frames, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stack_files::StackFiles,
+    stacks::{self, Frames, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
     tools::CommonArgs,
 };
 
@@ -106,8 +107,7 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
     {
         usage_bail!("--attach {m}: memleak attaches only uprobes (uprobe)");
     }
-    let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
-    let pprof = args.pprof.as_deref().map(PprofFile::create).transpose()?;
+    let files = StackFiles::open(args.svg.as_deref(), args.pprof.as_deref())?;
     let library = probe_spec::resolve_binary(&args.obj, Some(args.pid))?;
     let config = MemleakConfig {
         tgid: args.pid,
@@ -161,7 +161,7 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
         args.pid
     );
 
-    let mut symbols = Symbols::new().recording_origins(pprof.is_some());
+    let mut symbols = Symbols::new().recording_origins(files.pprof());
     let mut out = Out::new();
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
@@ -204,7 +204,7 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
             break resolved;
         }
     };
-    if svg.is_some() || pprof.is_some() {
+    if files.wanted() {
         let stacks: Vec<Stack> = last
             .iter()
             .map(|(s, held)| Stack {
@@ -213,17 +213,13 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
             })
             .collect();
         let lines = stacks::folded(&stacks, Unit::Samples);
-        if let Some(pprof) = pprof {
-            pprof.write(
-                &lines,
-                PprofKind::Count("outstanding_bytes"),
-                &title,
-                symbols.origins(),
-            )?;
-        }
-        if let Some(svg) = svg {
-            svg.write(&lines, &title, "bytes")?;
-        }
+        files.write(
+            &lines,
+            &title,
+            "bytes",
+            PprofKind::Count("outstanding_bytes"),
+            symbols.origins(),
+        )?;
     }
     symbols.report_unknown(TOOL);
     let end = stats.read();

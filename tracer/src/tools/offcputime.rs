@@ -25,9 +25,10 @@ use crate::{
     filters,
     loader::{self, StatsReader, objects},
     output::{Out, hms_now, with_schema},
-    pprof::{PprofFile, PprofKind},
+    pprof::PprofKind,
     session::{self, IntervalArgs},
-    stacks::{self, Evictor, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stack_files::StackFiles,
+    stacks::{self, Evictor, RawStack, StackLoss, StackMap, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
@@ -97,18 +98,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         _reserved: [0; 4],
         comm: filters::comm_filter(args.comm.as_deref())?,
     };
-    let svg = args
-        .stacks
-        .svg
-        .as_deref()
-        .map(SvgFile::create)
-        .transpose()?;
-    let pprof = args
-        .stacks
-        .pprof
-        .as_deref()
-        .map(PprofFile::create)
-        .transpose()?;
+    let files = StackFiles::open(args.stacks.svg.as_deref(), args.stacks.pprof.as_deref())?;
 
     let (mut ebpf, attachment) =
         load_and_attach(TOOL, &config, args.stacks.stack_storage_size, &args.common)?;
@@ -131,7 +121,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
 
     let mut symbols = Symbols::new()
         .strip_tracing_frames()
-        .recording_origins(pprof.is_some());
+        .recording_origins(files.pprof());
     let mut out = Out::new();
     let json = args.common.output.json;
     let stop = session::stop_requested(args.common.duration.duration);
@@ -148,7 +138,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     // In interval mode keys are deleted after each report (see profile's sample_loop and
     // `Evictor`); the end-of-run flame graph gets their folded totals.
-    let mut evictor = Evictor::new(svg.is_some() || pprof.is_some());
+    let mut evictor = Evictor::new(files.wanted());
     let mut printed = 0u64;
     let mut since = Instant::now();
     loop {
@@ -213,17 +203,18 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         );
     }
 
-    if svg.is_some() || pprof.is_some() {
+    if files.wanted() {
         let (totals, evicted) = evictor.totals();
         let raws: Vec<RawStack> = totals.iter().map(|(k, &ns)| stack_map.raw(k, ns)).collect();
         let resolved = symbols.resolve_all(&raws);
         let lines = stacks::folded_with(evicted, &resolved, Unit::Nanoseconds);
-        if let Some(pprof) = pprof {
-            pprof.write(&lines, PprofKind::OffCpuMicros, &title, symbols.origins())?;
-        }
-        if let Some(svg) = svg {
-            svg.write(&lines, &title, "us")?;
-        }
+        files.write(
+            &lines,
+            &title,
+            "us",
+            PprofKind::OffCpuMicros,
+            symbols.origins(),
+        )?;
     }
     symbols.report_unknown(TOOL);
     let end = stats.read();

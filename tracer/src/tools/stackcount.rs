@@ -15,6 +15,7 @@ use crate::{
     probe_attach::{self, Request},
     probe_spec::{self, Kind},
     session,
+    stack_files::StackFiles,
     stacks::{self, RawStack, StackMap, Symbols, Unit},
     tools::CommonArgs,
 };
@@ -93,16 +94,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
     }
-    let svg = args
-        .svg
-        .as_deref()
-        .map(stacks::SvgFile::create)
-        .transpose()?;
-    let pprof = args
-        .pprof
-        .as_deref()
-        .map(crate::pprof::PprofFile::create)
-        .transpose()?;
+    let files = StackFiles::open(args.svg.as_deref(), args.pprof.as_deref())?;
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
     let all_user = probes.iter().all(|p| p.kind.is_user());
     let (kernel, user) = match (args.kernel, args.user, args.both_stacks) {
@@ -161,7 +153,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     let mut ticker = super::runqlat::ticker(interval.interval);
     let mut symbols = Symbols::new()
         .strip_tracing_frames()
-        .recording_origins(pprof.is_some());
+        .recording_origins(files.pprof());
     let mut out = Out::new();
     let mut all_folded: HashMap<String, u64> = HashMap::new();
     let mut printed = 0u64;
@@ -188,7 +180,8 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             stopped || interval.interval.is_none(),
         );
         out.flush();
-        if svg.is_some() {
+        // Both files need the run's totals (a --pprof alone once wrote an empty profile).
+        if files.wanted() {
             for stack in &stacks {
                 *all_folded.entry(stacks::folded_frames(stack)).or_default() += stack.value;
             }
@@ -200,17 +193,13 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     }
     let title = format!("stackcount {}", specs.join(" "));
     let lines = stacks::folded_with(all_folded, &[], Unit::Samples);
-    if let Some(pprof) = pprof {
-        pprof.write(
-            &lines,
-            crate::pprof::PprofKind::Count("hits"),
-            &title,
-            symbols.origins(),
-        )?;
-    }
-    if let Some(svg) = svg {
-        svg.write(&lines, &title, "hits")?;
-    }
+    files.write(
+        &lines,
+        &title,
+        "hits",
+        crate::pprof::PprofKind::Count("hits"),
+        symbols.origins(),
+    )?;
     symbols.report_unknown(TOOL);
     loaded.stack_loss().report_with_hint(
         TOOL,
