@@ -500,8 +500,9 @@ pub fn attach_with_semaphore(
 }
 
 // _IOW('$', 8, u32) and _IO('$', 0).
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+// `libc::Ioctl`: the request is c_ulong in glibc and c_int in musl (the release build).
+const PERF_EVENT_IOC_SET_BPF: libc::Ioctl = 0x4004_2408;
+const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
 
 #[cfg(test)]
 mod tests {
