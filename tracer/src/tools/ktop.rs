@@ -265,21 +265,34 @@ impl View {
         }
     }
 
+    /// Every (thread, CPU) record: one batch read where the kernel has it (5.6+), else a walk.
+    fn read_threads(&self) -> HashMap<ThreadKey, ThreadStats> {
+        use aya::maps::IterableMap as _;
+        match loader::read_all_batch::<ThreadKey, ThreadStats>(self.threads.map()) {
+            Ok(Some(entries)) => entries.into_iter().collect(),
+            _ => self.threads.iter().flatten().collect(),
+        }
+    }
+
     /// Reads the totals; retried while a CPU switched during the read, so that the open slices
-    /// and the closed ones describe the same moment.
+    /// and the closed ones describe the same moment. A read that a switch splits misses the
+    /// slice the switch closed (the record was copied before it, the CPU's state after), and
+    /// the next interval then gains it: CI saw a CPU at 132 % of its interval when a walk of
+    /// ~1 100 records (two syscalls each, milliseconds) rarely fit between two switches of a
+    /// loaded machine and five attempts all failed. The batch read takes microseconds, so a
+    /// settled attempt is the rule and the fallback after `SNAPSHOT_ATTEMPTS` an exception.
     pub(super) fn snapshot(&self) -> Snapshot {
         let mut attempt = 0;
         loop {
             let before = self.cpu_states();
-            let mut threads: HashMap<ThreadKey, ThreadStats> =
-                self.threads.iter().flatten().collect();
+            let mut threads = self.read_threads();
             let now_ns = Clock::now_monotonic_ns();
             let cpus = self.cpu_states();
             attempt += 1;
             let settled = before
                 .iter()
                 .all(|(cpu, s)| cpus.get(cpu).is_some_and(|a| a.switches == s.switches));
-            if settled || attempt >= 5 {
+            if settled || attempt >= SNAPSHOT_ATTEMPTS {
                 for (&cpu, state) in &cpus {
                     if state.since_ns == 0 {
                         continue;
@@ -456,6 +469,9 @@ impl View {
         Ok(())
     }
 }
+
+/// Reads of the records before `snapshot` settles for one a switch split (see there).
+const SNAPSHOT_ATTEMPTS: u32 = 50;
 
 /// Threads gone in one interval that mark the end of a burst: then the snapshot's table is
 /// shrunk and freed memory handed back (see `loader::trim_heap`).
