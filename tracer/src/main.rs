@@ -22,6 +22,7 @@ mod kprobe_multi;
 mod kthread_roles;
 mod loader;
 mod metrics;
+mod pidns;
 mod pprof;
 mod privileges;
 mod probe_attach;

@@ -9,6 +9,7 @@ use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
 use crate::{
     loader,
     output::{Out, comm_str, hms_now, with_schema},
+    pidns::NsPid,
     probe_attach::{self, Loaded, ProbeStats, Request},
     probe_spec::{self, Probe},
     session,
@@ -50,6 +51,8 @@ pub struct FunccountArgs {
     pub include_self: bool,
     #[command(flatten)]
     pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
+    pub pidns: crate::pidns::PidnsArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -223,8 +226,12 @@ fn print_per_pid(
         let list: Vec<_> = rows[..shown]
             .iter()
             .map(|(k, n)| {
-                json!({"pid": k.tgid, "comm": comm_str(&k.comm), "name": name(k),
-                       "probe": probes.get(k.probe_id as usize).map(Probe::spec), "count": n})
+                let mut row = json!({"pid": k.tgid, "comm": comm_str(&k.comm), "name": name(k),
+                       "probe": probes.get(k.probe_id as usize).map(Probe::spec), "count": n});
+                if args.pidns.pidns {
+                    row["nspid"] = NsPid::of(k.tgid).json(k.tgid);
+                }
+                row
             })
             .collect();
         let total: u64 = rows.iter().map(|r| r.1).sum();
@@ -244,13 +251,23 @@ fn print_per_pid(
         .max()
         .unwrap_or(4)
         .clamp(4, 60);
+    let nspid_header = if args.pidns.pidns {
+        format!(" {:>7}", "NSPID")
+    } else {
+        String::new()
+    };
     out.line(&format!(
-        "{:>7} {:<16} {:<width$} {:>10}",
+        "{:>7}{nspid_header} {:<16} {:<width$} {:>10}",
         "PID", "COMM", "FUNC", "COUNT"
     ));
     for (k, n) in &rows[..shown] {
+        let nspid = if args.pidns.pidns {
+            format!(" {:>7}", NsPid::of(k.tgid).text())
+        } else {
+            String::new()
+        };
         out.line(&format!(
-            "{:>7} {:<16} {:<width$} {:>10}",
+            "{:>7}{nspid} {:<16} {:<width$} {:>10}",
             k.tgid,
             comm_str(&k.comm),
             name(k),

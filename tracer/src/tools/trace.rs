@@ -11,6 +11,7 @@ use tracer_common::probes::{MODE_TRACE, ProbesConfig, STR_NONE, TRACE_VALUES, Tr
 
 use crate::{
     output::{Clock, Out, comm_str, hms, with_schema},
+    pidns::NsPid,
     probe_attach::{self, Expr, ProbeStats, Request},
     probe_spec::{self, Probe},
     session,
@@ -64,6 +65,8 @@ pub struct TraceArgs {
     pub include_self: bool,
     #[command(flatten)]
     pub cgroup: crate::cgroup::CgroupArgs,
+    #[command(flatten)]
+    pub pidns: crate::pidns::PidnsArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -229,8 +232,13 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         } else {
             String::new()
         };
+        let nspid = if args.pidns.pidns {
+            format!(" {:>7}", "NSPID")
+        } else {
+            String::new()
+        };
         out.line(&format!(
-            "{time}{:>7} {:>7} {:<16} {:<24} {}",
+            "{time}{:>7} {:>7}{nspid} {:<16} {:<24} {}",
             "PID", "TID", "COMM", "FUNC", "-"
         ));
     }
@@ -355,20 +363,24 @@ fn print_event(
         .get(event.probe_id as usize)
         .map(|p| p.name.as_str())
         .unwrap_or("?");
+    let nspid = args.pidns.pidns.then(|| NsPid::of(pid));
     if args.common.output.json {
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "event", "ts": clock.unix_secs(event.ts_ns), "pid": pid, "tid": tid,
-                   "cpu": event.cpu, "comm": comm, "probe": name, "message": message, "values": values}),
-        ));
+        let mut record = json!({"type": "event", "ts": clock.unix_secs(event.ts_ns), "pid": pid,
+               "tid": tid, "cpu": event.cpu, "comm": comm, "probe": name, "message": message,
+               "values": values});
+        if let Some(ns) = nspid {
+            record["nspid"] = ns.json(pid);
+        }
+        out.json(&with_schema(TOOL, record));
     } else {
         let time = if args.common.output.timestamp {
             format!("{} ", hms(clock.unix_ns(event.ts_ns)))
         } else {
             String::new()
         };
+        let nspid = nspid.map_or(String::new(), |ns| format!(" {:>7}", ns.text()));
         out.line(&format!(
-            "{time}{pid:>7} {tid:>7} {comm:<16} {name:<24} {message}"
+            "{time}{pid:>7} {tid:>7}{nspid} {comm:<16} {name:<24} {message}"
         ));
     }
 }

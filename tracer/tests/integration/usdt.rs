@@ -392,7 +392,8 @@ fn container_path() -> Result<(), Failed> {
     })?;
     let host = host_pid.to_string();
     let spec = format!("u:{}:called", inner.display());
-    let count = start(&["funccount", "-P", "-p", &host, &spec])?;
+    // PIDs both ways: the host's in PID, the namespace's (1) in NSPID.
+    let count = start(&["funccount", "-P", "--pidns", "-p", &host, &spec])?;
     prog.step("go")?;
     thread::sleep(Duration::from_millis(200));
     let counted = count.stop(libc::SIGINT)?.ok()?;
@@ -401,12 +402,43 @@ fn container_path() -> Result<(), Failed> {
         .iter()
         .find(|l| l.contains("called"))
         .ok_or_else(|| fail(format!("no row for called: {:?}", counted.stdout)))?;
+    let fields: Vec<&str> = row.split_whitespace().collect();
     ensure(
-        row.split_whitespace().last() == Some(&K.to_string()),
-        || format!("called counted as '{row}', not {K}"),
+        fields.len() == 5 && fields[0] == host && fields[1] == "1" && fields[4] == K.to_string(),
+        || format!("row '{row}' is not PID {host}, NSPID 1, ..., count {K}"),
     )?;
-    ensure(row.contains(&host), || {
-        format!("row '{row}' does not show the host PID {host}")
+    // trace's events say the same, in JSON.
+    let traced = start(&[
+        "trace",
+        "--pidns",
+        "--json",
+        "-p",
+        &host,
+        &spec,
+        "--max-events",
+        "3",
+    ])?;
+    prog.step("go")?;
+    let traced = traced.wait(scaled(Duration::from_secs(15)))?.ok()?;
+    let events: Vec<serde_json::Value> = traced
+        .json()?
+        .into_iter()
+        .filter(|r| r["type"] == "event")
+        .collect();
+    ensure(
+        events.len() == 3
+            && events
+                .iter()
+                .all(|e| e["pid"] == host_pid && e["nspid"] == 1),
+        || format!("trace --pidns events: {events:?}"),
+    )?;
+    // The binary exists only in the process's mount namespace; its symbols still resolve.
+    let stacks = start(&["stackcount", "-U", "-p", &host, &spec])?;
+    prog.step("go")?;
+    thread::sleep(Duration::from_millis(200));
+    let stacks = stacks.stop(libc::SIGINT)?.ok()?;
+    ensure(stacks.stdout.iter().any(|l| l.trim() == "called"), || {
+        format!("no 'called' frame in stackcount -U: {:?}", stacks.stdout)
     })?;
     drop(prog);
     let _ = std::fs::remove_dir_all(&dir);
