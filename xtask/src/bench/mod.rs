@@ -17,7 +17,7 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, sched, serve, startup, lens.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, usdt, sched, serve, startup, lens.
     pub names: Vec<String>,
 }
 
@@ -28,6 +28,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("softirq", softirq::run),
     ("profile", profile::run),
     ("probes", probes::run),
+    ("usdt", probes::usdt_loop),
     ("sched", sched::run),
     ("serve", serve::run),
     ("startup", startup::run),

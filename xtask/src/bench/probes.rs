@@ -271,6 +271,130 @@ fn write_loop() -> Result<()> {
     Ok(())
 }
 
+/// The per-hit cost of a USDT probe with one argument read: python3.11's
+/// `python:function__entry` (semaphore-guarded) while a script calls one function `CALLS`
+/// times, as the interpreter's own CPU time (time.process_time) per call, with no probe,
+/// tracer's `argdist --count ... arg2` (the line number: one argument decoded from its SDT
+/// spec) and bpftrace's `@[arg2] = count()`, each attached with `-p` (semaphores are set per
+/// process). Rounds interleave the configurations; the least time of each is its cost.
+pub fn usdt_loop() -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    const CALLS: u64 = 100_000;
+    const LOOP_ROUNDS: usize = 5;
+    const ENTRY: &str = "usdt:/usr/bin/python3.11:python:function__entry";
+    let _stats = StatsEnabled::new()?;
+    let script = "import sys, time\n\
+                  def known_fn(i):\n    return i + 1\n\
+                  print('ready', flush=True)\n\
+                  for line in sys.stdin:\n\
+                  \x20   n = int(line)\n\
+                  \x20   sys.settrace(lambda *a: None)\n\
+                  \x20   t = time.process_time()\n\
+                  \x20   for i in range(n):\n\
+                  \x20       known_fn(i)\n\
+                  \x20   t = time.process_time() - t\n\
+                  \x20   sys.settrace(None)\n\
+                  \x20   print(t, flush=True)\n";
+    let mut python = match Command::new("/usr/bin/python3.11")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            println!("\nUSDT: skipped, no python3.11 ({e}; cargo xtask setup installs it)");
+            return Ok(());
+        }
+    };
+    let pid = python.id().to_string();
+    let mut stdin = python.stdin.take().expect("piped");
+    let mut lines = BufReader::new(python.stdout.take().expect("piped")).lines();
+    lines.next().transpose()?;
+    let mut call = |n: u64| -> Result<f64> {
+        writeln!(stdin, "{n}")?;
+        let line = lines.next().transpose()?.context("python3.11 exited")?;
+        line.trim()
+            .parse::<f64>()
+            .with_context(|| format!("python3.11 said '{line}'"))
+    };
+    let bt_program = format!("{ENTRY} {{ @[arg2] = count(); }}");
+    let names = [
+        "none",
+        "tracer argdist --count arg2",
+        "bpftrace @[arg2] = count()",
+    ];
+    let mut best = [f64::MAX; 3];
+    let mut bpf_ns: [Option<f64>; 3] = [None; 3];
+    let mut failed: [Option<String>; 3] = [None, None, None];
+    for _ in 0..LOOP_ROUNDS {
+        for i in 0..names.len() {
+            if failed[i].is_some() {
+                continue;
+            }
+            let out = Some(std::env::temp_dir().join("tracer-bench-usdt.out"));
+            let attached = match i {
+                0 => None,
+                1 => Some(Attached::spawn_to(
+                    &mut tracer(&["argdist", "-p", &pid, "--count", ENTRY, "arg2"]),
+                    out,
+                    ready,
+                )),
+                _ => {
+                    let mut cmd = bpftrace(&bt_program);
+                    cmd.args(["-p", &pid]);
+                    Some(Attached::spawn_to(&mut cmd, out, ready))
+                }
+            };
+            let attached = match attached.transpose() {
+                Ok(a) => a,
+                Err(e) => {
+                    failed[i] = Some(format!("{e:#}"));
+                    continue;
+                }
+            };
+            if i == 2 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let secs = call(CALLS)?;
+            best[i] = best[i].min(secs / CALLS as f64 * 1e6);
+            if let Some(a) = attached {
+                bpf_ns[i] = ns_per_run(a.pid()).or(bpf_ns[i]);
+                a.stop()?;
+            }
+        }
+    }
+    drop(stdin);
+    let _ = python.kill();
+    let _ = python.wait();
+    println!();
+    println!(
+        "USDT {ENTRY} (semaphore), python3.11 calling one function {CALLS} times, least of {LOOP_ROUNDS} rounds:"
+    );
+    println!(
+        "{:<30} {:>12} {:>14} {:>10}",
+        "probe", "us/call", "per-hit cost", "bpf prog"
+    );
+    for (i, name) in names.iter().enumerate() {
+        if let Some(e) = &failed[i] {
+            let first = e.lines().next().unwrap_or("");
+            println!("{name:<30} failed: {first}");
+            continue;
+        }
+        let cost = if i == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2} us", best[i] - best[0])
+        };
+        println!(
+            "{name:<30} {:>12.3} {cost:>14} {:>10}",
+            best[i],
+            bpf_ns[i].map_or("-".into(), |ns| format!("{ns:.0} ns"))
+        );
+    }
+    Ok(())
+}
+
 /// User + system CPU seconds of all waited-for children so far.
 fn children_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we pass.
