@@ -56,6 +56,21 @@ pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(repo_root());
+    // `cargo xtask` runs us with xtask's own CARGO_PKG_* and CARGO_MANIFEST_* set. Build
+    // scripts that declare rerun-if-env-changed on those (ring's does) would rerun, and
+    // rebuild everything above them, whenever a build alternates with a plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && (name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    name,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                ))
+        {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
