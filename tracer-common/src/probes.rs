@@ -160,7 +160,19 @@ pub struct ProbesConfig {
     /// for `--start/--end` tracepoints a field of each record, e.g. a pid.
     pub start_key: ValueSpec,
     pub end_key: ValueSpec,
+    /// MODE_STACK: what a hit adds to its stack's count, one of `WEIGHT_*` (`stackcount
+    /// --weight`): 1, `values[0]`, or 2 to the power `values[0]` (pages of an allocation order).
+    pub weight: u8,
+    pub _weight_reserved: [u8; 3],
 }
+
+/// `ProbesConfig::weight`: every hit counts 1.
+pub const WEIGHT_ONE: u8 = 0;
+/// Every hit adds `values[0]` (a size, a byte count).
+pub const WEIGHT_VALUE: u8 = 1;
+/// Every hit adds `1 << values[0]` (kmem:mm_page_alloc's `order`: pages); values of 64 or
+/// more are read errors.
+pub const WEIGHT_POW2: u8 = 2;
 
 crate::user_pod!(ProbesConfig);
 
@@ -189,6 +201,8 @@ impl ProbesConfig {
         },
         start_key: ValueSpec::TID,
         end_key: ValueSpec::TID,
+        weight: WEIGHT_ONE,
+        _weight_reserved: [0; 3],
     };
 }
 

@@ -336,7 +336,20 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
             }
         }
         MODE_TRACE => trace(ctx, config, probe_id, pid_tgid, user),
-        MODE_STACK => stack(ctx, config, probe_id, tgid),
+        MODE_STACK => {
+            let weight = match config.weight {
+                WEIGHT_VALUE => value(ctx, &config.values[0], pid_tgid, probe_id),
+                WEIGHT_POW2 => value(ctx, &config.values[0], pid_tgid, probe_id)
+                    .filter(|v| *v < 64)
+                    .map(|v| 1u64 << v),
+                _ => Some(1),
+            };
+            let Some(weight) = weight else {
+                bump(&STATS, STAT_READ_ERRORS);
+                return;
+            };
+            stack(ctx, config, probe_id, tgid, weight)
+        }
         _ => return,
     }
     bump(&STATS, STAT_EVENTS);
@@ -363,10 +376,15 @@ fn count(probe_id: u32, tgid: u32, per_pid: bool) {
 
 #[inline(always)]
 fn increment<K>(map: &PerCpuHashMap<K, u64>, key: &K) {
+    add(map, key, 1);
+}
+
+#[inline(always)]
+fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, amount: u64) {
     if let Some(counter) = map.get_ptr_mut(key) {
         // SAFETY: per-CPU value from a successful lookup, touched only on this CPU.
-        unsafe { *counter += 1 };
-    } else if map.insert(key, &1, 0).is_err() {
+        unsafe { *counter += amount };
+    } else if map.insert(key, &amount, 0).is_err() {
         bump(&STATS, STAT_MAP_FULL);
     }
 }
@@ -702,7 +720,7 @@ fn current_is_kthread() -> bool {
 }
 
 #[inline(always)]
-fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32) {
+fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32, weight: u64) {
     let kernel_stack = if config.kernel_stack != 0 {
         stack_id(ctx, &STACKS, 0, &STATS)
     } else {
@@ -724,7 +742,7 @@ fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32) {
         PER_COMM => (0, bpf_get_current_comm().unwrap_or([0; 16])),
         _ => (tgid, bpf_get_current_comm().unwrap_or([0; 16])),
     };
-    increment(
+    add(
         &STACK_COUNTS,
         &StackKey {
             probe_id,
@@ -733,5 +751,6 @@ fn stack<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, tgid: u32) {
             user_stack,
             comm,
         },
+        weight,
     );
 }

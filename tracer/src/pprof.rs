@@ -184,7 +184,23 @@ impl PprofFile {
         label: &str,
         origins: Option<&FrameOrigins>,
     ) -> Result<()> {
-        let profile = build(lines, kind, title, label, origins, self.started);
+        let profile = build(lines, kind, title, Some(label), origins, self.started);
+        self.write_profile(&profile)
+    }
+
+    /// `write` for folded lines from anywhere (`flamegraph --pprof`): every frame, the first
+    /// too, is a location, since nothing says the root is a process name.
+    pub fn write_frames(
+        self,
+        lines: &[impl AsRef<str>],
+        kind: PprofKind,
+        title: &str,
+    ) -> Result<()> {
+        let profile = build(lines, kind, title, None, None, self.started);
+        self.write_profile(&profile)
+    }
+
+    fn write_profile(self, profile: &proto::Profile) -> Result<()> {
         let mut gz = GzEncoder::new(self.file, Compression::default());
         gz.write_all(&profile.encode_to_vec())
             .and_then(|()| gz.finish().map(drop))
@@ -218,10 +234,10 @@ impl Strings {
 }
 
 fn build(
-    lines: &[String],
+    lines: &[impl AsRef<str>],
     kind: PprofKind,
     title: &str,
-    label: &str,
+    label: Option<&str>,
     origins: Option<&FrameOrigins>,
     started: SystemTime,
 ) -> proto::Profile {
@@ -249,12 +265,12 @@ fn build(
         ),
         PprofKind::Count(what) => (vec![value_type(what, "count", &mut strings)], None, 0),
     };
-    let comm_key = strings.id(label);
+    let label_key = label.map(|label| strings.id(label));
     // One function and one location per distinct frame name, same id for both.
     let mut frame_ids: HashMap<String, u64> = HashMap::new();
     let mut functions = Vec::new();
     let mut samples = Vec::new();
-    for line in lines {
+    for line in lines.iter().map(AsRef::as_ref) {
         let Some((frames, value)) = line.rsplit_once(' ') else {
             continue;
         };
@@ -262,7 +278,10 @@ fn build(
             continue;
         };
         let mut frames = frames.split(';');
-        let comm = frames.next().unwrap_or("");
+        let label = label_key.map(|key| proto::Label {
+            key,
+            str: strings.id(frames.next().unwrap_or("")),
+        });
         let mut location_id: Vec<u64> = frames
             .filter(|f| *f != "-")
             .map(|frame| {
@@ -289,10 +308,7 @@ fn build(
         samples.push(proto::Sample {
             location_id,
             value: values,
-            label: vec![proto::Label {
-                key: comm_key,
-                str: strings.id(comm),
-            }],
+            label: label.into_iter().collect(),
         });
     }
     let empty = FrameOrigins::default();
@@ -384,7 +400,7 @@ mod tests {
             &lines,
             PprofKind::Samples { hz: 100 },
             "t",
-            "comm",
+            Some("comm"),
             None,
             SystemTime::now(),
         );
@@ -433,7 +449,7 @@ mod tests {
             &lines,
             PprofKind::Count("hits"),
             "t",
-            "comm",
+            Some("comm"),
             Some(&origins),
             SystemTime::now(),
         );

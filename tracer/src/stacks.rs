@@ -949,7 +949,7 @@ pub fn stack_json(stack: &Stack, total: u64) -> Value {
 
 /// Renders folded lines (one- or two-count) as an inferno flame graph into `writer`.
 pub fn render_svg(
-    lines: &[String],
+    lines: &[impl AsRef<str>],
     title: &str,
     count_name: &str,
     writer: impl std::io::Write,
@@ -959,7 +959,7 @@ pub fn render_svg(
     options.count_name = count_name.to_string();
     let mut cold = cold_palette(lines);
     options.palette_map = cold.as_mut();
-    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), writer)
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(AsRef::as_ref), writer)
 }
 
 /// The annotation of off-CPU frames in hot/cold folded stacks (`profile --offcpu`), in the
@@ -969,10 +969,15 @@ pub const OFFCPU_SUFFIX: &str = "_[o]";
 /// Blue shades (FlameGraph's "io" palette range) for the `_[o]` frames of `lines`, so that a
 /// hot/cold graph draws off-CPU time cold; None when there are none (every other frame keeps
 /// the default warm palette either way).
-fn cold_palette(lines: &[String]) -> Option<inferno::flamegraph::color::PaletteMap> {
+fn cold_palette(lines: &[impl AsRef<str>]) -> Option<inferno::flamegraph::color::PaletteMap> {
     let mut palette = inferno::flamegraph::color::PaletteMap::default();
-    for line in lines {
-        let frames = line.rsplit_once(' ').map_or(line.as_str(), |(f, _)| f);
+    // One substring search per line: most graphs have no off-CPU frames at all.
+    for line in lines
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|l| l.contains(OFFCPU_SUFFIX))
+    {
+        let frames = line.rsplit_once(' ').map_or(line, |(f, _)| f);
         for frame in frames.split(';').filter(|f| f.ends_with(OFFCPU_SUFFIX)) {
             if palette.get(frame).is_none() {
                 // A stable shade per name, as FlameGraph's --hash does.
@@ -1014,7 +1019,7 @@ impl SvgFile {
 
     /// Renders folded lines with inferno. `title` should say what was sampled; `count_name`
     /// is the unit shown on hover ("samples", "us").
-    pub fn write(self, lines: &[String], title: &str, count_name: &str) -> Result<()> {
+    pub fn write(self, lines: &[impl AsRef<str>], title: &str, count_name: &str) -> Result<()> {
         let mut writer = BufWriter::new(self.file);
         let result = render_svg(lines, title, count_name, &mut writer);
         writer

@@ -16,6 +16,10 @@
 //!                   refresh_vm_stats on every online CPU from this process (wqtop tests)
 //!   faults N        write once to each of N fresh anonymous pages in
 //!                   `tracer_workload_fault_pages`: N page faults (memory flame-graph tests)
+//!   huge-pages M    write once to every 4 KiB page of M MiB of fresh anonymous memory,
+//!                   2 MiB-aligned and madvised MADV_HUGEPAGE, in `tracer_workload_huge_pages`:
+//!                   M * 256 pages, allocated as order-9 huge pages where the kernel can
+//!                   (stackcount --weight '1<<order' tests)
 //!   mallocs K       K libc mallocs of known sizes (1000 + 16 i bytes): the even ones in
 //!                   `tracer_workload_malloc_kept`, kept until exit; the odd ones in
 //!                   `tracer_workload_malloc_freed`, freed at once (memleak tests)
@@ -114,6 +118,42 @@ pub extern "C" fn tracer_workload_fault_pages(n: u64) {
             std::ptr::write_volatile((p as *mut u8).add(i * page), 1);
         }
         libc::munmap(p, len);
+    }
+}
+
+/// Huge pages are asked for: each 2 MiB faulted in is one order-9 allocation where THP is on
+/// and memory not too fragmented, else 512 order-0 ones; either way 256 pages per MiB.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_huge_pages(mib: u64) {
+    const HUGE: usize = 2 << 20;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = mib as usize * (1 << 20);
+    // SAFETY: a fresh private anonymous mapping with room to align, written inside the
+    // aligned part only, unmapped after.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            eprintln!(
+                "tracer-workload: mmap failed: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(1);
+        }
+        let aligned = (p as usize).next_multiple_of(HUGE) as *mut u8;
+        libc::madvise(aligned.cast(), len, libc::MADV_HUGEPAGE);
+        for i in 0..len / page {
+            std::ptr::write_volatile(aligned.add(i * page), 1);
+        }
+        libc::munmap(p, len + HUGE);
     }
 }
 
@@ -344,6 +384,7 @@ fn run(args: &[String]) {
             "sleep" => std::thread::sleep(Duration::from_secs_f64(number(args, i + 1, "sleep"))),
             "faults" => tracer_workload_fault_pages(number(args, i + 1, "faults") as u64),
             "mallocs" => mallocs(number(args, i + 1, "mallocs") as u64),
+            "huge-pages" => tracer_workload_huge_pages(number(args, i + 1, "huge-pages") as u64),
             "pingpong" => pingpong(number(args, i + 1, "pingpong") as u64),
             "write" => write_dev_null(number(args, i + 1, "write") as u64),
             "open" => open_dev_null(number(args, i + 1, "open") as u64),
@@ -358,7 +399,7 @@ fn run(args: &[String]) {
             other => {
                 eprintln!(
                     "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
-                     pingpong, open, write, read, stat-refresh, faults, mallocs, repeat)"
+                     pingpong, open, write, read, stat-refresh, faults, huge-pages, mallocs, repeat)"
                 );
                 std::process::exit(2);
             }

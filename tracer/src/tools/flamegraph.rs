@@ -12,7 +12,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use inferno::collapse::Collapse as _;
 
-use crate::{output, stacks::SvgFile};
+use crate::{
+    output,
+    pprof::{PprofFile, PprofKind},
+    stacks::SvgFile,
+};
 
 /// Render folded stacks, perf script output or bpftrace stack maps as an SVG flame graph.
 #[derive(Args, Clone, Debug)]
@@ -33,6 +37,10 @@ pub struct FlamegraphArgs {
     /// Write the SVG to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Also (or, without --svg, only) write the stacks as a gzipped pprof profile to FILE, each
+    /// folded line one sample valued in --count-name units (go tool pprof, Pyroscope, Parca).
+    #[arg(long, value_name = "FILE", conflicts_with = "diff")]
+    pub pprof: Option<PathBuf>,
     /// The graph's title (default: what was rendered or compared).
     #[arg(long)]
     pub title: Option<String>,
@@ -57,28 +65,41 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
             if inputs.len() == 1 { "" } else { "s" }
         );
     }
-    // Open the output first: a bad --svg path fails before any input is read.
+    // Open the outputs first: a bad --svg or --pprof path fails before any input is read.
     let svg = args.svg.as_deref().map(SvgFile::create).transpose()?;
-    let mut folded = Vec::new();
+    let pprof = args.pprof.as_deref().map(PprofFile::create).transpose()?;
+    let mut texts = Vec::new();
     for input in &inputs {
-        folded.push(read_stacks(*input)?);
+        texts.push(read_folded(*input)?);
     }
-    let (lines, default_title) = if args.diff {
-        let lines = diff_lines(&folded[0], &folded[1])?;
+    let (text, default_title) = if args.diff {
+        let text = diff_text(&texts[0], &texts[1])?;
         let title = format!(
             "Differential: {} → {} (red grew, blue shrank; before scaled to after's total)",
             name(inputs[0]),
             name(inputs[1])
         );
-        (lines, title)
+        (text, title)
     } else {
         let names: Vec<String> = inputs.iter().map(|i| name(*i)).collect();
-        (
-            folded.concat(),
-            format!("Flame Graph: {}", names.join(", ")),
-        )
+        let title = format!("Flame Graph: {}", names.join(", "));
+        match texts.len() {
+            1 => (texts.pop().unwrap_or_default(), title),
+            _ => (texts.join("\n"), title),
+        }
     };
+    // Borrowed lines, not copies: a large profile is rendered straight from the text read.
+    let lines: Vec<&str> = text.lines().filter(|l| is_content(l)).collect();
     let title = args.title.unwrap_or(default_title);
+    if let Some(pprof) = pprof {
+        // Any folded file's root frame may or may not be a process name, so every frame stays a
+        // location. Leaked: the kind wants a 'static name, and the process ends after this.
+        let unit: &'static str = args.count_name.clone().leak();
+        pprof.write_frames(&lines, PprofKind::Count(unit), &title)?;
+        if svg.is_none() {
+            return Ok(());
+        }
+    }
     match svg {
         Some(file) => file.write(&lines, &title, &args.count_name),
         None => {
@@ -94,6 +115,14 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
 /// Two-count folded lines (`stack BEFORE AFTER`) for a differential graph, BEFORE scaled to
 /// AFTER's total so a busier AFTER run does not paint everything red.
 pub fn diff_lines(before: &[String], after: &[String]) -> Result<Vec<String>> {
+    Ok(diff_text(&before.join("\n"), &after.join("\n"))?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// `diff_lines` of two folded texts, as text.
+fn diff_text(before: &str, after: &str) -> Result<String> {
     let mut diff = Vec::new();
     let options = inferno::differential::Options {
         normalize: true,
@@ -101,15 +130,13 @@ pub fn diff_lines(before: &[String], after: &[String]) -> Result<Vec<String>> {
     };
     inferno::differential::from_readers(
         options,
-        Cursor::new(before.join("\n")),
-        Cursor::new(after.join("\n")),
+        Cursor::new(before),
+        Cursor::new(after),
         &mut diff,
     )
     .context("cannot compare the two profiles")?;
-    Ok(String::from_utf8_lossy(&diff)
-        .lines()
-        .map(str::to_string)
-        .collect())
+    Ok(String::from_utf8(diff)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 fn name(input: Option<&Path>) -> String {
@@ -118,6 +145,16 @@ fn name(input: Option<&Path>) -> String {
 
 /// An input as folded stack lines (`frame;frame;... count`, root first), whatever it was.
 pub fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
+    Ok(read_folded(input)?
+        .lines()
+        .filter(|l| is_content(l))
+        .map(str::to_string)
+        .collect())
+}
+
+/// An input as folded text, whatever it was: a folded file as read (comments and blank lines
+/// kept), anything else collapsed into folded lines.
+fn read_folded(input: Option<&Path>) -> Result<String> {
     let mut text = String::new();
     match input {
         None => {
@@ -130,7 +167,9 @@ pub fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
                 std::io::ErrorKind::NotFound => usage_err!("{}: no such file", path.display()),
                 _ => anyhow!("cannot read {}: {e}", path.display()),
             })?;
-            text = String::from_utf8_lossy(&bytes).into_owned();
+            // Valid UTF-8 (nearly always) is taken as is, without a copy.
+            text = String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         }
     }
     let what = name(input);
@@ -138,14 +177,10 @@ pub fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
         bail!("{what}: no stacks in it (the input is empty)");
     }
     let Err(bad_line) = parse_folded(&text) else {
-        return Ok(text
-            .lines()
-            .filter(|l| is_content(l))
-            .map(str::to_string)
-            .collect());
+        return Ok(text);
     };
     if let Some(lines) = parse_bpftrace(&text) {
-        return Ok(lines);
+        return Ok(lines.join("\n"));
     }
     // perf script, dtrace, and the other formats inferno's collapsers recognise.
     let mut collapsed = Vec::new();
@@ -172,7 +207,7 @@ pub fn read_stacks(input: Option<&Path>) -> Result<Vec<String>> {
              not perf script or bpftrace output either: {snippet:?}"
         );
     }
-    Ok(lines)
+    Ok(lines.join("\n"))
 }
 
 fn is_content(line: &str) -> bool {
@@ -187,12 +222,13 @@ fn parse_folded(text: &str) -> Result<(), (usize, String)> {
         if !is_content(line) {
             continue;
         }
-        let fields: Vec<&str> = line.trim_end().rsplitn(3, ' ').collect();
-        let counts_ok = |n: usize| fields[..n].iter().all(|f| f.parse::<f64>().is_ok());
-        let ok = match fields.len() {
-            3 if counts_ok(2) => !fields[2].is_empty(),
-            3 if counts_ok(1) => true,
-            2 if counts_ok(1) => !fields[1].is_empty(),
+        // No allocation per line: this runs over every line of million-sample files.
+        let is_count = |f: &str| f.parse::<f64>().is_ok();
+        let ok = match line.trim_end().rsplit_once(' ') {
+            Some((rest, last)) if is_count(last) => match rest.rsplit_once(' ') {
+                Some((stack, before)) if is_count(before) => !stack.is_empty(),
+                _ => !rest.is_empty(),
+            },
             _ => false,
         };
         if !ok {

@@ -8,7 +8,10 @@ use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
 use clap::Args;
 use serde_json::json;
-use tracer_common::probes::{MODE_STACK, PER_COMM, PER_PID, ProbesConfig, StackKey};
+use tracer_common::probes::{
+    MODE_STACK, PER_COMM, PER_PID, ProbesConfig, StackKey, ValueSpec, WEIGHT_ONE, WEIGHT_POW2,
+    WEIGHT_VALUE,
+};
 
 use crate::{
     output::{Out, comm_str, with_schema},
@@ -30,7 +33,9 @@ stacks; -K (kernel only), -U (user only) and --both-stacks choose.\n\
 Examples:\n  \
     stackcount u:/usr/sbin/nginx:ngx_http_process_request    who calls it in nginx\n  \
     stackcount --both-stacks t:sched:sched_switch -d 5 --folded  kernel+user, folded\n  \
-    stackcount --svg fork.svg t:sched:sched_process_fork      flame graph of fork callers"
+    stackcount --svg fork.svg t:sched:sched_process_fork      flame graph of fork callers\n  \
+    stackcount --weight '1<<order' --svg pages.svg t:kmem:mm_page_alloc   pages allocated, by stack\n  \
+    stackcount --weight arg0 -U u:libc:malloc                  bytes asked of malloc, by stack"
 )]
 pub struct StackcountArgs {
     /// Probes (globs allowed; all counted together), then optional INTERVAL and COUNT.
@@ -77,6 +82,11 @@ pub struct StackcountArgs {
     /// Print only the N most frequent stacks.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Count each hit as this value instead of 1: a tracepoint field (`bytes_alloc`), `argN`
+    /// or `$retval`; `1<<FIELD` counts 2^FIELD (kmem:mm_page_alloc's `1<<order`: pages).
+    /// Field offsets are read from the tracepoint's format when it is loaded.
+    #[arg(long, value_name = "EXPR")]
+    pub weight: Option<String>,
     /// Also probe tracer's own process (left out by default, so that a probe on libc does not
     /// see tracer's own calls).
     #[arg(long)]
@@ -101,8 +111,15 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         (false, false, false) => (!all_user, all_user),
         (kernel, user, both) => (kernel || both, user || both),
     };
+    let weight = weight_of(args.weight.as_deref(), &probes)?;
     let config = ProbesConfig {
         mode: MODE_STACK,
+        weight: weight.as_ref().map_or(WEIGHT_ONE, |w| w.kind),
+        values: {
+            let mut values = ProbesConfig::DEFAULT.values;
+            values[0] = weight.as_ref().map_or(ValueSpec::NONE, |w| w.expr.spec);
+            values
+        },
         include_self: args.include_self.into(),
         kernel_stack: kernel.into(),
         user_stack: user.into(),
@@ -123,7 +140,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         pid: args.pid,
         force: args.common.attach,
         entry_and_return: false,
-        needs_record: false,
+        needs_record: weight.as_ref().is_some_and(|w| w.expr.needs_record),
     })?;
     if args.common.verbose {
         loaded.print_summary(TOOL);
@@ -143,10 +160,14 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             _ => "user",
         }
     );
+    let unit = weight
+        .as_ref()
+        .map_or("hits".to_string(), |w| w.expr.text.clone());
     let view = View {
         args: &args,
         probes: &probes,
         has_pid: args.per_pid || user,
+        unit: &unit,
     };
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
@@ -193,11 +214,17 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     }
     let title = format!("stackcount {}", specs.join(" "));
     let lines = stacks::folded_with(all_folded, &[], Unit::Samples);
+    // The pprof sample type names what was counted; leaked: the kind wants a 'static name
+    // and is written once, at the end of the run.
+    let kind_name: &'static str = match &weight {
+        Some(_) => unit.clone().leak(),
+        None => "hits",
+    };
     files.write(
         &lines,
         &title,
-        "hits",
-        crate::pprof::PprofKind::Count("hits"),
+        &unit,
+        crate::pprof::PprofKind::Count(kind_name),
         symbols.origins(),
     )?;
     symbols.report_unknown(TOOL);
@@ -217,6 +244,25 @@ struct View<'a> {
     probes: &'a [probe_spec::Probe],
     /// Keys hold a process only when it was asked for or user stacks need one; never a thread.
     has_pid: bool,
+    /// What the counts count: "hits", or the `--weight` expression.
+    unit: &'a str,
+}
+
+/// `--weight EXPR`: the value read at each hit and how it becomes the count's increment.
+struct Weight {
+    kind: u8,
+    expr: probe_attach::Expr,
+}
+
+fn weight_of(text: Option<&str>, probes: &[probe_spec::Probe]) -> Result<Option<Weight>> {
+    let Some(text) = text else { return Ok(None) };
+    let (kind, value) = match text.trim().strip_prefix("1<<") {
+        Some(exponent) => (WEIGHT_POW2, exponent.trim()),
+        None => (WEIGHT_VALUE, text.trim()),
+    };
+    let mut expr = probe_attach::parse_expr(value, probes, &[], false)?;
+    expr.text = text.trim().to_string();
+    Ok(Some(Weight { kind, expr }))
 }
 
 impl View<'_> {
@@ -286,11 +332,12 @@ impl View<'_> {
             }
             let probe_names: Vec<&String> = self.probes.iter().map(|p| &p.name).collect();
             let kind = if last { "end" } else { "interval" };
-            out.json(&with_schema(
-                TOOL,
-                json!({"type": kind, "total": total, "stacks": stacks.len(), "probes": probe_names,
-                       "stats": loaded.stats(), "attach": loaded.mechanisms}),
-            ));
+            let mut record = json!({"type": kind, "total": total, "stacks": stacks.len(),
+                       "probes": probe_names, "stats": loaded.stats(), "attach": loaded.mechanisms});
+            if self.unit != "hits" {
+                record["weight"] = json!(self.unit);
+            }
+            out.json(&with_schema(TOOL, record));
         } else if args.folded {
             for line in stacks::folded(stacks, Unit::Samples) {
                 out.line(&line);
@@ -309,7 +356,11 @@ impl View<'_> {
                     stacks.len() - shown.len()
                 ));
             }
-            out.line(&format!("{total} hits in {} stacks", stacks.len()));
+            let what = match self.unit {
+                "hits" => "hits".to_string(),
+                weight => format!("(sum of {weight})"),
+            };
+            out.line(&format!("{total} {what} in {} stacks", stacks.len()));
         }
     }
 }

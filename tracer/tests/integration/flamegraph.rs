@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 use libtest_mimic::{Failed, Trial};
 
 use crate::common::{
-    DEADLINE, Need, TRACER, WORKLOAD, ensure, fail, output_within, run, scaled, trial,
+    DEADLINE, Need, TRACER, WORKLOAD, ensure, fail, go_pprof, output_within, run, scaled, trial,
 };
 
 pub fn tests() -> Vec<Trial> {
@@ -31,6 +31,11 @@ pub fn tests() -> Vec<Trial> {
             "flamegraph::profile_diff_against_an_earlier_run",
             &[Need::Root],
             profile_diff_against,
+        ),
+        trial(
+            "flamegraph::pprof_of_a_folded_file_agrees_with_go_pprof",
+            &[],
+            pprof_of_folded,
         ),
         trial("flamegraph::bad_input", &[], bad_input),
     ]
@@ -122,6 +127,56 @@ fn diff_colours() -> Result<(), Failed> {
     })?;
     ensure(text.contains("Differential:"), || {
         "title does not say Differential".into()
+    })?;
+    Ok(())
+}
+
+/// A folded file with known counts (hot 300, cold 100 under main, a comment line) through
+/// `flamegraph --pprof` alone: no SVG on stdout, and Go's pprof reads the profile with hot
+/// first at 75 % flat and main at 100 % cumulative (the root frame is a function, not a label).
+fn pprof_of_folded() -> Result<(), Failed> {
+    let folded = scratch("known.folded");
+    let profile = scratch("known.pb.gz");
+    std::fs::write(
+        &folded,
+        "# known counts\nmain;work;hot 300\nmain;cold 100\n",
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let out = run(&[
+        "flamegraph",
+        &folded.display().to_string(),
+        "--pprof",
+        &profile.display().to_string(),
+        "--count-name",
+        "calls",
+    ]);
+    ensure(out.status.success() && out.stdout.is_empty(), || {
+        format!(
+            "flamegraph --pprof failed or wrote an SVG too: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let top = go_pprof(&["-top", &profile.display().to_string()])?;
+    // Rows: "flat flat% sum% cum cum% name".
+    let rows: Vec<Vec<&str>> = top
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 6 && f[1].ends_with('%'))
+        .collect();
+    let row = |name: &str| rows.iter().find(|f| f[5] == name);
+    ensure(rows.first().is_some_and(|f| f[5] == "hot"), || {
+        format!("hot is not first in pprof -top:\n{top}")
+    })?;
+    ensure(
+        row("hot").is_some_and(|f| f[0] == "300" && f[1] == "75.00%"),
+        || format!("hot is not 300 (75%):\n{top}"),
+    )?;
+    ensure(
+        row("main").is_some_and(|f| f[3] == "400" && f[4] == "100%"),
+        || format!("main does not hold all 400:\n{top}"),
+    )?;
+    ensure(top.contains("calls"), || {
+        format!("the sample type is not the --count-name:\n{top}")
     })?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Memory flame graphs: page-fault stacks (`stackcount t:exceptions:page_fault_user`) of a
-//! program touching N known fresh pages, and memleak's outstanding allocations of a program that
+//! program touching N known fresh pages, page-allocation stacks weighted by pages (`stackcount
+//! --weight '1<<order' t:kmem:mm_page_alloc`) of a program writing 64 MiB, and memleak's outstanding allocations of a program that
 //! mallocs K known sizes and frees half — both against the exact counts the workload made.
 
 use std::time::Duration;
@@ -15,6 +16,11 @@ pub fn tests() -> Vec<Trial> {
             "memflame::page_faults_under_the_touching_function",
             &[Need::Root],
             page_faults,
+        ),
+        trial(
+            "memflame::page_allocations_weighted_by_pages",
+            &[Need::Root],
+            page_allocations_weighted,
         ),
         trial(
             "memflame::memleak_outstanding_half_by_stack",
@@ -78,6 +84,78 @@ fn page_faults() -> Result<(), Failed> {
     // One fault per fresh page; a few more may hit the function's own code or stack pages.
     ensure((PAGES..=PAGES + 8).contains(&faults), || {
         format!("{faults} faults under tracer_workload_fault_pages, expected {PAGES}: {stacks:?}")
+    })
+}
+
+/// `stackcount --weight '1<<order' t:kmem:mm_page_alloc` around `huge-pages 64`: every 4 KiB
+/// page of 64 MiB written once, asked for as transparent huge pages. Where the kernel gives
+/// them, 32 order-9 allocations; where not, 16384 order-0 ones: 16384 pages either way, so the
+/// weighted total under the touching function is the ground truth whatever THP did, and an
+/// unweighted stackcount alongside shows how many allocations it took.
+fn page_allocations_weighted() -> Result<(), Failed> {
+    if !std::path::Path::new("/sys/kernel/tracing/events/kmem/mm_page_alloc").exists() {
+        return Err(fail("no kmem:mm_page_alloc tracepoint"));
+    }
+    const MIB: u64 = 64;
+    const PAGES: u64 = MIB * 256;
+    let mut workload = Workload::spawn(&["huge-pages", &MIB.to_string(), "sleep", "60"])?;
+    let pid = workload.pid.to_string();
+    let counting = |weight: Option<&str>| {
+        let mut argv = vec!["stackcount", "-U", "-p", &pid, "--json", "-n", "1000"];
+        if let Some(weight) = weight {
+            argv.extend(["--weight", weight]);
+        }
+        argv.push("t:kmem:mm_page_alloc");
+        start(&argv)
+    };
+    let weighted = counting(Some("1<<order"))?;
+    let plain = counting(None)?;
+    workload.go();
+    // 64 MiB of page writes take well under a second natively, a few seconds under TCG.
+    std::thread::sleep(if emulated().is_some() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(2000)
+    });
+    let weighted = weighted.stop(libc::SIGINT)?.ok()?;
+    let plain = plain.stop(libc::SIGINT)?.ok()?;
+    drop(workload);
+    let under = |records: &[Value]| -> (u64, u64) {
+        let stacks: Vec<&Value> = records.iter().filter(|r| r["type"] == "stack").collect();
+        let count = |s: &&Value| s["count"].as_u64();
+        let mine = stacks
+            .iter()
+            .filter(|s| {
+                user_frames(s)
+                    .first()
+                    .is_some_and(|f| f.contains("tracer_workload_huge_pages"))
+            })
+            .filter_map(count)
+            .sum();
+        (mine, stacks.iter().filter_map(count).sum())
+    };
+    let weighted_records = weighted.json()?;
+    let (pages, all_pages) = under(&weighted_records);
+    let (allocations, _) = under(&plain.json()?);
+    eprintln!(
+        "{pages} pages in {allocations} allocations under tracer_workload_huge_pages \
+         ({all_pages} pages in all)"
+    );
+    let end = weighted_records.iter().rev().find(|r| r["type"] == "end");
+    ensure(end.is_some_and(|e| e["weight"] == "1<<order"), || {
+        format!("the end record does not name the weight: {end:?}")
+    })?;
+    // Beyond the data pages: one page-table page per 2 MiB (a PTE table, or the one the
+    // kernel deposits beside each huge page), and a few upper-level tables.
+    let margin = PAGES / 512 + 8;
+    ensure((PAGES..=PAGES + margin).contains(&pages), || {
+        format!(
+            "{pages} pages under tracer_workload_huge_pages, expected {PAGES}..={}",
+            PAGES + margin
+        )
+    })?;
+    ensure(allocations <= pages, || {
+        format!("{allocations} allocations but only {pages} pages: the weight is below 1")
     })
 }
 

@@ -3,6 +3,7 @@
 
 mod bpf_stats;
 mod common;
+mod flamegraph;
 mod forksnoop;
 mod lens;
 mod probes;
@@ -17,7 +18,7 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, usdt, sched, serve, startup, lens.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, usdt, sched, serve, startup, lens, flamegraph.
     pub names: Vec<String>,
 }
 
@@ -33,6 +34,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("serve", serve::run),
     ("startup", startup::run),
     ("lens", lens::run),
+    ("flamegraph", flamegraph::run),
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {

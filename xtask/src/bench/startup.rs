@@ -100,7 +100,7 @@ pub const MEASURE: &str = "__measure-child";
 /// exec'ing process's old address-space peak in its ru_maxrss, so every job measured from
 /// this (15 MiB) process read as 15.3 MiB. The fresh launcher's fork child starts from a
 /// ~1 MiB copy, the same floor for every row.
-fn quiet_timed(cmd: &mut Command) -> Result<RunTimes> {
+pub(super) fn quiet_timed(cmd: &mut Command) -> Result<RunTimes> {
     let start = std::time::Instant::now();
     let out = Command::new(std::env::current_exe()?)
         .arg(MEASURE)
