@@ -10,6 +10,7 @@
 //! attach rung of every probe, lost events, map-full counts, scrape durations.
 
 mod config;
+mod cpu_profile;
 mod http;
 mod web_config;
 
@@ -405,7 +406,7 @@ impl Exporter {
                 http::Response {
                     status: 200,
                     content_type: format.content_type(),
-                    body: self.render(format),
+                    body: self.render(format).into(),
                 }
             }
             "/" => http::Response {
@@ -413,7 +414,10 @@ impl Exporter {
                 content_type: "text/html; charset=utf-8",
                 body: "<html><head><title>tracer serve</title></head><body>\
                        <h1>tracer serve</h1><p>eBPF aggregates as Prometheus metrics: \
-                       <a href=\"/metrics\">/metrics</a></p></body></html>\n"
+                       <a href=\"/metrics\">/metrics</a></p><p>On-CPU profile (pprof, \
+                       kernel and user stacks): <a href=\"/debug/pprof/profile?seconds=30\">\
+                       /debug/pprof/profile?seconds=30</a> (also pid=, kthreads=1, hz=)</p>\
+                       </body></html>\n"
                     .into(),
             },
             "/-/healthy" => http::Response::text(200, "OK\n"),
