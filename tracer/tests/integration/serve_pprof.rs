@@ -19,11 +19,51 @@ use crate::{
 const HOT: &str = "tracer_workload_hot_function";
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial(
-        "serve_pprof::go_pprof_fetches_a_profile_with_the_hot_loop_on_top",
-        &[Need::Root],
-        go_pprof_fetch,
-    )]
+    vec![
+        trial(
+            "serve_pprof::go_pprof_fetches_a_profile_with_the_hot_loop_on_top",
+            &[Need::Root],
+            go_pprof_fetch,
+        ),
+        trial(
+            "serve_pprof::profile_is_behind_basic_auth",
+            &[Need::Root],
+            behind_basic_auth,
+        ),
+    ]
+}
+
+/// With basic auth in the web config, the profile needs the password as /metrics does: none
+/// or a wrong one gets 401 before anything loads; Go's pprof with it in the URL gets the
+/// profile.
+fn behind_basic_auth() -> Result<(), Failed> {
+    let dir = TempDir::new("pprof-auth")?;
+    // Cost 4: bcrypt's minimum, so the check is quick under emulation too.
+    let hash = bcrypt::hash("s3cret", 4).map_err(|e| fail(e.to_string()))?;
+    let web = dir.write(
+        "web.yml",
+        &format!("basic_auth_users:\n  parca: '{hash}'\n"),
+    )?;
+    let (tool, addr) = serve(&["--web.config.file", &web])?;
+    let held_before = bpf_programs_held(tool.pid())?;
+    let (status, _) = http_get(&addr, "/debug/pprof/profile?seconds=1", None)?;
+    ensure(status == 401, || {
+        format!("the profile without a password: HTTP {status}, expected 401")
+    })?;
+    ensure(bpf_programs_held(tool.pid())? == held_before, || {
+        "an unauthorized request loaded the sampler".to_string()
+    })?;
+    for (user, wanted) in [("parca:wrong", false), ("parca:s3cret", true)] {
+        let fetched = pprof_top(
+            &format!("http://{user}@{addr}/debug/pprof/profile?seconds=1"),
+            &dir,
+        );
+        ensure(fetched.is_ok() == wanted, || match &fetched {
+            Ok(_) => format!("pprof as {user} got a profile"),
+            Err(e) => format!("pprof as {user}: {e:?}"),
+        })?;
+    }
+    Ok(())
 }
 
 /// BPF program descriptors `pid` holds: its sampler's perf-event programs come and go with it.
