@@ -7,7 +7,8 @@
 //! config file count hits or time calls (funccount, funclatency). The
 //! kernel keeps running totals and nothing is ever reset, so every counter is cumulative since
 //! start, as Prometheus expects. The exporter's own health comes along: programs attached, the
-//! attach rung of every probe, lost events, map-full counts, scrape durations.
+//! attach rung of every probe, lost events, map-full counts, scrape durations. Besides,
+//! `/debug/pprof/profile?seconds=N` answers with an on-CPU pprof profile (`cpu_profile`).
 
 mod config;
 mod cpu_profile;

@@ -1,7 +1,8 @@
 //! The HTTP side of serve: hyper's HTTP/1.1 server on the tool's tokio runtime, optionally
 //! behind TLS and basic auth (`--web.config.file`). Each connection is a task; requests that
 //! pass authentication go to the serve loop over a channel (the loop owns the collectors, the
-//! BPF maps) and are answered through a oneshot.
+//! BPF maps) and are answered through a oneshot. The CPU profile (`cpu_profile`) takes
+//! seconds, so it is answered on the connection's own task instead.
 //!
 //! Limits are built so that nobody can use them against the scraper: a connection must deliver
 //! its first request head within [`HEAD_DEADLINE`] of accept (TLS handshake included), idle
