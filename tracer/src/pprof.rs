@@ -208,6 +208,22 @@ impl PprofFile {
     }
 }
 
+/// The gzipped profile `PprofFile::write` would write, as bytes (serve's
+/// `/debug/pprof/profile` answers with it); `started` is when the profiled time began.
+pub fn gzipped(
+    lines: &[String],
+    kind: PprofKind,
+    title: &str,
+    origins: Option<&FrameOrigins>,
+    started: SystemTime,
+) -> Vec<u8> {
+    let profile = build(lines, kind, title, "comm", origins, started);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = gz.write_all(&profile.encode_to_vec());
+    gz.finish().unwrap_or_default()
+}
+
 /// Interns strings into the profile's string table (index 0 is "", as the format requires).
 struct Strings {
     table: Vec<String>,

@@ -7,9 +7,11 @@
 //! config file count hits or time calls (funccount, funclatency). The
 //! kernel keeps running totals and nothing is ever reset, so every counter is cumulative since
 //! start, as Prometheus expects. The exporter's own health comes along: programs attached, the
-//! attach rung of every probe, lost events, map-full counts, scrape durations.
+//! attach rung of every probe, lost events, map-full counts, scrape durations. Besides,
+//! `/debug/pprof/profile?seconds=N` answers with an on-CPU pprof profile (`cpu_profile`).
 
 mod config;
+mod cpu_profile;
 mod http;
 mod web_config;
 
@@ -405,7 +407,7 @@ impl Exporter {
                 http::Response {
                     status: 200,
                     content_type: format.content_type(),
-                    body: self.render(format),
+                    body: self.render(format).into(),
                 }
             }
             "/" => http::Response {
@@ -413,7 +415,10 @@ impl Exporter {
                 content_type: "text/html; charset=utf-8",
                 body: "<html><head><title>tracer serve</title></head><body>\
                        <h1>tracer serve</h1><p>eBPF aggregates as Prometheus metrics: \
-                       <a href=\"/metrics\">/metrics</a></p></body></html>\n"
+                       <a href=\"/metrics\">/metrics</a></p><p>On-CPU profile (pprof, \
+                       kernel and user stacks): <a href=\"/debug/pprof/profile?seconds=30\">\
+                       /debug/pprof/profile?seconds=30</a> (also pid=, kthreads=1, hz=)</p>\
+                       </body></html>\n"
                     .into(),
             },
             "/-/healthy" => http::Response::text(200, "OK\n"),

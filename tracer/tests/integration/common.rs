@@ -21,7 +21,7 @@ pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_tracer-workload");
 pub type TestResult = Result<Completion, Failed>;
 
 /// Go's pprof, built by `cargo xtask setup` from Debian's source.
-const GO_PPROF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/bin/pprof");
+pub const GO_PPROF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tools/bin/pprof");
 
 /// Runs Go's pprof with `args`; its standard output, or why it failed.
 pub fn go_pprof(args: &[&str]) -> Result<String, Failed> {

@@ -29,6 +29,7 @@ mod sched;
 mod serve;
 mod serve_collectors;
 mod serve_http;
+mod serve_pprof;
 mod signals;
 mod soak;
 mod softirq_top;
@@ -63,6 +64,7 @@ fn main() {
     trials.extend(serve::tests());
     trials.extend(serve_collectors::tests());
     trials.extend(serve_http::tests());
+    trials.extend(serve_pprof::tests());
     trials.extend(signals::tests());
     trials.extend(soak::tests());
     trials.extend(wqtop::tests());

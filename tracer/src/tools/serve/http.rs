@@ -1,7 +1,8 @@
 //! The HTTP side of serve: hyper's HTTP/1.1 server on the tool's tokio runtime, optionally
 //! behind TLS and basic auth (`--web.config.file`). Each connection is a task; requests that
 //! pass authentication go to the serve loop over a channel (the loop owns the collectors, the
-//! BPF maps) and are answered through a oneshot.
+//! BPF maps) and are answered through a oneshot. The CPU profile (`cpu_profile`) takes
+//! seconds, so it is answered on the connection's own task instead.
 //!
 //! Limits are built so that nobody can use them against the scraper: a connection must deliver
 //! its first request head within [`HEAD_DEADLINE`] of accept (TLS handshake included), idle
@@ -29,7 +30,10 @@ use tokio::{
     sync::{Notify, mpsc, oneshot},
 };
 
-use super::web_config::{Source, WebConfig};
+use super::{
+    cpu_profile,
+    web_config::{Source, WebConfig},
+};
 use crate::metrics::Scrape;
 
 /// A request that passed the HTTP layer: what the serve loop needs to answer it.
@@ -45,7 +49,7 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    pub body: Bytes,
 }
 
 impl Response {
@@ -53,7 +57,7 @@ impl Response {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: body.into(),
+            body: Bytes::from(body.into()),
         }
     }
 }
@@ -348,6 +352,19 @@ async fn answer(
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join(",");
+    // A profile takes seconds: answered here, on its own task, not by the serve loop that
+    // answers the scrapes.
+    if request.uri().path() == cpu_profile::PATH {
+        let method = request.method().as_str().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let mut response = to_hyper(cpu_profile::answer(&method, &query).await);
+        if response.status() == 405 {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        }
+        return response;
+    }
     let parsed = Request {
         method: request.method().as_str().to_string(),
         path: request.uri().path().to_string(),
@@ -397,7 +414,7 @@ fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
         builder = builder.header(header::ALLOW, "GET, HEAD");
     }
     builder
-        .body(Full::new(Bytes::from(response.body)))
+        .body(Full::new(response.body))
         .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
 }
 
