@@ -217,7 +217,7 @@ pub fn gzipped(
     origins: Option<&FrameOrigins>,
     started: SystemTime,
 ) -> Vec<u8> {
-    let profile = build(lines, kind, title, "comm", origins, started);
+    let profile = build(lines, kind, title, Some("comm"), origins, started);
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     // Writing to a Vec cannot fail.
     let _ = gz.write_all(&profile.encode_to_vec());
