@@ -252,11 +252,30 @@ fn write_loop() -> Result<()> {
     println!(
         "write(2) loop, {CALLS} calls, probe on libc write (system-wide), least of {LOOP_ROUNDS} rounds:"
     );
+    let names: Vec<&str> = tools.iter().map(|(name, _)| *name).collect();
+    print_loop_costs(&names, &best, &bpf_ns, &[None, None, None, None]);
+    Ok(())
+}
+
+/// The table of a loop benchmark: per configuration (the first one unprobed) its least time
+/// per call, the extra over the first (the per-hit cost) and its programs' bpf_stats cost, or
+/// why it could not run.
+fn print_loop_costs(
+    names: &[&str],
+    best: &[f64],
+    bpf_ns: &[Option<f64>],
+    failed: &[Option<String>],
+) {
     println!(
         "{:<30} {:>12} {:>14} {:>10}",
         "probe", "us/call", "per-hit cost", "bpf prog"
     );
-    for (i, (name, _)) in tools.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
+        if let Some(e) = &failed[i] {
+            let first = e.lines().next().unwrap_or("");
+            println!("{name:<30} failed: {first}");
+            continue;
+        }
         let cost = if i == 0 {
             "-".to_string()
         } else {
@@ -268,7 +287,6 @@ fn write_loop() -> Result<()> {
             bpf_ns[i].map_or("-".into(), |ns| format!("{ns:.0} ns"))
         );
     }
-    Ok(())
 }
 
 /// The per-hit cost of a USDT probe with one argument read: python3.11's
@@ -371,27 +389,7 @@ pub fn usdt_loop() -> Result<()> {
     println!(
         "USDT {ENTRY} (semaphore), python3.11 calling one function {CALLS} times, least of {LOOP_ROUNDS} rounds:"
     );
-    println!(
-        "{:<30} {:>12} {:>14} {:>10}",
-        "probe", "us/call", "per-hit cost", "bpf prog"
-    );
-    for (i, name) in names.iter().enumerate() {
-        if let Some(e) = &failed[i] {
-            let first = e.lines().next().unwrap_or("");
-            println!("{name:<30} failed: {first}");
-            continue;
-        }
-        let cost = if i == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.2} us", best[i] - best[0])
-        };
-        println!(
-            "{name:<30} {:>12.3} {cost:>14} {:>10}",
-            best[i],
-            bpf_ns[i].map_or("-".into(), |ns| format!("{ns:.0} ns"))
-        );
-    }
+    print_loop_costs(&names, &best, &bpf_ns, &failed);
     Ok(())
 }
 
