@@ -699,10 +699,11 @@ pub const IDLE_ROUNDS: u32 = 2;
 ///
 /// Keys are deleted with lookup-and-delete (`loader::lookup_and_delete_per_cpu`), and what a
 /// key gained between the round's snapshot and its delete is carried into the next round, so
-/// every count is reported once. The totals of deleted keys are kept as folded stacks
-/// (`comm;frames` → value, symbolized at once from the names cached while the process lived)
-/// only when the end of the run needs them (`--svg`): bounded by the distinct code paths, not
-/// by the tasks or the rounds.
+/// every count is reported once. The totals of deleted keys are kept as stacks merged by their
+/// folded frames (`comm;frames`, symbolized at once from the names cached while the process
+/// lived; pid and tid 0, since several tasks' stacks merge) only when the end of the run needs
+/// them (`--svg`, hot/cold's report): bounded by the distinct code paths, not by the tasks or
+/// the rounds.
 pub struct Evictor {
     /// The last snapshot: every key in the map and its value.
     previous: HashMap<TaskStackKey, u64>,
@@ -716,8 +717,11 @@ pub struct Evictor {
     /// Keys whose carried gain the last round reported (their stacks are no longer needed
     /// unless the key came back).
     reported_carried: Vec<TaskStackKey>,
-    /// Folded totals of the deleted keys, when kept.
-    folded: Option<HashMap<String, u64>>,
+    /// Totals of the deleted keys by folded frames, when kept.
+    retired: Option<HashMap<String, Stack>>,
+    /// Whether keys of live tasks idle for `IDLE_ROUNDS` rounds are deleted too (not when the
+    /// end report attributes the whole run to each live thread: hot/cold).
+    evict_idle: bool,
     /// Keys deleted so far because their thread exited, and because they were idle.
     pub evicted_exited: u64,
     pub evicted_idle: u64,
@@ -731,10 +735,18 @@ impl Evictor {
             marked: HashSet::new(),
             carried: HashMap::new(),
             reported_carried: Vec::new(),
-            folded: keep_totals.then(HashMap::new),
+            retired: keep_totals.then(HashMap::new),
+            evict_idle: true,
             evicted_exited: 0,
             evicted_idle: 0,
         }
+    }
+
+    /// Deletes only the keys of exited threads, so that every live thread keeps its own keys
+    /// (and its pid and tid in the report) for the whole run.
+    pub fn exited_only(mut self) -> Self {
+        self.evict_idle = false;
+        self
     }
 
     /// Takes this round's snapshot (the value of every key in the map) and returns what grew
@@ -824,7 +836,7 @@ impl Evictor {
                 .entry((key.tgid, key.pid))
                 .or_insert_with(|| thread_gone(key.tgid, key.pid));
             let exited = is_gone && self.marked.contains(key);
-            let idle = self.idle.get(key).is_some_and(|&n| n >= IDLE_ROUNDS);
+            let idle = self.evict_idle && self.idle.get(key).is_some_and(|&n| n >= IDLE_ROUNDS);
             if exited || idle {
                 due.push(*key);
                 if is_gone {
@@ -855,17 +867,39 @@ impl Evictor {
 
     /// Keeps the totals of deleted keys (when kept), symbolized now.
     fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
-        if let Some(folded) = self.folded.as_mut() {
+        if let Some(retired) = self.retired.as_mut() {
             for stack in symbols.resolve_all(raws) {
-                *folded.entry(folded_frames(&stack)).or_default() += stack.value;
+                retired
+                    .entry(folded_frames(&stack))
+                    .and_modify(|kept| kept.value += stack.value)
+                    .or_insert(Stack {
+                        pid: 0,
+                        tid: 0,
+                        ..stack
+                    });
             }
         }
+    }
+
+    /// The totals of the deleted keys (empty when not kept), one stack per folded frames, with
+    /// pid and tid 0.
+    pub fn retired_stacks(&self) -> Vec<Stack> {
+        self.retired
+            .iter()
+            .flat_map(|retired| retired.values().cloned())
+            .collect()
     }
 
     /// The last snapshot (the keys still in the map), and the folded totals of the deleted keys
     /// (empty when not kept); together, the totals of the whole run.
     pub fn totals(self) -> (HashMap<TaskStackKey, u64>, HashMap<String, u64>) {
-        (self.previous, self.folded.unwrap_or_default())
+        let folded = self
+            .retired
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(frames, stack)| (frames, stack.value))
+            .collect();
+        (self.previous, folded)
     }
 }
 
@@ -1188,6 +1222,68 @@ mod tests {
         assert_eq!(evictor.deleted(&gone, None), 2);
         assert_eq!((evictor.evicted_exited, evictor.evicted_idle), (1, 0));
         assert!(evictor.round(HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn exited_only_keeps_idle_keys_and_retires_stacks_by_frames() {
+        let me = std::process::id();
+        let idle = key(me, 1);
+        // Two exited threads (no such tids in our process) on the same code path, one on another.
+        let gone = |tid, kstack| TaskStackKey {
+            pid: tid,
+            ..key(me, kstack)
+        };
+        let (a, b, other) = (
+            gone(u32::MAX - 1, 2),
+            gone(u32::MAX - 2, 2),
+            gone(u32::MAX - 3, 3),
+        );
+        let mut evictor = Evictor::new(true).exited_only();
+        let values = [(idle, 1), (a, 2), (b, 3), (other, 4)];
+        evictor.round(values.iter().copied().collect());
+        assert!(
+            evictor.due().is_empty(),
+            "the exited threads' keys are marked first"
+        );
+        // By now the live key has been idle for IDLE_ROUNDS rounds too.
+        evictor.round(values.iter().copied().collect());
+        let mut due = evictor.due();
+        due.sort_by_key(|k| k.pid);
+        assert_eq!(due, vec![other, b, a], "the idle live key stays");
+        let raws: Vec<RawStack> = due
+            .iter()
+            .map(|k| {
+                let value = evictor.deleted(k, None);
+                RawStack {
+                    comm: "worker".into(),
+                    pid: k.tgid,
+                    tid: k.pid,
+                    kernel: Frames::Lost(if k.kstack == 2 {
+                        libc::EEXIST
+                    } else {
+                        libc::ENOMEM
+                    }),
+                    user: Frames::None,
+                    value,
+                }
+            })
+            .collect();
+        evictor.retire(&mut Symbols::new(), &raws);
+        let mut retired = evictor.retired_stacks();
+        retired.sort_by_key(|s| s.value);
+        let got: Vec<(u32, u32, u64)> = retired.iter().map(|s| (s.pid, s.tid, s.value)).collect();
+        assert_eq!(
+            got,
+            vec![(0, 0, 4), (0, 0, 5)],
+            "a and b merged, pid and tid 0"
+        );
+        let (live, folded) = evictor.totals();
+        assert_eq!(live.keys().collect::<Vec<_>>(), vec![&idle]);
+        assert_eq!(
+            folded.get("worker;[lost: stack map hash collision]"),
+            Some(&5)
+        );
+        assert_eq!(folded.len(), 2);
     }
 
     #[test]
