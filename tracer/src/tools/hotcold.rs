@@ -36,9 +36,10 @@ const TOOL: &str = "profile";
 /// Time between eviction rounds. Hot/cold reports once, at the end, but a long run must not
 /// keep every key it saw: each forked task adds its own (tgid, pid, stacks, comm) keys to both
 /// halves' maps, and the soak's fork loop (~500 tasks/s) filled the 16384-entry OFFCPU map in
-/// minutes. A round deletes the keys of threads gone since the round before (see `Evictor`),
-/// so the maps hold a few seconds of exited tasks; rounds this far apart keep the walk of the
-/// maps a negligible cost.
+/// minutes, and live tasks add keys as their stacks move. A round deletes the keys of threads
+/// gone since the round before and those unchanged for `stacks::IDLE_ROUNDS` rounds (see
+/// `Evictor`), so the maps follow the last few seconds; rounds this far apart keep the walk of
+/// the maps a negligible cost.
 const EVICT_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result<()> {
@@ -87,8 +88,8 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     let mut sampler = Sampler::start(TOOL, &on_sample, config, false)?;
     // Off-CPU time counts from the moment sampling starts: what was blocked before is taken
     // off again: from a key's total when it is evicted, from the rest at the end (see
-    // `off_cpu_ns`).
-    let mut baseline = off_cpu_ns(&off_counts, &blocked);
+    // `Baseline`).
+    let mut baseline = Baseline::read(&off_counts, &blocked);
     let title = format!(
         "{}, hot/cold (on CPU + off CPU, {})",
         super::profile::what_sampled(TOOL, Some(args), sample, sampler.event),
@@ -119,13 +120,14 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed_on: HashSet<(u32, i32)> = HashSet::new();
     let mut warmed_off: HashSet<(u32, i32)> = HashSet::new();
-    // Keys of exited threads leave the maps on the way (see `EVICT_EVERY`), their totals kept
-    // as stacks merged by frames; live threads keep their keys, so each is reported as itself.
+    // Keys leave the maps on the way (see `EVICT_EVERY`), their totals kept as stacks merged
+    // by frames: per live thread, so each is still reported as itself, and into one stack of
+    // "exited threads" once the thread is gone.
     let mut evict =
         tokio::time::interval_at(tokio::time::Instant::now() + EVICT_EVERY, EVICT_EVERY);
     evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut on_evictor = Evictor::new(true).exited_only();
-    let mut off_evictor = Evictor::new(true).exited_only();
+    let mut on_evictor = Evictor::new(true).keeping_threads();
+    let mut off_evictor = Evictor::new(true).keeping_threads();
     loop {
         tokio::select! {
             reason = &mut stop => { reason?; break; }
@@ -158,7 +160,8 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
                     },
                     || counts.keys().flatten().collect(),
                 )?;
-                off_evictor.round(completed_ns(&off_counts, &baseline));
+                baseline.settle(&blocked);
+                off_evictor.round(completed_ns(&off_counts, &baseline.completed));
                 off_evictor.evict(
                     &mut off_stacks,
                     &mut off_symbols,
@@ -169,7 +172,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
                             key,
                         )?;
                         // The key is gone for good: its pre-sampling time comes off now.
-                        let before = baseline.remove(key).unwrap_or(0);
+                        let before = baseline.completed.remove(key).unwrap_or(0);
                         Ok(held.map(|per_cpu| {
                             per_cpu
                                 .iter()
@@ -192,20 +195,20 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     }
     if sample.common.verbose {
         errln!(
-            "{TOOL}: evicted the keys of exited threads: {} on CPU, {} off CPU",
+            "{TOOL}: evicted keys of exited threads: {} on CPU, {} off CPU; idle for {} rounds: {} on CPU, {} off CPU",
             on_evictor.evicted_exited,
-            off_evictor.evicted_exited
+            off_evictor.evicted_exited,
+            stacks::IDLE_ROUNDS,
+            on_evictor.evicted_idle,
+            off_evictor.evicted_idle
         );
     }
     // The traced time ends here, not after the detach (which takes long under emulation).
     let elapsed = sampler.started.elapsed();
     sampler.stop_sampling()?;
+    baseline.settle(&blocked);
     let mut off = off_cpu_ns(&off_counts, &blocked);
-    for (key, before) in &baseline {
-        if let Some(ns) = off.get_mut(key) {
-            *ns = ns.saturating_sub(*before);
-        }
-    }
+    baseline.subtract(&mut off);
     let period_ns = 1_000_000_000 / sample.frequency;
     let on_raws: Vec<RawStack> = sampler
         .snapshot()
@@ -331,6 +334,60 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     out.flush();
     drop(off_ebpf);
     Ok(())
+}
+
+/// Off-CPU time before sampling started, taken off the run's, per key: that of the blocks
+/// completed then (OFFCPU's), and the part before the start of the blocks in progress then.
+/// Evicting a key (idle or exited) takes its completed part off its total; a block still in
+/// progress is not in OFFCPU yet, so its part waits (`settle`) until the block ends.
+struct Baseline {
+    completed: HashMap<OffcpuKey, u64>,
+    /// Tasks blocked at the start: their switch-out, and how long they had been blocked then.
+    blocked: HashMap<u32, (SwitchOut, u64)>,
+}
+
+impl Baseline {
+    fn read(
+        counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>,
+        start: &BpfHashMap<MapData, u32, SwitchOut>,
+    ) -> Self {
+        let now = monotonic_ns();
+        let mut completed: HashMap<OffcpuKey, u64> = HashMap::new();
+        for (key, per_cpu) in counts.iter().flatten() {
+            *completed.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
+        }
+        let blocked = start
+            .iter()
+            .flatten()
+            .filter(|(_, out)| task_alive(out.key.tgid, out.key.pid))
+            .map(|(tid, out)| (tid, (out, now.saturating_sub(out.ts_ns))))
+            .collect();
+        Self { completed, blocked }
+    }
+
+    /// Moves the part of each block in progress at the start that has ended since (its whole
+    /// time is in OFFCPU now) to the completed part.
+    fn settle(&mut self, start: &BpfHashMap<MapData, u32, SwitchOut>) {
+        let Self { completed, blocked } = self;
+        blocked.retain(|tid, (out, before)| {
+            let ongoing = start.get(tid, 0).is_ok_and(|now| now.ts_ns == out.ts_ns);
+            if !ongoing {
+                *completed.entry(out.key).or_default() += *before;
+            }
+            ongoing
+        });
+    }
+
+    /// Takes the baseline off the end's totals (completed blocks and those in progress).
+    fn subtract(&self, totals: &mut HashMap<OffcpuKey, u64>) {
+        let parts = self.completed.iter().map(|(key, &ns)| (key, ns));
+        let ongoing = self.blocked.values().map(|(out, ns)| (&out.key, *ns));
+        for (key, before) in parts.chain(ongoing) {
+            if let Some(ns) = totals.get_mut(key) {
+                *ns = ns.saturating_sub(before);
+            }
+        }
+    }
 }
 
 /// Off-CPU nanoseconds per key of the completed blocks since sampling started (the baseline of

@@ -62,8 +62,9 @@ fn thread_churn_evicted_and_exact() -> Result<(), Failed> {
     let evicted = done
         .stderr
         .iter()
-        .find_map(|l| l.split_once("evicted the keys of exited threads: "))
-        .map(|(_, counts)| counts.to_string())
+        .find_map(|l| l.split_once("evicted keys of exited threads: "))
+        .and_then(|(_, counts)| counts.split_once("; idle"))
+        .map(|(exited, _)| exited.to_string())
         .ok_or_else(|| fail(format!("no eviction line: {:?}", done.stderr)))?;
     let numbers: Vec<u64> = evicted
         .split(|c: char| !c.is_ascii_digit())
