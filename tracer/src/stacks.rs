@@ -699,10 +699,12 @@ pub const IDLE_ROUNDS: u32 = 2;
 ///
 /// Keys are deleted with lookup-and-delete (`loader::lookup_and_delete_per_cpu`), and what a
 /// key gained between the round's snapshot and its delete is carried into the next round, so
-/// every count is reported once. The totals of deleted keys are kept as folded stacks
-/// (`comm;frames` → value, symbolized at once from the names cached while the process lived)
-/// only when the end of the run needs them (`--svg`): bounded by the distinct code paths, not
-/// by the tasks or the rounds.
+/// every count is reported once. The totals of deleted keys are kept as stacks merged by their
+/// folded frames (`comm;frames`, symbolized at once from the names cached while the process
+/// lived; pid and tid 0, since several tasks' stacks merge) only when the end of the run needs
+/// them (`--svg`, hot/cold's report): bounded by the distinct code paths, not by the tasks or
+/// the rounds. With `keeping_threads`, a live thread's stacks keep its pid and tid until it
+/// exits (bounded by the live threads' code paths).
 pub struct Evictor {
     /// The last snapshot: every key in the map and its value.
     previous: HashMap<TaskStackKey, u64>,
@@ -716,8 +718,10 @@ pub struct Evictor {
     /// Keys whose carried gain the last round reported (their stacks are no longer needed
     /// unless the key came back).
     reported_carried: Vec<TaskStackKey>,
-    /// Folded totals of the deleted keys, when kept.
-    folded: Option<HashMap<String, u64>>,
+    /// Totals of the deleted keys by folded frames (and pid, tid: 0 unless kept), when kept.
+    retired: Option<HashMap<(String, u32, u32), Stack>>,
+    /// Whether retired stacks of live threads keep their pid and tid (see `keeping_threads`).
+    keep_threads: bool,
     /// Keys deleted so far because their thread exited, and because they were idle.
     pub evicted_exited: u64,
     pub evicted_idle: u64,
@@ -731,10 +735,19 @@ impl Evictor {
             marked: HashSet::new(),
             carried: HashMap::new(),
             reported_carried: Vec::new(),
-            folded: keep_totals.then(HashMap::new),
+            retired: keep_totals.then(HashMap::new),
+            keep_threads: false,
             evicted_exited: 0,
             evicted_idle: 0,
         }
+    }
+
+    /// Retired stacks of live threads keep their pid and tid, merged into pid and tid 0 once
+    /// the thread is gone: a report of the whole run (hot/cold) still attributes each live
+    /// thread's time to it.
+    pub fn keeping_threads(mut self) -> Self {
+        self.keep_threads = true;
+        self
     }
 
     /// Takes this round's snapshot (the value of every key in the map) and returns what grew
@@ -855,17 +868,60 @@ impl Evictor {
 
     /// Keeps the totals of deleted keys (when kept), symbolized now.
     fn retire(&mut self, symbols: &mut Symbols, raws: &[RawStack]) {
-        if let Some(folded) = self.folded.as_mut() {
-            for stack in symbols.resolve_all(raws) {
-                *folded.entry(folded_frames(&stack)).or_default() += stack.value;
-            }
+        let keep_threads = self.keep_threads;
+        let Some(retired) = self.retired.as_mut() else {
+            return;
+        };
+        let stacks = symbols.resolve_all(raws).into_iter().map(|stack| {
+            let live = keep_threads && !thread_gone(stack.pid, stack.tid);
+            let (pid, tid) = if live { (stack.pid, stack.tid) } else { (0, 0) };
+            Stack { pid, tid, ..stack }
+        });
+        // The threads retired earlier that are gone now merge too.
+        let mut gone: HashMap<(u32, u32), bool> = HashMap::new();
+        let exited: Vec<(String, u32, u32)> = retired
+            .keys()
+            .filter(|(_, pid, tid)| {
+                *gone
+                    .entry((*pid, *tid))
+                    .or_insert_with(|| thread_gone(*pid, *tid))
+            })
+            .cloned()
+            .collect();
+        let exited = exited.into_iter().filter_map(|key| retired.remove(&key));
+        let merged: Vec<Stack> = exited
+            .map(|stack| Stack {
+                pid: 0,
+                tid: 0,
+                ..stack
+            })
+            .chain(stacks)
+            .collect();
+        for stack in merged {
+            retired
+                .entry((folded_frames(&stack), stack.pid, stack.tid))
+                .and_modify(|kept| kept.value += stack.value)
+                .or_insert(stack);
         }
+    }
+
+    /// The totals of the deleted keys (empty when not kept), one stack per folded frames (and
+    /// live thread, with `keeping_threads`; pid and tid 0 otherwise).
+    pub fn retired_stacks(&self) -> Vec<Stack> {
+        self.retired
+            .iter()
+            .flat_map(|retired| retired.values().cloned())
+            .collect()
     }
 
     /// The last snapshot (the keys still in the map), and the folded totals of the deleted keys
     /// (empty when not kept); together, the totals of the whole run.
     pub fn totals(self) -> (HashMap<TaskStackKey, u64>, HashMap<String, u64>) {
-        (self.previous, self.folded.unwrap_or_default())
+        let mut folded: HashMap<String, u64> = HashMap::new();
+        for ((frames, _, _), stack) in self.retired.unwrap_or_default() {
+            *folded.entry(frames).or_default() += stack.value;
+        }
+        (self.previous, folded)
     }
 }
 
@@ -1193,6 +1249,72 @@ mod tests {
         assert_eq!(evictor.deleted(&gone, None), 2);
         assert_eq!((evictor.evicted_exited, evictor.evicted_idle), (1, 0));
         assert!(evictor.round(HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn retired_stacks_merge_by_frames_and_keep_live_threads() {
+        let me = std::process::id();
+        let live = key(me, 1);
+        // Two exited threads (no such tids in our process) on the same code path, one on another.
+        let gone = |tid, kstack| TaskStackKey {
+            pid: tid,
+            ..key(me, kstack)
+        };
+        let (a, b, other) = (
+            gone(u32::MAX - 1, 2),
+            gone(u32::MAX - 2, 2),
+            gone(u32::MAX - 3, 3),
+        );
+        let mut evictor = Evictor::new(true).keeping_threads();
+        let values = [(live, 1), (a, 2), (b, 3), (other, 4)];
+        evictor.round(values.iter().copied().collect());
+        assert!(
+            evictor.due().is_empty(),
+            "the exited threads' keys are marked first"
+        );
+        evictor.round(values.iter().copied().collect());
+        let mut due = evictor.due();
+        due.sort_by_key(|k| k.pid);
+        assert_eq!(due, vec![other, b, a]);
+        let deleted = |evictor: &mut Evictor, due: &[TaskStackKey]| -> Vec<RawStack> {
+            due.iter()
+                .map(|k| RawStack {
+                    comm: "worker".into(),
+                    pid: k.tgid,
+                    tid: k.pid,
+                    kernel: Frames::Lost(if k.kstack == 3 {
+                        libc::ENOMEM
+                    } else {
+                        libc::EEXIST
+                    }),
+                    user: Frames::None,
+                    value: evictor.deleted(k, None),
+                })
+                .collect()
+        };
+        let mut raws = deleted(&mut evictor, &due);
+        // The live key, unchanged for IDLE_ROUNDS rounds after its first, goes too.
+        evictor.round([(live, 1)].into_iter().collect());
+        let due = evictor.due();
+        assert_eq!(due, vec![live]);
+        raws.extend(deleted(&mut evictor, &due));
+        evictor.retire(&mut Symbols::new(), &raws);
+        let mut retired = evictor.retired_stacks();
+        retired.sort_by_key(|s| s.value);
+        let got: Vec<(u32, u32, u64)> = retired.iter().map(|s| (s.pid, s.tid, s.value)).collect();
+        assert_eq!(
+            got,
+            vec![(me, me, 1), (0, 0, 4), (0, 0, 5)],
+            "a and b merged with pid and tid 0, the live thread kept"
+        );
+        let (remaining, folded) = evictor.totals();
+        assert!(remaining.is_empty());
+        // Folded totals merge the live thread's stack with the exited ones of the same frames.
+        assert_eq!(
+            folded.get("worker;[lost: stack map hash collision]"),
+            Some(&6)
+        );
+        assert_eq!(folded.len(), 2);
     }
 
     #[test]

@@ -4,23 +4,27 @@
 //! Off-CPU frames carry the `_[o]` annotation in folded output, which `stacks::render_svg`
 //! draws blue (the on-CPU frames keep the warm palette).
 
-use std::{collections::HashMap, rc::Rc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+    time::Duration,
+};
 
 use anyhow::{Result, anyhow};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
     offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, SwitchOut},
-    profile::{IDLE_EXCLUDE, ProfileConfig},
+    profile::{IDLE_EXCLUDE, ProfileConfig, SampleKey},
 };
 
 use crate::{
-    loader::StatsReader,
+    loader::{self, StatsReader},
     output::{Out, hms_now, with_schema},
     pprof::PprofKind,
     session,
     stack_files::StackFiles,
-    stacks::{self, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
+    stacks::{self, Evictor, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
     tools::{
         offcputime,
         profile::{ProfileArgs, Sampler},
@@ -28,6 +32,15 @@ use crate::{
 };
 
 const TOOL: &str = "profile";
+
+/// Time between eviction rounds. Hot/cold reports once, at the end, but a long run must not
+/// keep every key it saw: each forked task adds its own (tgid, pid, stacks, comm) keys to both
+/// halves' maps, and the soak's fork loop (~500 tasks/s) filled the 16384-entry OFFCPU map in
+/// minutes, and live tasks add keys as their stacks move. A round deletes the keys of threads
+/// gone since the round before and those unchanged for `stacks::IDLE_ROUNDS` rounds (see
+/// `Evictor`), so the maps follow the last few seconds; rounds this far apart keep the walk of
+/// the maps a negligible cost.
+const EVICT_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result<()> {
     let sample = &args.sample;
@@ -68,14 +81,15 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             .take_map("START")
             .ok_or_else(|| anyhow!("START map missing (build bug)"))?,
     )?;
-    let off_stacks = StackMap::take(&mut off_ebpf, "STACKS")?;
+    let mut off_stacks = StackMap::take(&mut off_ebpf, "STACKS")?;
     let off_stats = StatsReader::take(&mut off_ebpf)?;
     let mut on_sample = sample.clone();
     on_sample.common.attach = None;
     let mut sampler = Sampler::start(TOOL, &on_sample, config, false)?;
     // Off-CPU time counts from the moment sampling starts: what was blocked before is taken
-    // off again at the end (see `off_cpu_ns`).
-    let baseline = off_cpu_ns(&off_counts, &blocked);
+    // off again: from a key's total when it is evicted, from the rest at the end (see
+    // `Baseline`).
+    let mut baseline = Baseline::read(&off_counts, &blocked);
     let title = format!(
         "{}, hot/cold (on CPU + off CPU, {})",
         super::profile::what_sampled(TOOL, Some(args), sample, sampler.event),
@@ -104,34 +118,97 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     // User stacks are symbolized while their processes exist (see profile's sample_loop).
     let mut warm = tokio::time::interval(Duration::from_secs(1));
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warmed = std::collections::HashSet::new();
+    let mut warmed_on: HashSet<(u32, i32)> = HashSet::new();
+    let mut warmed_off: HashSet<(u32, i32)> = HashSet::new();
+    // Keys leave the maps on the way (see `EVICT_EVERY`), their totals kept as stacks merged
+    // by frames: per live thread, so each is still reported as itself, and into one stack of
+    // "exited threads" once the thread is gone.
+    let mut evict =
+        tokio::time::interval_at(tokio::time::Instant::now() + EVICT_EVERY, EVICT_EVERY);
+    evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut on_evictor = Evictor::new(true).keeping_threads();
+    let mut off_evictor = Evictor::new(true).keeping_threads();
     loop {
         tokio::select! {
             reason = &mut stop => { reason?; break; }
             _ = warm.tick() => {
                 for key in sampler.counts.keys().flatten() {
-                    if key.ustack >= 0 && warmed.insert((true, key.tgid, key.ustack)) {
+                    if key.ustack >= 0 && warmed_on.insert((key.tgid, key.ustack)) {
                         on_symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
                     }
                 }
                 let now_blocked = blocked.iter().flatten().map(|(_, out)| out.key);
                 for key in off_counts.keys().flatten().chain(now_blocked) {
-                    if key.ustack >= 0 && warmed.insert((false, key.tgid, key.ustack)) {
+                    if key.ustack >= 0 && warmed_off.insert((key.tgid, key.ustack)) {
                         off_symbols.prefetch_user(key.tgid, &off_stacks.frames(key.ustack));
                     }
                 }
             }
+            _ = evict.tick() => {
+                on_evictor.round(sampler.snapshot());
+                let Sampler { counts, stack_map, .. } = &mut sampler;
+                on_evictor.evict(
+                    stack_map,
+                    &mut on_symbols,
+                    &mut warmed_on,
+                    |key| {
+                        let held = loader::lookup_and_delete_per_cpu::<SampleKey, u64>(
+                            counts.map(),
+                            key,
+                        )?;
+                        Ok(held.map(|per_cpu| per_cpu.iter().sum()))
+                    },
+                    || counts.keys().flatten().collect(),
+                )?;
+                baseline.settle(&blocked);
+                off_evictor.round(completed_ns(&off_counts, &baseline.completed));
+                off_evictor.evict(
+                    &mut off_stacks,
+                    &mut off_symbols,
+                    &mut warmed_off,
+                    |key| {
+                        let held = loader::lookup_and_delete_per_cpu::<OffcpuKey, OffcpuValue>(
+                            off_counts.map(),
+                            key,
+                        )?;
+                        // The key is gone for good: its pre-sampling time comes off now.
+                        let before = baseline.completed.remove(key).unwrap_or(0);
+                        Ok(held.map(|per_cpu| {
+                            per_cpu
+                                .iter()
+                                .map(|v| v.total_ns)
+                                .sum::<u64>()
+                                .saturating_sub(before)
+                        }))
+                    },
+                    // The stacks of tasks blocked right now are still to be counted.
+                    || {
+                        off_counts
+                            .keys()
+                            .flatten()
+                            .chain(blocked.iter().flatten().map(|(_, out)| out.key))
+                            .collect()
+                    },
+                )?;
+            }
         }
+    }
+    if sample.common.verbose {
+        errln!(
+            "{TOOL}: evicted keys of exited threads: {} on CPU, {} off CPU; idle for {} rounds: {} on CPU, {} off CPU",
+            on_evictor.evicted_exited,
+            off_evictor.evicted_exited,
+            stacks::IDLE_ROUNDS,
+            on_evictor.evicted_idle,
+            off_evictor.evicted_idle
+        );
     }
     // The traced time ends here, not after the detach (which takes long under emulation).
     let elapsed = sampler.started.elapsed();
     sampler.stop_sampling()?;
+    baseline.settle(&blocked);
     let mut off = off_cpu_ns(&off_counts, &blocked);
-    for (key, before) in baseline {
-        if let Some(ns) = off.get_mut(&key) {
-            *ns = ns.saturating_sub(before);
-        }
-    }
+    baseline.subtract(&mut off);
     let period_ns = 1_000_000_000 / sample.frequency;
     let on_raws: Vec<RawStack> = sampler
         .snapshot()
@@ -143,8 +220,27 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
         .filter(|&(_, &ns)| ns > 0)
         .map(|(key, &ns)| off_stacks.raw(key, ns))
         .collect();
-    let on = stacks::merge(on_symbols.resolve_all(&on_raws));
-    let off = stacks::merge(off_symbols.resolve_all(&off_raws));
+    // The evicted keys' stacks join the rest: pid and tid 0, "[exited threads]" in the text.
+    let on_retired = on_evictor.retired_stacks().into_iter().map(|s| Stack {
+        value: s.value * period_ns,
+        ..s
+    });
+    let off_retired = off_evictor.retired_stacks().into_iter();
+    let on = stacks::merge(
+        on_symbols
+            .resolve_all(&on_raws)
+            .into_iter()
+            .chain(on_retired)
+            .collect(),
+    );
+    let off = stacks::merge(
+        off_symbols
+            .resolve_all(&off_raws)
+            .into_iter()
+            .chain(off_retired)
+            .filter(|s| s.value > 0)
+            .collect(),
+    );
     let on_ns: u64 = on.iter().map(|s| s.value).sum();
     let off_ns: u64 = off.iter().map(|s| s.value).sum();
 
@@ -191,11 +287,12 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             out.line(&format!("{heading}: {} distinct stacks", stacks.len()));
             out.line("");
             let shown = stacks.len().min(args.top);
-            stacks::print_top(
+            stacks::print_top_as(
                 &mut out,
                 &stacks[..shown],
                 on_ns + off_ns,
                 Unit::Nanoseconds,
+                task,
             );
             if stacks.len() > shown {
                 out.line(&format!(
@@ -239,8 +336,89 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     Ok(())
 }
 
+/// Off-CPU time before sampling started, taken off the run's, per key: that of the blocks
+/// completed then (OFFCPU's), and the part before the start of the blocks in progress then.
+/// Evicting a key (idle or exited) takes its completed part off its total; a block still in
+/// progress is not in OFFCPU yet, so its part waits (`settle`) until the block ends.
+struct Baseline {
+    completed: HashMap<OffcpuKey, u64>,
+    /// Tasks blocked at the start: their switch-out, and how long they had been blocked then.
+    blocked: HashMap<u32, (SwitchOut, u64)>,
+}
+
+impl Baseline {
+    fn read(
+        counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>,
+        start: &BpfHashMap<MapData, u32, SwitchOut>,
+    ) -> Self {
+        let now = monotonic_ns();
+        let mut completed: HashMap<OffcpuKey, u64> = HashMap::new();
+        for (key, per_cpu) in counts.iter().flatten() {
+            *completed.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
+        }
+        let blocked = start
+            .iter()
+            .flatten()
+            .filter(|(_, out)| task_alive(out.key.tgid, out.key.pid))
+            .map(|(tid, out)| (tid, (out, now.saturating_sub(out.ts_ns))))
+            .collect();
+        Self { completed, blocked }
+    }
+
+    /// Moves the part of each block in progress at the start that has ended since (its whole
+    /// time is in OFFCPU now) to the completed part.
+    fn settle(&mut self, start: &BpfHashMap<MapData, u32, SwitchOut>) {
+        let Self { completed, blocked } = self;
+        blocked.retain(|tid, (out, before)| {
+            let ongoing = start.get(tid, 0).is_ok_and(|now| now.ts_ns == out.ts_ns);
+            if !ongoing {
+                *completed.entry(out.key).or_default() += *before;
+            }
+            ongoing
+        });
+    }
+
+    /// Takes the baseline off the end's totals (completed blocks and those in progress).
+    fn subtract(&self, totals: &mut HashMap<OffcpuKey, u64>) {
+        let parts = self.completed.iter().map(|(key, &ns)| (key, ns));
+        let ongoing = self.blocked.values().map(|(out, ns)| (&out.key, *ns));
+        for (key, before) in parts.chain(ongoing) {
+            if let Some(ns) = totals.get_mut(key) {
+                *ns = ns.saturating_sub(before);
+            }
+        }
+    }
+}
+
+/// Off-CPU nanoseconds per key of the completed blocks since sampling started (the baseline of
+/// each key taken off), for the eviction rounds.
+fn completed_ns(
+    counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>,
+    baseline: &HashMap<OffcpuKey, u64>,
+) -> HashMap<OffcpuKey, u64> {
+    let mut totals: HashMap<OffcpuKey, u64> = HashMap::new();
+    for (key, per_cpu) in counts.iter().flatten() {
+        *totals.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
+    }
+    for (key, ns) in totals.iter_mut() {
+        *ns = ns.saturating_sub(baseline.get(key).copied().unwrap_or(0));
+    }
+    totals
+}
+
+/// The task of a top-list stack: the evicted keys' stacks (pid and tid 0; the idle tasks are
+/// not traced) merge the threads that exited on the way.
+fn task(stack: &Stack) -> String {
+    if stack.pid == 0 && stack.tid == 0 {
+        format!("{} [exited threads]", stack.comm)
+    } else {
+        format!("{} [pid {} tid {}]", stack.comm, stack.pid, stack.tid)
+    }
+}
+
 /// Off-CPU nanoseconds per key: completed blocks, plus the part so far of the blocks still in
-/// progress (a task asleep for the whole run is all cold, not absent).
+/// progress (a task asleep for the whole run is all cold, not absent; an exited one is not
+/// blocked).
 fn off_cpu_ns(
     counts: &PerCpuHashMap<MapData, OffcpuKey, OffcpuValue>,
     blocked: &BpfHashMap<MapData, u32, SwitchOut>,
@@ -251,9 +429,27 @@ fn off_cpu_ns(
         *totals.entry(key).or_default() += per_cpu.iter().map(|v| v.total_ns).sum::<u64>();
     }
     for (_, out) in blocked.iter().flatten() {
-        *totals.entry(out.key).or_default() += now.saturating_sub(out.ts_ns);
+        if task_alive(out.key.tgid, out.key.pid) {
+            *totals.entry(out.key).or_default() += now.saturating_sub(out.ts_ns);
+        }
     }
     totals
+}
+
+/// Whether thread `pid` of `tgid` can still run. An exiting task's last switch-out leaves a
+/// START entry no switch-in ever completes: counted as a block in progress, each task of a
+/// fork loop would add the rest of the run to the cold half (13117 s off CPU in 8 s of a fork
+/// loop's ~500 tasks/s).
+fn task_alive(tgid: u32, pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tgid}/task/{pid}/stat")) {
+        // The state follows the comm's closing parenthesis: Z zombie, X dead.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

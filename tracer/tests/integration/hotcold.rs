@@ -13,11 +13,74 @@ use crate::{
 };
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial(
-        "memflame::hotcold_busy_half_asleep_half",
-        &[Need::Root],
-        busy_half_asleep_half,
-    )]
+    vec![
+        trial(
+            "memflame::hotcold_busy_half_asleep_half",
+            &[Need::Root],
+            busy_half_asleep_half,
+        ),
+        trial(
+            "memflame::hotcold_thread_churn_evicted_and_exact",
+            &[Need::Root],
+            thread_churn_evicted_and_exact,
+        ),
+    ]
+}
+
+/// A process starting and joining ~250 short threads a second: the keys of the exited
+/// threads leave the maps on the way (-v counts them) and come back in the report merged
+/// (pid and tid 0), and an exited thread's last switch-out is no block in progress: the time
+/// stays about one thread's worth (the main thread's), not one per exited thread.
+fn thread_churn_evicted_and_exact() -> Result<(), Failed> {
+    let secs = if emulated().is_some() { 10 } else { 6 };
+    let mut churn = Workload::spawn(&["repeat", "120", "threads", "5", "sleep", "0.02"])?;
+    churn.go();
+    let (pid_s, secs_s) = (churn.pid.to_string(), secs.to_string());
+    let tool = start(&[
+        "profile", "--offcpu", "-p", &pid_s, "-F", "999", "-d", &secs_s, "--json", "-n", "1000",
+        "-v",
+    ])?;
+    let done = tool.wait(scaled(Duration::from_secs(60)))?.ok()?;
+    drop(churn);
+    let records = done.json()?;
+    let report = records
+        .iter()
+        .find(|r| r["type"] == "hotcold")
+        .ok_or_else(|| fail(format!("no hotcold record: {records:?}")))?;
+    let on = report["on_cpu_ns"].as_f64().unwrap_or(0.0);
+    let off = report["off_cpu_ns"].as_f64().unwrap_or(0.0);
+    let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+    eprintln!("on {:.3}s off {:.3}s in {seconds:.3}s", on / 1e9, off / 1e9);
+    // The main thread's wall time, plus the short threads' own (each lives well under a
+    // millisecond): counting the dead ones' last switch-out would add seconds per thread.
+    ensure((on + off) / 1e9 <= 1.5 * seconds, || {
+        format!(
+            "on + off = {:.3}s in {seconds:.3}s of one long-lived thread",
+            (on + off) / 1e9
+        )
+    })?;
+    let evicted = done
+        .stderr
+        .iter()
+        .find_map(|l| l.split_once("evicted keys of exited threads: "))
+        .and_then(|(_, counts)| counts.split_once("; idle"))
+        .map(|(exited, _)| exited.to_string())
+        .ok_or_else(|| fail(format!("no eviction line: {:?}", done.stderr)))?;
+    let numbers: Vec<u64> = evicted
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    ensure(numbers.iter().sum::<u64>() > 0, || {
+        format!("no exited thread's key evicted: {evicted}")
+    })?;
+    let merged = ["on_cpu", "off_cpu"]
+        .iter()
+        .flat_map(|half| report[half].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["pid"] == 0 && s["tid"] == 0)
+        .count();
+    ensure(merged > 0, || {
+        format!("evicted ({evicted}) but no merged stack (pid 0 tid 0) in {report}")
+    })
 }
 
 fn frames(stack: &Value) -> Vec<String> {
