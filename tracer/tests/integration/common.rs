@@ -485,6 +485,44 @@ impl Workload {
         }
     }
 
+    /// Lets it run and waits until it has exited, without reaping it: as a zombie its
+    /// /proc/PID/status and schedstat still hold its final counters, with no race against
+    /// the exit (dropping the Workload reaps it).
+    pub fn go_and_wait_exited(&mut self, deadline: Duration) -> Result<(), Failed> {
+        self.go();
+        let end = Instant::now() + deadline;
+        loop {
+            // SAFETY: waitid fills `info`; WNOWAIT leaves the child waitable (a zombie).
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let ret = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.pid,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+                )
+            };
+            if ret != 0 {
+                return Err(fail(format!(
+                    "waitid({}): {}",
+                    self.pid,
+                    std::io::Error::last_os_error()
+                )));
+            }
+            // SAFETY: si_pid is set (non-zero) once the child has exited.
+            if unsafe { info.si_pid() } != 0 {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(fail(format!(
+                    "workload {} still running after {deadline:?}",
+                    self.pid
+                )));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Lets it run without waiting.
     pub fn go(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {

@@ -14,8 +14,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Finished, Need, Running, WORKLOAD, Workload, assert_nothing_loaded, emulated, ensure, fail,
-    loaded_program_names, run, scaled, start, trial,
+    DEADLINE, Finished, Need, Running, WORKLOAD, Workload, assert_nothing_loaded, emulated, ensure,
+    fail, loaded_program_names, run, scaled, start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -389,7 +389,8 @@ fn ktop_kworker_functions_symbolized() -> Result<(), Failed> {
 
 /// Voluntary/involuntary switches against the kernel's own counters in /proc/PID/status.
 fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
-    let spinner = Workload::spawn(&["spin", if emulated().is_some() { "2" } else { "3" }, "50"])?;
+    let mut spinner =
+        Workload::spawn(&["spin", if emulated().is_some() { "2" } else { "3" }, "50"])?;
     let pid = spinner.pid;
     let read = |field: &str| -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -404,26 +405,16 @@ fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
         read("nonvoluntary_ctxt_switches:"),
     );
     let oncpu_before = schedstat_ns(pid).unwrap_or(0);
-    let mut oncpu_after = oncpu_before;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = spinner.go_and_wait();
-        let _ = tx.send(());
-    });
-    // Read the counters just before it exits: spin for 3 s then exit; poll until it is gone.
-    let mut after = (None, None);
-    while rx.try_recv().is_err() {
-        let now = (
-            read("voluntary_ctxt_switches:"),
-            read("nonvoluntary_ctxt_switches:"),
-        );
-        if now.0.is_some() {
-            after = now;
-        }
-        oncpu_after = schedstat_ns(pid).unwrap_or(oncpu_after);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = worker.join();
+    // The counters after: read from the exited, not yet reaped spinner (its final values,
+    // the exit's own switch included). Polling them while it ran raced with its exit: under
+    // TCG in a loaded 6.1 guest no poll landed before it ended ("cannot read /proc counters").
+    spinner.go_and_wait_exited(DEADLINE)?;
+    let after = (
+        read("voluntary_ctxt_switches:"),
+        read("nonvoluntary_ctxt_switches:"),
+    );
+    let oncpu_after = schedstat_ns(pid).unwrap_or(oncpu_before);
+    drop(spinner);
     let records = interrupt(tool)?.ok()?.json()?;
     let t = intervals(&records)
         .first()
@@ -445,8 +436,8 @@ fn ktop_switch_counts_match_proc() -> Result<(), Failed> {
          on-CPU {oncpu} ns vs /proc schedstat {truth} ns"
     );
     eprintln!("{summary}");
-    // The last few switches (exit) may fall between our last /proc read and the snapshot;
-    // under TCG our 5 ms polls come late, so more of them can (the counts stay exact).
+    // Both sides end at the exit now; the slack covers a switch or two of ktop's snapshot
+    // racing the first /proc read, wider under TCG.
     let (slack, slack_ns) = if emulated().is_some() {
         (8, 40_000_000)
     } else {
