@@ -43,13 +43,7 @@ fn thread_churn_evicted_and_exact() -> Result<(), Failed> {
     let done = tool.wait(scaled(Duration::from_secs(60)))?.ok()?;
     drop(churn);
     let records = done.json()?;
-    let report = records
-        .iter()
-        .find(|r| r["type"] == "hotcold")
-        .ok_or_else(|| fail(format!("no hotcold record: {records:?}")))?;
-    let on = report["on_cpu_ns"].as_f64().unwrap_or(0.0);
-    let off = report["off_cpu_ns"].as_f64().unwrap_or(0.0);
-    let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+    let (report, on, off, seconds) = hotcold_report(&records)?;
     eprintln!("on {:.3}s off {:.3}s in {seconds:.3}s", on / 1e9, off / 1e9);
     // The main thread's wall time, plus the short threads' own (each lives well under a
     // millisecond): counting the dead ones' last switch-out would add seconds per thread.
@@ -114,13 +108,7 @@ fn busy_half_asleep_half() -> Result<(), Failed> {
     let run_after = schedstat_ns(pid).ok_or_else(|| fail("no schedstat"))?;
     drop(spinner);
     let records = done.json()?;
-    let report = records
-        .iter()
-        .find(|r| r["type"] == "hotcold")
-        .ok_or_else(|| fail(format!("no hotcold record: {records:?}")))?;
-    let on = report["on_cpu_ns"].as_f64().unwrap_or(0.0);
-    let off = report["off_cpu_ns"].as_f64().unwrap_or(0.0);
-    let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+    let (report, on, off, seconds) = hotcold_report(&records)?;
     let truth_share = (run_after - run_before) as f64 / 1e9 / wall;
     let share = on / (on + off);
     eprintln!(
@@ -208,4 +196,17 @@ fn busy_half_asleep_half() -> Result<(), Failed> {
     ensure(hot.iter().all(|&(r, _, b)| r > b), || {
         format!("an on-CPU frame is not warm: {hot:?}")
     })
+}
+
+/// The end report of `profile --offcpu --json`, with its on-CPU and off-CPU nanoseconds and
+/// traced seconds.
+fn hotcold_report(
+    records: &[serde_json::Value],
+) -> Result<(&serde_json::Value, f64, f64, f64), Failed> {
+    let report = records
+        .iter()
+        .find(|r| r["type"] == "hotcold")
+        .ok_or_else(|| fail(format!("no hotcold record: {records:?}")))?;
+    let ns = |field: &str| report[field].as_f64().unwrap_or(0.0);
+    Ok((report, ns("on_cpu_ns"), ns("off_cpu_ns"), ns("seconds")))
 }
