@@ -441,15 +441,11 @@ fn off_cpu_ns(
 /// fork loop would add the rest of the run to the cold half (13117 s off CPU in 8 s of a fork
 /// loop's ~500 tasks/s).
 fn task_alive(tgid: u32, pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{tgid}/task/{pid}/stat")) {
-        // The state follows the comm's closing parenthesis: Z zombie, X dead.
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next()),
-            Some('Z' | 'X')
-        ),
-        Err(_) => false,
-    }
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{pid}/stat"))
+        .ok()
+        .and_then(|stat| crate::procfs::parse_stat(pid, &stat))
+        // Z zombie, X dead.
+        .is_some_and(|task| !matches!(task.state, 'Z' | 'X'))
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
