@@ -93,17 +93,45 @@ pub const OP_LT: u8 = 3;
 pub const OP_LE: u8 = 4;
 pub const OP_GT: u8 = 5;
 pub const OP_GE: u8 = 6;
+/// The string `value` points at (or holds) equals `Filter::text` (its first `constant` bytes).
+pub const OP_STR_EQ: u8 = 7;
+pub const OP_STR_NE: u8 = 8;
+/// The string starts with `Filter::text` (`"prefix*"`).
+pub const OP_STR_PREFIX: u8 = 9;
+pub const OP_STR_NOT_PREFIX: u8 = 10;
+
+/// Bytes of a filter's string read from the probed task (NUL included). A string that fills it
+/// is cut, so patterns are at most `FILTER_STR_LEN - 2` bytes: a cut string never equals one.
+pub const FILTER_STR_LEN: usize = 64;
 
 /// `value OP constant`, evaluated in the kernel before anything else (signed comparison when
-/// the value is signed).
+/// the value is signed); for the `OP_STR_*` ops `value OP "text"`, with `constant` the text's
+/// length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
     pub value: ValueSpec,
     /// One of `OP_*`.
     pub op: u8,
     pub _reserved: [u8; 7],
     pub constant: u64,
+    pub text: [u8; FILTER_STR_LEN],
+}
+
+impl Filter {
+    pub const NONE: Self = Self {
+        value: ValueSpec::NONE,
+        op: OP_NONE,
+        _reserved: [0; 7],
+        constant: 0,
+        text: [0; FILTER_STR_LEN],
+    };
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 crate::user_pod!(Filter);
@@ -193,12 +221,7 @@ impl ProbesConfig {
         rate_limit: 0,
         unit_div: 1,
         values: [ValueSpec::NONE; TRACE_VALUES],
-        filter: Filter {
-            value: ValueSpec::NONE,
-            op: OP_NONE,
-            _reserved: [0; 7],
-            constant: 0,
-        },
+        filter: Filter::NONE,
         start_key: ValueSpec::TID,
         end_key: ValueSpec::TID,
         weight: WEIGHT_ONE,
@@ -327,8 +350,6 @@ pub const USDT_REG: u8 = 2;
 pub const USDT_DEREF: u8 = 3;
 /// At most this many arguments per USDT probe site (SystemTap's sdt.h allows 12).
 pub const USDT_MAX_ARGS: usize = 12;
-/// At most this many USDT probe sites with arguments in one object.
-pub const USDT_SITES_ENTRIES: u32 = 1024;
 
 /// One decoded SDT argument operand.
 #[repr(C)]

@@ -84,10 +84,11 @@ static RATE: Array<RateState> = Array::with_max_entries(1, 0);
 #[map]
 static ZERO_HIST: PerCpuArray<ValueHist> = PerCpuArray::with_max_entries(1, 0);
 
-/// USDT probe sites' argument operands by probe id (filled by the loader before attach).
+/// USDT probe sites' argument operands, indexed by probe id (filled by the loader before
+/// attach, sized to the highest id). An array: the verifier inlines its lookup, where a hash
+/// lookup is a helper call and a hash per hit (a fifth of a hit's program time).
 #[map]
-static USDT_ARGS: aya_ebpf::maps::HashMap<u32, UsdtArgs> =
-    aya_ebpf::maps::HashMap::with_max_entries(USDT_SITES_ENTRIES, 0);
+static USDT_ARGS: Array<UsdtArgs> = Array::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 static PROBE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PSTAT_SLOTS, 0);
@@ -302,7 +303,7 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
     } else {
         config.probe_id
     };
-    if config.filter.op != OP_NONE && !passes(ctx, &config.filter, pid_tgid, probe_id) {
+    if config.filter.op != OP_NONE && !passes(ctx, &config.filter, pid_tgid, probe_id, user) {
         return;
     }
     match config.mode {
@@ -497,8 +498,7 @@ fn value<C: Source>(ctx: &C, spec: &ValueSpec, pid_tgid: u64, probe_id: u32) -> 
 /// register is read through the helper at its pt_regs offset (see `ctx_u64`).
 #[inline(always)]
 fn usdt_arg<C: Source>(ctx: &C, probe_id: u32, index: u8) -> Option<u64> {
-    // SAFETY: a read-only lookup; the value is copied out field by field.
-    let site = unsafe { USDT_ARGS.get(&probe_id) }?;
+    let site = USDT_ARGS.get(probe_id)?;
     let arg = site.args.get(index as usize)?;
     let raw = match arg.kind {
         USDT_CONST => arg.value as u64,
@@ -579,8 +579,12 @@ fn field<C: Source>(ctx: &C, spec: &ValueSpec) -> Option<u64> {
 }
 
 #[inline(always)]
-fn passes<C: Source>(ctx: &C, filter: &Filter, pid_tgid: u64, probe_id: u32) -> bool {
-    let Some(v) = value(ctx, &filter.value, pid_tgid, probe_id) else {
+fn passes<C: Source>(ctx: &C, filter: &Filter, pid_tgid: u64, probe_id: u32, user: bool) -> bool {
+    let v = value(ctx, &filter.value, pid_tgid, probe_id);
+    if filter.op >= OP_STR_EQ {
+        return passes_string(ctx, filter, v, user);
+    }
+    let Some(v) = v else {
         return false;
     };
     let c = filter.constant;
@@ -605,6 +609,33 @@ fn passes<C: Source>(ctx: &C, filter: &Filter, pid_tgid: u64, probe_id: u32) -> 
             OP_GE => v >= c,
             _ => true,
         }
+    }
+}
+
+/// `value OP "text"`: the string is read into a stack buffer (FILTER_STR_LEN bytes) and
+/// compared byte by byte up to the pattern's length; an unreadable string passes no filter.
+#[inline(always)]
+fn passes_string<C: Source>(ctx: &C, filter: &Filter, value: Option<u64>, user: bool) -> bool {
+    let mut buf = [0u8; FILTER_STR_LEN];
+    let Ok(len) = read_string(ctx, &filter.value, value, user, &mut buf) else {
+        return false;
+    };
+    let want = filter.constant as usize;
+    let mut same_start = true;
+    for i in 0..FILTER_STR_LEN {
+        if i >= want {
+            break;
+        }
+        if buf[i] != filter.text[i] {
+            same_start = false;
+            break;
+        }
+    }
+    match filter.op {
+        OP_STR_EQ => same_start && len == want,
+        OP_STR_NE => !(same_start && len == want),
+        OP_STR_PREFIX => same_start,
+        _ => !same_start,
     }
 }
 
@@ -675,14 +706,15 @@ fn trace<C: Source>(ctx: &C, config: &ProbesConfig, probe_id: u32, pid_tgid: u64
     entry.submit(0);
 }
 
+/// The string of `spec` into `out` (cut to fit, NUL-terminated); its length without the NUL.
 #[inline(always)]
-fn read_string<C: Source>(
+fn read_string<C: Source, const N: usize>(
     ctx: &C,
     spec: &ValueSpec,
     value: Option<u64>,
     user: bool,
-    out: &mut [u8; TRACE_STR_LEN],
-) -> Result<(), i32> {
+    out: &mut [u8; N],
+) -> Result<usize, i32> {
     let record = ctx.as_ptr() as *const u8;
     // SAFETY: the helpers check every read; failures come back as errors.
     unsafe {
@@ -690,22 +722,22 @@ fn read_string<C: Source>(
             STR_PTR => {
                 let ptr = value.ok_or(-1)? as *const u8;
                 if user {
-                    bpf_probe_read_user_str_bytes(ptr, out).map(|_| ())
-                } else if bpf_probe_read_kernel_str_bytes(ptr, out).is_ok() {
-                    Ok(())
+                    bpf_probe_read_user_str_bytes(ptr, out).map(|s| s.len())
+                } else if let Ok(s) = bpf_probe_read_kernel_str_bytes(ptr, out) {
+                    Ok(s.len())
                 } else {
                     // Kernel functions and syscall tracepoints get user pointers too.
-                    bpf_probe_read_user_str_bytes(ptr, out).map(|_| ())
+                    bpf_probe_read_user_str_bytes(ptr, out).map(|s| s.len())
                 }
             }
             STR_DATA_LOC if ctx.has_record() => {
                 let loc = value.ok_or(-1)?;
                 let ptr = record.wrapping_add((loc & 0xffff) as usize);
-                bpf_probe_read_kernel_str_bytes(ptr, out).map(|_| ())
+                bpf_probe_read_kernel_str_bytes(ptr, out).map(|s| s.len())
             }
             STR_INLINE if ctx.has_record() => {
                 let ptr = record.wrapping_add(spec.offset as usize);
-                bpf_probe_read_kernel_str_bytes(ptr, out).map(|_| ())
+                bpf_probe_read_kernel_str_bytes(ptr, out).map(|s| s.len())
             }
             _ => Err(-1),
         }

@@ -923,7 +923,7 @@ impl Trace {
                 "-n/-f",
                 "no output filters by name or message; pipe through grep",
             ),
-            (self.bin_cmp, "-B", "STRCMP is not supported"),
+            (self.bin_cmp, "-B", "binary STRCMP is not supported"),
             (
                 self.kernel_stack || self.user_stack || self.address,
                 "-K/-U",
@@ -1164,13 +1164,17 @@ fn is_identifier(text: &str) -> bool {
         && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// BCC's predicate as tracer's `--filter`: `VALUE OP NUMBER` only.
+/// BCC's predicate as tracer's `--filter`: `VALUE OP NUMBER`, or `STRCMP("TEXT", VALUE)`
+/// (`!STRCMP`: not equal).
 fn bcc_filter(predicate: &str) -> Result<String> {
     let predicate = predicate.trim();
     let predicate = predicate
         .strip_prefix('(')
         .and_then(|p| p.strip_suffix(')'))
         .unwrap_or(predicate);
+    if let Some(filter) = bcc_strcmp(predicate)? {
+        return Ok(filter);
+    }
     // A tracepoint field is a name here; its '->' is no comparison.
     let fields = predicate.replace("args->", "");
     for op in ["==", "!=", "<=", ">=", "<", ">"] {
@@ -1191,6 +1195,41 @@ fn bcc_filter(predicate: &str) -> Result<String> {
         "filter '{predicate}': only VALUE OP NUMBER is supported here (OP: == != < <= > >=), \
          e.g. 'arg3 > 20000'"
     )
+}
+
+/// `STRCMP("TEXT", VALUE)` as `VALUE == "TEXT"` (BCC's STRCMP is true when they are equal);
+/// None when the predicate is not a STRCMP.
+fn bcc_strcmp(predicate: &str) -> Result<Option<String>> {
+    let (negated, call) = match predicate.trim().strip_prefix('!') {
+        Some(rest) => (true, rest.trim()),
+        None => (false, predicate.trim()),
+    };
+    let Some(args) = call
+        .strip_prefix("STRCMP(")
+        .and_then(|rest| rest.strip_suffix(')'))
+    else {
+        return Ok(None);
+    };
+    let Some((text, value)) = args
+        .trim()
+        .strip_prefix('"')
+        .and_then(|rest| rest.split_once('"'))
+    else {
+        usage_bail!(
+            "filter '{predicate}': STRCMP takes a string literal first: STRCMP(\"TEXT\", arg1)"
+        );
+    };
+    let value = value
+        .trim()
+        .strip_prefix(',')
+        .map(str::trim)
+        .ok_or_else(|| {
+            usage_err!(
+                "filter '{predicate}': STRCMP(\"TEXT\", VALUE) needs a value after the string"
+            )
+        })?;
+    let op = if negated { "!=" } else { "==" };
+    Ok(Some(format!("{} {op} \"{text}\"", bcc_value(value)?)))
 }
 
 /// Distribution of a probe's value (BCC's argdist).
@@ -1563,6 +1602,14 @@ mod tests {
             (
                 r#"trace -p 7 -L 8 -T -M 3 'p:c:write(int fd, char *buf) (fd == 1) "%d %s", fd, buf'"#,
                 "trace -p 7 -t 8 -T --max-events 3 --filter fd == 1 u:c:write(int fd, char *buf) %d %s fd buf",
+            ),
+            (
+                r#"trace 'u:/usr/bin/python3.11:function__entry (STRCMP("main", arg2)) "%s", arg1'"#,
+                r#"trace --filter arg1 == "main" usdt:/usr/bin/python3.11:function__entry %s arg0"#,
+            ),
+            (
+                r#"trace 'p:c:open (!STRCMP("/etc/passwd", arg1))'"#,
+                r#"trace --filter arg0 != "/etc/passwd" u:c:open"#,
             ),
             (
                 "trace -c /sys/fs/cgroup/app t:sched:sched_process_fork",

@@ -86,7 +86,8 @@ pub struct ProbeStats {
     pub unpaired: u64,
 }
 
-fn load(config: &ProbesConfig) -> Result<Ebpf> {
+/// `usdt_slots`: one more than the highest probe id whose USDT arguments the object reads.
+fn load(config: &ProbesConfig, usdt_slots: u32) -> Result<Ebpf> {
     let config = &ProbesConfig {
         exclude_tgid: if config.include_self != 0 {
             0
@@ -130,7 +131,15 @@ fn load(config: &ProbesConfig) -> Result<Ebpf> {
             mode == MODE_VALUE && config.hist_values == 0,
         );
         shrink(l, "STACKS", mode == MODE_STACK);
-        shrink(l, "USDT_ARGS", reads_usdt_args(config));
+        // Indexed by probe id (one slot when no value is a USDT argument).
+        l.map_max_entries(
+            "USDT_ARGS",
+            if reads_usdt_args(config) {
+                usdt_slots
+            } else {
+                1
+            },
+        );
         shrink(l, "STACK_COUNTS", mode == MODE_STACK);
         if mode != MODE_TRACE {
             l.map_max_entries("EVENTS", 4096);
@@ -147,18 +156,28 @@ fn reads_usdt_args(config: &ProbesConfig) -> bool {
         .any(|v| v.kind == VAL_USDT_ARG)
 }
 
+/// `USDT_ARGS` slots for `users`: indexed by probe id.
+fn usdt_slots(users: &[(u32, &Probe)]) -> u32 {
+    users
+        .iter()
+        .filter(|(_, p)| p.usdt.is_some())
+        .map(|(id, _)| id + 1)
+        .max()
+        .unwrap_or(1)
+}
+
 /// Fills `USDT_ARGS` with the argument operands of the USDT probes among `users`.
 fn fill_usdt_args(ebpf: &mut Ebpf, config: &ProbesConfig, users: &[(u32, &Probe)]) -> Result<()> {
     if !reads_usdt_args(config) {
         return Ok(());
     }
-    let mut map: aya::maps::HashMap<_, u32, UsdtArgs> = aya::maps::HashMap::try_from(
+    let mut map: aya::maps::Array<_, UsdtArgs> = aya::maps::Array::try_from(
         ebpf.map_mut("USDT_ARGS")
             .ok_or_else(|| anyhow!("USDT_ARGS map missing (build bug)"))?,
     )?;
     for (id, probe) in users {
         if let Some(site) = &probe.usdt {
-            map.insert(id, site.map_value(), 0)
+            map.set(*id, site.map_value(), 0)
                 .with_context(|| format!("cannot store the arguments of {}", probe.name))?;
         }
     }
@@ -211,7 +230,7 @@ pub fn attach_all(req: &Request<'_>) -> Result<Loaded> {
             use_cookie: 0,
             ..req.config
         };
-        let mut ebpf = load(&config)?;
+        let mut ebpf = load(&config, 1)?;
         match &probe.point {
             Point::Kernel { function } => {
                 let entry = !probe.kind.is_return() || req.entry_and_return;
@@ -317,7 +336,7 @@ fn attach_kprobe_multi(
         use_cookie: 1,
         ..req.config
     };
-    let ebpf = load(&config)?;
+    let ebpf = load(&config, 1)?;
     let mut links = Vec::new();
     for (program, ret, mechanism) in [
         ("probes_kprobe", false, Mechanism::KprobeMulti),
@@ -419,7 +438,7 @@ pub fn attach_pair(
         use_cookie: 0,
         ..config
     };
-    let mut ebpf = load(&config)?;
+    let mut ebpf = load(&config, 1)?;
     for (probe, is_end, record) in [(start, false, needs_record.0), (end, true, needs_record.1)] {
         let Point::Tracepoint { category, event } = &probe.point else {
             usage_bail!(
@@ -461,7 +480,7 @@ pub fn attach_usdt_pair(
         use_cookie: 0,
         ..config
     };
-    let mut ebpf = load(&config)?;
+    let mut ebpf = load(&config, 1)?;
     let mut semaphore_probes = Vec::new();
     for (program, sites) in [("probes_uprobe", start), ("probes_uretprobe", end)] {
         let prog: &mut UProbe = ebpf
@@ -518,7 +537,7 @@ fn attach_uprobes(req: &Request<'_>, users: &[(u32, &Probe)], loaded: &mut Loade
         use_cookie: 1,
         ..req.config
     };
-    let mut ebpf = load(&config)?;
+    let mut ebpf = load(&config, usdt_slots(users))?;
     fill_usdt_args(&mut ebpf, &config, users)?;
     let scope = uprobe_scope(req.pid)?;
     let mut links = Vec::new();
@@ -739,7 +758,7 @@ fn attach_uprobes_without_cookies(
             use_cookie: 0,
             ..req.config
         };
-        let mut ebpf = load(&config)?;
+        let mut ebpf = load(&config, id + 1)?;
         fill_usdt_args(&mut ebpf, &config, &[(*id, *probe)])?;
         let semaphore = probe.usdt.as_ref().map_or(0, |site| site.semaphore_offset);
         let mut semaphore_probes = Vec::new();
@@ -1481,7 +1500,9 @@ fn c_type(declaration: &str, name: &str) -> Option<(u32, bool)> {
     })
 }
 
-/// `EXPR OP NUMBER` (e.g. `arg2 > 100`, `prev_state == 1`), evaluated in the kernel.
+/// `EXPR OP NUMBER` (e.g. `arg2 > 100`, `prev_state == 1`) or `EXPR == "TEXT"` / `!=` on a
+/// string (a `char *` argument, a USDT argument, a tracepoint's string field; `"prefix*"`
+/// matches the start), evaluated in the kernel.
 pub fn parse_filter(text: &str, probes: &[Probe], params: &[Param]) -> Result<(Filter, bool)> {
     let text = text.trim().trim_start_matches('(').trim_end_matches(')');
     let ops = [
@@ -1497,9 +1518,13 @@ pub fn parse_filter(text: &str, probes: &[Probe], params: &[Param]) -> Result<(F
         .find_map(|(sym, op)| text.split_once(sym).map(|(l, r)| (l.trim(), *op, r.trim())))
         .ok_or_else(|| {
             usage_err!(
-                "filter '{text}' is not EXPR OP NUMBER (OP: == != < <= > >=), e.g. 'arg2 > 100'"
+                "filter '{text}' is not EXPR OP NUMBER (OP: == != < <= > >=) or EXPR == \"TEXT\", \
+                 e.g. 'arg2 > 100', 'arg1 == \"main\"'"
             )
         })?;
+    if let Some(quoted) = rhs.strip_prefix('"') {
+        return string_filter(text, lhs, op, quoted, probes, params);
+    }
     let expr = parse_expr(lhs, probes, params, false)?;
     let constant = parse_constant(rhs)
         .ok_or_else(|| usage_err!("'{rhs}' in filter '{text}' is not a number"))?;
@@ -1512,11 +1537,60 @@ pub fn parse_filter(text: &str, probes: &[Probe], params: &[Param]) -> Result<(F
         Filter {
             value,
             op,
-            _reserved: [0; 7],
             constant: constant as u64,
+            ..Filter::NONE
         },
         expr.needs_record,
     ))
+}
+
+/// `EXPR == "TEXT"` (`!=`; a trailing `*` compares only the start): the string is read from
+/// the probed task into `FILTER_STR_LEN` bytes and compared in the kernel, so hits that do not
+/// match cost no event and no map update.
+fn string_filter(
+    text: &str,
+    lhs: &str,
+    op: u8,
+    quoted: &str,
+    probes: &[Probe],
+    params: &[Param],
+) -> Result<(Filter, bool)> {
+    let pattern = quoted
+        .strip_suffix('"')
+        .ok_or_else(|| usage_err!("filter '{text}': the string has no closing quote"))?;
+    let (pattern, prefix) = match pattern.strip_suffix('*') {
+        Some(start) => (start, true),
+        None => (pattern, false),
+    };
+    if pattern.contains(['"', '*', '?', '[', '\\']) {
+        usage_bail!(
+            "filter '{text}': a string is compared exactly, or by its start with one trailing * \
+             (no other wildcards, quotes or escapes)"
+        );
+    }
+    let max = FILTER_STR_LEN - 2;
+    if pattern.len() > max {
+        usage_bail!(
+            "filter '{text}': the string is {} bytes; the kernel compares at most {max}",
+            pattern.len()
+        );
+    }
+    let op = match (op, prefix) {
+        (OP_EQ, false) => OP_STR_EQ,
+        (OP_NE, false) => OP_STR_NE,
+        (OP_EQ, true) => OP_STR_PREFIX,
+        (OP_NE, true) => OP_STR_NOT_PREFIX,
+        _ => usage_bail!("filter '{text}': strings compare with == or != only"),
+    };
+    let expr = parse_expr(lhs, probes, params, true)?;
+    let mut filter = Filter {
+        value: expr.spec,
+        op,
+        constant: pattern.len() as u64,
+        ..Filter::NONE
+    };
+    filter.text[..pattern.len()].copy_from_slice(pattern.as_bytes());
+    Ok((filter, expr.needs_record))
 }
 
 fn parse_constant(text: &str) -> Option<i64> {

@@ -33,6 +33,10 @@ pub struct TestArgs {
     /// Only integration tests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Every integration test in every qemu kernel (about an hour more), not the
+    /// kernel-dependent ones in each and the rest dealt out among them.
+    #[arg(long)]
+    pub every_test: bool,
 }
 
 #[derive(Default)]
@@ -113,7 +117,9 @@ impl Tally {
 }
 
 pub fn test(args: TestArgs) -> Result<()> {
+    let mut clock = StageClock::new();
     setup::setup()?;
+    clock.end("setup");
     if !args.no_lint {
         println!("== lint");
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -134,6 +140,7 @@ pub fn test(args: TestArgs) -> Result<()> {
             "warnings",
         ]))?;
     }
+    clock.end("lint");
     let mut tally = Tally::default();
     let mut ok = true;
 
@@ -154,8 +161,10 @@ pub fn test(args: TestArgs) -> Result<()> {
     ok &= unit_ok;
 
     // The static binary the dist tests run from an empty root, here and in every VM kernel.
+    clock.end("unit");
     println!("== dist");
     crate::dist::dist()?;
+    clock.end("dist");
 
     println!("== integration tests (this kernel: {})", kernel_release());
     let mut cmd = cargo();
@@ -181,6 +190,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     let (int_ok, out) = run_tee(&mut cmd)?;
     tally.add_libtest("host", &out);
     ok &= int_ok;
+    clock.end("host");
 
     // The soak test runs on this kernel while the VM stage runs in qemu: it checks flat
     // memory and bounded maps, not speed, and the VM tests that need native speed skip
@@ -196,6 +206,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         println!("== integration tests in qemu");
         match vm::vm_test(&vm::VmArgs {
             filter: args.filter.clone(),
+            every_test: args.every_test,
             ..Default::default()
         }) {
             Ok(vm_tally) => {
@@ -214,6 +225,9 @@ pub fn test(args: TestArgs) -> Result<()> {
         }
     }
 
+    if !args.no_vm {
+        clock.end("qemu");
+    }
     if let Some(soak) = soak {
         println!("== soak (this kernel)");
         match soak.finish() {
@@ -228,8 +242,10 @@ pub fn test(args: TestArgs) -> Result<()> {
                 ok = false;
             }
         }
+        clock.end("soak");
     }
 
+    println!("{}", clock.summary());
     for failure in &tally.failures {
         println!("FAILED {failure}");
     }
@@ -241,6 +257,40 @@ pub fn test(args: TestArgs) -> Result<()> {
         bail!("test suite failed");
     }
     Ok(())
+}
+
+/// Each stage's wall time, printed with the summary: CI shows only the end of the output.
+struct StageClock {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    times: Vec<String>,
+}
+
+impl StageClock {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            start: now,
+            last: now,
+            times: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, stage: &str) {
+        let now = std::time::Instant::now();
+        let took = now - self.last;
+        self.times
+            .push(format!("{stage} {:.0}s", took.as_secs_f64()));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "stage times: {} (total {:.0}s)",
+            self.times.join(", "),
+            self.start.elapsed().as_secs_f64()
+        )
+    }
 }
 
 /// The soak test (tracer/tests/integration/soak.rs); it skips itself unless TRACER_SOAK=1.

@@ -49,6 +49,10 @@ pub struct VmArgs {
     /// Minutes before a VM counts as hung and is killed.
     #[arg(long, default_value_t = 30)]
     pub timeout_minutes: u64,
+    /// With several kernels and no --filter: every test in every kernel, instead of the
+    /// kernel-dependent tests in each and the rest dealt out among them (`guest_shares`).
+    #[arg(long)]
+    pub every_test: bool,
 }
 
 impl Default for VmArgs {
@@ -58,6 +62,7 @@ impl Default for VmArgs {
             filter: None,
             exec: None,
             timeout_minutes: 30,
+            every_test: false,
         }
     }
 }
@@ -83,10 +88,29 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
         bail!("{QBOOT} missing: run cargo xtask setup (package qemu-system-x86)");
     }
     let binaries = build_test_binaries()?;
+    let shares = if kernels.len() > 1
+        && args.filter.is_none()
+        && args.exec.is_none()
+        && !args.every_test
+    {
+        let tests = list_tests(&binaries.integration)?;
+        let shares = guest_shares(&tests, kernels.len());
+        for (spec, share) in kernels.iter().zip(&shares) {
+            println!(
+                "vm-test {}: {} of {} tests (the kernel-dependent ones, and its share of the rest)",
+                spec.name,
+                share.runs,
+                tests.iter().filter(|t| *t != SOAK_TEST).count()
+            );
+        }
+        shares
+    } else {
+        vec![GuestShare::default(); kernels.len()]
+    };
     let mut tally = Tally::default();
-    for spec in kernels {
+    for (spec, share) in kernels.into_iter().zip(&shares) {
         println!("== vm-test {}", spec.name);
-        let one = run_kernel(spec, &binaries, args).unwrap_or_else(|e| {
+        let one = run_kernel(spec, &binaries, args, &share.skips).unwrap_or_else(|e| {
             println!("vm-test {}: FAILED: {e:#}", spec.name);
             Tally {
                 failed: 1,
@@ -155,6 +179,102 @@ pub(crate) fn build_test_binaries() -> Result<Binaries> {
     })
 }
 
+/// Tests whose tools take paths that differ from kernel to kernel, run in every guest (names
+/// or parts of names): every live tool's attach and detach (links or perf-event ioctls),
+/// each tool's attach ladder, kprobe_multi or one kprobe per function, uprobe_multi or a
+/// cookie or one object per uprobe, fexit or kretprobe for return values, USDT semaphores,
+/// the batch drain where hash maps refuse lookup-and-delete (5.10), and the static binary's
+/// uprobe on itself.
+const EVERY_GUEST: &[&str] = &[
+    "signals::",
+    "::each_attach_mechanism",
+    "probes::kernel_function_",
+    "probes::kprobe_multi_glob_",
+    "probes::uprobe_rungs_count_alike",
+    "probes::many_uprobes_detach_quickly",
+    "probes::argdist_uprobe_retval_and_arg",
+    "usdt::python_",
+    "usdt::libstdcxx_",
+    "forksnoop::summary_intervals",
+    "dist::empty_root_uprobe_on_itself",
+];
+
+/// What one guest of a stage runs: the suite less `skips` (exact names).
+#[derive(Clone, Default)]
+struct GuestShare {
+    runs: usize,
+    skips: Vec<String>,
+}
+
+/// Seconds the longest tests took in a TCG guest (debian-6.1 and 6.12 consoles, 2026-12-03);
+/// every other test counts as `TYPICAL_GUEST_SECS` when the shares are dealt.
+const GUEST_SECS: &[(&str, u32)] = &[
+    ("bcc::man_page_examples", 216),
+    ("cli::json_objects_have_schema_and_type", 106),
+    ("bad_input::matrix", 60),
+    ("serve_http::scrapes_survive_idle_and_slowloris_floods", 44),
+    ("flamegraph::perf_script_output_names_the_hot_function", 42),
+    ("reclaimtop::memcg_reclaim_via_raw_tp_and_tracepoint", 41),
+    ("cli::interval_header_is_one_format", 40),
+    (
+        "serve_pprof::go_pprof_fetches_a_profile_with_the_hot_loop_on_top",
+        31,
+    ),
+    ("usdt::uprobe_on_a_binary_only_in_a_mount_namespace", 34),
+];
+const TYPICAL_GUEST_SECS: u32 = 8;
+
+/// Splits the suite over `guests` kernels. One TCG guest runs the whole suite in 20 to 40
+/// minutes, and the three must fit in CI's 90 minutes after the builds and the host run,
+/// so each guest runs the `EVERY_GUEST` tests and a share of the others: each of those goes,
+/// in list order, to the guest with the least time dealt so far (`GUEST_SECS`), so the
+/// longest tests land in different guests and each module is spread over all kernels.
+/// Every test still runs natively on the host kernel. `vm-test --every-test`, `--kernel K`
+/// or `--filter` run everything selected in every kernel chosen.
+fn guest_shares(tests: &[String], guests: usize) -> Vec<GuestShare> {
+    let mut shares = vec![GuestShare::default(); guests];
+    let mut dealt_secs = vec![0u32; guests];
+    for test in tests {
+        if test == SOAK_TEST {
+            continue;
+        }
+        if EVERY_GUEST.iter().any(|part| test.contains(part)) {
+            shares.iter_mut().for_each(|s| s.runs += 1);
+            continue;
+        }
+        let secs = GUEST_SECS
+            .iter()
+            .find(|(name, _)| name == test)
+            .map_or(TYPICAL_GUEST_SECS, |&(_, secs)| secs);
+        let to = (0..guests).min_by_key(|&i| (dealt_secs[i], i)).unwrap_or(0);
+        dealt_secs[to] += secs;
+        for (i, share) in shares.iter_mut().enumerate() {
+            if i == to {
+                share.runs += 1;
+            } else {
+                share.skips.push(test.clone());
+            }
+        }
+    }
+    shares
+}
+
+/// The suite's test names, in its order (`--list` of the libtest-mimic binary).
+fn list_tests(integration: &Path) -> Result<Vec<String>> {
+    let out = Command::new(integration)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("cannot run {}", integration.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed", integration.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
 /// The first string value of `"key":"..."` in one line of cargo's compact JSON.
 fn json_string(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
@@ -174,7 +294,12 @@ fn json_string(line: &str, key: &str) -> Option<String> {
     None
 }
 
-fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<Tally> {
+fn run_kernel(
+    spec: &KernelSpec,
+    binaries: &Binaries,
+    args: &VmArgs,
+    skips: &[String],
+) -> Result<Tally> {
     let dir = repo_root().join("target/vm").join(spec.name);
     let kernel = kernel::ensure(spec, &dir)?;
     println!(
@@ -193,6 +318,13 @@ fn run_kernel(spec: &KernelSpec, binaries: &Binaries, args: &VmArgs) -> Result<T
         "--skip".to_string(),
         SOAK_TEST.to_string(),
     ];
+    if !skips.is_empty() {
+        // Whole names: a test's name can be a prefix of another's.
+        test_args.push("--exact".to_string());
+        for name in skips {
+            test_args.extend(["--skip".to_string(), name.clone()]);
+        }
+    }
     test_args.extend(args.filter.iter().cloned());
     let plan = GuestPlan {
         kernel_name: spec.name.to_string(),
@@ -389,7 +521,9 @@ fn boot(
                     run.tests_at.get_or_insert(start.elapsed());
                 }
                 println!("{line}");
-                writeln!(log, "{line}")?;
+                // Seconds since boot on each saved line: a test's line arrives when it ends,
+                // so the gap to the line before is its run time in the guest.
+                writeln!(log, "[{:7.1}] {line}", start.elapsed().as_secs_f64())?;
                 run.console.push_str(&line);
                 run.console.push('\n');
             }
@@ -400,7 +534,7 @@ fn boot(
                 // Keep what was still buffered, e.g. the "test NAME ... " of a hung test.
                 while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
                     println!("{line}");
-                    writeln!(log, "{line}")?;
+                    writeln!(log, "[{:7.1}] {line}", start.elapsed().as_secs_f64())?;
                     run.console.push_str(&line);
                     run.console.push('\n');
                 }
@@ -617,6 +751,68 @@ mod tests {
         tally.add_libtest("debian-6.1", console);
         assert_eq!((tally.passed, tally.failed), (1, 2));
         assert_eq!(tally.failures, ["debian-6.1: b — boom", "debian-6.1: c"]);
+    }
+
+    fn names(tests: &[&str]) -> Vec<String> {
+        tests.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn shares_cover_each_test_once_and_the_kernel_dependent_ones_everywhere() {
+        let shares = guest_shares(
+            &names(&[
+                "cli::a",
+                "signals::forksnoop",
+                "bcc::b",
+                "soak::all_live_tools",
+                "forksnoop::each_attach_mechanism",
+                "cli::c",
+                "serve::d",
+            ]),
+            3,
+        );
+        assert_eq!(shares.iter().map(|s| s.runs).collect::<Vec<_>>(), [4, 3, 3]);
+        for dealt in ["cli::a", "bcc::b", "cli::c", "serve::d"] {
+            let runs = shares
+                .iter()
+                .filter(|s| !s.skips.iter().any(|t| t == dealt));
+            assert_eq!(runs.count(), 1, "{dealt}");
+        }
+        assert!(
+            shares
+                .iter()
+                .all(|s| !s.skips.iter().any(|t| t.starts_with("signals::")
+                    || t.ends_with("::each_attach_mechanism")
+                    || t == SOAK_TEST))
+        );
+    }
+
+    #[test]
+    fn the_longest_tests_land_in_different_guests() {
+        let shares = guest_shares(
+            &names(&[
+                "bcc::man_page_examples",
+                "bcc::x",
+                "cli::json_objects_have_schema_and_type",
+                "cli::y",
+                "bad_input::matrix",
+                "cli::z",
+            ]),
+            3,
+        );
+        let guest_of = |name: &str| {
+            shares
+                .iter()
+                .position(|s| !s.skips.iter().any(|t| t == name))
+                .unwrap()
+        };
+        let heavy = [
+            "bcc::man_page_examples",
+            "cli::json_objects_have_schema_and_type",
+            "bad_input::matrix",
+        ]
+        .map(guest_of);
+        assert!(heavy[0] != heavy[1] && heavy[1] != heavy[2] && heavy[0] != heavy[2]);
     }
 
     #[test]

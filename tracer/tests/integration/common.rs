@@ -65,7 +65,8 @@ pub fn scaled(budget: Duration) -> Duration {
 
 /// A test that needs the given features; skipped with the first missing feature's reason.
 ///
-/// Every test runs in every VM kernel too: a test whose native assertions depend on speed
+/// Every test runs in a VM kernel too (the kernel-dependent ones in every kernel, the others
+/// in one each: xtask vm.rs `guest_shares`): a test whose native assertions depend on speed
 /// picks TCG-tolerant ones with `emulated()`; a skip is only for a missing kernel feature.
 pub fn trial(name: &str, needs: &'static [Need], body: fn() -> Result<(), Failed>) -> Trial {
     Trial::ignorable_test(name, move || {
@@ -860,4 +861,54 @@ pub fn expect_one_line_errors(cases: &[(Vec<&str>, &str)]) -> Result<(), Failed>
         })?;
     }
     Ok(())
+}
+
+/// Columns of /proc/stat's "cpu" line (the label is column 0).
+const STAT_IRQ: usize = 6;
+pub const STAT_SOFTIRQ: usize = 7;
+const STAT_STEAL: usize = 8;
+
+/// One column of /proc/stat's "cpu" line (all CPUs), in USER_HZ ticks.
+pub fn proc_stat_ticks(column: usize) -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(column))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// USER_HZ, the unit of /proc/stat.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1)
+}
+
+/// Hard-IRQ plus stolen time of all CPUs so far, in µs: time a running task's wall-clock
+/// on-CPU span holds but its schedstat run time does not (with IRQ_TIME_ACCOUNTING and
+/// paravirt steal accounting, as on a cloud VM), and in which it takes no cpu-clock sample.
+/// Tests judging our clock against schedstat allow the growth of this over their window.
+pub fn irq_steal_us() -> u64 {
+    (proc_stat_ticks(STAT_IRQ) + proc_stat_ticks(STAT_STEAL)) * 1_000_000 / clock_ticks_per_sec()
+}
+
+/// Whether a CPU time of ours (wall clock from switch-in to switch-out) agrees with the
+/// scheduler's run time: at least `schedstat` (read inside our window) less `pct` % and
+/// `slack`, at most `outer` (schedstat read around the window; `schedstat` again when there
+/// is no edge to cover) plus `unseen` (the growth of `irq_steal_us`, which schedstat leaves
+/// out), plus `pct` % of that and `slack`. All in one unit.
+pub fn agrees_with_schedstat(
+    ours: u64,
+    schedstat: u64,
+    outer: u64,
+    unseen: u64,
+    pct: f64,
+    slack: u64,
+) -> bool {
+    let margin = |t: u64| t as f64 * pct / 100.0 + slack as f64;
+    let ours = ours as f64;
+    ours >= schedstat as f64 - margin(schedstat)
+        && ours <= (outer + unseen) as f64 + margin(outer + unseen)
 }

@@ -8,8 +8,8 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::common::{
-    Need, Running, assert_nothing_loaded, emulated, ensure, expect_one_line_errors, fail, go_pprof,
-    run, start, trial,
+    Need, Running, STAT_SOFTIRQ, agrees_with_schedstat, assert_nothing_loaded, emulated, ensure,
+    expect_one_line_errors, fail, go_pprof, irq_steal_us, proc_stat_ticks, run, start, trial,
 };
 use testbed::{netns::NetnsPair, nginx::Nginx};
 
@@ -94,16 +94,6 @@ fn proc_softirqs() -> Vec<Vec<u64>> {
 
 fn proc_total(rows: &[Vec<u64>], vec: usize) -> u64 {
     rows[vec].iter().sum()
-}
-
-/// The softirq column of /proc/stat's "cpu" line, in USER_HZ ticks.
-fn proc_stat_softirq_ticks() -> u64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    text.lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(7))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// sum_exec_runtime (ns) of a task, from /proc/PID/schedstat.
@@ -281,8 +271,12 @@ fn histograms_count_every_entry() -> Result<(), Failed> {
     // Each interval is the growth of both maps since the last read, so what one interval
     // missed between the two reads the next one has: over the run they differ only by the
     // last interval's skew.
+    // Under TCG the last read pair can be tens of ms apart (a 5.10 guest running beside another
+    // guest failed the 5 that holds natively), a few hundred timer softirqs a second landing
+    // between them.
+    let skew = if emulated().is_some() { 25 } else { 5 };
     for (name, (count, hist)) in &totals {
-        ensure(hist.abs_diff(*count) <= 5 + count / 100, || {
+        ensure(hist.abs_diff(*count) <= skew + count / 100, || {
             format!("{name}: {count} entries over the run but {hist} in the run-time histograms")
         })?;
     }
@@ -374,10 +368,21 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     let _nginx = Nginx::start(Some(&net.server), &net.server_addr, 80)?;
     let ksoftirqd = ksoftirqd_pids();
     let ksoftirqd_ns = || -> Vec<u64> { ksoftirqd.iter().map(|p| schedstat_ns(*p)).collect() };
-    // /proc/stat and schedstat are read inside the tool's window, as /proc/softirqs is.
+    let sum_since = |before: &[u64]| -> u64 {
+        ksoftirqd_ns()
+            .iter()
+            .zip(before)
+            .map(|(now, b)| now.saturating_sub(*b))
+            .sum()
+    };
+    // /proc/stat and schedstat are read inside the tool's window, as /proc/softirqs is, and
+    // schedstat once more around it: ksoftirqd may run at either edge, in the few ms between
+    // an attach or detach and the reads.
+    let outer_sched_before = ksoftirqd_ns();
+    let unseen_before = irq_steal_us();
     let (records, before, after, (sent, ticks, sched_ns)) = around(&["--net", "1"], || {
         let sched_before = ksoftirqd_ns();
-        let ticks_before = proc_stat_softirq_ticks();
+        let ticks_before = proc_stat_ticks(STAT_SOFTIRQ);
         let sent = flood(&net, 6)?;
         // Let the backlog drain before the window closes; under TCG ksoftirqd works through
         // it for seconds after the flood.
@@ -386,14 +391,11 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
         } else {
             Duration::from_millis(500)
         });
-        let ticks = proc_stat_softirq_ticks() - ticks_before;
-        let sched_ns: u64 = ksoftirqd_ns()
-            .iter()
-            .zip(&sched_before)
-            .map(|(now, b)| now.saturating_sub(*b))
-            .sum();
-        Ok((sent, ticks, sched_ns))
+        let ticks = proc_stat_ticks(STAT_SOFTIRQ) - ticks_before;
+        Ok((sent, ticks, sum_since(&sched_before)))
     })?;
+    let outer_sched_us = sum_since(&outer_sched_before) / 1000;
+    let unseen_us = irq_steal_us().saturating_sub(unseen_before);
     // Thousands of packets per second on this host; under qemu's TCG a few thousand in all.
     ensure(sent > 2000, || format!("hping3 sent only {sent} packets"))?;
 
@@ -453,14 +455,27 @@ fn syn_flood_net_rx_dominant() -> Result<(), Failed> {
     println!(
         "    ({sent} packets sent, {truth} NET_RX softirqs, NET_RX {}% of {total} us softirq \
          time ({ticks} ticks in /proc/stat), ksoftirqd {ours_ksoftirqd} us vs schedstat \
-         {truth_us} us)",
+         {truth_us} us, {unseen_us} us hard-IRQ and steal in /proc/stat)",
         net_rx * 100 / total.max(1)
     );
     // Natively within 1-2 %; under TCG ours came out 10-23 % under schedstat's sum in every
     // run on 5.10, 6.1 and 6.12 (ksoftirqd's time around our sched_switch programs).
+    // Above it, ours may also hold what schedstat leaves out: hard-IRQ and stolen time, and
+    // the window's edges. CI's cloud VM once gave ours 138 ms against schedstat's 99 ms.
     let pct = if emulated().is_some() { 30.0 } else { 15.0 };
-    ensure(within(ours_ksoftirqd, truth_us, pct, 20_000), || {
-        format!("ksoftirqd CPU time: ours {ours_ksoftirqd} us, schedstat {truth_us} us")
+    let agree = agrees_with_schedstat(
+        ours_ksoftirqd,
+        truth_us,
+        outer_sched_us,
+        unseen_us,
+        pct,
+        20_000,
+    );
+    ensure(agree, || {
+        format!(
+            "ksoftirqd CPU time: ours {ours_ksoftirqd} us, schedstat {truth_us} us in the \
+             window, {outer_sched_us} us around it, + {unseen_us} us hard-IRQ and steal"
+        )
     })?;
 
     // --net: the packets went through NAPI polls (veth without XDP uses the per-CPU backlog).

@@ -119,20 +119,23 @@ fn scratch(what: &str) -> Result<PathBuf, Failed> {
     Ok(dir)
 }
 
-/// A python script: prints its PID; on each line read (a number N), calls known_fn N times
-/// under a no-op trace function and prints "done".
+/// A python script: prints its PID; on each line read (a number N), calls known_fn and
+/// known_fn_decoy (a name that known_fn is a prefix of) N times each under a no-op trace
+/// function and prints "done".
 fn python_script(dir: &Path) -> Result<PathBuf, Failed> {
     let path = dir.join("calls.py");
     std::fs::write(
         &path,
         "import os, sys\n\
          def known_fn(i):\n    return i + 1\n\
+         def known_fn_decoy(i):\n    return i\n\
          print(os.getpid(), flush=True)\n\
          for line in sys.stdin:\n\
          \x20   n = int(line)\n\
          \x20   sys.settrace(lambda *a: None)\n\
          \x20   for i in range(n):\n\
          \x20       known_fn(i)\n\
+         \x20       known_fn_decoy(i)\n\
          \x20   sys.settrace(None)\n\
          \x20   print('done', flush=True)\n",
     )
@@ -151,7 +154,7 @@ fn count_of(stdout: &[String], name: &str) -> Option<u64> {
 }
 
 fn python_counts_and_arguments() -> Result<(), Failed> {
-    // N for the count; fewer for trace, whose ring buffer holds about 1800 events when a
+    // N for the counts; fewer for trace, whose ring buffer holds about 1800 events when a
     // burst outruns its 10 ms polling.
     const N: u64 = 3217;
     const TRACED: u64 = 613;
@@ -163,28 +166,54 @@ fn python_counts_and_arguments() -> Result<(), Failed> {
     py.step(&N.to_string())?;
     thread::sleep(Duration::from_millis(300));
     let counted = count.stop(libc::SIGINT)?.ok()?;
+    let hits = count_of(&counted.stdout, "python:function__entry")
+        .ok_or_else(|| fail(format!("no count: {:?}", counted.stdout)))?;
+    ensure(hits >= 2 * N, || {
+        format!("function__entry counted {hits} < {}", 2 * N)
+    })?;
+    // The in-kernel string filter: exactly known_fn's calls, not its decoy's, counted by
+    // the line (arg2) they start at: known_fn is defined on line 2.
+    let filter = r#"arg1 == "known_fn""#;
+    let by_line = start(&[
+        "argdist", "-p", &pid, "--count", ENTRY, "arg2", "--filter", filter,
+    ])?;
+    py.step(&N.to_string())?;
+    thread::sleep(Duration::from_millis(300));
+    let by_line = by_line.stop(libc::SIGINT)?.ok()?;
+    let rows: Vec<(u64, u64)> = by_line
+        .stdout
+        .iter()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .collect();
+    ensure(rows == [(N, 2)], || {
+        format!(
+            "argdist --filter '{filter}' counted (count, line) {rows:?}, not [({N}, 2)]: {:?}",
+            by_line.stdout
+        )
+    })?;
     let traced = start(&[
-        "trace", "-p", &pid, ENTRY, "%s %s %d", "arg0", "arg1", "arg2",
+        "trace", "-p", &pid, ENTRY, "%s %s %d", "arg0", "arg1", "arg2", "--filter", filter,
     ])?;
     py.step(&TRACED.to_string())?;
     thread::sleep(Duration::from_millis(300));
     let traced = traced.stop(libc::SIGINT)?.ok()?;
-    let hits = count_of(&counted.stdout, "python:function__entry")
-        .ok_or_else(|| fail(format!("no count: {:?}", counted.stdout)))?;
-    ensure(hits >= N, || {
-        format!("function__entry counted {hits} < {N}")
-    })?;
-    // file, function, line of known_fn's definition (line 2 of the script).
+    // file, function, line of known_fn's definition (line 2 of the script); the filter
+    // leaves nothing else.
     let expected = format!("{} known_fn 2", script.display());
-    let exact = traced
+    let events: Vec<&String> = traced
         .stdout
         .iter()
-        .filter(|l| l.ends_with(&expected))
-        .count() as u64;
-    ensure(exact == TRACED, || {
+        .filter(|l| l.contains("python:function__entry"))
+        .collect();
+    let exact = events.iter().filter(|l| l.ends_with(&expected)).count() as u64;
+    ensure(exact == TRACED && events.len() as u64 == TRACED, || {
         format!(
-            "{exact} trace lines end with '{expected}', not {TRACED}: {:?}",
-            traced.stdout.iter().take(5).collect::<Vec<_>>()
+            "{exact} of {} trace lines end with '{expected}', not all {TRACED}: {:?}",
+            events.len(),
+            events.iter().take(5).collect::<Vec<_>>()
         )
     })?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -504,6 +533,24 @@ fn bad_input() -> Result<(), Failed> {
         (
             vec!["funccount", "-p", "1", "u:/no/such/dir/binary:main"],
             "no such file, on the host or in PID 1's mount namespace",
+        ),
+        (
+            vec!["trace", ENTRY, "--filter", r#"arg1 > "known_fn""#],
+            "strings compare with == or != only",
+        ),
+        (
+            vec![
+                "argdist",
+                ENTRY,
+                "arg2",
+                "--filter",
+                r#"arg1 == "known*fn""#,
+            ],
+            "one trailing *",
+        ),
+        (
+            vec!["trace", ENTRY, "--filter", r#"arg1 == "known_fn"#],
+            "the string has no closing quote",
         ),
     ])
 }
