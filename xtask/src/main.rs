@@ -10,6 +10,7 @@
 
 mod bench;
 mod dist;
+mod report;
 mod setup;
 mod test;
 mod util;

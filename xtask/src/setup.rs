@@ -2,7 +2,8 @@
 //! - the rust-src component (core is built for bpfel-unknown-none from source) and the musl
 //!   target (the static binary of `cargo xtask dist`);
 //! - bpf-linker 0.13 built against the running rustc's own libLLVM (no matching LLVM can be
-//!   downloaded; Debian's is too old), into target/tools;
+//!   downloaded; Debian's is too old), into target/tools, a link to the machine's cache
+//!   (`util::cache_dir`) so that it is built once per machine;
 //! - the Debian packages the tests and benchmarks use.
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::util::{repo_root, run};
+use crate::util::{cache_dir, repo_root, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -49,6 +50,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 pub fn setup() -> Result<()> {
+    ensure_tools_link()?;
     ensure_rust_src()?;
     ensure_rust_target(crate::dist::MUSL_TARGET)?;
     ensure_bpf_linker()?;
@@ -111,12 +113,36 @@ fn ensure_rust_src() -> Result<()> {
     run(Command::new("rustup").args(["component", "add", "rust-src"]))
 }
 
+/// target/tools: where the build (tracer/build.rs finds bpf-linker there), the tests (Go's
+/// pprof) and the benchmarks look for tools. In a clone it is a link to the machine's cache
+/// (`util::cache_dir`), so each tool is built once per machine, not once per clone; a
+/// target/tools that is a real folder (an older clone) is used as it is.
 pub fn tools_dir() -> PathBuf {
     repo_root().join("target/tools")
 }
 
+fn ensure_tools_link() -> Result<()> {
+    let link = tools_dir();
+    if link.exists() {
+        return Ok(());
+    }
+    let cached = cache_dir().join("tools");
+    std::fs::create_dir_all(&cached)
+        .with_context(|| format!("cannot create {}", cached.display()))?;
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // A dangling link (its cache deleted) is replaced.
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&cached, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), cached.display()))
+}
+
 fn ensure_bpf_linker() -> Result<()> {
+    // The real path: bpf-linker's rpath names its LLVM folder, which must not go through one
+    // clone's target/tools link.
     let tools = tools_dir();
+    let tools = tools.canonicalize().unwrap_or(tools);
     let linker = tools.join("bin/bpf-linker");
     let stamp = tools.join("bpf-linker.stamp");
     let rustc = rustc_output(&["-vV"])?;

@@ -22,6 +22,23 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// What outlives a clone, kept once per machine: the tools setup builds (bpf-linker against
+/// rustc's LLVM, Go's pprof, inferno for the benchmark) and the Debian kernels the VM stage
+/// boots. A fresh clone then spends its time on its own build and tests, not on rebuilding
+/// the same bpf-linker or downloading the same kernels. `TRACER_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/tracer`, else `~/.cache/tracer`; delete it to start over.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRACER_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("tracer")
+}
+
 pub fn release_bin(name: &str) -> PathBuf {
     target_dir().join("release").join(name)
 }
@@ -37,20 +54,36 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command, echoing its stdout while keeping a copy (to read test summaries).
-pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
+/// What `run_tee` saw: whether the command succeeded, its stdout, and each test's wall time
+/// when it ran libtest tests one at a time.
+pub struct Teed {
+    pub ok: bool,
+    pub text: String,
+    pub times: Vec<(String, f64)>,
+}
+
+/// Runs a command, echoing its stdout while keeping a copy (to read test summaries) and timing
+/// the tests it reports (`report::TestTimer`).
+pub fn run_tee(cmd: &mut Command) -> Result<Teed> {
+    let start = std::time::Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {cmd:?}"))?;
-    let mut captured = String::new();
+    let mut text = String::new();
+    let mut timer = crate::report::TestTimer::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        captured.push_str(&line);
-        captured.push('\n');
+        timer.line(start.elapsed().as_secs_f64(), &line);
+        text.push_str(&line);
+        text.push('\n');
     }
-    Ok((child.wait()?.success(), captured))
+    Ok(Teed {
+        ok: child.wait()?.success(),
+        text,
+        times: timer.times,
+    })
 }
 
 pub fn cargo() -> Command {

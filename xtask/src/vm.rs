@@ -24,8 +24,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
 use crate::{
-    test::{SOAK_TEST, Tally},
-    util::{cargo, repo_root, target_dir},
+    report::{Tally, TestTimer},
+    test::SOAK_TEST,
+    util::{cache_dir, cargo, repo_root, target_dir},
 };
 use initramfs::GuestPlan;
 use kernel::{KERNELS, KernelSpec};
@@ -46,11 +47,12 @@ pub struct VmArgs {
     /// of doctor and the tests, e.g. --exec 'tracer funccount -d 2 k:vfs_read'.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
-    /// Minutes before a VM counts as hung and is killed.
-    #[arg(long, default_value_t = 30)]
-    pub timeout_minutes: u64,
-    /// With several kernels and no --filter: every test in every kernel, instead of the
-    /// kernel-dependent tests in each and the rest dealt out among them (`guest_shares`).
+    /// Minutes before a VM counts as hung and is killed (default: 10, plus 20 s for each
+    /// test it runs).
+    #[arg(long)]
+    pub timeout_minutes: Option<u64>,
+    /// Without --filter: every test in every kernel, instead of the kernel-dependent ones
+    /// (`EVERY_GUEST`; the rest run on the host only).
     #[arg(long)]
     pub every_test: bool,
 }
@@ -61,7 +63,7 @@ impl Default for VmArgs {
             kernel: "all".into(),
             filter: None,
             exec: None,
-            timeout_minutes: 30,
+            timeout_minutes: None,
             every_test: false,
         }
     }
@@ -88,40 +90,26 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
         bail!("{QBOOT} missing: run cargo xtask setup (package qemu-system-x86)");
     }
     let binaries = build_test_binaries()?;
-    let shares = if kernels.len() > 1
-        && args.filter.is_none()
-        && args.exec.is_none()
-        && !args.every_test
-    {
-        let tests = list_tests(&binaries.integration)?;
-        let shares = guest_shares(&tests, kernels.len());
-        for (spec, share) in kernels.iter().zip(&shares) {
-            println!(
-                "vm-test {}: {} of {} tests (the kernel-dependent ones, and its share of the rest)",
-                spec.name,
-                share.runs,
-                tests.iter().filter(|t| *t != SOAK_TEST).count()
-            );
+    let tests = list_tests(&binaries.integration)?;
+    let plan = guest_tests(&tests, args);
+    println!(
+        "vm-test: {} of {} tests in each guest{}",
+        plan.runs,
+        tests.iter().filter(|t| *t != SOAK_TEST).count(),
+        if plan.skips.is_empty() {
+            ""
+        } else {
+            " (the kernel-dependent ones; the rest run on the host only)"
         }
-        shares
-    } else {
-        vec![GuestShare::default(); kernels.len()]
-    };
+    );
     let mut tally = Tally::default();
-    for (spec, share) in kernels.into_iter().zip(&shares) {
+    for spec in kernels {
         println!("== vm-test {}", spec.name);
-        let one = run_kernel(spec, &binaries, args, &share.skips).unwrap_or_else(|e| {
+        let one = run_kernel(spec, &binaries, args, &plan).unwrap_or_else(|e| {
             println!("vm-test {}: FAILED: {e:#}", spec.name);
-            Tally {
-                failed: 1,
-                failures: vec![format!("{}: {e:#}", spec.name)],
-                ..Default::default()
-            }
+            Tally::broken(spec.name, format!("{e:#}"))
         });
-        tally.passed += one.passed;
-        tally.failed += one.failed;
-        tally.skipped += one.skipped;
-        tally.failures.extend(one.failures);
+        tally.absorb(one);
     }
     Ok(tally)
 }
@@ -180,11 +168,12 @@ pub(crate) fn build_test_binaries() -> Result<Binaries> {
 }
 
 /// Tests whose tools take paths that differ from kernel to kernel, run in every guest (names
-/// or parts of names): every live tool's attach and detach (links or perf-event ioctls),
-/// each tool's attach ladder, kprobe_multi or one kprobe per function, uprobe_multi or a
-/// cookie or one object per uprobe, fexit or kretprobe for return values, USDT semaphores,
-/// the batch drain where hash maps refuse lookup-and-delete (5.10), and the static binary's
-/// uprobe on itself.
+/// or parts of names): every live tool's load, attach and detach (links or perf-event ioctls),
+/// each attach ladder's rungs with a real count, kprobe_multi or one kprobe per function,
+/// uprobe_multi or a cookie or one object per uprobe, fexit or kretprobe for return values,
+/// USDT semaphores, the batch drain where hash maps refuse lookup-and-delete (5.10), and the
+/// static binary's uprobe on itself. The other tests run on the host kernel only, unless
+/// `--every-test` (`cargo xtask test --full`) or a `--filter` asks for them.
 const EVERY_GUEST: &[&str] = &[
     "signals::",
     "::each_attach_mechanism",
@@ -199,64 +188,26 @@ const EVERY_GUEST: &[&str] = &[
     "dist::empty_root_uprobe_on_itself",
 ];
 
-/// What one guest of a stage runs: the suite less `skips` (exact names).
+/// What each guest runs: the suite less `skips` (exact names).
 #[derive(Clone, Default)]
-struct GuestShare {
+struct GuestTests {
     runs: usize,
     skips: Vec<String>,
 }
 
-/// Seconds the longest tests took in a TCG guest (debian-6.1 and 6.12 consoles, 2026-12-03);
-/// every other test counts as `TYPICAL_GUEST_SECS` when the shares are dealt.
-const GUEST_SECS: &[(&str, u32)] = &[
-    ("bcc::man_page_examples", 216),
-    ("cli::json_objects_have_schema_and_type", 106),
-    ("bad_input::matrix", 60),
-    ("serve_http::scrapes_survive_idle_and_slowloris_floods", 44),
-    ("flamegraph::perf_script_output_names_the_hot_function", 42),
-    ("reclaimtop::memcg_reclaim_via_raw_tp_and_tracepoint", 41),
-    ("cli::interval_header_is_one_format", 40),
-    (
-        "serve_pprof::go_pprof_fetches_a_profile_with_the_hot_loop_on_top",
-        31,
-    ),
-    ("usdt::uprobe_on_a_binary_only_in_a_mount_namespace", 34),
-];
-const TYPICAL_GUEST_SECS: u32 = 8;
-
-/// Splits the suite over `guests` kernels. One TCG guest runs the whole suite in 20 to 40
-/// minutes, and the three must fit in CI's 90 minutes after the builds and the host run,
-/// so each guest runs the `EVERY_GUEST` tests and a share of the others: each of those goes,
-/// in list order, to the guest with the least time dealt so far (`GUEST_SECS`), so the
-/// longest tests land in different guests and each module is spread over all kernels.
-/// Every test still runs natively on the host kernel. `vm-test --every-test`, `--kernel K`
-/// or `--filter` run everything selected in every kernel chosen.
-fn guest_shares(tests: &[String], guests: usize) -> Vec<GuestShare> {
-    let mut shares = vec![GuestShare::default(); guests];
-    let mut dealt_secs = vec![0u32; guests];
-    for test in tests {
-        if test == SOAK_TEST {
-            continue;
-        }
-        if EVERY_GUEST.iter().any(|part| test.contains(part)) {
-            shares.iter_mut().for_each(|s| s.runs += 1);
-            continue;
-        }
-        let secs = GUEST_SECS
-            .iter()
-            .find(|(name, _)| name == test)
-            .map_or(TYPICAL_GUEST_SECS, |&(_, secs)| secs);
-        let to = (0..guests).min_by_key(|&i| (dealt_secs[i], i)).unwrap_or(0);
-        dealt_secs[to] += secs;
-        for (i, share) in shares.iter_mut().enumerate() {
-            if i == to {
-                share.runs += 1;
-            } else {
-                share.skips.push(test.clone());
-            }
+/// The tests a guest runs: with `--every-test`, `--filter` or `--exec`, everything selected;
+/// otherwise the `EVERY_GUEST` ones. The soak is never listed (its stage is the host's).
+fn guest_tests(tests: &[String], args: &VmArgs) -> GuestTests {
+    let all = args.every_test || args.filter.is_some() || args.exec.is_some();
+    let mut plan = GuestTests::default();
+    for test in tests.iter().filter(|t| *t != SOAK_TEST) {
+        if all || EVERY_GUEST.iter().any(|part| test.contains(part)) {
+            plan.runs += 1;
+        } else {
+            plan.skips.push(test.clone());
         }
     }
-    shares
+    plan
 }
 
 /// The suite's test names, in its order (`--list` of the libtest-mimic binary).
@@ -298,20 +249,88 @@ fn run_kernel(
     spec: &KernelSpec,
     binaries: &Binaries,
     args: &VmArgs,
-    skips: &[String],
+    tests: &GuestTests,
 ) -> Result<Tally> {
     let dir = repo_root().join("target/vm").join(spec.name);
-    let kernel = kernel::ensure(spec, &dir)?;
+    fs::create_dir_all(&dir)?;
+    // The unpacked kernel is the machine's (util::cache_dir), downloaded once; this clone's
+    // folder holds its initramfs and console logs.
+    let kernel = kernel::ensure(spec, &cache_dir().join("vm").join(spec.name))?;
     println!(
         "vm-test {}: {} ({})",
         spec.name,
         kernel.package,
         kernel.vmlinux.display()
     );
+    let timeout = Duration::from_secs(
+        args.timeout_minutes
+            .map_or(600 + 20 * tests.runs as u64, |m| m * 60),
+    );
+    let log_path = dir.join("console.log");
+    let mut skips = tests.skips.clone();
+    let mut tally = Tally::default();
+    let mut boots = 0;
+    loop {
+        boots += 1;
+        let plan = guest_plan(spec, binaries, args, &skips)?;
+        let initrd = dir.join("initramfs.cpio");
+        fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
+        let mut run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
+        if emulator_text_patch_race(&run.console) {
+            // An artefact of the emulator, not of a test. One more boot; a second crash fails
+            // the stage as any panic does.
+            let first = log_path.with_extension("first.log");
+            let _ = fs::copy(&log_path, &first);
+            println!(
+                "vm-test {}: the guest died of an int3 inside kernel text patching (a TCG \
+                 cross-modifying-code race; console kept in {}); booting once more",
+                spec.name,
+                first.display()
+            );
+            run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
+        }
+        if args.exec.is_some() {
+            let ok = run.reported == Some(0);
+            println!("vm-test {}: --exec {}", spec.name, describe_exit(&run));
+            return Ok(Tally {
+                passed: u64::from(ok),
+                failed: u64::from(!ok),
+                ..Default::default()
+            });
+        }
+        let (one, died) = verdict(spec, &run, &log_path, boots == 1);
+        tally.absorb(one);
+        // A guest kernel that died (panic, soft lockup) is one failure, reported with its
+        // console's last lines; it boots once more to run the tests after the one it died in.
+        let Some(Died { finished, during }) = died else {
+            return Ok(tally);
+        };
+        if boots > 1 {
+            return Ok(tally);
+        }
+        let log = log_path.with_extension(format!("boot{boots}.log"));
+        let _ = fs::copy(&log_path, &log);
+        println!(
+            "vm-test {}: booting once more for the tests after {} (console kept in {})",
+            spec.name,
+            during.as_deref().unwrap_or("the last one that finished"),
+            log.display()
+        );
+        skips.extend(finished);
+        skips.extend(during);
+    }
+}
 
-    // The soak test belongs to the soak stage on this kernel (`cargo xtask test`); in the
-    // guest it would only report itself ignored, a skip with no kernel reason, so the guest
-    // does not list it.
+/// The guest's plan: its tests, less `skips`, and what it mounts.
+fn guest_plan(
+    spec: &KernelSpec,
+    binaries: &Binaries,
+    args: &VmArgs,
+    skips: &[String],
+) -> Result<GuestPlan> {
+    // The soak test belongs to the soak stage on this kernel (`cargo xtask test --full`); in
+    // the guest it would only report itself ignored, a skip with no kernel reason, so the
+    // guest does not list it.
     let mut test_args = vec![
         "--test-threads".to_string(),
         "1".to_string(),
@@ -326,7 +345,7 @@ fn run_kernel(
         }
     }
     test_args.extend(args.filter.iter().cloned());
-    let plan = GuestPlan {
+    Ok(GuestPlan {
         kernel_name: spec.name.to_string(),
         tracer: binaries.tracer.clone(),
         test_binary: binaries.integration.clone(),
@@ -335,36 +354,14 @@ fn run_kernel(
         test_cwd: repo_root().join("tracer"),
         shared_dirs: shared_dirs(),
         cold_dir: cold_files()?,
-    };
-    let initrd = dir.join("initramfs.cpio");
-    fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
+    })
+}
 
-    let log_path = dir.join("console.log");
-    let timeout = Duration::from_secs(args.timeout_minutes * 60);
-    let mut run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
-    if emulator_text_patch_race(&run.console) {
-        // An artefact of the emulator, not of a test. One more boot; a second crash fails
-        // the stage as any panic does.
-        let first = log_path.with_extension("first.log");
-        let _ = fs::copy(&log_path, &first);
-        println!(
-            "vm-test {}: the guest died of an int3 inside kernel text patching (a TCG \
-             cross-modifying-code race; console kept in {}); booting once more",
-            spec.name,
-            first.display()
-        );
-        run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
-    }
-    if args.exec.is_some() {
-        let ok = run.reported == Some(0);
-        println!("vm-test {}: --exec {}", spec.name, describe_exit(&run));
-        return Ok(Tally {
-            passed: u64::from(ok),
-            failed: u64::from(!ok),
-            ..Default::default()
-        });
-    }
-    Ok(verdict(spec, &run, &log_path))
+/// A guest whose kernel died before its tests ended: the tests that finished, and the one
+/// it died in.
+struct Died {
+    finished: Vec<String>,
+    during: Option<String>,
 }
 
 /// Whether the guest died of an int3 trap hit while the kernel patched its own text: under
@@ -394,11 +391,10 @@ struct VmRun {
     init_at: Option<Duration>,
     doctor_at: Option<Duration>,
     tests_at: Option<Duration>,
+    /// Each test's run time in the guest, from when its result line arrived.
+    timer: TestTimer,
 }
 
-/// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
-/// The host folders the guest mounts again at their own paths (`GuestPlan::shared_dirs`): the
-/// checkout, and the target dir when it lives elsewhere (CARGO_TARGET_DIR).
 /// The guest's page-cache fillers: 32 files of 32 MiB, half the guest's RAM (`boot`'s
 /// `-m 2048`) in steps small enough that a test reads little more than it needs.
 const COLD_FILES: usize = 32;
@@ -425,6 +421,8 @@ fn cold_files() -> Result<PathBuf> {
     Ok(dir.canonicalize().unwrap_or(dir))
 }
 
+/// The host folders the guest mounts again at their own paths (`GuestPlan::shared_dirs`): the
+/// checkout, and the target dir when it lives elsewhere (CARGO_TARGET_DIR).
 fn shared_dirs() -> Vec<PathBuf> {
     let canonical = |p: PathBuf| p.canonicalize().unwrap_or(p);
     let repo = canonical(repo_root());
@@ -436,6 +434,7 @@ fn shared_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Boots qemu, echoes and logs the serial console, and kills the VM at the deadline.
 fn boot(
     vmlinux: &Path,
     initrd: &Path,
@@ -508,6 +507,7 @@ fn boot(
         init_at: None,
         doctor_at: None,
         tests_at: None,
+        timer: TestTimer::default(),
     };
     let deadline = start + timeout;
     loop {
@@ -521,6 +521,7 @@ fn boot(
                     run.tests_at.get_or_insert(start.elapsed());
                 }
                 println!("{line}");
+                run.timer.line(start.elapsed().as_secs_f64(), &line);
                 // Seconds since boot on each saved line: a test's line arrives when it ends,
                 // so the gap to the line before is its run time in the guest.
                 writeln!(log, "[{:7.1}] {line}", start.elapsed().as_secs_f64())?;
@@ -549,8 +550,10 @@ fn boot(
     Ok(run)
 }
 
-/// Turns one VM's console and exit status into a tally, and says how it went.
-fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
+/// Turns one VM's console and exit status into a tally, and says how it went; `Died` when
+/// the guest kernel died (never reported) with tests still to run. `doctor` counts the doctor
+/// smoke check (a guest booted again does not count it twice).
+fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path, doctor: bool) -> (Tally, Option<Died>) {
     let secs =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
     println!(
@@ -562,26 +565,53 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         run.elapsed.as_secs_f64(),
         log_path.display()
     );
-    let mut tally = Tally::default();
     let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
-    if has_summary {
+    let progress = finished_tests(&run.console);
+    let mut tally = if has_summary {
+        let mut tally = Tally::default();
         tally.add_libtest(spec.name, &run.console);
+        tally
     } else {
-        // No summary (hang, panic): still count the tests that finished.
-        tally = finished_tests(&run.console).0;
-    }
+        // No summary (hang, panic): still count the tests that finished, with the messages
+        // the failed ones printed when they failed (libtest's own come only at the end).
+        let mut tally = progress.tally;
+        tally.failures = progress
+            .failed
+            .iter()
+            .map(
+                |name| match progress.messages.iter().find(|(n, _)| n == name) {
+                    Some((_, why)) => format!("{}: {name} — {why}", spec.name),
+                    None => format!("{}: {name}", spec.name),
+                },
+            )
+            .collect();
+        tally
+    };
+    tally.times = run
+        .timer
+        .times
+        .iter()
+        .map(|(test, secs)| (spec.name.to_string(), test.clone(), *secs))
+        .collect();
 
-    match doctor_missing(spec, &run.console) {
-        Ok(()) => tally.passed += 1,
-        Err(why) => {
-            println!("vm-test {}: FAILED doctor smoke check: {why}", spec.name);
-            tally.failed += 1;
-            tally
-                .failures
-                .push(format!("{}: doctor smoke check", spec.name));
+    if doctor {
+        match doctor_missing(spec, &run.console) {
+            Ok(()) => tally.passed += 1,
+            Err(why) => {
+                println!("vm-test {}: FAILED doctor smoke check: {why}", spec.name);
+                tally.failed += 1;
+                tally
+                    .failures
+                    .push(format!("{}: doctor smoke check", spec.name));
+            }
         }
     }
 
+    let during = progress.pending.clone();
+    let died = (run.reported.is_none() && !run.timed_out && run.tests_at.is_some()).then(|| Died {
+        finished: progress.names.clone(),
+        during: during.clone(),
+    });
     let problem = match run.reported {
         _ if run.timed_out => Some(format!(
             "timed out after {:.0}s{}{}",
@@ -589,7 +619,8 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
             kernel_trouble(&run.console)
                 .map(|l| format!(" ({l})"))
                 .unwrap_or_default(),
-            unfinished_test(&run.console)
+            during
+                .as_ref()
                 .map(|t| format!(" in {t}"))
                 .unwrap_or_default()
         )),
@@ -604,14 +635,13 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         }
         Some(_) => None,
         None => Some(format!(
-            "{}{}{}",
+            "{}{}; console's last lines: {}",
             describe_exit(run),
-            kernel_trouble(&run.console)
-                .map(|l| format!(" ({l})"))
-                .unwrap_or_default(),
-            unfinished_test(&run.console)
+            during
+                .as_ref()
                 .map(|t| format!(" during {t}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            last_lines(&run.console, 6)
         )),
     };
     if let Some(problem) = problem {
@@ -619,7 +649,13 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path) -> Tally {
         tally.failed += 1;
         tally.failures.push(format!("{}: {problem}", spec.name));
     }
-    tally
+    (tally, died)
+}
+
+/// The console's last `n` non-empty lines, joined with " | ".
+fn last_lines(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// How the VM ended, in words.
@@ -645,38 +681,65 @@ fn kernel_trouble(console: &str) -> Option<&str> {
     })
 }
 
+/// The marker a test prints when it fails, with its message (tracer/tests/integration
+/// common.rs), so the reason is on the console even if the guest never gets to libtest's
+/// closing list.
+const FAILED_MARK: &str = "==test-failed== ";
+
+/// What the console says of the tests that finished.
+#[derive(Default)]
+struct Progress {
+    tally: Tally,
+    /// Every test that finished, in order.
+    names: Vec<String>,
+    failed: Vec<String>,
+    /// (test, first line of its message) from `FAILED_MARK` lines.
+    messages: Vec<(String, String)>,
+    /// The test that was announced but never finished.
+    pending: Option<String>,
+}
+
 /// Counts libtest's per-test lines ("test NAME ... ok"), and names the test that was
 /// announced but never finished. A test's own output or a kernel message can come between
 /// "test NAME ... " and its result, which then stands on a later line.
-fn finished_tests(console: &str) -> (Tally, Option<String>) {
-    let mut tally = Tally::default();
-    let mut pending: Option<String> = None;
-    let count = |result: &str, tally: &mut Tally| -> bool {
+fn finished_tests(console: &str) -> Progress {
+    let mut progress = Progress::default();
+    let finish = |name: String, result: &str, progress: &mut Progress| -> bool {
         let counter = match result.split([' ', ',']).next().unwrap_or("") {
-            "ok" => &mut tally.passed,
-            "FAILED" => &mut tally.failed,
-            "ignored" => &mut tally.skipped,
+            "ok" => &mut progress.tally.passed,
+            "FAILED" => &mut progress.tally.failed,
+            "ignored" => &mut progress.tally.skipped,
             _ => return false,
         };
         *counter += 1;
+        if result.starts_with("FAILED") {
+            progress.failed.push(name.clone());
+        }
+        progress.names.push(name);
         true
     };
     for line in console.lines() {
-        if let Some((name, result)) = line
+        if let Some((name, why)) = line
+            .strip_prefix(FAILED_MARK)
+            .and_then(|l| l.split_once(": "))
+        {
+            progress
+                .messages
+                .push((name.to_string(), why.chars().take(400).collect()));
+        } else if let Some((name, result)) = line
             .strip_prefix("test ")
             .and_then(|l| l.split_once(" ..."))
         {
-            let done = count(result.trim(), &mut tally);
-            pending = (!done).then(|| name.trim().to_string());
-        } else if pending.is_some() && count(line.trim(), &mut tally) {
-            pending = None;
+            let name = name.trim().to_string();
+            progress.pending =
+                (!finish(name.clone(), result.trim(), &mut progress)).then_some(name);
+        } else if let Some(name) = progress.pending.clone()
+            && finish(name, line.trim(), &mut progress)
+        {
+            progress.pending = None;
         }
     }
-    (tally, pending)
-}
-
-fn unfinished_test(console: &str) -> Option<String> {
-    finished_tests(console).1
+    progress
 }
 
 /// Checks that `tracer doctor` in the guest said "yes" for what this kernel has.
@@ -735,22 +798,15 @@ mod tests {
     #[test]
     fn counts_tests_without_a_summary() {
         let console = "test a ... ok\ntest b ... chatter\nok\ntest c ... ignored, no kprobes\n\
-                       test d ... FAILED\ntest e ... [  358.3] rcu: INFO: stall\n";
-        let (tally, hung) = finished_tests(console);
+                       test d ... \n==test-failed== d: boom\nFAILED\n\
+                       test e ... [  358.3] rcu: INFO: stall\n";
+        let progress = finished_tests(console);
+        let tally = &progress.tally;
         assert_eq!((tally.passed, tally.failed, tally.skipped), (2, 1, 1));
-        assert_eq!(hung.as_deref(), Some("e"));
-        assert_eq!(unfinished_test("test a ... ok\n"), None);
-    }
-
-    #[test]
-    fn failed_tests_are_named_with_their_stage() {
-        let console = "test a ... ok\r\ntest b ... FAILED\n\nfailures:\n\n---- b stdout ----\n\
-                       boom\n    indented output\n\nfailures:\n    b\r\n    c\n\n\
-                       test result: FAILED. 1 passed; 2 failed; 0 ignored\n";
-        let mut tally = Tally::default();
-        tally.add_libtest("debian-6.1", console);
-        assert_eq!((tally.passed, tally.failed), (1, 2));
-        assert_eq!(tally.failures, ["debian-6.1: b — boom", "debian-6.1: c"]);
+        assert_eq!(progress.pending.as_deref(), Some("e"));
+        assert_eq!(progress.names, ["a", "b", "c", "d"]);
+        assert_eq!(progress.messages, [("d".to_string(), "boom".to_string())]);
+        assert_eq!(finished_tests("test a ... ok\n").pending, None);
     }
 
     fn names(tests: &[&str]) -> Vec<String> {
@@ -758,61 +814,31 @@ mod tests {
     }
 
     #[test]
-    fn shares_cover_each_test_once_and_the_kernel_dependent_ones_everywhere() {
-        let shares = guest_shares(
-            &names(&[
-                "cli::a",
-                "signals::forksnoop",
-                "bcc::b",
-                "soak::all_live_tools",
-                "forksnoop::each_attach_mechanism",
-                "cli::c",
-                "serve::d",
-            ]),
-            3,
-        );
-        assert_eq!(shares.iter().map(|s| s.runs).collect::<Vec<_>>(), [4, 3, 3]);
-        for dealt in ["cli::a", "bcc::b", "cli::c", "serve::d"] {
-            let runs = shares
-                .iter()
-                .filter(|s| !s.skips.iter().any(|t| t == dealt));
-            assert_eq!(runs.count(), 1, "{dealt}");
+    fn guests_run_the_kernel_dependent_tests_unless_asked_for_all() {
+        let tests = names(&[
+            "cli::a",
+            "signals::forksnoop",
+            "soak::all_live_tools",
+            "forksnoop::each_attach_mechanism",
+            "probes::kernel_function_counts_opens",
+            "serve::d",
+        ]);
+        let plan = guest_tests(&tests, &VmArgs::default());
+        assert_eq!(plan.runs, 3);
+        assert_eq!(plan.skips, ["cli::a", "serve::d"]);
+        for args in [
+            VmArgs {
+                every_test: true,
+                ..Default::default()
+            },
+            VmArgs {
+                filter: Some("cli::".into()),
+                ..Default::default()
+            },
+        ] {
+            let plan = guest_tests(&tests, &args);
+            assert_eq!((plan.runs, plan.skips.len()), (5, 0));
         }
-        assert!(
-            shares
-                .iter()
-                .all(|s| !s.skips.iter().any(|t| t.starts_with("signals::")
-                    || t.ends_with("::each_attach_mechanism")
-                    || t == SOAK_TEST))
-        );
-    }
-
-    #[test]
-    fn the_longest_tests_land_in_different_guests() {
-        let shares = guest_shares(
-            &names(&[
-                "bcc::man_page_examples",
-                "bcc::x",
-                "cli::json_objects_have_schema_and_type",
-                "cli::y",
-                "bad_input::matrix",
-                "cli::z",
-            ]),
-            3,
-        );
-        let guest_of = |name: &str| {
-            shares
-                .iter()
-                .position(|s| !s.skips.iter().any(|t| t == name))
-                .unwrap()
-        };
-        let heavy = [
-            "bcc::man_page_examples",
-            "cli::json_objects_have_schema_and_type",
-            "bad_input::matrix",
-        ]
-        .map(guest_of);
-        assert!(heavy[0] != heavy[1] && heavy[1] != heavy[2] && heavy[0] != heavy[2]);
     }
 
     #[test]

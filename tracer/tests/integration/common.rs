@@ -69,14 +69,30 @@ pub fn scaled(budget: Duration) -> Duration {
 /// in one each: xtask vm.rs `guest_shares`): a test whose native assertions depend on speed
 /// picks TCG-tolerant ones with `emulated()`; a skip is only for a missing kernel feature.
 pub fn trial(name: &str, needs: &'static [Need], body: fn() -> Result<(), Failed>) -> Trial {
+    let owned = name.to_string();
     Trial::ignorable_test(name, move || {
         for need in needs {
             if let Some(reason) = need.missing() {
                 return Ok(Completion::ignored_with(reason));
             }
         }
-        body().map(|()| Completion::Completed)
+        announced(&owned, body().map(|()| Completion::Completed))
     })
+}
+
+/// Prints a failed test's message at once, behind `==test-failed== NAME: ` (xtask vm.rs
+/// `FAILED_MARK`): libtest prints it only after the last test, which a guest that dies or
+/// times out never reaches.
+pub fn announced(name: &str, result: TestResult) -> TestResult {
+    if let Err(failed) = &result {
+        let message = failed.message().unwrap_or("failed");
+        // On a line of its own: libtest has printed "test NAME ... " without a newline.
+        println!(
+            "\n==test-failed== {name}: {}",
+            message.lines().next().unwrap_or_default()
+        );
+    }
+    result
 }
 
 /// What a test needs from the machine.

@@ -27,10 +27,10 @@ const EVENT: &str = "events/sched/sched_migrate_task";
 const RUNGS: &[&str] = &["tp_btf", "raw_tp", "tracepoint"];
 
 pub fn tests() -> Vec<Trial> {
-    vec![Trial::ignorable_test(
-        "migrations::taskset_moves_are_counted_exactly",
-        taskset_moves_are_counted_exactly,
-    )]
+    const NAME: &str = "migrations::taskset_moves_are_counted_exactly";
+    vec![Trial::ignorable_test(NAME, || {
+        crate::common::announced(NAME, taskset_moves_are_counted_exactly())
+    })]
 }
 
 /// The online CPUs, from sysfs ("0-1", "0,2-3").

@@ -51,7 +51,10 @@ pub fn tests() -> Vec<Trial> {
                      2 GiB VM guests"
                 )));
             }
-            kswapd_reclaim_matches_vmstat().map(|()| Completion::Completed)
+            crate::common::announced(
+                "reclaimtop::kswapd_reclaim_matches_vmstat",
+                kswapd_reclaim_matches_vmstat().map(|()| Completion::Completed),
+            )
         }),
         trial(
             "reclaimtop::oom_kill_in_a_cgroup",

@@ -2,8 +2,9 @@
 //! `apt-get download`, unpack it with `dpkg-deb -x` and cut the uncompressed vmlinux out of
 //! vmlinuz (qboot boots an ELF vmlinux in seconds; decompressing under TCG is slow).
 //!
-//! Everything lands in target/vm/<kernel>/ and a stamp file marks a complete unpack, so a
-//! second run reuses it without touching the network.
+//! Everything lands in the machine's cache (`util::cache_dir`, vm/<kernel>/, shared by every
+//! clone) and a stamp file marks a complete unpack, so later runs reuse it without touching
+//! the network.
 
 use std::{
     fs,
@@ -19,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 pub enum Suite {
     /// The host's own apt configuration (bookworm on these machines).
     Host,
-    /// Another Debian suite, through a private sources list and state dir under target/vm/.
+    /// Another Debian suite, through a private sources list and state dir in the cache's vm/.
     Private(&'static str),
 }
 
