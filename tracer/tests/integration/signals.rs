@@ -157,7 +157,7 @@ fn signals_leave_nothing(tool: &str, args: &[&str], last: Last, index: usize) ->
     // of the tools and each tool both across the kernels. SIGINT and SIGTERM take the one stop
     // path in the tool (session.rs); the host runs all three for every tool.
     let signals: &[(i32, &str)] = match emulated() {
-        Some(kernel) if (index + kernel_parity(&kernel)) % 2 == 0 => &SIGNALS[1..2],
+        Some(kernel) if (index + kernel_parity(&kernel)).is_multiple_of(2) => &SIGNALS[1..2],
         Some(_) => &SIGNALS[2..],
         None => &SIGNALS,
     };
