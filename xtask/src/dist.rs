@@ -14,8 +14,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    build::musl_cargo,
     setup,
-    util::{cargo, run, target_dir},
+    util::{run, target_dir},
     vm::initramfs::is_static_elf,
 };
 
@@ -30,22 +31,7 @@ pub fn static_binary() -> PathBuf {
 pub fn dist() -> Result<PathBuf> {
     setup::ensure_rust_target(MUSL_TARGET)?;
     println!("dist: building tracer for {MUSL_TARGET}");
-    // ring (rustls' crypto for serve's TLS) compiles a little C and assembly; without a musl
-    // cross gcc (musl-tools) the host's compiler does: that code needs only compiler headers.
-    let mut build = cargo();
-    if which("x86_64-linux-musl-gcc").is_none()
-        && std::env::var_os("CC_x86_64_unknown_linux_musl").is_none()
-    {
-        build.env(
-            "CC_x86_64_unknown_linux_musl",
-            if which("musl-gcc").is_some() {
-                "musl-gcc"
-            } else {
-                "cc"
-            },
-        );
-    }
-    run(build.args([
+    run(musl_cargo().args([
         "build",
         "--release",
         "--target",
@@ -55,8 +41,13 @@ pub fn dist() -> Result<PathBuf> {
         "--bin",
         "tracer",
     ]))?;
-    let binary = static_binary();
-    let elf = fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    package(&static_binary())
+}
+
+/// The tarball of a static tracer already built (`cargo xtask test` packs the very binary its
+/// stages test); returns the tarball's path.
+pub fn package(binary: &Path) -> Result<PathBuf> {
+    let elf = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     if !is_static_elf(&elf) {
         bail!(
             "{} asks for a dynamic loader (PT_INTERP): the musl build is not static",
@@ -64,7 +55,7 @@ pub fn dist() -> Result<PathBuf> {
         );
     }
 
-    let version = tracer_version(&binary)?;
+    let version = tracer_version(binary)?;
     let name = format!("tracer-{version}-x86_64-linux-musl");
     let dist_dir = target_dir().join("dist");
     let stage = dist_dir.join(&name);
@@ -73,7 +64,7 @@ pub fn dist() -> Result<PathBuf> {
     }
     let bin_dir = stage.join("bin");
     fs::create_dir_all(&bin_dir)?;
-    fs::copy(&binary, bin_dir.join("tracer"))
+    fs::copy(binary, bin_dir.join("tracer"))
         .with_context(|| format!("cannot copy {}", binary.display()))?;
     let staged = bin_dir.join("tracer");
 
@@ -163,13 +154,4 @@ fn install_text(name: &str) -> String {
          \n\
          Then `tracer doctor` shows what the kernel allows, `tracer --help` lists the tools.\n"
     )
-}
-
-/// The path of `program` on PATH, if it is there.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
 }

@@ -9,6 +9,7 @@
 //! `cargo xtask bench [NAME...]`  benchmarks, side by side with libbpf-tools and bpftrace
 
 mod bench;
+mod build;
 mod dist;
 mod report;
 mod setup;

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
+    build,
     report::{Stages, Tally},
     setup,
     util::{cargo, run, run_tee},
@@ -44,20 +45,6 @@ pub struct TestArgs {
     #[arg(long)]
     pub filter: Option<String>,
 }
-
-/// The unit tests: every library and binary of ours but the eBPF crate.
-const UNIT_TESTS: &[&str] = &[
-    "test",
-    "--release",
-    "-p",
-    "tracer-common",
-    "-p",
-    "tracer",
-    "-p",
-    "xtask",
-    "--bins",
-    "--lib",
-];
 
 /// Wall-clock budgets on this project's 2-core machine, from a fresh clone (issue 29).
 const BUDGET: Duration = Duration::from_secs(40 * 60);
@@ -91,16 +78,19 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     let mut ok = true;
 
-    // The unit and integration test binaries in one cargo run: one build graph keeps both
-    // cores busy where two builds one after the other each end on a long serial tail.
+    // Every test binary in one cargo run: one build graph keeps both cores busy.
     println!("== build");
-    run(cargo()
-        .args(UNIT_TESTS)
-        .args(["--test", "integration", "--no-run"]))?;
+    let binaries = build::tests()?;
     stages.end("build", &tally);
 
     println!("== unit tests");
-    let unit = run_tee(cargo().args(UNIT_TESTS))?;
+    for (exe, dir) in &binaries.unit {
+        let unit = run_tee(Command::new(exe).current_dir(dir))?;
+        tally.add_libtest("unit", &unit.text);
+        ok &= unit.ok;
+    }
+    // xtask's own, in the debug build `cargo xtask` already made of its dependencies.
+    let unit = run_tee(cargo().args(["test", "-p", "xtask"]))?;
     tally.add_libtest("unit", &unit.text);
     ok &= unit.ok;
     stages.end("unit", &tally);
@@ -111,18 +101,9 @@ pub fn test(args: TestArgs) -> Result<()> {
     stages.end("dist", &tally);
 
     println!("== integration tests (this kernel: {})", kernel_release());
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "-p",
-        "tracer",
-        "--test",
-        "integration",
-        "--",
-        "--test-threads",
-        "1",
-    ]);
+    let mut cmd = Command::new(&binaries.integration);
+    cmd.current_dir(crate::util::repo_root().join("tracer"))
+        .args(["--test-threads", "1"]);
     if let Some(filter) = &args.filter {
         cmd.arg(filter);
     }
@@ -146,7 +127,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     // TCG variants there, so neither disturbs the other.
     let soak = if soak {
         println!("== soak (this kernel, alongside the qemu stage; output after it)");
-        Some(Soak::start()?)
+        Some(Soak::start(&binaries.integration)?)
     } else {
         None
     };
@@ -209,9 +190,8 @@ struct Soak {
 }
 
 impl Soak {
-    fn start() -> Result<Self> {
-        let binaries = vm::build_test_binaries()?;
-        let mut child = Command::new(&binaries.integration)
+    fn start(integration: &std::path::Path) -> Result<Self> {
+        let mut child = Command::new(integration)
             .args(["--test-threads", "1", "--exact", SOAK_TEST])
             .env("TRACER_SOAK", "1")
             .current_dir(crate::util::repo_root().join("tracer"))
@@ -219,7 +199,7 @@ impl Soak {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("cannot run {}", binaries.integration.display()))?;
+            .with_context(|| format!("cannot run {}", integration.display()))?;
         let stdout = child.stdout.take().expect("piped");
         let output = std::thread::spawn(move || {
             BufReader::new(stdout)

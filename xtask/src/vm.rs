@@ -24,9 +24,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
 use crate::{
+    build::Binaries,
     report::{Tally, TestTimer},
     test::SOAK_TEST,
-    util::{cache_dir, cargo, repo_root, target_dir},
+    util::{cache_dir, repo_root, target_dir},
 };
 use initramfs::GuestPlan;
 use kernel::{KERNELS, KernelSpec};
@@ -89,7 +90,7 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
     if !Path::new(QBOOT).exists() {
         bail!("{QBOOT} missing: run cargo xtask setup (package qemu-system-x86)");
     }
-    let binaries = build_test_binaries()?;
+    let binaries = crate::build::tests()?;
     let tests = list_tests(&binaries.integration)?;
     let plan = guest_tests(&tests, args);
     println!(
@@ -114,66 +115,16 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
     Ok(tally)
 }
 
-pub(crate) struct Binaries {
-    tracer: PathBuf,
-    pub(crate) integration: PathBuf,
-}
-
-/// Builds the integration test binary (and the tracer binaries it runs) and returns their
-/// paths from cargo's JSON messages.
-pub(crate) fn build_test_binaries() -> Result<Binaries> {
-    let out = cargo()
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "tracer",
-            "--test",
-            "integration",
-            "--no-run",
-        ])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo")?;
-    if !out.status.success() {
-        bail!("building the integration tests failed");
-    }
-    let (mut tracer, mut integration) = (None, None);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if json_string(line, "reason").as_deref() != Some("compiler-artifact") {
-            continue;
-        }
-        let (Some(name), Some(exe)) = (json_string(line, "name"), json_string(line, "executable"))
-        else {
-            continue;
-        };
-        match (
-            name.as_str(),
-            line.contains(r#""kind":["test"]"#),
-            line.contains(r#""kind":["bin"]"#),
-        ) {
-            ("integration", true, _) => integration = Some(PathBuf::from(exe)),
-            ("tracer", _, true) => tracer = Some(PathBuf::from(exe)),
-            _ => {}
-        }
-    }
-    let integration =
-        integration.ok_or_else(|| anyhow!("cargo did not report the integration test binary"))?;
-    let tracer = tracer.ok_or_else(|| anyhow!("cargo did not report the tracer binary"))?;
-    Ok(Binaries {
-        tracer,
-        integration,
-    })
-}
-
 /// Tests whose tools take paths that differ from kernel to kernel, run in every guest (names
-/// or parts of names): every live tool's load, attach and detach (links or perf-event ioctls),
-/// each attach ladder's rungs with a real count, kprobe_multi or one kprobe per function,
-/// uprobe_multi or a cookie or one object per uprobe, fexit or kretprobe for return values,
-/// USDT semaphores, the batch drain where hash maps refuse lookup-and-delete (5.10), and the
-/// static binary's uprobe on itself. The other tests run on the host kernel only, unless
-/// `--every-test` (`cargo xtask test --full`) or a `--filter` asks for them.
+/// or parts of names): every live tool's load, attach and detach (links or perf-event ioctls,
+/// `signals::`), each attach ladder's rungs with a real count (forksnoop, softirq-top,
+/// migrations, wqtop, reclaimtop), kprobe_multi or one kprobe per function, uprobe_multi or a
+/// cookie or one object per uprobe, fexit or kretprobe for return values, USDT semaphores, the
+/// batch drain where hash maps refuse lookup-and-delete (5.10), doctor's claims against the
+/// ladders, the static binary's uprobe on itself — and for every other tool one test that
+/// counts something against ground truth, so each tool loads and counts on every kernel. The
+/// other tests run on the host kernel only, unless `--every-test` (`cargo xtask test --full`)
+/// or a `--filter` asks for them.
 const EVERY_GUEST: &[&str] = &[
     "signals::",
     "::each_attach_mechanism",
@@ -186,6 +137,26 @@ const EVERY_GUEST: &[&str] = &[
     "usdt::libstdcxx_",
     "forksnoop::summary_intervals",
     "dist::empty_root_uprobe_on_itself",
+    "doctor::claims_match_the_ladder",
+    "doctor::fallback_rows_match_the_tools",
+    "migrations::taskset_moves_are_counted_exactly",
+    "wqtop::runs_match_tracefs_each_mechanism",
+    "reclaimtop::memcg_reclaim_via_raw_tp_and_tracepoint",
+    // One counting test per remaining tool.
+    "hardirqs::counts_match_sys_kernel_irq",
+    "profile::kstacks_lists_only_kernel_threads",
+    "profile::offcputime_sees_nanosleep_time",
+    "memflame::hotcold_thread_churn_evicted_and_exact",
+    "memflame::memleak_outstanding_half_by_stack",
+    "probes::tracepoint_fork_count",
+    "probes::argdist_sched_switch_prev_state",
+    "probes::trace_prints_each_call",
+    "probe_tools::stackcount_kernel_stacks_have_no_pid",
+    "sched::ktop_switch_counts_match_proc",
+    "sched::runqlat_per_process_and_kthreads",
+    "sched::cpudist_slice_count_matches_schedstat",
+    "biotop::jbd2_commits_and_fsync_writer",
+    "serve::prometheus_scrapes_exact_increases",
 ];
 
 /// What each guest runs: the suite less `skips` (exact names).
@@ -224,25 +195,6 @@ fn list_tests(integration: &Path) -> Result<Vec<String>> {
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_string)
         .collect())
-}
-
-/// The first string value of `"key":"..."` in one line of cargo's compact JSON.
-fn json_string(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(value),
-            '\\' => match chars.next()? {
-                'n' => value.push('\n'),
-                't' => value.push('\t'),
-                other => value.push(other),
-            },
-            c => value.push(c),
-        }
-    }
-    None
 }
 
 fn run_kernel(
@@ -779,21 +731,6 @@ fn which(cmd: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_cargo_json() {
-        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"integration"},"executable":"/w/t/integration-\"x\""}"#;
-        assert_eq!(
-            json_string(line, "reason").as_deref(),
-            Some("compiler-artifact")
-        );
-        assert_eq!(json_string(line, "name").as_deref(), Some("integration"));
-        assert_eq!(
-            json_string(line, "executable").as_deref(),
-            Some(r#"/w/t/integration-"x""#)
-        );
-        assert_eq!(json_string(line, "missing"), None);
-    }
 
     #[test]
     fn counts_tests_without_a_summary() {

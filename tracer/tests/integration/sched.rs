@@ -124,9 +124,19 @@ pub(crate) fn realtime(pid: u32) -> Result<(), Failed> {
     if emulated().is_some() {
         return Ok(());
     }
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: plain syscall on a child we started.
-    let rc = unsafe { libc::sched_setscheduler(pid as i32, libc::SCHED_FIFO, &param) };
+    // SAFETY: an all-zero sched_param is valid (musl's has more fields than glibc's).
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = 10;
+    // SAFETY: plain syscall on a child we started. The raw syscall: musl's wrapper is a stub
+    // that fails with ENOSYS (the static build runs these tests too).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            pid as libc::c_long,
+            libc::c_long::from(libc::SCHED_FIFO),
+            &param as *const libc::sched_param,
+        )
+    };
     ensure(rc == 0, || {
         format!(
             "sched_setscheduler({pid}): {}",
