@@ -85,7 +85,10 @@ pub(crate) fn tests() -> Result<Binaries> {
             continue;
         };
         let name = msg["target"]["name"].as_str().unwrap_or_default();
-        let kinds = msg["target"]["kind"].as_array().cloned().unwrap_or_default();
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let kind = |k: &str| kinds.iter().any(|x| x == k);
         let test = msg["profile"]["test"] == true;
         if name == "integration" && kind("test") {

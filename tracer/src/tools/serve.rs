@@ -447,6 +447,11 @@ impl Exporter {
         for collector in &mut self.collectors {
             collector.maintain();
         }
+        // Every scrape allocates and frees its text, and the collectors' snapshots come and
+        // go with the machine's threads: glibc keeps the pages freed between live blocks, and
+        // over hours the exporter's RSS would creep up by them (the soak saw its floor rise
+        // 10.1 → 12.5 MiB in 10 minutes with flat maps). Every 10 s this is cheap.
+        loader::trim_heap();
     }
 
     fn health(&self, s: &mut Scrape, durations: &[(String, Duration)]) {

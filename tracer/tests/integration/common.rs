@@ -65,9 +65,10 @@ pub fn scaled(budget: Duration) -> Duration {
 
 /// A test that needs the given features; skipped with the first missing feature's reason.
 ///
-/// Every test runs in a VM kernel too (the kernel-dependent ones in every kernel, the others
-/// in one each: xtask vm.rs `guest_shares`): a test whose native assertions depend on speed
-/// picks TCG-tolerant ones with `emulated()`; a skip is only for a missing kernel feature.
+/// Every test runs in the VM kernels too (the kernel-dependent ones in `cargo xtask test`,
+/// xtask vm.rs `EVERY_GUEST`; all of them in `--full`): a test whose native assertions depend
+/// on speed picks TCG-tolerant ones with `emulated()`; a skip is only for a missing kernel
+/// feature.
 pub fn trial(name: &str, needs: &'static [Need], body: fn() -> Result<(), Failed>) -> Trial {
     let owned = name.to_string();
     Trial::ignorable_test(name, move || {
