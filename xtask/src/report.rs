@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::util::{repo_root, target_dir};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Tally {
     pub passed: u64,
     pub failed: u64,
@@ -111,34 +111,50 @@ impl Tally {
     }
 }
 
-/// Each test's wall time in a `--test-threads 1` run, from the output as it arrives: libtest
-/// prints "test NAME ... " when a test starts and its result when it ends, so a test ran from
-/// the previous result to its own. A test's output or a kernel message can come between the
-/// two, and the result then stands on a later line of its own.
+/// What a `--test-threads 1` run's output says of its tests, read as it arrives: each test's
+/// wall time and result, the messages failed tests announced, and the test still running.
+/// libtest prints "test NAME ... " when a test starts and its result when it ends, so a test
+/// ran from the previous result to its own. A test's output or a kernel message can come
+/// between the two, and the result then stands on a later line of its own.
 #[derive(Default)]
 pub struct TestTimer {
     last_end: f64,
-    pending: Option<String>,
+    /// The test that was announced but has not finished.
+    pub pending: Option<String>,
+    /// Every test that finished, in order, with its run time in seconds.
     pub times: Vec<(String, f64)>,
+    /// Passed, failed and skipped counts of the finished tests (no failure names).
+    pub tally: Tally,
+    pub failed: Vec<String>,
+    /// (test, first 400 characters of its message) from `FAILED_MARK` lines.
+    pub messages: Vec<(String, String)>,
 }
+
+/// The marker a test prints when it fails, with its message (tracer/tests/integration
+/// common.rs), so the reason is in the output even if the run never gets to libtest's closing
+/// list (a guest that dies or is stopped).
+pub const FAILED_MARK: &str = "==test-failed== ";
 
 impl TestTimer {
     /// Feeds one line of output that arrived `at` seconds after the run started.
     pub fn line(&mut self, at: f64, line: &str) {
         let line = line.trim_end_matches('\r');
-        if let Some((name, result)) = line
+        if let Some((name, why)) = line
+            .strip_prefix(FAILED_MARK)
+            .and_then(|l| l.split_once(": "))
+        {
+            self.messages
+                .push((name.to_string(), why.chars().take(400).collect()));
+        } else if let Some((name, result)) = line
             .strip_prefix("test ")
             .and_then(|l| l.split_once(" ..."))
         {
-            if is_result(result.trim()) {
-                self.end(name.trim().to_string(), at);
-            } else {
-                self.pending = Some(name.trim().to_string());
+            let name = name.trim().to_string();
+            if !self.end(&name, result.trim(), at) {
+                self.pending = Some(name);
             }
-        } else if is_result(line.trim())
-            && let Some(name) = self.pending.take()
-        {
-            self.end(name, at);
+        } else if let Some(name) = self.pending.clone() {
+            self.end(&name, line.trim(), at);
         } else if line.starts_with("running ") && line.ends_with(" tests") {
             // libtest's "running N tests": the first test starts here, after the binary's
             // own start (a guest's doctor check comes before it).
@@ -146,16 +162,32 @@ impl TestTimer {
         }
     }
 
-    fn end(&mut self, name: String, at: f64) {
-        self.times.push((name, (at - self.last_end).max(0.0)));
+    /// Ends `name` if `result` is a result word; false if it is not.
+    fn end(&mut self, name: &str, result: &str, at: f64) -> bool {
+        let counter = match result.split([' ', ',']).next().unwrap_or("") {
+            "ok" => &mut self.tally.passed,
+            "FAILED" => &mut self.tally.failed,
+            "ignored" => &mut self.tally.skipped,
+            _ => return false,
+        };
+        *counter += 1;
+        if result.starts_with("FAILED") {
+            self.failed.push(name.to_string());
+        }
+        self.times
+            .push((name.to_string(), (at - self.last_end).max(0.0)));
         self.last_end = at;
         self.pending = None;
+        true
     }
-}
 
-fn is_result(word: &str) -> bool {
-    let first = word.split([' ', ',']).next().unwrap_or("");
-    matches!(first, "ok" | "FAILED" | "ignored")
+    /// The message `test` announced when it failed, if it did.
+    pub fn message(&self, test: &str) -> Option<&str> {
+        self.messages
+            .iter()
+            .find(|(n, _)| n == test)
+            .map(|(_, why)| why.as_str())
+    }
 }
 
 /// Wall time and tally of each stage, for the closing table.

@@ -44,6 +44,10 @@ pub struct TestArgs {
     /// Only integration tests whose name contains this (here and in every guest).
     #[arg(long)]
     pub filter: Option<String>,
+    /// How many qemu guests run at once (each keeps one host core busy; 1 = one after the
+    /// other).
+    #[arg(long, default_value_t = 2)]
+    pub guests: usize,
 }
 
 /// Wall-clock budgets on this project's 2-core machine, from a fresh clone (issue 29).
@@ -137,6 +141,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         let guests = vm::vm_test(&vm::VmArgs {
             filter: args.filter.clone(),
             every_test: args.full,
+            guests: args.guests,
             ..Default::default()
         })
         .unwrap_or_else(|e| {

@@ -11,11 +11,12 @@ pub(crate) mod initramfs;
 mod kernel;
 
 use std::{
+    collections::VecDeque,
     fs,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -56,6 +57,10 @@ pub struct VmArgs {
     /// (`EVERY_GUEST`; the rest run on the host only).
     #[arg(long)]
     pub every_test: bool,
+    /// How many guests run at once. A guest's emulated CPUs share one host thread
+    /// (thread=single), so each keeps one host core busy: two fit this 2-core machine.
+    #[arg(long, default_value_t = 2)]
+    pub guests: usize,
 }
 
 impl Default for VmArgs {
@@ -66,6 +71,7 @@ impl Default for VmArgs {
             exec: None,
             timeout_minutes: None,
             every_test: false,
+            guests: 2,
         }
     }
 }
@@ -103,13 +109,28 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
             " (the kernel-dependent ones; the rest run on the host only)"
         }
     );
+    // Kernels in turn, `args.guests` at a time; each guest's console lines carry its
+    // kernel's name, and the tallies add up in the kernels' order.
+    let queue = Mutex::new(kernels.iter().copied().enumerate().collect::<VecDeque<_>>());
+    let results = Mutex::new(vec![None; kernels.len()]);
+    thread::scope(|scope| {
+        for _ in 0..args.guests.clamp(1, kernels.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue").pop_front();
+                    let Some((i, spec)) = next else { break };
+                    println!("== vm-test {}", spec.name);
+                    let one = run_kernel(spec, &binaries, args, &plan).unwrap_or_else(|e| {
+                        println!("vm-test {}: FAILED: {e:#}", spec.name);
+                        Tally::broken(spec.name, format!("{e:#}"))
+                    });
+                    results.lock().expect("results")[i] = Some(one);
+                }
+            });
+        }
+    });
     let mut tally = Tally::default();
-    for spec in kernels {
-        println!("== vm-test {}", spec.name);
-        let one = run_kernel(spec, &binaries, args, &plan).unwrap_or_else(|e| {
-            println!("vm-test {}: FAILED: {e:#}", spec.name);
-            Tally::broken(spec.name, format!("{e:#}"))
-        });
+    for one in results.into_inner().expect("results").into_iter().flatten() {
         tally.absorb(one);
     }
     Ok(tally)
@@ -462,6 +483,8 @@ fn boot(
         timer: TestTimer::default(),
     };
     let deadline = start + timeout;
+    // Guests run side by side (`VmArgs::guests`): whose line each is.
+    let prefix = format!("{}| ", plan.kernel_name);
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
@@ -472,7 +495,7 @@ fn boot(
                 } else if line == "==vm-test== tests" {
                     run.tests_at.get_or_insert(start.elapsed());
                 }
-                println!("{line}");
+                println!("{prefix}{line}");
                 run.timer.line(start.elapsed().as_secs_f64(), &line);
                 // Seconds since boot on each saved line: a test's line arrives when it ends,
                 // so the gap to the line before is its run time in the guest.
@@ -486,7 +509,7 @@ fn boot(
                 let _ = child.kill();
                 // Keep what was still buffered, e.g. the "test NAME ... " of a hung test.
                 while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
-                    println!("{line}");
+                    println!("{prefix}{line}");
                     writeln!(log, "[{:7.1}] {line}", start.elapsed().as_secs_f64())?;
                     run.console.push_str(&line);
                     run.console.push('\n');
@@ -518,7 +541,7 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path, doctor: bool) -> (Ta
         log_path.display()
     );
     let has_summary = run.console.lines().any(|l| l.starts_with("test result:"));
-    let progress = finished_tests(&run.console);
+    let progress = &run.timer;
     let mut tally = if has_summary {
         let mut tally = Tally::default();
         tally.add_libtest(spec.name, &run.console);
@@ -526,16 +549,14 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path, doctor: bool) -> (Ta
     } else {
         // No summary (hang, panic): still count the tests that finished, with the messages
         // the failed ones printed when they failed (libtest's own come only at the end).
-        let mut tally = progress.tally;
+        let mut tally = progress.tally.clone();
         tally.failures = progress
             .failed
             .iter()
-            .map(
-                |name| match progress.messages.iter().find(|(n, _)| n == name) {
-                    Some((_, why)) => format!("{}: {name} — {why}", spec.name),
-                    None => format!("{}: {name}", spec.name),
-                },
-            )
+            .map(|name| match progress.message(name) {
+                Some(why) => format!("{}: {name} — {why}", spec.name),
+                None => format!("{}: {name}", spec.name),
+            })
             .collect();
         tally
     };
@@ -561,7 +582,11 @@ fn verdict(spec: &KernelSpec, run: &VmRun, log_path: &Path, doctor: bool) -> (Ta
 
     let during = progress.pending.clone();
     let died = (run.reported.is_none() && !run.timed_out && run.tests_at.is_some()).then(|| Died {
-        finished: progress.names.clone(),
+        finished: progress
+            .times
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect(),
         during: during.clone(),
     });
     let problem = match run.reported {
@@ -633,67 +658,6 @@ fn kernel_trouble(console: &str) -> Option<&str> {
     })
 }
 
-/// The marker a test prints when it fails, with its message (tracer/tests/integration
-/// common.rs), so the reason is on the console even if the guest never gets to libtest's
-/// closing list.
-const FAILED_MARK: &str = "==test-failed== ";
-
-/// What the console says of the tests that finished.
-#[derive(Default)]
-struct Progress {
-    tally: Tally,
-    /// Every test that finished, in order.
-    names: Vec<String>,
-    failed: Vec<String>,
-    /// (test, first line of its message) from `FAILED_MARK` lines.
-    messages: Vec<(String, String)>,
-    /// The test that was announced but never finished.
-    pending: Option<String>,
-}
-
-/// Counts libtest's per-test lines ("test NAME ... ok"), and names the test that was
-/// announced but never finished. A test's own output or a kernel message can come between
-/// "test NAME ... " and its result, which then stands on a later line.
-fn finished_tests(console: &str) -> Progress {
-    let mut progress = Progress::default();
-    let finish = |name: String, result: &str, progress: &mut Progress| -> bool {
-        let counter = match result.split([' ', ',']).next().unwrap_or("") {
-            "ok" => &mut progress.tally.passed,
-            "FAILED" => &mut progress.tally.failed,
-            "ignored" => &mut progress.tally.skipped,
-            _ => return false,
-        };
-        *counter += 1;
-        if result.starts_with("FAILED") {
-            progress.failed.push(name.clone());
-        }
-        progress.names.push(name);
-        true
-    };
-    for line in console.lines() {
-        if let Some((name, why)) = line
-            .strip_prefix(FAILED_MARK)
-            .and_then(|l| l.split_once(": "))
-        {
-            progress
-                .messages
-                .push((name.to_string(), why.chars().take(400).collect()));
-        } else if let Some((name, result)) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.split_once(" ..."))
-        {
-            let name = name.trim().to_string();
-            progress.pending =
-                (!finish(name.clone(), result.trim(), &mut progress)).then_some(name);
-        } else if let Some(name) = progress.pending.clone()
-            && finish(name, line.trim(), &mut progress)
-        {
-            progress.pending = None;
-        }
-    }
-    progress
-}
-
 /// Checks that `tracer doctor` in the guest said "yes" for what this kernel has.
 fn doctor_missing(spec: &KernelSpec, console: &str) -> Result<(), String> {
     let section: Vec<&str> = console
@@ -737,13 +701,21 @@ mod tests {
         let console = "test a ... ok\ntest b ... chatter\nok\ntest c ... ignored, no kprobes\n\
                        test d ... \n==test-failed== d: boom\nFAILED\n\
                        test e ... [  358.3] rcu: INFO: stall\n";
-        let progress = finished_tests(console);
-        let tally = &progress.tally;
+        let progress = |console: &str| {
+            let mut timer = TestTimer::default();
+            for line in console.lines() {
+                timer.line(0.0, line);
+            }
+            timer
+        };
+        let timer = progress(console);
+        let tally = &timer.tally;
         assert_eq!((tally.passed, tally.failed, tally.skipped), (2, 1, 1));
-        assert_eq!(progress.pending.as_deref(), Some("e"));
-        assert_eq!(progress.names, ["a", "b", "c", "d"]);
-        assert_eq!(progress.messages, [("d".to_string(), "boom".to_string())]);
-        assert_eq!(finished_tests("test a ... ok\n").pending, None);
+        assert_eq!(timer.pending.as_deref(), Some("e"));
+        let names: Vec<&str> = timer.times.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!(timer.message("d"), Some("boom"));
+        assert_eq!(progress("test a ... ok\n").pending, None);
     }
 
     fn names(tests: &[&str]) -> Vec<String> {
