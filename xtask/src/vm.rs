@@ -109,21 +109,44 @@ pub fn vm_test(args: &VmArgs) -> Result<Tally> {
             " (the kernel-dependent ones; the rest run on the host only)"
         }
     );
-    // Kernels in turn, `args.guests` at a time; each guest's console lines carry its
-    // kernel's name, and the tallies add up in the kernels' order.
-    let queue = Mutex::new(kernels.iter().copied().enumerate().collect::<VecDeque<_>>());
-    let results = Mutex::new(vec![None; kernels.len()]);
+    // Every kernel unpacked first, one at a time (parts of one kernel share its files).
+    let mut unpacked = Vec::new();
+    for spec in &kernels {
+        let kernel = kernel::ensure(spec, &cache_dir().join("vm").join(spec.name));
+        unpacked.push((*spec, kernel));
+    }
+    // Guests `args.guests` at a time, each its kernel's tests or a part of them (`jobs`);
+    // each guest's console lines carry its label, and the tallies add up in the jobs' order.
+    let lanes = args.guests.max(1);
+    let jobs = jobs(&kernels, lanes, args.exec.is_none());
+    let queue = Mutex::new(jobs.iter().enumerate().collect::<VecDeque<_>>());
+    let results = Mutex::new(vec![None; jobs.len()]);
     thread::scope(|scope| {
-        for _ in 0..args.guests.clamp(1, kernels.len().max(1)) {
+        for _ in 0..lanes.min(jobs.len()) {
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().expect("queue").pop_front();
-                    let Some((i, spec)) = next else { break };
-                    println!("== vm-test {}", spec.name);
-                    let one = run_kernel(spec, &binaries, args, &plan).unwrap_or_else(|e| {
-                        println!("vm-test {}: FAILED: {e:#}", spec.name);
-                        Tally::broken(spec.name, format!("{e:#}"))
-                    });
+                    let Some((i, job)) = next else { break };
+                    let label = job.label();
+                    let tests = plan.part(job.part, job.parts);
+                    let one = if tests.runs == 0 && args.exec.is_none() {
+                        Tally::default()
+                    } else {
+                        println!("== vm-test {label}");
+                        let kernel = unpacked
+                            .iter()
+                            .find(|(s, _)| s.name == job.spec.name)
+                            .map(|(_, k)| k.as_ref().map_err(|e| anyhow!("{e:#}")));
+                        match kernel {
+                            Some(Ok(kernel)) => run_kernel(job, kernel, &binaries, args, &tests),
+                            Some(Err(e)) => Err(e),
+                            None => Err(anyhow!("kernel not unpacked")),
+                        }
+                        .unwrap_or_else(|e| {
+                            println!("vm-test {label}: FAILED: {e:#}");
+                            Tally::broken(&label, format!("{e:#}"))
+                        })
+                    };
                     results.lock().expect("results")[i] = Some(one);
                 }
             });
@@ -174,17 +197,88 @@ const EVERY_GUEST: &[&str] = &[
     "memflame::memleak_outstanding_half_by_stack",
     "probes::argdist_sched_switch_prev_state",
     "probes::trace_prints_each_call",
+    "probes::tracepoint_string_filter_counts_one_exec",
     "probe_tools::stackcount_kernel_stacks_have_no_pid",
     "sched::ktop_switch_counts_match_proc",
     "sched::cpudist_slice_count_matches_schedstat",
     "biotop::jbd2_commits_and_fsync_writer",
 ];
 
-/// What each guest runs: the suite less `skips` (exact names).
+/// What each guest runs: the suite less `skips` (exact names); `names` are the tests run.
 #[derive(Clone, Default)]
 struct GuestTests {
     runs: usize,
+    names: Vec<String>,
     skips: Vec<String>,
+}
+
+impl GuestTests {
+    /// Part `part` of `parts` (every `parts`-th test, so slow and fast ones spread evenly):
+    /// the other parts' tests join the skips.
+    fn part(&self, part: usize, parts: usize) -> GuestTests {
+        if parts <= 1 {
+            return self.clone();
+        }
+        let mut mine = GuestTests {
+            skips: self.skips.clone(),
+            ..Default::default()
+        };
+        for (i, name) in self.names.iter().enumerate() {
+            if i % parts == part {
+                mine.runs += 1;
+                mine.names.push(name.clone());
+            } else {
+                mine.skips.push(name.clone());
+            }
+        }
+        mine
+    }
+}
+
+/// One guest to boot: a kernel, and which part of its tests (`part` of `parts`).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    spec: &'a KernelSpec,
+    part: usize,
+    parts: usize,
+}
+
+impl Job<'_> {
+    /// The guest's name in the log: the kernel's, and which part (`debian-5.10/2`).
+    fn label(&self) -> String {
+        if self.parts == 1 {
+            self.spec.name.to_string()
+        } else {
+            format!("{}/{}", self.spec.name, self.part + 1)
+        }
+    }
+
+    /// A file of this guest's in its kernel's folder: `console.log`, `console.part2.log`.
+    fn file(&self, dir: &Path, stem: &str, extension: &str) -> PathBuf {
+        if self.parts == 1 {
+            dir.join(format!("{stem}.{extension}"))
+        } else {
+            dir.join(format!("{stem}.part{}.{extension}", self.part + 1))
+        }
+    }
+}
+
+/// The guests to boot on `lanes` lanes: one a kernel, except that kernels which would run on
+/// their own at the end (the remainder of kernels over lanes) are split in parts across the
+/// lanes, so that no lane idles while one runs a whole kernel (3 kernels on 2 lanes: two
+/// whole kernels side by side, then the third as two halves). Not with `--exec`.
+fn jobs<'a>(kernels: &[&'a KernelSpec], lanes: usize, split: bool) -> Vec<Job<'a>> {
+    let alone = kernels.len() % lanes;
+    let mut jobs = Vec::new();
+    for (i, &spec) in kernels.iter().enumerate() {
+        let parts = if split && lanes > 1 && alone > 0 && i >= kernels.len() - alone {
+            (lanes / alone).max(1)
+        } else {
+            1
+        };
+        jobs.extend((0..parts).map(|part| Job { spec, part, parts }));
+    }
+    jobs
 }
 
 /// The tests a guest runs: with `--every-test`, `--filter` or `--exec`, everything selected;
@@ -195,6 +289,7 @@ fn guest_tests(tests: &[String], args: &VmArgs) -> GuestTests {
     for test in tests.iter().filter(|t| *t != SOAK_TEST) {
         if all || EVERY_GUEST.iter().any(|part| test.contains(part)) {
             plan.runs += 1;
+            plan.names.push(test.clone());
         } else {
             plan.skips.push(test.clone());
         }
@@ -219,59 +314,61 @@ fn list_tests(integration: &Path) -> Result<Vec<String>> {
 }
 
 fn run_kernel(
-    spec: &KernelSpec,
+    job: &Job,
+    kernel: &kernel::Kernel,
     binaries: &Binaries,
     args: &VmArgs,
     tests: &GuestTests,
 ) -> Result<Tally> {
+    let spec = job.spec;
+    let label = job.label();
     let dir = repo_root().join("target/vm").join(spec.name);
     fs::create_dir_all(&dir)?;
     // The unpacked kernel is the machine's (util::cache_dir), downloaded once; this clone's
     // folder holds its initramfs and console logs.
-    let kernel = kernel::ensure(spec, &cache_dir().join("vm").join(spec.name))?;
     println!(
-        "vm-test {}: {} ({})",
-        spec.name,
+        "vm-test {label}: {} ({}), {} tests",
         kernel.package,
-        kernel.vmlinux.display()
+        kernel.vmlinux.display(),
+        tests.runs
     );
     let timeout = Duration::from_secs(
         args.timeout_minutes
             .map_or(600 + 20 * tests.runs as u64, |m| m * 60),
     );
-    let log_path = dir.join("console.log");
+    let log_path = job.file(&dir, "console", "log");
     let mut skips = tests.skips.clone();
     let mut tally = Tally::default();
     let mut boots = 0;
     loop {
         boots += 1;
         let plan = guest_plan(spec, binaries, args, &skips)?;
-        let initrd = dir.join("initramfs.cpio");
+        let initrd = job.file(&dir, "initramfs", "cpio");
         fs::write(&initrd, initramfs::build(&kernel.modules, &plan)?)?;
-        let mut run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
+        let mut run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, &label, timeout)?;
         if emulator_text_patch_race(&run.console) {
             // An artefact of the emulator, not of a test. One more boot; a second crash fails
             // the stage as any panic does.
             let first = log_path.with_extension("first.log");
             let _ = fs::copy(&log_path, &first);
             println!(
-                "vm-test {}: the guest died of an int3 inside kernel text patching (a TCG \
+                "vm-test {label}: the guest died of an int3 inside kernel text patching (a TCG \
                  cross-modifying-code race; console kept in {}); booting once more",
-                spec.name,
                 first.display()
             );
-            run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, timeout)?;
+            run = boot(&kernel.vmlinux, &initrd, &log_path, &plan, &label, timeout)?;
         }
         if args.exec.is_some() {
             let ok = run.reported == Some(0);
-            println!("vm-test {}: --exec {}", spec.name, describe_exit(&run));
+            println!("vm-test {label}: --exec {}", describe_exit(&run));
             return Ok(Tally {
                 passed: u64::from(ok),
                 failed: u64::from(!ok),
                 ..Default::default()
             });
         }
-        let (one, died) = verdict(spec, &run, &log_path, boots == 1);
+        // The doctor smoke check counts once a kernel: in its first part's first boot.
+        let (one, died) = verdict(spec, &run, &log_path, boots == 1 && job.part == 0);
         tally.absorb(one);
         // A guest kernel that died (panic, soft lockup) is one failure, reported with its
         // console's last lines; it boots once more to run the tests after the one it died in.
@@ -284,8 +381,7 @@ fn run_kernel(
         let log = log_path.with_extension(format!("boot{boots}.log"));
         let _ = fs::copy(&log_path, &log);
         println!(
-            "vm-test {}: booting once more for the tests after {} (console kept in {})",
-            spec.name,
+            "vm-test {label}: booting once more for the tests after {} (console kept in {})",
             during.as_deref().unwrap_or("the last one that finished"),
             log.display()
         );
@@ -413,6 +509,7 @@ fn boot(
     initrd: &Path,
     log_path: &Path,
     plan: &GuestPlan,
+    label: &str,
     timeout: Duration,
 ) -> Result<VmRun> {
     let mut qemu = Command::new(QEMU);
@@ -484,7 +581,7 @@ fn boot(
     };
     let deadline = start + timeout;
     // Guests run side by side (`VmArgs::guests`): whose line each is.
-    let prefix = format!("{}| ", plan.kernel_name);
+    let prefix = format!("{label}| ");
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
@@ -748,6 +845,44 @@ mod tests {
             let plan = guest_tests(&tests, &args);
             assert_eq!((plan.runs, plan.skips.len()), (5, 0));
         }
+    }
+
+    #[test]
+    fn kernels_left_alone_at_the_end_are_split_across_the_lanes() {
+        let k: Vec<&KernelSpec> = KERNELS.iter().take(3).collect();
+        let shape = |jobs: Vec<Job>| -> Vec<(usize, usize, usize)> {
+            jobs.iter()
+                .map(|j| {
+                    let kernel = k.iter().position(|s| s.name == j.spec.name).unwrap_or(9);
+                    (kernel, j.part, j.parts)
+                })
+                .collect()
+        };
+        assert_eq!(
+            shape(jobs(&k, 2, true)),
+            [(0, 0, 1), (1, 0, 1), (2, 0, 2), (2, 1, 2)]
+        );
+        assert_eq!(shape(jobs(&k, 1, true)), [(0, 0, 1), (1, 0, 1), (2, 0, 1)]);
+        assert_eq!(shape(jobs(&k, 3, true)), [(0, 0, 1), (1, 0, 1), (2, 0, 1)]);
+        assert_eq!(shape(jobs(&k[..1], 2, true)), [(0, 0, 2), (0, 1, 2)]);
+        assert_eq!(shape(jobs(&k, 2, false)), [(0, 0, 1), (1, 0, 1), (2, 0, 1)]);
+        let tests = GuestTests {
+            runs: 5,
+            names: names(&["a", "b", "c", "d", "e"]),
+            skips: names(&["x"]),
+        };
+        let second = tests.part(1, 2);
+        assert_eq!((second.runs, second.names.clone()), (2, names(&["b", "d"])));
+        assert_eq!(second.skips, names(&["x", "a", "c", "e"]));
+        assert_eq!(
+            Job {
+                spec: k[2],
+                part: 1,
+                parts: 2
+            }
+            .label(),
+            format!("{}/2", k[2].name)
+        );
     }
 
     #[test]
