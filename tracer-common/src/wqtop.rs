@@ -62,7 +62,8 @@ pub struct WqConfig {
     pub rq_cpu_offset: u32,
     pub preempt_from_rq: i64,
     pub preempt_known: u32,
-    pub _reserved: u32,
+    /// Non-zero: record each queuer's cgroup id (`-G`).
+    pub with_cgroup: u32,
 }
 
 crate::user_pod!(WqConfig);
@@ -88,7 +89,7 @@ impl WqConfig {
         rq_cpu_offset: 0,
         preempt_from_rq: 0,
         preempt_known: 0,
-        _reserved: 0,
+        with_cgroup: 0,
     };
 }
 
@@ -151,6 +152,9 @@ pub struct QueuerKey {
     /// One of `CTX_*`.
     pub context: u32,
     pub _reserved: u32,
+    /// The queuing task's cgroup v2 id when it queued (`WqConfig::with_cgroup`, task context
+    /// only; else 0): `-G` names the cgroup of a task that exited before the report.
+    pub cgroup: u64,
 }
 
 crate::user_pod!(QueuerKey);

@@ -303,7 +303,11 @@ fn on_hit<C: Source>(ctx: &C, role: Role, user: bool) {
     } else {
         config.probe_id
     };
-    if config.filter.op != OP_NONE && !passes(ctx, &config.filter, pid_tgid, probe_id, user) {
+    // A latency's filter is on the entry's arguments: its return is timed when the entry
+    // passed (it left a start stamp), whatever the registers hold by then.
+    let filter_here =
+        config.filter.op != OP_NONE && !(config.mode == MODE_LATENCY && role == Role::Return);
+    if filter_here && !passes(ctx, &config.filter, pid_tgid, probe_id, user) {
         return;
     }
     match config.mode {
@@ -421,7 +425,10 @@ fn latency<C: Source>(ctx: &C, config: &ProbesConfig, role: Role, probe_id: u32,
             };
             // SAFETY: the value is copied out before the entry is removed.
             let Some(start) = (unsafe { START.get(&key) }).copied() else {
-                bump(&PROBE_STATS, PSTAT_UNPAIRED);
+                // With a filter, most unpaired returns are calls the filter left out.
+                if config.filter.op == OP_NONE {
+                    bump(&PROBE_STATS, PSTAT_UNPAIRED);
+                }
                 return;
             };
             let _ = START.remove(&key);

@@ -14,8 +14,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -258,6 +258,12 @@ fn on_queue(work: u64, function: u64, wq: &[u8; WQ_NAME_LEN]) -> i32 {
         pid,
         context,
         _reserved: 0,
+        // SAFETY: helper without arguments.
+        cgroup: if in_task && config.with_cgroup != 0 {
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        },
     };
     if let Some(stats) = QUEUERS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value from a successful lookup.

@@ -123,6 +123,11 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// Its entry in an end record's `attach` list.
+    pub fn json(&self) -> serde_json::Value {
+        crate::output::attach_json(&self.target, self.mechanism)
+    }
+
     /// One line for `-v` and tool headers: "sched:sched_process_fork via tp_btf".
     pub fn summary(&self) -> String {
         let mut line = format!("{} via {}", self.target, self.mechanism);

@@ -258,10 +258,64 @@ pub fn path_in(text: &str, controller: Controller) -> Option<String> {
     unified
 }
 
+/// The cgroup v2 root's id (kernfs numbers its root node 1).
+const V2_ROOT_ID: u64 = 1;
+
+/// cgroup v2 ids (what `bpf_get_current_cgroup_id` returned when an event happened) to their
+/// paths (`/` for the root), for tasks that exited before the report: a directory's inode
+/// number is its id (see `v2_id`), so one walk of the v2 mount maps them all. Walked at the
+/// first lookup and again, at most once a second, when an id is not known yet; a path once
+/// seen is kept, so a cgroup removed since is still named.
+#[derive(Default)]
+pub struct IdPaths {
+    paths: HashMap<u64, String>,
+    walked: Option<std::time::Instant>,
+}
+
+impl IdPaths {
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if !self.paths.contains_key(&id)
+            && self
+                .walked
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.walk();
+        }
+        self.paths.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        self.walked = Some(std::time::Instant::now());
+        let Some(root) = v2_mount() else {
+            // Not mounted (a v1-only or hybrid machine): every task is in the v2 root, id 1.
+            self.paths.insert(V2_ROOT_ID, "/".to_string());
+            return;
+        };
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = dir.strip_prefix(&root).unwrap_or(&dir);
+            self.paths
+                .insert(meta.ino(), format!("/{}", relative.display()));
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+    }
+}
+
 /// Per-report cache: each process's file is read once however many rows name it.
 #[derive(Default)]
 pub struct Resolver {
     paths: HashMap<(u32, Controller), Option<String>>,
+    ids: IdPaths,
 }
 
 impl Resolver {
@@ -278,7 +332,18 @@ impl Resolver {
             .unwrap_or_else(|| "-".to_string())
     }
 
-    /// Forget every cached path (call once per interval: processes move between cgroups).
+    /// `label` of a process that was in cgroup v2 `id` (0: unknown) when its event happened:
+    /// its current cgroup while it lives, else the one it was in (`IdPaths`), else `-`.
+    pub fn label_at(&mut self, pid: u32, id: u64, controller: Controller) -> String {
+        let live = self.label(pid, controller);
+        if live != "-" {
+            return live;
+        }
+        self.ids.path(id).unwrap_or(live)
+    }
+
+    /// Forget the cached paths of processes (call once per interval: processes move between
+    /// cgroups); the id paths stay.
     pub fn clear(&mut self) {
         self.paths.clear();
     }
@@ -309,6 +374,31 @@ mod tests {
                 path_in(UNIFIED, c).as_deref(),
                 Some("/system.slice/nginx.service")
             );
+        }
+    }
+
+    #[test]
+    fn cgroup_ids_resolve_to_paths() {
+        let mut ids = IdPaths::default();
+        let Some(root) = v2_mount() else {
+            // No cgroup v2 mount: everyone is in its root.
+            assert_eq!(ids.path(V2_ROOT_ID).as_deref(), Some("/"));
+            return;
+        };
+        let root_id = std::fs::metadata(&root).map(|m| m.ino()).unwrap_or(0);
+        assert_eq!(ids.path(root_id).as_deref(), Some("/"));
+        assert_eq!(ids.path(0), None);
+        // Our own cgroup, by the id of its directory.
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        if let Some(own) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .filter(|p| *p != "/")
+        {
+            let dir = root.join(own.trim_start_matches('/'));
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                assert_eq!(ids.path(meta.ino()).as_deref(), Some(own));
+            }
         }
     }
 

@@ -16,6 +16,7 @@ mod btf;
 mod cgroup;
 mod cli_vocabulary;
 mod filters;
+mod flame_svg;
 mod frame_origins;
 mod hist;
 mod kprobe_multi;
@@ -27,6 +28,7 @@ mod pprof;
 mod privileges;
 mod probe_attach;
 mod probe_spec;
+mod proc_maps;
 mod procfs;
 mod session;
 mod stack_files;
@@ -279,10 +281,34 @@ fn usage_error_line(err: &clap::Error) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     if line.is_empty() {
-        "error: invalid arguments".to_string()
-    } else {
-        line
+        return "error: invalid arguments".to_string();
     }
+    // clap's "tip: a similar argument exists" stands in a later paragraph: keep it on the line.
+    let tips = suggestions(err);
+    if tips.is_empty() {
+        line
+    } else {
+        format!("{line}; did you mean {}?", tips.join(" or "))
+    }
+}
+
+/// The names clap found close to a mistyped argument, subcommand (tool) or value, quoted.
+fn suggestions(err: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue};
+    [
+        ContextKind::SuggestedArg,
+        ContextKind::SuggestedSubcommand,
+        ContextKind::SuggestedValue,
+    ]
+    .into_iter()
+    .filter_map(|kind| err.get(kind))
+    .flat_map(|value| match value {
+        ContextValue::String(one) => vec![one.clone()],
+        ContextValue::Strings(many) => many.clone(),
+        _ => Vec::new(),
+    })
+    .map(|name| format!("'{name}'"))
+    .collect()
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -452,6 +478,26 @@ mod tests {
             1 => "\\PC{0,12}",
             1 => "-{1,2}[a-z-]{1,12}(=\\PC{0,6})?",
         ]
+    }
+
+    /// A typo gets clap's suggestion on the one error line: flags and tool names.
+    #[test]
+    fn usage_errors_suggest_the_near_name() {
+        for (argv, expected) in [
+            (
+                &["tracer", "biotop", "--jdb2"][..],
+                "did you mean '--jbd2'?",
+            ),
+            (&["tracer", "wqtop", "--jsn"][..], "did you mean '--json'?"),
+            (&["tracer", "wqtp"][..], "did you mean 'wqtop'?"),
+        ] {
+            let Err(err) = Cli::try_parse_from(argv) else {
+                panic!("{argv:?} parsed");
+            };
+            let line = usage_error_line(&err);
+            assert!(line.contains(expected), "{argv:?}: {line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
     }
 
     proptest! {

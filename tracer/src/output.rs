@@ -187,9 +187,56 @@ impl Drop for Out {
     }
 }
 
-/// The JSON schema tag of a tool's records: "tracer.<tool>.v1".
+/// The version of every tool's JSON records: 2 since every end record has the same `attach`,
+/// `map_full` and `read_errors` fields and every per-interval record `time` and `interval_ns`
+/// (docs/cli.md, "JSON records").
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The JSON schema tag of a tool's records: "tracer.<tool>.v2".
 pub fn schema(tool: &str) -> String {
-    format!("tracer.{tool}.v1")
+    format!("tracer.{tool}.v{SCHEMA_VERSION}")
+}
+
+/// One entry of an end record's `attach` list: what was attached, and how.
+pub fn attach_json(target: &str, mechanism: impl fmt::Display) -> Value {
+    serde_json::json!({"target": target, "mechanism": mechanism.to_string()})
+}
+
+/// The record every tool's `--json` output ends with: `"type": "end"`, `attach` (a list of
+/// `{"target", "mechanism"}`), the kernel side's `map_full` and `read_errors` counts, then the
+/// tool's own fields (`extra`, an object).
+pub fn end_record(
+    tool: &str,
+    attach: Vec<Value>,
+    map_full: u64,
+    read_errors: u64,
+    extra: Value,
+) -> Value {
+    let mut record = serde_json::json!({
+        "type": "end",
+        "attach": attach,
+        "map_full": map_full,
+        "read_errors": read_errors,
+    });
+    if let (Value::Object(record), Value::Object(extra)) = (&mut record, extra) {
+        record.extend(extra);
+    }
+    with_schema(tool, record)
+}
+
+/// A per-interval record (one per interval, empty ones too) of type `kind` ("interval",
+/// "histograms", "counts", ...): `time` (local `HH:MM:SS` at its end) and `interval_ns` (its
+/// length), then the tool's own fields (`extra`, an object).
+pub fn interval_record(tool: &str, kind: &str, interval_ns: u64, extra: Value) -> Value {
+    let mut record = serde_json::json!({
+        "type": kind,
+        "time": hms_now(),
+        "interval_ns": interval_ns,
+    });
+    if let (Value::Object(record), Value::Object(extra)) = (&mut record, extra) {
+        record.extend(extra);
+    }
+    with_schema(tool, record)
 }
 
 /// Merges `"schema"` into a JSON object.
@@ -261,6 +308,20 @@ impl Out {
     pub fn interval_header(&mut self, show: bool) {
         if show {
             self.line(&hms_now());
+        }
+    }
+
+    /// Opens a top screen's interval (ktop, wqtop, reclaimtop): on a terminal redraw, home and
+    /// clear first, like top; with `-T` (`timestamp`) the `HH:MM:SS` line every interval tool
+    /// opens with; then `TOOL - HH:MM:SS  title` (top's own first line).
+    pub fn screen_title(&mut self, tool: &str, redraw: bool, timestamp: bool, title: &str) {
+        let clear = if redraw { "\x1b[H\x1b[2J" } else { "" };
+        let now = hms_now();
+        if timestamp {
+            self.line(&format!("{clear}{now}"));
+            self.line(&format!("{tool} - {now}  {title}"));
+        } else {
+            self.line(&format!("{clear}{tool} - {now}  {title}"));
         }
     }
 }

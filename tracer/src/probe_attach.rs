@@ -1078,6 +1078,23 @@ impl Loaded {
         Ok(all)
     }
 
+    /// The probe tools' end record (output.rs `end_record`): every probe attached and how,
+    /// the counters, their `stats`, and `extra`'s fields.
+    pub fn end_record(&self, tool: &str, extra: serde_json::Value) -> serde_json::Value {
+        let stats = self.stats();
+        let mut fields = serde_json::json!({ "stats": stats });
+        if let (Some(fields), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            fields.extend(extra);
+        }
+        crate::output::end_record(
+            tool,
+            self.attachments.iter().map(Attachment::json).collect(),
+            stats.common.map_full,
+            stats.common.read_errors,
+            fields,
+        )
+    }
+
     pub fn stats(&self) -> ProbeStats {
         let mut total = ProbeStats::default();
         for instance in &self.instances {
@@ -1235,11 +1252,12 @@ pub fn split_positionals(items: &[String]) -> Result<(Vec<String>, crate::sessio
 }
 
 /// Runs `report` every interval (or once at the end without one) until stopped, the count
-/// runs out, or the output closes. `report(last)` returns false to stop.
+/// runs out, or the output closes. `report(last, interval_ns)` (whether it is the last
+/// report, and the nanoseconds since the previous one or the start) returns false to stop.
 pub async fn every_interval(
     interval: &crate::session::IntervalArgs,
     duration: Option<std::time::Duration>,
-    mut report: impl FnMut(bool) -> Result<bool>,
+    mut report: impl FnMut(bool, u64) -> Result<bool>,
 ) -> Result<()> {
     let stop = crate::session::stop_requested(duration);
     tokio::pin!(stop);
@@ -1249,6 +1267,7 @@ pub async fn every_interval(
         t
     });
     let mut printed = 0u64;
+    let mut since = std::time::Instant::now();
     loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
@@ -1256,7 +1275,9 @@ pub async fn every_interval(
         };
         printed += 1;
         let last = stopped || interval.count.is_some_and(|c| printed >= c);
-        if !report(last)? || last {
+        let interval_ns = since.elapsed().as_nanos() as u64;
+        since = std::time::Instant::now();
+        if !report(last, interval_ns)? || last {
             return Ok(());
         }
     }

@@ -1,5 +1,6 @@
 //! How a tool run ends: Ctrl-C, SIGTERM, a duration (`-d`), `[interval] [count]` running out,
-//! or nobody reading the output any more (`tracer forksnoop | head`).
+//! nobody reading the output any more (`tracer forksnoop | head`), or every `-p`/`-t` target
+//! gone (as `perf record -p`: the final report, a line saying so, exit status 0).
 //! Dropping the `aya::Ebpf` afterwards detaches and unloads everything (nothing is pinned).
 
 use std::{
@@ -61,6 +62,25 @@ pub enum StopReason {
     DurationElapsed,
     /// stdout's reader went away (see `output::stdout_gone`).
     OutputClosed,
+    /// Every process or thread named by `-p`/`-t` exited (see `check_pid`).
+    TargetsExited,
+}
+
+/// The `-p`/`-t` targets of this run (`check_pid`, `check_tid`): when all of them are gone,
+/// the run ends.
+static TARGETS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Whether a process or thread is gone: no /proc entry, or a zombie (exited, not yet reaped by
+/// its parent — a test harness or a shell may reap late).
+fn task_gone(id: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{id}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')', comm may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
 }
 
 /// How often a waiting tool looks whether its stdout's reader went away.
@@ -190,19 +210,63 @@ async fn wait_for_stop(duration: Option<Duration>) -> Result<StopReason> {
             tokio::time::sleep(OUTPUT_CHECK_PERIOD).await;
         }
     };
+    let targets = TARGETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let targets_gone = async {
+        if targets.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        while !targets.iter().all(|&t| task_gone(t)) {
+            tokio::time::sleep(OUTPUT_CHECK_PERIOD).await;
+        }
+        let which: Vec<String> = targets.iter().map(u32::to_string).collect();
+        errln!(
+            "{}: {} {} exited; ending the run",
+            crate::output::tool_name(),
+            if targets.len() == 1 {
+                "target"
+            } else {
+                "targets"
+            },
+            which.join(", ")
+        );
+    };
     Ok(tokio::select! {
         _ = s.int.recv() => StopReason::Interrupted,
         _ = s.term.recv() => StopReason::Terminated,
         _ = s.hup.recv() => StopReason::Terminated,
         _ = sleep => StopReason::DurationElapsed,
         _ = output_gone => StopReason::OutputClosed,
+        _ = targets_gone => StopReason::TargetsExited,
     })
 }
 
-/// Validates that a pid names a live process.
+/// Validates that a pid names a live process, and makes it a target of the run: when every
+/// target has exited, `stop_requested` ends the run.
 pub fn check_pid(pid: u32) -> Result<()> {
-    if pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    if pid == 0 || task_gone(pid) {
         usage_bail!("no process with PID {pid} (check the PID with 'ps -p {pid}')");
     }
+    watch(pid);
     Ok(())
+}
+
+/// `check_pid` for a thread (`-t TID`).
+pub fn check_tid(tid: u32) -> Result<()> {
+    if tid == 0 || task_gone(tid) {
+        usage_bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
+    }
+    watch(tid);
+    Ok(())
+}
+
+/// The `-p`/`-t` targets of this run (`check_pid`, `check_tid`).
+pub fn targets() -> Vec<u32> {
+    TARGETS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn watch(id: u32) {
+    let mut targets = TARGETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !targets.contains(&id) {
+        targets.push(id);
+    }
 }

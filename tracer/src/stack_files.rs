@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
+    flame_svg::SvgFile,
     frame_origins::FrameOrigins,
     pprof::{PprofFile, PprofKind},
-    stacks::SvgFile,
 };
 
 pub struct StackFiles {

@@ -6,7 +6,7 @@
 //!
 //! How a tool uses it:
 //! ```ignore
-//! let svg = opts.svg.as_deref().map(stacks::SvgFile::create).transpose()?; // before attaching
+//! let svg = opts.svg.as_deref().map(flame_svg::SvgFile::create).transpose()?; // before attaching
 //! let map = stacks::StackMap::take(&mut ebpf, "STACKS")?;
 //! let raw = RawStack { comm, pid, tid, value,
 //!                      kernel: map.frames(key.kstack), user: map.frames(key.ustack) };
@@ -24,18 +24,18 @@
 //! Kernel addresses are symbolized from /proc/kallsyms, user addresses through the process
 //! (blazesym `Source::Process`: /proc/PID/maps and map_files, so binaries in containers and
 //! deleted files resolve while the process lives; ELF symbol tables, perf maps for JITs,
-//! demangled Rust and C++ names). Frames that do not resolve print as `[unknown]` and are
-//! counted, never dropped.
+//! demangled Rust and C++ names). A process noted while it lived (`keep_process`: its
+//! mappings and files held open, proc_maps.rs) still resolves after it exited or exec'd
+//! another binary. Frames that do not resolve print as `[unknown]` and are counted, never
+//! dropped.
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    io::{BufWriter, Write as _},
     path::{Path, PathBuf},
     rc::Rc,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
     maps::{MapData, StackTraceMap},
@@ -44,7 +44,7 @@ use blazesym::{
     MaybeDefault,
     symbolize::{
         Input, Symbolized, Symbolizer, evict,
-        source::{Kernel, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 use serde_json::{Value, json};
@@ -57,6 +57,7 @@ use crate::{
     frame_origins::FrameOrigins,
     loader::StatsReader,
     output::{Out, comm_str},
+    proc_maps::ProcMaps,
 };
 
 /// The frames behind one stack id of a key.
@@ -216,6 +217,9 @@ pub struct Symbols {
     origins: Option<FrameOrigins>,
     /// Processes forgotten since the symbolizer was last rebuilt (see `forget_processes`).
     forgotten: usize,
+    /// Mappings and held files of the processes noted (`keep_process`), for addresses of a
+    /// process that exited or exec'd since.
+    maps: ProcMaps,
     /// Frames printed as `[unknown]` so far (kernel, user).
     pub unknown_kernel: u64,
     pub unknown_user: u64,
@@ -240,6 +244,7 @@ impl Symbols {
             strip_tracing: false,
             origins: None,
             forgotten: 0,
+            maps: ProcMaps::default(),
             unknown_kernel: 0,
             unknown_user: 0,
             frames_kernel: 0,
@@ -305,11 +310,33 @@ impl Symbols {
     }
 
     /// Symbolizes a user stack now, while its process exists, so that printing it later works
-    /// even after the process exited (the cache is per pid and address).
+    /// even after the process exited (the cache is per pid and address); notes the process's
+    /// mappings too (`keep_process`), for its addresses not sampled yet.
     pub fn prefetch_user(&mut self, pid: u32, frames: &Frames) {
+        self.keep_process(pid);
         if let Frames::Ips(ips) = frames {
             self.fill(Some(pid), lookup_addrs(ips).collect());
         }
+    }
+
+    /// Keeps what it takes to symbolize `pid` after it exits or execs: its executable
+    /// mappings and their files, held open (proc_maps.rs). Call when a process is first seen
+    /// (a `-p` target at start, a warm-up round) and again now and then: a new executable is
+    /// noted again.
+    pub fn keep_process(&mut self, pid: u32) {
+        self.maps.note(pid);
+    }
+
+    /// Notes the run's `-p`/`-t` targets (`keep_process`) and returns how often a tool's
+    /// warm-up rounds (symbolizing new stacks while their processes live, and calling this
+    /// again) should come: every 250 ms with targets — one image of a process that execs may
+    /// live well under a second — else every second.
+    pub fn keep_targets(&mut self) -> std::time::Duration {
+        let targets = crate::session::targets();
+        for &pid in &targets {
+            self.keep_process(pid);
+        }
+        std::time::Duration::from_millis(if targets.is_empty() { 1000 } else { 250 })
     }
 
     /// Drops what is cached for processes that exited (their stacks were evicted and will not
@@ -325,6 +352,7 @@ impl Symbols {
             return;
         }
         self.user.retain(|(pid, _), _| !pids.contains(pid));
+        self.maps.forget(pids);
         for &pid in pids {
             let _ = self
                 .symbolizer
@@ -445,6 +473,12 @@ impl Symbols {
                     .collect(),
                 Err(_) => vec![None; addrs.len()],
             };
+        let names = match pid {
+            Some(pid) if names.iter().any(Option::is_none) && !self.maps.is_empty() => {
+                self.names_from_kept_maps(pid, &addrs, names)
+            }
+            _ => names,
+        };
         for (addr, name) in addrs.into_iter().zip(names) {
             let name = name.unwrap_or_else(|| self.unknown.clone());
             match pid {
@@ -452,6 +486,58 @@ impl Symbols {
                 Some(pid) => self.user.insert((pid, addr), name),
             };
         }
+    }
+
+    /// Names the addresses the live process did not resolve (it exited, or exec'd another
+    /// binary) from the mappings kept for it: each held file symbolized by file offset.
+    fn names_from_kept_maps(
+        &mut self,
+        pid: u32,
+        addrs: &[u64],
+        mut names: Vec<Option<Rc<str>>>,
+    ) -> Vec<Option<Rc<str>>> {
+        // Per held file: (index into addrs, offset in the file) of each address in it.
+        type Wanted = (Rc<crate::proc_maps::HeldFile>, Vec<(usize, u64)>);
+        let mut by_file: HashMap<PathBuf, Wanted> = HashMap::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            if names[i].is_some() {
+                continue;
+            }
+            if let Some((file, offset)) = self.maps.lookup(pid, *addr) {
+                by_file
+                    .entry(file.path())
+                    .or_insert_with(|| (file.clone(), Vec::new()))
+                    .1
+                    .push((i, offset));
+            }
+        }
+        for (path, (file, wanted)) in by_file {
+            let offsets: Vec<u64> = wanted.iter().map(|(_, o)| *o).collect();
+            let source = Source::Elf(Elf {
+                debug_syms: self.origins.is_some(),
+                ..Elf::new(path)
+            });
+            let Ok(results) = self
+                .symbolizer
+                .symbolize(&source, Input::FileOffset(&offsets))
+            else {
+                continue;
+            };
+            for ((i, _), result) in wanted.into_iter().zip(results) {
+                if let Symbolized::Sym(sym) = result {
+                    let name: Rc<str> = Rc::from(sanitize(&sym.name));
+                    if let Some(origins) = self.origins.as_mut() {
+                        let code = sym
+                            .code_info
+                            .as_ref()
+                            .and_then(|c| Some((Rc::from(c.to_path().to_string_lossy()), c.line?)));
+                        origins.note(&name, Some(file.shown.as_os_str()), sym.addr, code);
+                    }
+                    names[i] = Some(name);
+                }
+            }
+        }
+        names
     }
 
     /// One stderr line when many printed frames did not resolve, with the likely reason.
@@ -1003,101 +1089,9 @@ pub fn stack_json(stack: &Stack, total: u64) -> Value {
     })
 }
 
-/// Renders folded lines (one- or two-count) as an inferno flame graph into `writer`.
-pub fn render_svg(
-    lines: &[impl AsRef<str>],
-    title: &str,
-    count_name: &str,
-    writer: impl std::io::Write,
-) -> std::io::Result<()> {
-    let mut options = inferno::flamegraph::Options::default();
-    options.title = title.to_string();
-    options.count_name = count_name.to_string();
-    let mut cold = cold_palette(lines);
-    options.palette_map = cold.as_mut();
-    inferno::flamegraph::from_lines(&mut options, lines.iter().map(AsRef::as_ref), writer)
-}
-
 /// The annotation of off-CPU frames in hot/cold folded stacks (`profile --offcpu`), in the
 /// style of perf's `_[k]` (kernel) and `_[j]` (JIT) suffixes.
 pub const OFFCPU_SUFFIX: &str = "_[o]";
-
-/// Blue shades (FlameGraph's "io" palette range) for the `_[o]` frames of `lines`, so that a
-/// hot/cold graph draws off-CPU time cold; None when there are none (every other frame keeps
-/// the default warm palette either way).
-fn cold_palette(lines: &[impl AsRef<str>]) -> Option<inferno::flamegraph::color::PaletteMap> {
-    let mut palette = inferno::flamegraph::color::PaletteMap::default();
-    // One substring search per line: most graphs have no off-CPU frames at all.
-    for line in lines
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|l| l.contains(OFFCPU_SUFFIX))
-    {
-        let frames = line.rsplit_once(' ').map_or(line, |(f, _)| f);
-        for frame in frames.split(';').filter(|f| f.ends_with(OFFCPU_SUFFIX)) {
-            if palette.get(frame).is_none() {
-                // A stable shade per name, as FlameGraph's --hash does.
-                let hash = frame
-                    .bytes()
-                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-                let v1 = (hash % 61) as u8;
-                let v2 = ((hash / 61) % 56) as u8;
-                palette.insert(
-                    frame,
-                    inferno::flamegraph::color::Color {
-                        r: 80 + v1,
-                        g: 80 + v1,
-                        b: 190 + v2,
-                    },
-                );
-            }
-        }
-    }
-    let any = palette.iter().next().is_some();
-    any.then_some(palette)
-}
-
-/// The `--svg FILE` target, opened before any tracing so a bad path fails at once.
-pub struct SvgFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl SvgFile {
-    pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    /// Renders folded lines with inferno. `title` should say what was sampled; `count_name`
-    /// is the unit shown on hover ("samples", "us").
-    pub fn write(self, lines: &[impl AsRef<str>], title: &str, count_name: &str) -> Result<()> {
-        let mut writer = BufWriter::new(self.file);
-        let result = render_svg(lines, title, count_name, &mut writer);
-        writer
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
-        match result {
-            Ok(()) => Ok(()),
-            // inferno still wrote a valid SVG saying so.
-            Err(_) if lines.is_empty() => {
-                errln!(
-                    "{}: no stacks were collected; the flame graph is empty",
-                    self.path.display()
-                );
-                Ok(())
-            }
-            Err(e) => Err(anyhow!(
-                "cannot write the flame graph to {}: {e}",
-                self.path.display()
-            )),
-        }
-    }
-}
 
 /// Stacks `bpf_get_stackid` could not store (their samples are counted under `[lost: ...]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

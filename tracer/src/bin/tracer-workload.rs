@@ -6,6 +6,9 @@
 //!   threads N       start N threads, one after another (each exits at once)
 //!   spin SECS [PCT] burn CPU for SECS seconds at PCT % duty cycle (default 100)
 //!   hot SECS        spin inside `tracer_workload_hot_function` (for profile tests)
+//!   hot2 SECS       the same inside `tracer_workload_other_hot_function`
+//!   exec PATH ARG.. replace this process with PATH ARG... (execv; the rest of the line is
+//!                   its arguments): a process that execs another binary mid-run
 //!   sleep SECS      sleep SECS seconds in nanosleep (for offcputime tests)
 //!   pingpong N      N round trips of one byte between two processes over pipes (2N context
 //!                   switches); prints "pingpong N NS_PER_ROUND_TRIP" (for sched benchmarks)
@@ -86,6 +89,32 @@ pub extern "C" fn tracer_workload_hot_function(deadline: &Instant) -> u64 {
         }
     }
     x
+}
+
+/// `tracer_workload_hot_function` under another name: after an exec, the second binary's own
+/// hot function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_workload_other_hot_function(deadline: &Instant) -> u64 {
+    let mut x = 1u64;
+    while Instant::now() < *deadline {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(2862933555777941757).wrapping_add(i));
+        }
+    }
+    x
+}
+
+/// Replaces this process with `args[0]` run with `args` (execv): the same PID, a new binary.
+fn exec(args: &[String]) -> ! {
+    use std::os::unix::process::CommandExt as _;
+    let Some(path) = args.first() else {
+        eprintln!("tracer-workload: exec needs a program");
+        std::process::exit(2)
+    };
+    let err = std::process::Command::new(path).args(&args[1..]).exec();
+    eprintln!("tracer-workload: cannot exec {path}: {err}");
+    std::process::exit(1)
 }
 
 /// Writes once to each of `n` fresh anonymous pages: `n` page faults, all in this function.
@@ -381,6 +410,12 @@ fn run(args: &[String]) {
                 let deadline = Instant::now() + Duration::from_secs_f64(number(args, i + 1, "hot"));
                 std::hint::black_box(tracer_workload_hot_function(&deadline));
             }
+            "hot2" => {
+                let deadline =
+                    Instant::now() + Duration::from_secs_f64(number(args, i + 1, "hot2"));
+                std::hint::black_box(tracer_workload_other_hot_function(&deadline));
+            }
+            "exec" => exec(&args[i + 1..]),
             "sleep" => std::thread::sleep(Duration::from_secs_f64(number(args, i + 1, "sleep"))),
             "faults" => tracer_workload_fault_pages(number(args, i + 1, "faults") as u64),
             "mallocs" => mallocs(number(args, i + 1, "mallocs") as u64),
@@ -398,7 +433,7 @@ fn run(args: &[String]) {
             }
             other => {
                 eprintln!(
-                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, sleep, \
+                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, hot2, exec, sleep, \
                      pingpong, open, write, read, stat-refresh, faults, huge-pages, mallocs, repeat)"
                 );
                 std::process::exit(2);

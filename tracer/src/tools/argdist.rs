@@ -11,7 +11,7 @@ use tracer_common::probes::{HistKey, MODE_VALUE, ProbesConfig, ValueKey};
 
 use crate::{
     loader,
-    output::{Out, hms_now, with_schema},
+    output::{Out, interval_record},
     probe_attach::{self, Expr, Hist, ProbeStats, Request},
     probe_spec::{self, Point, Probe},
     session,
@@ -128,42 +128,51 @@ pub async fn run(args: ArgdistArgs) -> Result<()> {
     let mut prev_hists: HashMap<HistKey, Hist> = HashMap::new();
     let periodic = interval.interval.is_some();
     let drain = periodic && !args.cumulative;
-    probe_attach::every_interval(&interval, args.common.duration.duration, |_| {
-        if args.histogram {
-            // Interval mode drains the map: an interval's min and max are its own.
-            let now = loaded.hists(drain)?;
-            print_hists(&args, &probes, &expr, &now, &prev_hists, periodic, &mut out);
-            if !periodic {
-                prev_hists = now;
+    probe_attach::every_interval(
+        &interval,
+        args.common.duration.duration,
+        |_, interval_ns| {
+            if args.histogram {
+                // Interval mode drains the map: an interval's min and max are its own.
+                let now = loaded.hists(drain)?;
+                print_hists(
+                    &args,
+                    &probes,
+                    &expr,
+                    &now,
+                    &prev_hists,
+                    (periodic, interval_ns),
+                    &mut out,
+                );
+                if !periodic {
+                    prev_hists = now;
+                }
+            } else {
+                // Interval mode drains the map: values seen once (pids, pointers, sizes) would
+                // otherwise fill it within minutes.
+                let now = loaded.value_counts(drain)?;
+                print_counts(
+                    &args,
+                    &probes,
+                    &expr,
+                    &names,
+                    &now,
+                    &prev_counts,
+                    (periodic, interval_ns),
+                    &mut out,
+                );
+                if !periodic {
+                    prev_counts = now;
+                }
             }
-        } else {
-            // Interval mode drains the map: values seen once (pids, pointers, sizes) would
-            // otherwise fill it within minutes.
-            let now = loaded.value_counts(drain)?;
-            print_counts(
-                &args,
-                &probes,
-                &expr,
-                &names,
-                &now,
-                &prev_counts,
-                periodic,
-                &mut out,
-            );
-            if !periodic {
-                prev_counts = now;
-            }
-        }
-        loaded.report_problems(TOOL, &mut reported);
-        out.flush();
-        Ok(!out.closed())
-    })
+            loaded.report_problems(TOOL, &mut reported);
+            out.flush();
+            Ok(!out.closed())
+        },
+    )
     .await?;
     if args.common.output.json {
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "end", "stats": loaded.stats(), "attach": loaded.mechanisms}),
-        ));
+        out.json(&loaded.end_record(TOOL, json!({})));
     } else {
         errln!("Detaching...");
     }
@@ -218,7 +227,7 @@ fn print_counts(
     names: &[Option<Symbolic>],
     now: &HashMap<ValueKey, u64>,
     before: &HashMap<ValueKey, u64>,
-    periodic: bool,
+    (periodic, interval_ns): (bool, u64),
     out: &mut Out,
 ) {
     let mut rows = loader::increases(now, before);
@@ -233,10 +242,11 @@ fn print_counts(
                        "probe": probe_name(probes, k.probe_id), "pid": args.per_pid.then_some(k.tgid)})
             })
             .collect();
-        out.json(&with_schema(
+        out.json(&interval_record(
             TOOL,
-            json!({"type": "counts", "time": hms_now(), "expr": expr.text, "total": total,
-                   "distinct": rows.len(), "values": values}),
+            "counts",
+            interval_ns,
+            json!({"expr": expr.text, "total": total, "distinct": rows.len(), "values": values}),
         ));
         return;
     }
@@ -291,9 +301,10 @@ fn print_hists(
     expr: &Expr,
     now: &HashMap<HistKey, Hist>,
     before: &HashMap<HistKey, Hist>,
-    periodic: bool,
+    (periodic, interval_ns): (bool, u64),
     out: &mut Out,
 ) {
+    let mut histograms = Vec::new();
     let mut keys: Vec<&HistKey> = now.keys().collect();
     keys.sort_by_key(|k| (k.probe_id, k.tgid));
     out.interval_header((periodic || args.common.output.timestamp) && !args.common.output.json);
@@ -304,12 +315,11 @@ fn print_hists(
         }
         let name = probe_name(probes, key.probe_id);
         if args.common.output.json {
-            out.json(&with_schema(
-                TOOL,
-                json!({"type": "histogram", "time": hms_now(), "expr": expr.text, "probe": name,
-                       "pid": args.per_pid.then_some(key.tgid), "count": hist.count, "sum": hist.sum,
-                       "min": hist.min, "max": hist.max, "hist": hist.log2.to_json(&expr.text)}),
-            ));
+            histograms.push(
+                json!({"probe": name, "pid": args.per_pid.then_some(key.tgid),
+                   "count": hist.count, "sum": hist.sum, "min": hist.min, "max": hist.max,
+                   "hist": hist.log2.to_json(&expr.text)}),
+            );
             continue;
         }
         let pid = if args.per_pid {
@@ -327,6 +337,15 @@ fn print_hists(
             hist.avg().unwrap_or(0),
             hist.min,
             hist.max
+        ));
+    }
+    if args.common.output.json {
+        // One record an interval, with every histogram of it (none in a quiet interval).
+        out.json(&interval_record(
+            TOOL,
+            "histograms",
+            interval_ns,
+            json!({"expr": expr.text, "histograms": histograms}),
         ));
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     filters,
     hist::Log2,
     loader::{self, Stats, StatsReader, objects},
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, comm_str, end_record, hms_now, with_schema},
     session::{self, IntervalArgs},
     tools::{
         CommonArgs,
@@ -475,13 +475,29 @@ pub fn kernel_hz() -> u64 {
         .unwrap_or(0)
 }
 
-/// A task's name as ps shows it while it lives (a kworker's includes its current workqueue:
-/// kworker/u4:2-flush-7:0), else the comm the kernel side saw.
+/// A task's name as ps shows it while it lives, else the comm the kernel side saw. A kworker
+/// is named by its pool and number alone (kworker/u8:2): /proc appends the workqueue it
+/// served *last* (kworker/u8:2-ext4-rsv-conversion), which need not be the one whose IO is
+/// on the row.
 fn task_name(pid: u32, comm: &str) -> String {
+    if comm.starts_with("kworker/") {
+        return comm.to_string();
+    }
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
         Ok(name) if name.trim_end().starts_with(comm) => name.trim_end().to_string(),
         _ => comm.to_string(),
     }
+}
+
+/// `name` in a text column `width` wide: a longer one is cut, its last character a `+` (as
+/// top marks a truncated field), so the columns after it stay in place.
+fn fit(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_string();
+    }
+    let mut cut: String = name.chars().take(width.saturating_sub(1)).collect();
+    cut.push('+');
+    cut
 }
 
 // ---- the report loop --------------------------------------------------------------------------
@@ -620,10 +636,12 @@ impl View<'_> {
         }
         let end = stats.read();
         if self.args.common.output.json {
-            out.json(&with_schema(
+            out.json(&end_record(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "read_errors": end.read_errors,
-                       "attach": "tracepoint"}),
+                attached.iter().map(Attachment::json).collect(),
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         out.flush();
@@ -702,7 +720,7 @@ impl View<'_> {
                 })
                 .collect();
             let mut record = json!({"type": "interval", "time": hms_now(),
-                "interval_s": secs, "queued": self.args.queued,
+                "interval_ns": elapsed.as_nanos() as u64, "queued": self.args.queued,
                 "devices": devices, "tasks": tasks});
             if self.args.dist {
                 let h: Vec<Value> = hists
@@ -757,7 +775,7 @@ impl View<'_> {
             out.line(&format!(
                 "{:>7} {:<26} {:<10} {} {:>7} {:>10} {:>9.3} {:>9.3}{cgroup}",
                 tgid,
-                task_name(*tgid, &comm_str(comm)),
+                fit(&task_name(*tgid, &comm_str(comm)), 26),
                 self.devices.name(*dev),
                 RW_NAMES[*rw as usize & 3],
                 row.ios,
@@ -824,6 +842,16 @@ impl View<'_> {
             (name, journal)
         };
         let unit = if self.hz == 0 { "jiffies" } else { "ms" };
+        // Devices whose fsyncs (or handles) were seen but that have no jbd2 journal: ext4
+        // without one, whose fsyncs flush the device without any commit.
+        let mut no_journal: Vec<String> = fsyncs
+            .iter()
+            .chain(&handles)
+            .map(|((dev, _, _), _)| self.devices.name(*dev))
+            .filter(|name| journal_name(name).is_none())
+            .collect();
+        no_journal.sort();
+        no_journal.dedup();
         if self.args.common.output.json {
             let per_journal: Vec<Value> = commits
                 .iter()
@@ -859,8 +887,9 @@ impl View<'_> {
             let fsyncs_json = tasks(&fsyncs, &mut self.devices, &mut self.cgroups);
             out.json(&with_schema(
                 TOOL,
-                json!({"type": "jbd2", "time": hms_now(), "interval_s": secs,
-                       "hz": self.hz, "journals": per_journal,
+                json!({"type": "jbd2", "time": hms_now(),
+                       "interval_ns": elapsed.as_nanos() as u64,
+                       "hz": self.hz, "journals": per_journal, "no_journal": no_journal,
                        "handles": handles_json, "fsyncs": fsyncs_json}),
             ));
             out.flush();
@@ -890,6 +919,19 @@ impl View<'_> {
         if commits.is_empty() {
             out.line("(no journal commits)");
         }
+        if !no_journal.is_empty() {
+            out.line(&format!(
+                "({} {} no jbd2 journal — ext4 without one: {} fsyncs below flush the device \
+                 with no journal commit)",
+                no_journal.join(", "),
+                if no_journal.len() == 1 { "has" } else { "have" },
+                if no_journal.len() == 1 {
+                    "its"
+                } else {
+                    "their"
+                }
+            ));
+        }
         let cgroup_header = if self.args.show_cgroup {
             "  CGROUP"
         } else {
@@ -910,7 +952,7 @@ impl View<'_> {
                 out.line(&format!(
                     "{:>7} {:<26} {:<10} {:>9} {:>9.1}{cgroup}",
                     tgid,
-                    task_name(*tgid, &comm_str(comm)),
+                    fit(&task_name(*tgid, &comm_str(comm)), 26),
                     self.devices.name(*dev),
                     count,
                     *count as f64 / secs
@@ -928,6 +970,16 @@ impl View<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kworkers_are_named_by_pool_and_long_names_fit() {
+        // Whatever /proc says of the last workqueue, a kworker is its pool and number.
+        assert_eq!(task_name(1, "kworker/u8:2"), "kworker/u8:2");
+        assert_eq!(fit("short", 26), "short");
+        let long = "a-very-long-process-name-of-thirty-chars";
+        assert_eq!(fit(long, 26).chars().count(), 26);
+        assert!(fit(long, 26).ends_with('+'));
+    }
 
     #[test]
     fn dev_t_round_trips() {

@@ -13,9 +13,9 @@ use clap::Args;
 use inferno::collapse::Collapse as _;
 
 use crate::{
+    flame_svg::{self, Style, SvgFile},
     output,
     pprof::{PprofFile, PprofKind},
-    stacks::SvgFile,
 };
 
 /// Render folded stacks, perf script output or bpftrace stack maps as an SVG flame graph.
@@ -24,7 +24,8 @@ use crate::{
     profile -f -d 10 > cpu.folded; flamegraph cpu.folded --svg cpu.svg\n  \
     perf script | flamegraph > perf.svg         raw perf script output, no stackcollapse step\n  \
     bpftrace -e 'profile:hz:99 { @[kstack] = count(); }' | flamegraph --svg k.svg\n  \
-    flamegraph --diff before.folded after.folded --svg diff.svg   red grew, blue shrank")]
+    flamegraph --diff before.folded after.folded --svg diff.svg   red grew, blue shrank\n  \
+    flamegraph --diff --negate before.folded after.folded --svg gone.svg   BEFORE's shape")]
 pub struct FlamegraphArgs {
     /// Input files; none or `-` reads standard input. Several files are merged.
     #[arg(value_name = "FILE")]
@@ -34,6 +35,11 @@ pub struct FlamegraphArgs {
     /// not paint everything red).
     #[arg(long)]
     pub diff: bool,
+    /// With --diff: draw BEFORE's shape instead of AFTER's (AFTER scaled to BEFORE's total),
+    /// still red grew, blue shrank — so a stack that vanished is drawn, in blue (FlameGraph's
+    /// --negate view).
+    #[arg(long, requires = "diff")]
+    pub negate: bool,
     /// Write the SVG to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -72,8 +78,18 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
     for input in &inputs {
         texts.push(read_folded(*input)?);
     }
-    let (text, default_title) = if args.diff {
-        let text = diff_text(&texts[0], &texts[1])?;
+    let (text, default_title) = if args.diff && args.negate {
+        // Counts in the other order: the shape is the first count's, BEFORE's.
+        let text = flame_svg::diff_text(&texts[1], &texts[0])?;
+        let title = format!(
+            "Differential in the before shape: {} → {} (red grew, blue shrank; after scaled \
+             to before's total)",
+            name(inputs[0]),
+            name(inputs[1])
+        );
+        (text, title)
+    } else if args.diff {
+        let text = flame_svg::diff_text(&texts[0], &texts[1])?;
         let title = format!(
             "Differential: {} → {} (red grew, blue shrank; before scaled to after's total)",
             name(inputs[0]),
@@ -100,43 +116,19 @@ pub fn run(args: FlamegraphArgs) -> Result<()> {
             return Ok(());
         }
     }
+    let style = Style {
+        negate: args.negate,
+    };
     match svg {
-        Some(file) => file.write(&lines, &title, &args.count_name),
+        Some(file) => file.write_styled(&lines, &title, &args.count_name, style),
         None => {
             let mut bytes = Vec::new();
-            crate::stacks::render_svg(&lines, &title, &args.count_name, &mut bytes)
+            flame_svg::render_svg(&lines, &title, &args.count_name, style, &mut bytes)
                 .map_err(|e| anyhow!("cannot render the flame graph: {e}"))?;
             output::write_stdout_bytes(&bytes);
             Ok(())
         }
     }
-}
-
-/// Two-count folded lines (`stack BEFORE AFTER`) for a differential graph, BEFORE scaled to
-/// AFTER's total so a busier AFTER run does not paint everything red.
-pub fn diff_lines(before: &[String], after: &[String]) -> Result<Vec<String>> {
-    Ok(diff_text(&before.join("\n"), &after.join("\n"))?
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
-
-/// `diff_lines` of two folded texts, as text.
-fn diff_text(before: &str, after: &str) -> Result<String> {
-    let mut diff = Vec::new();
-    let options = inferno::differential::Options {
-        normalize: true,
-        strip_hex: false,
-    };
-    inferno::differential::from_readers(
-        options,
-        Cursor::new(before),
-        Cursor::new(after),
-        &mut diff,
-    )
-    .context("cannot compare the two profiles")?;
-    Ok(String::from_utf8(diff)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 fn name(input: Option<&Path>) -> String {

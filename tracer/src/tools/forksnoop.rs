@@ -25,7 +25,7 @@ use crate::{
     cgroup::CgroupArgs,
     filters,
     loader::{self, Stats, StatsReader, objects},
-    output::{Clock, Out, comm_str, hms, hms_now, with_schema},
+    output::{Clock, Out, comm_str, hms, interval_record, with_schema},
     session::{self, IntervalArgs},
     tools::CommonArgs,
     tracefs,
@@ -135,7 +135,7 @@ pub async fn run(args: ForksnoopArgs) -> Result<()> {
         out.json(&with_schema(
             TOOL,
             json!({"type": "end", "events": end.events, "lost": end.lost, "map_full": end.map_full,
-                   "read_errors": end.read_errors, "attach": attachment.mechanism}),
+                   "read_errors": end.read_errors, "attach": [attachment.json()]}),
         ));
     }
     out.flush();
@@ -395,16 +395,19 @@ async fn summarize(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut since = std::time::Instant::now();
     loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
             _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
         };
+        let interval_ns = since.elapsed().as_nanos() as u64;
+        since = std::time::Instant::now();
         if args.interval.interval.is_some() {
-            print_summary(args, &drain(counts)?, &previous, out);
+            print_summary(args, &drain(counts)?, &previous, interval_ns, out);
         } else {
             let current = snapshot(counts);
-            print_summary(args, &current, &previous, out);
+            print_summary(args, &current, &previous, interval_ns, out);
             previous = current;
         }
         report_drops(&stats.read(), &mut reported_lost);
@@ -415,7 +418,13 @@ async fn summarize(
     }
 }
 
-fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out: &mut Out) {
+fn print_summary(
+    args: &ForksnoopArgs,
+    current: &Totals,
+    previous: &Totals,
+    interval_ns: u64,
+    out: &mut Out,
+) {
     let mut rows: Vec<(ParentKey, u64, u64)> = current
         .iter()
         .filter_map(|(key, now)| {
@@ -436,10 +445,11 @@ fn print_summary(args: &ForksnoopArgs, current: &Totals, previous: &Totals, out:
                        "processes": processes, "threads": threads})
             })
             .collect();
-        out.json(&with_schema(
+        out.json(&interval_record(
             TOOL,
-            json!({"type": "summary", "time": hms_now(), "total": total,
-                   "parents_total": rows.len(), "parents": parents}),
+            "summary",
+            interval_ns,
+            json!({"total": total, "parents_total": rows.len(), "parents": parents}),
         ));
     } else {
         out.interval_header(args.interval.interval.is_some() || args.common.output.timestamp);

@@ -8,7 +8,7 @@ use tracer_common::probes::{MODE_COUNT, PidCountKey, ProbesConfig};
 
 use crate::{
     loader,
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, comm_str, interval_record},
     pidns::NsPid,
     probe_attach::{self, Loaded, ProbeStats, Request},
     probe_spec::{self, Probe},
@@ -27,7 +27,8 @@ Examples:\n  \
     funccount 'u:/usr/sbin/nginx:ngx_http_*' 1 5           every second, 5 times\n  \
     funccount -p 1234 u:libc:write                           one process's write() calls\n  \
     funccount -P t:sched:sched_process_fork                  forks per process\n  \
-    funccount 'k:tcp_*'                                      kernel functions (fentry/kprobe)")]
+    funccount 'k:tcp_*'                                      kernel functions (fentry/kprobe)\n  \
+    funccount t:sched:sched_process_exec --filter 'filename == \"/usr/bin/make\"'")]
 pub struct FunccountArgs {
     /// Probes, then optional INTERVAL seconds and COUNT of intervals.
     #[arg(value_name = "PROBE... [INTERVAL [COUNT]]", required = true, num_args = 1..)]
@@ -36,6 +37,11 @@ pub struct FunccountArgs {
     /// looked up in its maps).
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<u32>,
+    /// Only calls where EXPR OP NUMBER, or EXPR == "TEXT" / != "TEXT" (a trailing * compares
+    /// the start), holds: e.g. 'arg2 > 100', 'filename == "/usr/bin/make"'; evaluated in the
+    /// kernel.
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Option<String>,
     /// Count per process (PID and COMM) too.
     #[arg(short = 'P', long = "per-pid")]
     pub per_pid: bool,
@@ -67,20 +73,26 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
         usage_bail!("--top needs a positive number");
     }
     let probes = probe_spec::resolve_all(&specs, args.pid)?;
-    let config = ProbesConfig {
+    let mut config = ProbesConfig {
         mode: MODE_COUNT,
         include_self: args.include_self.into(),
         per_pid: args.per_pid.into(),
         tgid: args.pid.unwrap_or(0),
         ..ProbesConfig::DEFAULT
     };
+    let mut needs_record = false;
+    if let Some(filter) = &args.filter {
+        let (filter, record) = probe_attach::parse_filter(filter, &probes, &[])?;
+        config.filter = filter;
+        needs_record = record;
+    }
     let loaded = probe_attach::attach_all(&Request {
         probes: &probes,
         config,
         pid: args.pid,
         force: args.common.attach,
         entry_and_return: false,
-        needs_record: false,
+        needs_record,
     })?;
     if args.common.verbose {
         loaded.print_summary(TOOL);
@@ -100,51 +112,51 @@ pub async fn run(args: FunccountArgs) -> Result<()> {
     let mut previous: Vec<u64> = vec![0; probes.len()];
     let mut previous_pids = std::collections::HashMap::new();
     let mut reported = ProbeStats::default();
-    probe_attach::every_interval(&interval, args.common.duration.duration, |_last| {
-        let now = loaded.counts(probes.len())?;
-        let deltas: Vec<u64> = now.iter().zip(&previous).map(|(a, b)| a - b).collect();
-        if args.per_pid {
-            // Interval mode drains the per-process map, so processes that have exited do not
-            // pile up in it; the final report of a run without interval needs the totals.
-            let drain = interval.interval.is_some();
-            let pids = loaded.pid_counts(drain)?;
-            print_per_pid(
-                &args,
-                &probes,
-                &pids,
-                &previous_pids,
-                interval.interval.is_some(),
-                &mut out,
-            );
-            if !drain {
-                previous_pids = pids;
+    probe_attach::every_interval(
+        &interval,
+        args.common.duration.duration,
+        |_last, interval_ns| {
+            let now = loaded.counts(probes.len())?;
+            let deltas: Vec<u64> = now.iter().zip(&previous).map(|(a, b)| a - b).collect();
+            if args.per_pid {
+                // Interval mode drains the per-process map, so processes that have exited do not
+                // pile up in it; the final report of a run without interval needs the totals.
+                let drain = interval.interval.is_some();
+                let pids = loaded.pid_counts(drain)?;
+                print_per_pid(
+                    &args,
+                    &probes,
+                    &pids,
+                    &previous_pids,
+                    (interval.interval.is_some(), interval_ns),
+                    &mut out,
+                );
+                if !drain {
+                    previous_pids = pids;
+                }
+            } else {
+                print_counts(
+                    &args,
+                    &probes,
+                    &deltas,
+                    (interval.interval.is_some(), interval_ns),
+                    &mut out,
+                );
             }
-        } else {
-            print_counts(
-                &args,
-                &probes,
-                &deltas,
-                interval.interval.is_some(),
-                &mut out,
-            );
-        }
-        previous = now;
-        loaded.report_problems(TOOL, &mut reported);
-        out.flush();
-        Ok(!out.closed())
-    })
+            previous = now;
+            loaded.report_problems(TOOL, &mut reported);
+            out.flush();
+            Ok(!out.closed())
+        },
+    )
     .await?;
     finish(&args, &loaded, &mut out);
     Ok(())
 }
 
 fn finish(args: &FunccountArgs, loaded: &Loaded, out: &mut Out) {
-    let stats = loaded.stats();
     if args.common.output.json {
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "end", "stats": stats, "attach": loaded.mechanisms}),
-        ));
+        out.json(&loaded.end_record(TOOL, json!({})));
     } else {
         // On stderr, so piped output holds only the table.
         errln!("Detaching...");
@@ -156,7 +168,7 @@ fn print_counts(
     args: &FunccountArgs,
     probes: &[Probe],
     deltas: &[u64],
-    periodic: bool,
+    (periodic, interval_ns): (bool, u64),
     out: &mut Out,
 ) {
     let mut rows: Vec<(usize, u64)> = deltas
@@ -173,9 +185,11 @@ fn print_counts(
             .iter()
             .map(|(i, n)| json!({"probe": probes[*i].spec(), "name": probes[*i].name, "count": n}))
             .collect();
-        out.json(&with_schema(
+        out.json(&interval_record(
             TOOL,
-            json!({"type": "counts", "time": hms_now(), "total": total, "rows_total": rows.len(), "probes": list}),
+            "counts",
+            interval_ns,
+            json!({"total": total, "rows_total": rows.len(), "probes": list}),
         ));
         return;
     }
@@ -206,7 +220,7 @@ fn print_per_pid(
     probes: &[Probe],
     now: &std::collections::HashMap<PidCountKey, u64>,
     before: &std::collections::HashMap<PidCountKey, u64>,
-    periodic: bool,
+    (periodic, interval_ns): (bool, u64),
     out: &mut Out,
 ) {
     let mut rows = loader::increases(now, before);
@@ -235,9 +249,11 @@ fn print_per_pid(
             })
             .collect();
         let total: u64 = rows.iter().map(|r| r.1).sum();
-        out.json(&with_schema(
+        out.json(&interval_record(
             TOOL,
-            json!({"type": "counts_per_pid", "time": hms_now(), "total": total, "rows_total": rows.len(), "rows": list}),
+            "counts_per_pid",
+            interval_ns,
+            json!({"total": total, "rows_total": rows.len(), "rows": list}),
         ));
         return;
     }

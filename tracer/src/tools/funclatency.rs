@@ -12,7 +12,7 @@ use tracer_common::probes::{
 };
 
 use crate::{
-    output::{Out, hms_now, with_schema},
+    output::{Out, interval_record},
     probe_attach::{self, Hist, Loaded, ProbeStats, Request},
     probe_spec::{self, Kind, Probe},
     session,
@@ -35,6 +35,11 @@ pub struct FunclatencyArgs {
     /// The function(s) to time (u:, k:; globs allowed), then optional INTERVAL and COUNT.
     #[arg(value_name = "PROBE [INTERVAL [COUNT]]", num_args = 0..)]
     pub items: Vec<String>,
+    /// Only calls whose entry satisfies EXPR OP NUMBER, or EXPR == "TEXT" / != "TEXT" (a
+    /// trailing * compares the start): e.g. 'arg2 > 4096', 'arg0 == "/etc/passwd"';
+    /// evaluated in the kernel at the function's entry.
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Option<String>,
     /// Microseconds instead of nanoseconds.
     #[arg(short = 'u', long = "microseconds", conflicts_with = "milliseconds")]
     pub microseconds: bool,
@@ -100,6 +105,11 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     {
         if !args.items.iter().all(|s| !s.contains(':')) {
             usage_bail!("give either PROBE or --start/--end, not both");
+        }
+        if args.filter.is_some() {
+            usage_bail!(
+                "--filter is on a function's entry arguments: give a PROBE, not --start/--end"
+            );
         }
         let (_, interval) = split_numbers(&args.items)?;
         if start.starts_with("usdt:") || end.starts_with("usdt:") {
@@ -218,6 +228,9 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
             }
         }
         let probes = probe_spec::resolve(&spec, args.pid)?;
+        if let Some(filter) = &args.filter {
+            config.filter = probe_attach::parse_filter(filter, &probes, &[])?.0;
+        }
         let loaded = probe_attach::attach_all(&Request {
             probes: &probes,
             config,
@@ -241,19 +254,27 @@ pub async fn run(args: FunclatencyArgs) -> Result<()> {
     let mut previous: HashMap<HistKey, Hist> = HashMap::new();
     let mut reported = ProbeStats::default();
     let periodic = interval.interval.is_some();
-    probe_attach::every_interval(&interval, args.common.duration.duration, |_last| {
-        // Each interval drains the map, so its count, min and max are its own.
-        let now = loaded.hists(periodic)?;
-        print(
-            &args, &probes, &now, &previous, unit, div, periodic, &mut out,
-        );
-        if !periodic {
-            previous = now;
-        }
-        loaded.report_problems(TOOL, &mut reported);
-        out.flush();
-        Ok(!out.closed())
-    })
+    probe_attach::every_interval(
+        &interval,
+        args.common.duration.duration,
+        |_last, interval_ns| {
+            // Each interval drains the map, so its count, min and max are its own.
+            let now = loaded.hists(periodic)?;
+            let view = View {
+                unit,
+                div,
+                periodic,
+                interval_ns,
+            };
+            print(&args, &probes, &now, &previous, view, &mut out);
+            if !periodic {
+                previous = now;
+            }
+            loaded.report_problems(TOOL, &mut reported);
+            out.flush();
+            Ok(!out.closed())
+        },
+    )
     .await?;
     finish(&args, &loaded, &mut out);
     Ok(())
@@ -296,10 +317,7 @@ fn one_tracepoint(text: &str, option: &str) -> Result<Probe> {
 fn finish(args: &FunclatencyArgs, loaded: &Loaded, out: &mut Out) {
     let stats = loaded.stats();
     if args.common.output.json {
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "end", "stats": stats, "attach": loaded.mechanisms}),
-        ));
+        out.json(&loaded.end_record(TOOL, json!({})));
     } else {
         if stats.unpaired > 0 && args.common.verbose {
             errln!(
@@ -321,20 +339,33 @@ fn in_unit(ns: u64, div: u32) -> String {
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one printing pass over everything a run shows"
-)]
+/// How one interval is shown: the unit and its divisor, whether intervals repeat, and this
+/// interval's length.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    unit: &'a str,
+    div: u32,
+    periodic: bool,
+    interval_ns: u64,
+}
+
+/// One interval's report: text histograms, or one JSON record with every histogram (empty
+/// intervals too, as in text, where they say "(no completed calls)").
 fn print(
     args: &FunclatencyArgs,
     probes: &[Probe],
     now: &HashMap<HistKey, Hist>,
     before: &HashMap<HistKey, Hist>,
-    unit: &str,
-    div: u32,
-    periodic: bool,
+    view: View,
     out: &mut Out,
 ) {
+    let View {
+        unit,
+        div,
+        periodic,
+        interval_ns,
+    } = view;
+    let mut histograms = Vec::new();
     let mut keys: Vec<&HistKey> = now.keys().collect();
     keys.sort_by_key(|k| (k.probe_id, k.tgid));
     let json = args.common.output.json;
@@ -354,13 +385,10 @@ fn print(
             .flatten();
         let pid = args.per_pid.then_some(key.tgid);
         if json {
-            out.json(&with_schema(
-                TOOL,
-                json!({"type": "histogram", "time": hms_now(), "function": function, "pid": pid,
-                       "comm": pid.map(comm_of), "unit": unit, "count": hist.count,
-                       "sum_ns": hist.sum, "min_ns": hist.min, "max_ns": hist.max,
-                       "avg_ns": hist.avg(), "hist": hist.log2.to_json(unit)}),
-            ));
+            histograms.push(json!({"function": function, "pid": pid,
+                   "comm": pid.map(comm_of), "count": hist.count,
+                   "sum_ns": hist.sum, "min_ns": hist.min, "max_ns": hist.max,
+                   "avg_ns": hist.avg(), "hist": hist.log2.to_json(unit)}));
             continue;
         }
         if let Some(f) = &function {
@@ -382,7 +410,14 @@ fn print(
             in_unit(hist.sum, div),
         ));
     }
-    if !any && !json {
+    if json {
+        out.json(&interval_record(
+            TOOL,
+            "histograms",
+            interval_ns,
+            json!({"unit": unit, "histograms": histograms}),
+        ));
+    } else if !any {
         out.line("(no completed calls)");
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     filters,
     hist::Log2,
     loader::{self, Stats, StatsReader, objects},
-    output::{Out, hms_now, with_schema},
+    output::{Out, end_record, hms_now, with_schema},
     session::{self, IntervalArgs},
     tools::CommonArgs,
 };
@@ -237,9 +237,12 @@ impl Report {
         }
         if self.args.common.output.json {
             let end = self.program.stats.read();
-            out.json(&with_schema(
+            out.json(&end_record(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "attach": mechanism}),
+                vec![self.program.entry.json(), self.program.exit.json()],
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         out.flush();
@@ -283,7 +286,7 @@ impl Report {
                 .collect();
             out.json(&with_schema(
                 TOOL,
-                json!({"type": "interval", "time": hms_now(), "seconds": seconds,
+                json!({"type": "interval", "time": hms_now(), "interval_ns": (seconds * 1e9) as u64,
                        "cpus": self.cpus, "hardirq_pct": busy_pct, "irqs": rows}),
             ));
             out.flush();

@@ -1,7 +1,7 @@
 //! `profile --offcpu`: hot/cold flame graphs. profile's perf-event sampler gives the on-CPU half
 //! and offcputime's sched_switch object (loaded as is) the off-CPU half; both become time (one
 //! sample = 1/F s of CPU), so a thread's wall time splits into where it ran and where it waited.
-//! Off-CPU frames carry the `_[o]` annotation in folded output, which `stacks::render_svg`
+//! Off-CPU frames carry the `_[o]` annotation in folded output, which `flame_svg::render_svg`
 //! draws blue (the on-CPU frames keep the warm palette).
 
 use std::{
@@ -265,7 +265,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
         };
         out.json(&with_schema(
             TOOL,
-            json!({"type": "hotcold", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+            json!({"type": "hotcold", "time": hms_now(), "interval_ns": elapsed.as_nanos() as u64,
                    "event": sampler.event, "hz": sampler.hz, "unit": "ns",
                    "on_cpu_ns": on_ns, "off_cpu_ns": off_ns,
                    "on_cpu_pct": pct(on_ns, on_ns + off_ns),
@@ -323,10 +323,11 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
         );
     }
     if sample.common.output.json {
-        out.json(&with_schema(
+        // map_full and read_errors: the sampler's; the off-CPU side's are in offcpu_stats.
+        out.json(&sampler.end_record(
             TOOL,
-            json!({"type": "end", "event": sampler.event, "hz": sampler.hz, "cpus": sampler.cpus,
-                   "attach": attachment.mechanism, "stats": on_end,
+            vec![attachment.json()],
+            json!({"stats": on_end,
                    "offcpu_stats": {"map_full": off_end.map_full, "read_errors": off_end.read_errors,
                                     "stacks_lost": off_loss.json()}}),
         ));

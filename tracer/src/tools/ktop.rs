@@ -31,7 +31,7 @@ use crate::{
     btf::KernelBtf,
     kthread_roles,
     loader::{self, Stats, StatsReader},
-    output::{Clock, Out, comm_str, hms_now, with_schema},
+    output::{Clock, Out, comm_str, end_record, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, Symbols},
     tools::CommonArgs,
@@ -110,6 +110,12 @@ pub async fn run(args: KtopArgs) -> Result<()> {
         }
     }
     let mut view = View::new(&mut ebpf, work.is_ok())?;
+    view.attach = wakeups
+        .iter()
+        .chain([&switch])
+        .chain(work.as_ref().ok())
+        .map(Attachment::json)
+        .collect();
     kick_cpus(&view.online);
     view.wait_for_cpus().await;
     errln!(
@@ -217,6 +223,8 @@ pub(super) struct View {
     online: Vec<u32>,
     symbols: Symbols,
     function_names: HashMap<u64, String>,
+    /// The end record's `attach` list.
+    pub(super) attach: Vec<serde_json::Value>,
 }
 
 impl View {
@@ -243,6 +251,7 @@ impl View {
             online,
             symbols: Symbols::new(),
             function_names: HashMap::new(),
+            attach: Vec::new(),
         })
     }
 
@@ -461,9 +470,12 @@ impl View {
         }
         if args.common.output.json {
             let end = self.stats.read();
-            out.json(&with_schema(
+            out.json(&end_record(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "read_errors": end.read_errors}),
+                self.attach.clone(),
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         Ok(())
@@ -526,12 +538,13 @@ fn pct(part: u64, whole: u64) -> f64 {
 }
 
 /// A kernel thread's role (a kworker's: the work function it ran) and the tool that breaks
-/// its work down ("; see wqtop").
+/// its work down ("; see wqtop --worker TID": what this kworker ran).
 fn role_or_work(row: &Row) -> String {
     if !row.kthread {
         return String::new();
     }
-    let see = kthread_roles::see(&row.comm);
+    let see = see_for(row);
+    let see = see.as_deref();
     if let Some((function, items)) = &row.work
         && row.comm.starts_with("kworker/")
     {
@@ -546,6 +559,16 @@ fn role_or_work(row: &Row) -> String {
         kthread_roles::role(&row.comm).unwrap_or("kernel thread"),
         see,
     )
+}
+
+/// The command that breaks a kernel thread's work down; for a kworker, wqtop filtered to it.
+fn see_for(row: &Row) -> Option<String> {
+    let see = kthread_roles::see(&row.comm)?;
+    Some(if row.comm.starts_with("kworker/") && see == "wqtop" {
+        format!("wqtop --worker {}", row.tid)
+    } else {
+        see.to_string()
+    })
 }
 
 fn print_text(
@@ -566,14 +589,16 @@ fn print_text(
             )
         })
         .collect();
-    out.line(&format!(
-        "{}ktop - {}  interval {:.2}s  {}",
-        // Home and clear, then redraw: like top on a terminal.
-        if redraw { "\x1b[H\x1b[2J" } else { "" },
-        hms_now(),
-        interval_ns as f64 / 1e9,
-        cpus.join("  ")
-    ));
+    out.screen_title(
+        "ktop",
+        redraw,
+        args.common.output.timestamp,
+        &format!(
+            "interval {:.2}s  {}",
+            interval_ns as f64 / 1e9,
+            cpus.join("  ")
+        ),
+    );
     out.line(&format!(
         "{:>7} {:>7} {:<16} {:>3} {:>6} {:>6} {:>6} {:>8} {:>8}  {}",
         "PID",
@@ -639,7 +664,7 @@ fn interval_json(now: &Snapshot, before: &Snapshot, rows: &[&Row]) -> Value {
             json!({
                 "pid": r.tgid, "tid": r.tid, "comm": r.comm, "kthread": r.kthread,
                 "role": r.kthread.then(|| kthread_roles::role(&r.comm)).flatten(),
-                "see": r.kthread.then(|| kthread_roles::see(&r.comm)).flatten(),
+                "see": r.kthread.then(|| see_for(r)).flatten(),
                 "cpu": r.cpu, "oncpu_ns": r.oncpu_ns, "oncpu_pct": pct(r.oncpu_ns, interval_ns),
                 "per_cpu": per_cpu,
                 "voluntary": r.voluntary, "involuntary": r.involuntary,

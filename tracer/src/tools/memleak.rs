@@ -24,7 +24,7 @@ use tracer_common::{
 use crate::{
     attach::{self, Mechanism},
     loader::{self, StatsReader, objects},
-    output::{Out, hms_now, with_schema},
+    output::{self, Out, end_record, hms_now, with_schema},
     pprof::PprofKind,
     probe_spec, session,
     session::IntervalArgs,
@@ -122,6 +122,7 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
         std::num::NonZeroU32::new(args.pid).ok_or_else(|| usage_err!("PID 0 is not a process"))?,
     );
     let mut loaded_programs: HashSet<&str> = HashSet::new();
+    let mut attach = Vec::new();
     for &(symbol, program) in ATTACH {
         let prog: &mut UProbe = ebpf
             .program_mut(program)
@@ -141,6 +142,23 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
                 library.display()
             )
         })?;
+        // The same "TARGET via MECHANISM" as every tool's -v and end record.
+        let (kind, target) = if program == "memleak_alloc_return" {
+            ("uretprobe", format!("return of {symbol}()"))
+        } else {
+            ("uprobe", format!("{symbol}()"))
+        };
+        attach.push(output::attach_json(
+            &format!("{target} in {}", library.display()),
+            kind,
+        ));
+        if args.common.verbose {
+            errln!(
+                "{TOOL}: {target} in {} (PID {}) via {kind}",
+                library.display(),
+                args.pid
+            );
+        }
     }
     let allocs: BpfHashMap<MapData, u64, AllocInfo> = BpfHashMap::try_from(
         ebpf.take_map("ALLOCS")
@@ -162,6 +180,8 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
     );
 
     let mut symbols = Symbols::new().recording_origins(files.pprof());
+    // Its mappings now: a process that exits before the report still names its stacks.
+    symbols.keep_targets();
     let mut out = Out::new();
     let stop = session::stop_requested(args.common.duration.duration);
     tokio::pin!(stop);
@@ -183,11 +203,13 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
     let mut warmed: HashSet<i32> = HashSet::new();
     let mut printed = 0u64;
     let started = Instant::now();
+    let mut last_report = started;
     let last = loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
             _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
             _ = warm.tick() => {
+                symbols.keep_targets();
                 for (_, info) in allocs.iter().flatten() {
                     if info.ustack >= 0 && warmed.insert(info.ustack) {
                         symbols.prefetch_user(args.pid, &stack_map.frames(info.ustack));
@@ -197,7 +219,13 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
             }
         };
         let resolved = outstanding(&args, &allocs, &stack_map, &comm, &mut symbols);
-        report(&args, &resolved, started.elapsed(), &mut out);
+        report(
+            &args,
+            &resolved,
+            (started.elapsed(), last_report.elapsed()),
+            &mut out,
+        );
+        last_report = Instant::now();
         out.flush();
         printed += 1;
         if stopped || out.closed() || args.interval.count.is_some_and(|c| printed >= c) {
@@ -232,10 +260,12 @@ pub async fn run(args: MemleakArgs) -> Result<()> {
         );
     }
     if args.common.output.json {
-        out.json(&with_schema(
+        out.json(&end_record(
             TOOL,
-            json!({"type": "end", "attach": "uprobe", "allocations_tracked": stats.slot(STAT_EVENTS),
-                   "map_full": end.map_full, "stacks_lost": loss.json()}),
+            attach,
+            end.map_full,
+            end.read_errors,
+            json!({"allocations_tracked": stats.slot(STAT_EVENTS), "stacks_lost": loss.json()}),
         ));
     }
     out.flush();
@@ -303,7 +333,13 @@ fn outstanding(
     list
 }
 
-fn report(args: &MemleakArgs, list: &[(Stack, Held)], elapsed: Duration, out: &mut Out) {
+/// One report: `times` is (since the run started, since the previous report).
+fn report(
+    args: &MemleakArgs,
+    list: &[(Stack, Held)],
+    (elapsed, interval): (Duration, Duration),
+    out: &mut Out,
+) {
     let bytes: u64 = list.iter().map(|(_, h)| h.bytes).sum();
     let allocations: u64 = list.iter().map(|(_, h)| h.allocations).sum();
     if args.folded {
@@ -325,7 +361,8 @@ fn report(args: &MemleakArgs, list: &[(Stack, Held)], elapsed: Duration, out: &m
             .collect();
         out.json(&with_schema(
             TOOL,
-            json!({"type": "outstanding", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+            json!({"type": "outstanding", "time": hms_now(),
+                   "interval_ns": interval.as_nanos() as u64, "elapsed_ns": elapsed.as_nanos() as u64,
                    "pid": args.pid, "older_ms": args.older_ms, "bytes": bytes,
                    "allocations": allocations, "stacks_total": list.len(), "stacks": stacks}),
         ));

@@ -37,7 +37,7 @@ use crate::{
     cgroup::{Controller, Resolver},
     filters,
     loader::{self, Stats, StatsReader, objects},
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, comm_str, end_record, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{Frames, RawStack, StackMap, Symbols},
     tools::CommonArgs,
@@ -566,10 +566,12 @@ impl View {
         }
         let end = self.stats.read();
         if args.common.output.json {
-            out.json(&with_schema(
+            out.json(&end_record(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "read_errors": end.read_errors,
-                       "attach": attachment.mechanism}),
+                vec![attachment.json()],
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         out.flush();
@@ -607,7 +609,7 @@ impl View {
             .map(|(f, n)| json!({"function": f, "migrations": n}))
             .collect();
         let mut record = json!({
-            "type": "interval", "time": hms_now(), "seconds": iv.seconds,
+            "type": "interval", "time": hms_now(), "interval_ns": (iv.seconds * 1e9) as u64,
             "migrations": iv.total(), "by_stopper": iv.by_stopper(),
             "cpus": cpus, "pairs": pairs, "tasks": tasks, "stopper_work": work,
         });

@@ -84,10 +84,8 @@ impl TaskArgs {
         if let Some(pid) = self.pid {
             session::check_pid(pid)?;
         }
-        if let Some(tid) = self.tid
-            && (tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists())
-        {
-            usage_bail!("no thread with TID {tid} (list threads with 'ps -eLf')");
+        if let Some(tid) = self.tid {
+            session::check_tid(tid)?;
         }
         Ok(())
     }

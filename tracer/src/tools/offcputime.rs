@@ -24,7 +24,7 @@ use crate::{
     btf::KernelBtf,
     filters,
     loader::{self, StatsReader, objects},
-    output::{Out, hms_now, with_schema},
+    output::{Out, end_record, hms_now, with_schema},
     pprof::PprofKind,
     session::{self, IntervalArgs},
     stack_files::StackFiles,
@@ -133,7 +133,8 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
     });
     // Symbolize user stacks while their processes exist (see profile's sample_loop): those of
     // tasks blocked right now too, since a process often exits right after its last block.
-    let mut warm = tokio::time::interval(Duration::from_secs(1));
+    // The -p/-t targets' mappings too (profile's sample_loop does the same).
+    let mut warm = tokio::time::interval(symbols.keep_targets());
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     // In interval mode keys are deleted after each report (see profile's sample_loop and
@@ -146,6 +147,7 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
             reason = &mut stop => { reason?; true }
             _ = async { match ticker.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending::<()>().await } } => false,
             _ = warm.tick() => {
+                symbols.keep_targets();
                 let now_blocked = blocked.iter().flatten().map(|(_, out)| out.key);
                 for key in counts.keys().flatten().chain(now_blocked) {
                     if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
@@ -230,10 +232,12 @@ pub async fn run(args: OffcputimeArgs) -> Result<()> {
         errln!("{TOOL}: {} task_struct reads failed", end.read_errors);
     }
     if json {
-        out.json(&with_schema(
+        out.json(&end_record(
             TOOL,
-            json!({"type": "end", "attach": attachment.mechanism, "blocks": stats.slot(STAT_EVENTS),
-                   "map_full": end.map_full, "read_errors": end.read_errors, "stacks_lost": loss.json()}),
+            vec![attachment.json()],
+            end.map_full,
+            end.read_errors,
+            json!({"blocks": stats.slot(STAT_EVENTS), "stacks_lost": loss.json()}),
         ));
     }
     out.flush();
@@ -274,7 +278,7 @@ fn report(
             .collect();
         out.json(&with_schema(
             TOOL,
-            json!({"type": "offcpu", "time": hms_now(), "seconds": elapsed.as_secs_f64(), "unit": "ns",
+            json!({"type": "offcpu", "time": hms_now(), "interval_ns": elapsed.as_nanos() as u64, "unit": "ns",
                    "total_ns": total, "stacks_total": resolved.len(), "stacks": list}),
         ));
         return;

@@ -36,11 +36,12 @@ use crate::{
     btf::KernelBtf,
     cgroup::CgroupArgs,
     filters,
+    flame_svg::{self, SvgFile},
     loader::{self, StatsReader, objects},
-    output::{Out, hms_now, with_schema},
+    output::{self, Out, hms_now, with_schema},
     pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
-    stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
 };
 
@@ -313,6 +314,27 @@ impl Sampler {
         self.stack_map.raw(key, value)
     }
 
+    /// The end record: the sampling perf events (and `more` attachments) as `attach`, the
+    /// event, rate and CPU count, and `extra`.
+    pub(super) fn end_record(
+        &self,
+        tool: &str,
+        more: Vec<serde_json::Value>,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        let stats = self.stats.read();
+        let mut attach = vec![output::attach_json(
+            &format!("{} at {} Hz on {} CPUs", self.event, self.hz, self.cpus),
+            "perf_event",
+        )];
+        attach.extend(more);
+        let mut fields = json!({"event": self.event, "hz": self.hz, "cpus": self.cpus});
+        if let (Some(fields), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            fields.extend(extra);
+        }
+        output::end_record(tool, attach, stats.map_full, stats.read_errors, fields)
+    }
+
     pub(super) fn report_losses(&self, tool: &str) -> serde_json::Value {
         let stats = self.stats.read();
         let loss = StackLoss::read(&self.stats);
@@ -424,7 +446,9 @@ async fn sample_loop(
     );
     tokio::pin!(stop);
     let mut ticker = ticker(sample.interval.interval);
-    let mut warm = tokio::time::interval(Duration::from_secs(1));
+    // The -p/-t targets' mappings now, and again each round (an exec is noted anew): so the
+    // run still names their frames if they exit or exec before the report.
+    let mut warm = tokio::time::interval(symbols.keep_targets());
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     let mut evictor = Evictor::new(keep_totals);
@@ -435,6 +459,7 @@ async fn sample_loop(
             reason = &mut stop => { reason?; true }
             _ = next_tick(&mut ticker) => false,
             _ = warm.tick() => {
+                symbols.keep_targets();
                 for key in sampler.counts.keys().flatten() {
                     if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
                         symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
@@ -565,7 +590,8 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
                     .collect();
                 out.json(&with_schema(
                     TOOL,
-                    json!({"type": "profile", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+                    json!({"type": "profile", "time": hms_now(),
+                           "interval_ns": elapsed.as_nanos() as u64,
                            "event": sampler.event, "hz": sampler.hz, "samples": total,
                            "stacks_total": resolved.len(), "stacks": list}),
                 ));
@@ -673,7 +699,7 @@ async fn run_sampler(
     if let Some(svg) = svg {
         match &before {
             Some((path, before)) => {
-                let diff = super::flamegraph::diff_lines(before, &lines)?;
+                let diff = flame_svg::diff_lines(before, &lines)?;
                 let title = format!(
                     "{title}: differential against {} (red grew, blue shrank)",
                     path.display()
@@ -686,11 +712,7 @@ async fn run_sampler(
     symbols.report_unknown(tool);
     let end = sampler.report_losses(tool);
     if sample.common.output.json {
-        out.json(&with_schema(
-            tool,
-            json!({"type": "end", "event": sampler.event, "hz": sampler.hz,
-                   "cpus": sampler.cpus, "stats": end}),
-        ));
+        out.json(&sampler.end_record(tool, Vec::new(), json!({"stats": end})));
     }
     out.flush();
     Ok(())
@@ -783,7 +805,7 @@ fn print_threads(
             .collect();
         out.json(&with_schema(
             TOOL,
-            json!({"type": "kstacks", "time": hms_now(), "seconds": elapsed.as_secs_f64(),
+            json!({"type": "kstacks", "time": hms_now(), "interval_ns": elapsed.as_nanos() as u64,
                    "event": sampler.event, "hz": sampler.hz, "cpus": sampler.cpus, "samples": total,
                    "threads_total": threads.len(), "threads": list}),
         ));

@@ -691,13 +691,16 @@ impl Report {
         let t = &self.totals;
         let scanned = t.kswapd_scanned + t.direct_scanned + t.memcg_scanned;
         let reclaimed = t.kswapd_reclaimed + t.direct_reclaimed + t.memcg_reclaimed;
-        out.line(&format!(
-            "{}reclaimtop - {}  interval {:.2}s  pages scanned {scanned} reclaimed {reclaimed} ({})",
-            if redraw { "\x1b[H\x1b[2J" } else { "" },
-            hms_now(),
-            self.interval_ns as f64 / 1e9,
-            eff_text(scanned, reclaimed),
-        ));
+        out.screen_title(
+            "reclaimtop",
+            redraw,
+            args.common.output.timestamp,
+            &format!(
+                "interval {:.2}s  pages scanned {scanned} reclaimed {reclaimed} ({})",
+                self.interval_ns as f64 / 1e9,
+                eff_text(scanned, reclaimed),
+            ),
+        );
         out.line(&format!(
             "  kswapd {}/{} ({})  direct {}/{} ({})  memcg {}/{} ({})",
             t.kswapd_scanned,

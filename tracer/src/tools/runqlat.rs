@@ -32,7 +32,7 @@ use crate::{
     hist::Log2,
     kthread_roles,
     loader::{self, Stats, StatsReader, objects},
-    output::{Out, comm_str, hms_now, with_schema},
+    output::{Out, comm_str, end_record, interval_record},
     session::{self, IntervalArgs},
     tools::CommonArgs,
 };
@@ -306,13 +306,16 @@ impl HistView {
         let mut previous: HashMap<HistKey, Log2> = HashMap::new();
         let mut printed = 0u64;
         let mut reported = Stats::default();
+        let mut since = std::time::Instant::now();
         loop {
             let stopped = tokio::select! {
                 reason = &mut stop => { reason?; true }
                 _ = tick(&mut ticker) => false,
             };
             let current = snapshot(&hists);
-            self.print(&current, &previous, &mut out);
+            let interval_ns = since.elapsed().as_nanos() as u64;
+            since = std::time::Instant::now();
+            self.print(&current, &previous, interval_ns, &mut out);
             report_drops(self.tool, &stats.read(), &mut reported);
             printed += 1;
             if stopped || out.closed() || self.interval.count.is_some_and(|c| printed >= c) {
@@ -332,10 +335,12 @@ impl HistView {
         }
         let end = stats.read();
         if self.common.output.json {
-            out.json(&with_schema(
+            out.json(&end_record(
                 self.tool,
-                json!({"type": "end", "map_full": end.map_full, "read_errors": end.read_errors,
-                       "attach": attachment.mechanism}),
+                vec![attachment.json()],
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         out.flush();
@@ -350,6 +355,7 @@ impl HistView {
         &self,
         current: &HashMap<HistKey, Log2>,
         previous: &HashMap<HistKey, Log2>,
+        interval_ns: u64,
         out: &mut Out,
     ) {
         // Per label: the merged histogram, the task ids in it, and a comm seen for it.
@@ -389,9 +395,11 @@ impl HistView {
                 .iter()
                 .map(|(label, h, n, name)| hist_json(label, h, *n, name, unit))
                 .collect();
-            out.json(&with_schema(
+            out.json(&interval_record(
                 self.tool,
-                json!({"type": "histograms", "time": hms_now(), "unit": unit, "histograms": hists}),
+                "histograms",
+                interval_ns,
+                json!({"unit": unit, "histograms": hists}),
             ));
             out.flush();
             return;

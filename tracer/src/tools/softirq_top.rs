@@ -38,12 +38,13 @@ use crate::{
     attach::{self, Attachment, Mechanism, Rung, Target},
     btf::KernelBtf,
     filters,
+    flame_svg::SvgFile,
     hist::Log2,
     loader::{self, StatsReader, objects, take},
     output::{Clock, Out, comm_str, hms_now, with_schema},
     pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
-    stacks::{self, Frames, RawStack, StackLoss, StackMap, SvgFile, Symbols, Unit},
+    stacks::{self, Frames, RawStack, StackLoss, StackMap, Symbols, Unit},
     tools::{
         CommonArgs,
         hardirqs::{self, HardirqProgram, IrqNames, RowKey, Totals},
@@ -1062,7 +1063,7 @@ fn render_json(
     let mut o = json!({
         "type": "interval",
         "time": hms_now(),
-        "interval_s": round2(iv.seconds * 100.0) / 100.0,
+        "interval_ns": (iv.seconds * 1e9) as u64,
         "cpus": iv.cpus,
         "attach": ctx.attach,
         "timed_pct": round2(iv.timed_pct()),

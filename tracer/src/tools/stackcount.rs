@@ -14,7 +14,7 @@ use tracer_common::probes::{
 };
 
 use crate::{
-    output::{Out, comm_str, with_schema},
+    output::{Out, comm_str, interval_record, with_schema},
     probe_attach::{self, Request},
     probe_spec::{self, Kind},
     session,
@@ -175,14 +175,19 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
     let mut symbols = Symbols::new()
         .strip_tracing_frames()
         .recording_origins(files.pprof());
+    // A -p target's mappings now: its user stacks still resolve if it exits before a report.
+    symbols.keep_targets();
     let mut out = Out::new();
     let mut all_folded: HashMap<String, u64> = HashMap::new();
     let mut printed = 0u64;
+    let mut since = std::time::Instant::now();
     loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
             _ = super::runqlat::tick(&mut ticker) => false,
         };
+        let interval_ns = since.elapsed().as_nanos() as u64;
+        since = std::time::Instant::now();
         // In interval mode each report holds that interval's hits: the counts are cleared
         // after being read, as BCC's -i does (stack ids stay: they are shared by intervals).
         let stacks = view.read(
@@ -194,12 +199,10 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         if interval.interval.is_some() && !args.common.output.json {
             out.interval_header(args.common.output.timestamp);
         }
-        view.print(
-            &stacks,
-            &loaded,
-            &mut out,
-            stopped || interval.interval.is_none(),
-        );
+        let last = stopped
+            || interval.interval.is_none()
+            || interval.count.is_some_and(|c| printed + 1 >= c);
+        view.print(&stacks, &loaded, &mut out, (last, interval_ns));
         out.flush();
         // Both files need the run's totals (a --pprof alone once wrote an empty profile).
         if files.wanted() {
@@ -310,7 +313,7 @@ impl View<'_> {
         stacks: &[stacks::Stack],
         loaded: &probe_attach::Loaded,
         out: &mut Out,
-        last: bool,
+        (last, interval_ns): (bool, u64),
     ) {
         let args = self.args;
         let total: u64 = stacks.iter().map(|s| s.value).sum();
@@ -331,13 +334,15 @@ impl View<'_> {
                 out.json(&with_schema(TOOL, value));
             }
             let probe_names: Vec<&String> = self.probes.iter().map(|p| &p.name).collect();
-            let kind = if last { "end" } else { "interval" };
-            let mut record = json!({"type": kind, "total": total, "stacks": stacks.len(),
-                       "probes": probe_names, "stats": loaded.stats(), "attach": loaded.mechanisms});
+            let mut record = json!({"total": total, "stacks": stacks.len(), "probes": probe_names});
             if self.unit != "hits" {
                 record["weight"] = json!(self.unit);
             }
-            out.json(&with_schema(TOOL, record));
+            out.json(&interval_record(TOOL, "interval", interval_ns, record));
+            if last {
+                let weight = (self.unit != "hits").then_some(self.unit);
+                out.json(&loaded.end_record(TOOL, json!({ "weight": weight })));
+            }
         } else if args.folded {
             for line in stacks::folded(stacks, Unit::Samples) {
                 out.line(&line);

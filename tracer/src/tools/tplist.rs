@@ -257,7 +257,16 @@ fn list_usdt(args: &TplistArgs, pattern: &str, out: &mut Out) -> Result<()> {
             break;
         }
     }
-    if listed == 0 {
+    if listed == 0 && args.binary.is_none() {
+        // `-p PID`: a process without probes is an answer, not a mistake. BCC's tplist prints
+        // nothing and exits 0, and scripts rely on that; the note goes to stderr only.
+        errln!(
+            "{TOOL}: PID {} has no USDT probe matching '{pattern}' (its binary and {} mapped \
+             libraries searched)",
+            args.pid.unwrap_or_default(),
+            files.len().saturating_sub(1)
+        );
+    } else if listed == 0 {
         let shown: Vec<String> = files.iter().map(|f| f.0.display().to_string()).collect();
         usage_bail!(
             "no USDT probe matches '{pattern}' in {} (it has no SDT notes, or none by that name)",
@@ -290,11 +299,20 @@ fn mapped_files(pid: u32) -> Result<Vec<(PathBuf, PathBuf)>> {
         } else {
             path.clone()
         };
-        if read.is_file() {
+        // Only ELF files can hold SDT notes: a process also maps locale archives and caches.
+        if is_elf(&read) {
             files.push((path, read));
         }
     }
     Ok(files)
+}
+
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
 
 /// An ELF executable named `name` (no `/`) on $PATH (scripts, such as pyenv's shims, are
@@ -307,11 +325,5 @@ fn in_path(name: &str) -> Option<PathBuf> {
         .to_string_lossy()
         .split(':')
         .map(|dir| Path::new(dir).join(name))
-        .find(|p| {
-            let mut magic = [0u8; 4];
-            std::fs::File::open(p)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-                .is_ok()
-                && magic == *b"\x7fELF"
-        })
+        .find(|p| is_elf(p))
 }

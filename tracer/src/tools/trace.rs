@@ -278,10 +278,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     }
     let stats = loaded.stats();
     if json {
-        out.json(&with_schema(
-            TOOL,
-            json!({"type": "end", "events": printed, "stats": stats, "attach": loaded.mechanisms}),
-        ));
+        out.json(&loaded.end_record(TOOL, json!({"events": printed})));
     } else if stats.throttled > 0 {
         errln!(
             "{TOOL}: {} events suppressed by --max-rate",

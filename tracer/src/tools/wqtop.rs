@@ -34,7 +34,7 @@ use crate::{
     filters,
     hist::Log2,
     loader::{self, Stats, StatsReader, objects},
-    output::{Clock, Out, comm_str, hms_now, with_schema},
+    output::{Clock, Out, comm_str, end_record, hms_now, with_schema},
     session::{self, IntervalArgs},
     stacks::{self, Symbols},
     tools::CommonArgs,
@@ -61,6 +61,7 @@ pub enum SortKey {
     wqtop                    live view, 1 s refresh\n  \
     wqtop -D 5 1             one 5 s interval with latency and run-time histograms\n  \
     wqtop -p 1234            only work queued by PID 1234\n  \
+    wqtop --worker 38        only work kworker 38 ran (after ktop: \"kworker 38 busy; see wqtop\")\n  \
     wqtop --comm 'kswapd*'   only work queued by tasks named kswapd...\n  \
     wqtop -G -s runs         queuers with their cgroup, busiest functions by runs\n  \
     wqtop --json 1 3         JSON lines")]
@@ -71,7 +72,12 @@ pub struct WqtopArgs {
     /// Only work queued by tasks with this comm (exact, or a prefix ending in '*').
     #[arg(long, value_name = "COMM")]
     pub comm: Option<String>,
-    /// Show each queuing process's cgroup (from /proc/PID/cgroup).
+    /// Only work this worker thread ran (a kworker's TID, as ktop names it): each function's
+    /// runs and run time are that worker's; queue latency and queuers stay the function's.
+    #[arg(long, value_name = "TID")]
+    pub worker: Option<u32>,
+    /// Show each queuing process's cgroup (its /proc/PID/cgroup while it lives; recorded in
+    /// the kernel when it queued, so one that exited since is still named).
     #[arg(short = 'G', long = "show-cgroup")]
     pub show_cgroup: bool,
     /// Per-function log2 histograms of queue latency and run time (microseconds).
@@ -105,6 +111,11 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
     if args.top == 0 {
         usage_bail!("--top must be at least 1");
     }
+    if let Some(tid) = args.worker
+        && (tid == 0 || !std::path::Path::new(&format!("/proc/{tid}")).exists())
+    {
+        usage_bail!("--worker {tid}: no such thread (ktop and 'ps -eLf' list kworkers)");
+    }
     let comm = filters::comm_filter(args.comm.as_deref())?;
     let btf = KernelBtf::new();
     let force = args.common.attach_for(
@@ -118,6 +129,7 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
         ),
         comm,
         hists: args.dist.into(),
+        with_cgroup: args.show_cgroup.into(),
         ..offsets(&btf)?
     };
     let (mut ebpf, attached) = load_and_attach(&btf, config, force)?;
@@ -133,6 +145,7 @@ pub async fn run(args: WqtopArgs) -> Result<()> {
         }
     }
     let mut view = View::new(&mut ebpf, args)?;
+    view.attach = attached.iter().map(Attachment::json).collect();
     errln!(
         "Tracing workqueue work ({})... Hit Ctrl-C to end.",
         attached[1].mechanism
@@ -348,6 +361,8 @@ struct View {
     function_names: HashMap<u64, String>,
     cgroups: cgroup::Resolver,
     ncpus: usize,
+    /// The end record's `attach` list.
+    attach: Vec<Value>,
 }
 
 impl View {
@@ -366,6 +381,7 @@ impl View {
             function_names: HashMap::new(),
             cgroups: cgroup::Resolver::default(),
             ncpus,
+            attach: Vec::new(),
         })
     }
 
@@ -497,6 +513,17 @@ impl View {
             q.sort_by(|a, b| b.queued.cmp(&a.queued).then(a.key.pid.cmp(&b.key.pid)));
             let mut w = workers.get(&key.function).cloned().unwrap_or_default();
             w.sort_by(|a, b| b.run_ns.cmp(&a.run_ns).then(a.tid.cmp(&b.tid)));
+            let mut delta = delta;
+            if let Some(tid) = self.args.worker {
+                // The function as this worker ran it: its runs and time only.
+                w.retain(|worker| worker.tid == tid);
+                let Some(mine) = w.first() else {
+                    continue;
+                };
+                delta.runs = mine.runs;
+                delta.ended = mine.runs;
+                delta.run_ns = mine.run_ns;
+            }
             rows.push(Row {
                 function: self.function_name(key.function),
                 workqueue: comm_str(&key.wq),
@@ -595,9 +622,12 @@ impl View {
         }
         if json {
             let end = self.stats.read();
-            out.json(&with_schema(
+            out.json(&end_record(
                 TOOL,
-                json!({"type": "end", "map_full": end.map_full, "read_errors": end.read_errors}),
+                self.attach.clone(),
+                end.map_full,
+                end.read_errors,
+                json!({}),
             ));
         }
         Ok(())
@@ -613,7 +643,9 @@ impl View {
             _ => format!("{} {}?", q.key.tgid, q.comm),
         };
         if self.args.show_cgroup && q.key.tgid != 0 {
-            let path = self.cgroups.label(q.key.tgid, Controller::Cpu);
+            let path = self
+                .cgroups
+                .label_at(q.key.tgid, q.key.cgroup, Controller::Cpu);
             format!("{who} [{path}]")
         } else {
             who
@@ -623,16 +655,18 @@ impl View {
     fn print_text(&mut self, rows: &[Row], interval_ns: u64, redraw: bool, out: &mut Out) {
         let runs: u64 = rows.iter().map(|r| r.stats.runs).sum();
         let busy: u64 = rows.iter().map(|r| r.stats.run_ns).sum();
-        out.line(&format!(
-            "{}wqtop - {}  interval {:.2}s  {runs} runs  {:.1} ms in work items ({:.1}% of {} CPUs)",
-            // Home and clear, then redraw: like top on a terminal.
-            if redraw { "\x1b[H\x1b[2J" } else { "" },
-            hms_now(),
-            interval_ns as f64 / 1e9,
-            busy as f64 / 1e6,
-            pct(busy, interval_ns * self.ncpus as u64),
-            self.ncpus,
-        ));
+        out.screen_title(
+            "wqtop",
+            redraw,
+            self.args.common.output.timestamp,
+            &format!(
+                "interval {:.2}s  {runs} runs  {:.1} ms in work items ({:.1}% of {} CPUs)",
+                interval_ns as f64 / 1e9,
+                busy as f64 / 1e6,
+                pct(busy, interval_ns * self.ncpus as u64),
+                self.ncpus,
+            ),
+        );
         out.line(&format!(
             "{:>7} {:>6} {:>9} {:>9} {:>9} {:>9}  {:<32} {}",
             "RUNS", "%TIME", "TIME-ms", "AVG-us", "QLAT-us", "QMAX-us", "FUNCTION", "WORKQUEUE"
@@ -730,8 +764,11 @@ impl View {
                         "comm": in_task.then_some(&q.comm),
                     });
                     if self.args.show_cgroup {
-                        value["cgroup"] =
-                            json!(in_task.then(|| self.cgroups.label(q.key.tgid, Controller::Cpu)));
+                        value["cgroup"] = json!(in_task.then(|| self.cgroups.label_at(
+                            q.key.tgid,
+                            q.key.cgroup,
+                            Controller::Cpu
+                        )));
                     }
                     value
                 })

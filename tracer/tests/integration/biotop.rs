@@ -37,6 +37,11 @@ pub fn tests() -> Vec<Trial> {
             NEEDS,
             bytes_match_sysfs_and_jbd2_is_named,
         ),
+        trial(
+            "biotop::jbd2_says_a_device_has_no_journal",
+            NEEDS,
+            jbd2_without_journal,
+        ),
         trial("biotop::bad_input_one_line_errors", NEEDS, bad_input),
     ]
 }
@@ -99,22 +104,28 @@ impl LoopExt4 {
     /// mkfs.ext4 (inode tables and journal written now, so no lazy-init thread writes later)
     /// and mount with a long commit interval (no timer commits inside a measured window) and
     /// without the block-bitmap prefetch ext4lazyinit otherwise reads after mount.
-    fn format_and_mount(mut self) -> Result<Self, Failed> {
+    fn format_and_mount(self) -> Result<Self, Failed> {
+        self.format_and_mount_with(&[])
+    }
+
+    /// `format_and_mount` with more mkfs.ext4 options (`-O ^has_journal`: no journal, and no
+    /// commit interval to set).
+    fn format_and_mount_with(mut self, options: &[&str]) -> Result<Self, Failed> {
+        let journal = !options.contains(&"^has_journal");
         let dev = format!("/dev/{}", self.device);
-        sh(Command::new("mkfs.ext4").args([
-            "-q",
-            "-F",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            &dev,
-        ]))?;
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .args(options)
+            .arg(&dev))?;
         // The option arrived in 5.9 with the prefetch it turns off; older kernels have neither.
         let mount = |options: &str| {
             sh(Command::new("mount")
                 .args(["-t", "ext4", "-o", options, &dev])
                 .arg(&self.mount))
         };
-        if mount("commit=60,no_prefetch_block_bitmaps").is_err() {
+        if !journal {
+            mount("defaults")?;
+        } else if mount("commit=60,no_prefetch_block_bitmaps").is_err() {
             mount("commit=60")?;
         }
         self.mounted = true;
@@ -123,6 +134,11 @@ impl LoopExt4 {
 
     pub(crate) fn new(tag: &str) -> Result<Self, Failed> {
         Self::attach(tag)?.format_and_mount()
+    }
+
+    /// An ext4 without a journal: fsyncs, no commits.
+    fn without_journal(tag: &str) -> Result<Self, Failed> {
+        Self::attach(tag)?.format_and_mount_with(&["-O", "^has_journal"])
     }
 
     pub(crate) fn journal(&self) -> String {
@@ -210,7 +226,7 @@ fn records(stdout: &[String], kind: &str) -> Result<Vec<Value>, Failed> {
     for line in stdout {
         let v: Value =
             serde_json::from_str(line).map_err(|e| fail(format!("not JSON ({e}): {line}")))?;
-        ensure(v["schema"] == "tracer.biotop.v1", || {
+        ensure(v["schema"] == "tracer.biotop.v2", || {
             format!("no schema in {line}")
         })?;
         if v["type"] == kind {
@@ -268,6 +284,34 @@ fn jbd2_commits_and_fsync_writer() -> Result<(), Failed> {
         format!("writer PID {writer} should open at least {n} journal handles: {report}")
     })?;
     Ok(())
+}
+
+/// An ext4 without a journal: its fsyncs are listed, and the device is said to have no jbd2
+/// journal (instead of a bare "(no journal commits)" beside them).
+fn jbd2_without_journal() -> Result<(), Failed> {
+    let fs = LoopExt4::without_journal("nojournal")?;
+    fs.settle()?;
+    let tool = start(&["biotop", "--jbd2", "--comm", "dd"])?;
+    let n = 20;
+    let writer = fs.dsync_writer(n)?;
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    let text = done.stdout.join("\n");
+    let said = format!("({} has no jbd2 journal", fs.device);
+    ensure(text.contains(&said), || format!("no '{said}' in:\n{text}"))?;
+    ensure(
+        done.stdout.iter().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.first() == Some(&writer.to_string().as_str())
+                && words.contains(&fs.device.as_str())
+                && words.contains(&n.to_string().as_str())
+        }),
+        || {
+            format!(
+                "no FSYNCS row for dd PID {writer} on {} with {n}:\n{text}",
+                fs.device
+            )
+        },
+    )
 }
 
 fn bytes_match_sysfs_and_jbd2_is_named() -> Result<(), Failed> {

@@ -32,7 +32,64 @@ pub fn tests() -> Vec<Trial> {
             &[Need::Root],
             json_objects_have_schema_and_type,
         ),
+        trial(
+            "cli::runs_end_when_the_p_target_exits",
+            &[Need::Root],
+            runs_end_when_the_target_exits,
+        ),
     ]
+}
+
+/// Every tool that takes `-p PID` ends by itself when its target exits, as `perf record -p`
+/// does: its final report (the interval tools' last screen), one stderr line saying the target
+/// exited, exit status 0 — instead of empty intervals until Ctrl-C.
+fn runs_end_when_the_target_exits() -> Result<(), Failed> {
+    // (tool and arguments before -p, whether a report is printed on stdout at the end)
+    let cases: &[(&[&str], bool)] = &[
+        (&["argdist", "t:sched:sched_switch", "prev_pid"], false),
+        (&["biotop"], true),
+        (&["cpudist"], false),
+        (&["forksnoop"], false),
+        (&["funccount", "t:sched:sched_switch"], false),
+        (&["funclatency", "u:libc:write"], false),
+        (&["ktop"], true),
+        (&["memleak"], true),
+        (&["migrations"], true),
+        (&["offcputime"], false),
+        (&["profile"], false),
+        (&["reclaimtop"], true),
+        (&["runqlat"], false),
+        (&["stackcount", "t:sched:sched_switch"], false),
+        (&["trace", "t:sched:sched_switch"], false),
+        (&["wqtop"], true),
+    ];
+    for (args, reports) in cases {
+        let mut target = Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .map_err(|e| fail(format!("sleep: {e}")))?;
+        let pid = target.id().to_string();
+        let mut argv = args.to_vec();
+        argv.extend(["-p", &pid]);
+        let tool = crate::common::start(&argv);
+        // Exited, not yet reaped: a zombie counts as gone.
+        let _ = target.kill();
+        let done = tool?.wait(crate::common::scaled(std::time::Duration::from_secs(15)));
+        let _ = target.wait();
+        let done = done.map_err(|e| fail(format!("{argv:?}: {e:?}")))?;
+        ensure(
+            done.code == Some(0)
+                && done
+                    .stderr
+                    .iter()
+                    .any(|l| l.contains(&format!("target {pid} exited; ending the run"))),
+            || format!("{argv:?}: exit {:?}, stderr {:?}", done.code, done.stderr),
+        )?;
+        ensure(!reports || !done.stdout.is_empty(), || {
+            format!("{argv:?}: no final report on stdout")
+        })?;
+    }
+    Ok(())
 }
 
 fn help_lists_every_tool() -> Result<(), Failed> {
@@ -169,6 +226,9 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
         &["softirq-top", "-T", "-d", "1.3", "0.5"],
         &["migrations", "-T", "-d", "1.3", "0.5"],
         &["hardirqs", "-T", "-d", "1.3", "0.5"],
+        &["ktop", "-T", "-d", "1.3", "0.5"],
+        &["wqtop", "-T", "-d", "1.3", "0.5"],
+        &["reclaimtop", "-T", "-d", "1.3", "0.5"],
         &["kthreads", "-T"],
     ];
     for args in cases {
@@ -190,21 +250,25 @@ fn interval_header_is_one_format() -> Result<(), Failed> {
     Ok(())
 }
 
-/// README: every JSON object has `"schema": "tracer.<tool>.v1"` and a `"type"`. Each tool with
+/// README and docs/cli.md: every JSON object has `"schema": "tracer.<tool>.v2"` and a
+/// `"type"`; an interval run (`0.3 2`) prints exactly 2 per-interval records, each with `time`
+/// (HH:MM:SS) and `interval_ns` (nanoseconds); every tracing tool's last record is the end
+/// record, with `attach` (a non-empty list of `{target, mechanism}`), `map_full` and
+/// `read_errors`. Each tool with
 /// --json (serve speaks HTTP instead), run briefly in its main modes.
 fn json_objects_have_schema_and_type() -> Result<(), Failed> {
     const RUNS: &[&[&str]] = &[
         &["forksnoop", "--json", "-d", "0.5"],
         &["forksnoop", "--summary", "--json", "0.3", "2"],
         &["doctor", "--json"],
-        &["softirq-top", "--json", "0.3", "1"],
-        &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "1"],
-        &["softirqs", "--json", "0.3", "1"],
+        &["softirq-top", "--json", "0.3", "2"],
+        &["hardirqs", "--json", "-D", "--per-cpu", "0.3", "2"],
+        &["softirqs", "--json", "0.3", "2"],
         &["profile", "--json", "-d", "0.5"],
         &["profile", "--offcpu", "--json", "-d", "0.5"],
         &["kstacks", "--json", "-d", "0.5"],
         &["offcputime", "--json", "-d", "0.5"],
-        &["funccount", "--json", "t:sched:sched_switch", "0.3", "1"],
+        &["funccount", "--json", "t:sched:sched_switch", "0.3", "2"],
         &[
             "funccount",
             "-P",
@@ -234,16 +298,16 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
         ],
         &["tplist", "--json", "-v", "sched:sched_process_fork"],
         &["stackcount", "--json", "t:sched:sched_switch", "-d", "0.5"],
-        &["ktop", "--json", "0.3", "1"],
-        &["migrations", "--json", "0.3", "1"],
+        &["ktop", "--json", "0.3", "2"],
+        &["migrations", "--json", "0.3", "2"],
         &["migrations", "--json", "--stoppers", "-G", "-d", "0.5"],
-        &["wqtop", "--json", "0.3", "1"],
-        &["runqlat", "--json", "0.3", "1"],
-        &["runqlat", "-P", "--json", "0.3", "1"],
-        &["cpudist", "--json", "0.3", "1"],
-        &["biotop", "--json", "0.3", "1"],
-        &["biotop", "--jbd2", "--json", "0.3", "1"],
-        &["reclaimtop", "--json", "0.3", "1"],
+        &["wqtop", "--json", "0.3", "2"],
+        &["runqlat", "--json", "0.3", "2"],
+        &["runqlat", "-P", "--json", "0.3", "2"],
+        &["cpudist", "--json", "0.3", "2"],
+        &["biotop", "--json", "0.3", "2"],
+        &["biotop", "--jbd2", "--json", "0.3", "2"],
+        &["reclaimtop", "--json", "0.3", "2"],
         &["kthreads", "--json"],
         // memleak on this test process (alive, and it links libc).
         &["memleak", "--json", "-p", "{test_pid}", "-d", "0.5"],
@@ -280,18 +344,19 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
             ));
             continue;
         }
-        // The schema names the tool as an identifier: tracer.softirq_top.v1. BCC's softirqs
+        // The schema names the tool as an identifier: tracer.softirq_top.v2. BCC's softirqs
         // is softirq-top's front end and prints softirq-top's records.
         let tool = if args[0] == "softirqs" {
             "softirq-top"
         } else {
             args[0]
         };
-        let schema = format!("tracer.{}.v1", tool.replace('-', "_"));
+        let schema = format!("tracer.{}.v2", tool.replace('-', "_"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         if stdout.trim().is_empty() {
             problems.push(format!("{shown}: no output"));
         }
+        let mut records = Vec::new();
         for line in stdout.lines() {
             let value: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| fail(format!("{shown}: not JSON ({e}): {line}")))?;
@@ -301,7 +366,60 @@ fn json_objects_have_schema_and_type() -> Result<(), Failed> {
                 problems.push(format!("{shown}: no schema {schema} or no type: {line}"));
                 break;
             }
+            records.push(value);
         }
+        problems.extend(
+            json_contract(args, &records)
+                .into_iter()
+                .map(|p| format!("{shown}: {p}")),
+        );
     }
     ensure(problems.is_empty(), || problems.join("\n"))
+}
+
+/// What is wrong with one run's records against the common JSON fields (docs/cli.md).
+fn json_contract(args: &[&str], records: &[serde_json::Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let per_interval: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("interval_ns").is_some())
+        .collect();
+    for r in &per_interval {
+        let time_ok = r["time"].as_str().is_some_and(is_time_line);
+        // Nanoseconds, not seconds: a 0.3 s interval (or a run of a few seconds).
+        let length_ok = r["interval_ns"]
+            .as_u64()
+            .is_some_and(|ns| (50_000_000..60_000_000_000).contains(&ns));
+        if !time_ok || !length_ok {
+            problems.push(format!(
+                "per-interval record without HH:MM:SS time or interval_ns: {r}"
+            ));
+        }
+    }
+    if args.ends_with(&["0.3", "2"]) && per_interval.len() != 2 {
+        problems.push(format!(
+            "{} per-interval records for 2 intervals: {records:?}",
+            per_interval.len()
+        ));
+    }
+    // Listings and one-shot reports have no end record.
+    if ["doctor", "kthreads", "tplist"].contains(&args[0]) {
+        return problems;
+    }
+    let Some(end) = records.last().filter(|r| r["type"] == "end") else {
+        problems.push("the last record is not the end record".to_string());
+        return problems;
+    };
+    let attach_ok = end["attach"].as_array().is_some_and(|list| {
+        !list.is_empty()
+            && list
+                .iter()
+                .all(|a| a["target"].is_string() && a["mechanism"].is_string())
+    });
+    if !attach_ok || !end["map_full"].is_u64() || !end["read_errors"].is_u64() {
+        problems.push(format!(
+            "end record without attach [{{target, mechanism}}], map_full or read_errors: {end}"
+        ));
+    }
+    problems
 }

@@ -929,3 +929,13 @@ pub fn agrees_with_schedstat(
     ours >= schedstat as f64 - margin(schedstat)
         && ours <= (outer + unseen) as f64 + margin(outer + unseen)
 }
+
+/// The histograms in funclatency's and argdist's `--json` output: each interval is one
+/// "histograms" record holding a list of them.
+pub fn histograms(records: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "histograms")
+        .flat_map(|r| r["histograms"].as_array().cloned().unwrap_or_default())
+        .collect()
+}

@@ -38,7 +38,7 @@ fn checks() -> Result<Vec<Value>, Failed> {
         format!("doctor failed: {}", String::from_utf8_lossy(&out.stderr))
     })?;
     let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))?;
-    ensure(json["schema"] == "tracer.doctor.v1", || {
+    ensure(json["schema"] == "tracer.doctor.v2", || {
         format!("schema: {}", json["schema"])
     })?;
     // README: every JSON object has a "schema" and a "type".

@@ -18,6 +18,11 @@ pub fn tests() -> Vec<Trial> {
             diff_colours,
         ),
         trial(
+            "flamegraph::diff_negate_draws_what_vanished",
+            &[],
+            diff_negated,
+        ),
+        trial(
             "flamegraph::perf_script_output_names_the_hot_function",
             &[Need::Root, Need::Command("perf")],
             perf_script,
@@ -129,6 +134,65 @@ fn diff_colours() -> Result<(), Failed> {
         "title does not say Differential".into()
     })?;
     Ok(())
+}
+
+/// BEFORE gone=200 stays=200, AFTER stays=400: the plain diff draws AFTER's shape, where `gone`
+/// has no frame at all; `--negate` draws BEFORE's shape (AFTER scaled to its 400), so `gone`
+/// is there with its 200 samples, 50 % of the graph, blue at -50 points, and `stays` red at
+/// +50 — red still means grew.
+fn diff_negated() -> Result<(), Failed> {
+    let before = scratch("negate-before.folded");
+    let after = scratch("negate-after.folded");
+    std::fs::write(&before, "main;gone 200\nmain;stays 200\n").map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&after, "main;stays 400\n").map_err(|e| fail(e.to_string()))?;
+    let draw = |negate: bool| -> Result<Vec<(String, String)>, Failed> {
+        let svg = scratch(if negate { "negated.svg" } else { "plain.svg" });
+        let (before, after, svg) = (
+            before.display().to_string(),
+            after.display().to_string(),
+            svg.display().to_string(),
+        );
+        let mut argv = vec!["flamegraph", "--diff", &before, &after, "--svg", &svg];
+        if negate {
+            argv.insert(2, "--negate");
+        }
+        let out = run(&argv);
+        ensure(out.status.success(), || {
+            format!("{argv:?}: {}", String::from_utf8_lossy(&out.stderr))
+        })?;
+        let text = std::fs::read_to_string(&svg).map_err(|e| fail(e.to_string()))?;
+        Ok(frames(&text))
+    };
+    let plain = draw(false)?;
+    ensure(frame(&plain, "gone").is_none(), || {
+        format!("the plain diff drew a frame for what vanished: {plain:?}")
+    })?;
+    let negated = draw(true)?;
+    let gone =
+        frame(&negated, "gone").ok_or_else(|| fail(format!("no 'gone' frame: {negated:?}")))?;
+    let stays = frame(&negated, "stays").ok_or_else(|| fail("no 'stays' frame"))?;
+    ensure(
+        gone.0.contains("200 samples, 50.00%") && gone.0.contains("-50.00%"),
+        || format!("gone: {gone:?}"),
+    )?;
+    ensure(stays.0.contains("+50.00%"), || format!("stays: {stays:?}"))?;
+    let blue = |fill: &str| {
+        let v: Vec<u32> = fill
+            .trim_start_matches("rgb(")
+            .trim_end_matches(')')
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        v.len() == 3 && v[2] > v[0] && v[2] > v[1]
+    };
+    ensure(blue(&gone.1), || {
+        format!("vanished but not blue: {:?}", gone.1)
+    })?;
+    ensure(!blue(&stays.1), || format!("grew but blue: {:?}", stays.1))?;
+    let refused = run(&["flamegraph", "--negate", &before.display().to_string()]);
+    ensure(refused.status.code() == Some(2), || {
+        format!("--negate without --diff: {:?}", refused.status)
+    })
 }
 
 /// A folded file with known counts (hot 300, cold 100 under main, a comment line) through

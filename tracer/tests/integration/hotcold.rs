@@ -220,5 +220,10 @@ fn hotcold_report(
         .find(|r| r["type"] == "hotcold")
         .ok_or_else(|| fail(format!("no hotcold record: {records:?}")))?;
     let ns = |field: &str| report[field].as_f64().unwrap_or(0.0);
-    Ok((report, ns("on_cpu_ns"), ns("off_cpu_ns"), ns("seconds")))
+    Ok((
+        report,
+        ns("on_cpu_ns"),
+        ns("off_cpu_ns"),
+        ns("interval_ns") / 1e9,
+    ))
 }

@@ -164,7 +164,9 @@ fn memleak_outstanding_half() -> Result<(), Failed> {
     let linger = if emulated().is_some() { "20" } else { "5" };
     let mut workload = Workload::spawn(&["mallocs", &K.to_string(), "sleep", linger])?;
     let pid = workload.pid.to_string();
-    let tool = start(&["memleak", "-p", &pid, "--json", "-n", "1000", "-o", "200"])?;
+    let tool = start(&[
+        "memleak", "-v", "-p", &pid, "--json", "-n", "1000", "-o", "200",
+    ])?;
     workload.go();
     // The K mallocs take milliseconds; the report at the stop counts blocks older than 200 ms.
     std::thread::sleep(if emulated().is_some() {
@@ -174,6 +176,22 @@ fn memleak_outstanding_half() -> Result<(), Failed> {
     });
     let done = tool.stop(libc::SIGINT)?.ok()?;
     drop(workload);
+    // -v: the "TARGET via MECHANISM" line of every tool, one per probe.
+    let attached: Vec<&String> = done
+        .stderr
+        .iter()
+        .filter(|l| l.starts_with("memleak: ") && l.contains(" via u"))
+        .collect();
+    ensure(
+        attached.len() == 7
+            && attached
+                .iter()
+                .any(|l| l.contains("malloc() in ") && l.ends_with("via uprobe"))
+            && attached
+                .iter()
+                .any(|l| l.contains("return of malloc() in ") && l.ends_with("via uretprobe")),
+        || format!("memleak -v attach lines: {:?}", done.stderr),
+    )?;
     let records = done.json()?;
     let report = records
         .iter()

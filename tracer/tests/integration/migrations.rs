@@ -231,9 +231,10 @@ fn check_rung(
     (expected_ab, expected_ba): (u64, u64),
 ) -> Result<(), Failed> {
     let end = records.iter().find(|r| r["type"] == "end");
-    ensure(end.is_some_and(|e| e["attach"] == rung), || {
-        format!("not attached with {rung}: {end:?}")
-    })?;
+    ensure(
+        end.is_some_and(|e| e["attach"][0]["mechanism"] == rung),
+        || format!("not attached with {rung}: {end:?}"),
+    )?;
     let interval = records
         .iter()
         .find(|r| r["type"] == "interval")

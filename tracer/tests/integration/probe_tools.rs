@@ -84,10 +84,7 @@ fn check_intervals(
     max_field: &str,
     div: u64,
 ) -> Result<Vec<(u64, u64)>, Failed> {
-    let hists: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["type"] == "histogram")
-        .collect();
+    let hists = crate::common::histograms(records);
     let mut seen = Vec::new();
     for h in &hists {
         let (min, max) = (

@@ -5,6 +5,7 @@
 
 use std::{
     path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -51,6 +52,16 @@ pub fn tests() -> Vec<Trial> {
             "probes::tracepoint_fork_count",
             &[Need::Root, Need::Tracefs],
             tracepoint_forks,
+        ),
+        trial(
+            "probes::funclatency_string_filter_on_the_entry",
+            &[Need::Root],
+            funclatency_string_filter,
+        ),
+        trial(
+            "probes::tracepoint_string_filter_counts_one_exec",
+            &[Need::Root, Need::Tracefs],
+            tracepoint_string_filter,
         ),
         trial(
             "probes::kernel_function_fails_with_ladder_reason",
@@ -269,7 +280,10 @@ fn nginx_funclatency() -> Result<(), Failed> {
     wait_access_log(&nginx, N)?;
     let done = tool.stop(libc::SIGINT)?.ok()?;
     let records = done.json()?;
-    let hist = first_of_type(&records, "histogram")?;
+    let hists = crate::common::histograms(&records);
+    let hist = hists
+        .first()
+        .ok_or_else(|| fail(format!("no histogram in {records:?}")))?;
     let count = hist["count"].as_u64().unwrap_or(0);
     let buckets: u64 = hist["hist"]["buckets"]
         .as_array()
@@ -308,9 +322,10 @@ fn nginx_funclatency_glob() -> Result<(), Failed> {
     wait_access_log(&nginx, GOOD + BAD)?;
     let done = tool.stop(libc::SIGINT)?.ok()?;
     let records = done.json()?;
-    let special = records
+    let hists = crate::common::histograms(&records);
+    let special = hists
         .iter()
-        .find(|r| r["type"] == "histogram" && r["function"] == "ngx_http_special_response_handler")
+        .find(|r| r["function"] == "ngx_http_special_response_handler")
         .ok_or_else(|| {
             fail(format!(
                 "no histogram for ngx_http_special_response_handler: {records:?}"
@@ -370,6 +385,85 @@ fn tracepoint_forks() -> Result<(), Failed> {
     ensure(count == N, || {
         format!("counted {count} forks, workload made {N}: {counts}")
     })?;
+    assert_nothing_loaded("probes_")
+}
+
+/// `funclatency --filter` on the entry's string argument: libc's open(2) wrapper timed only
+/// for "/dev/null" holds exactly the workload's N opens of it; filtered on "/dev/zero", none
+/// (and no return counted as unpaired: the filter left those calls out).
+fn funclatency_string_filter() -> Result<(), Failed> {
+    const N: u64 = 300;
+    let workload = Workload::spawn(&["open", &N.to_string()])?;
+    let pid = workload.pid.to_string();
+    let timed = |path: &str| {
+        start(&[
+            "funclatency",
+            "--json",
+            "-p",
+            &pid,
+            "u:libc:open",
+            "--filter",
+            &format!(r#"arg0 == "{path}""#),
+        ])
+    };
+    let null = timed("/dev/null")?;
+    let zero = timed("/dev/zero")?;
+    workload.go_and_wait()?;
+    for (tool, path, expected) in [(null, "/dev/null", N), (zero, "/dev/zero", 0)] {
+        let records = tool.stop(libc::SIGINT)?.ok()?.json()?;
+        let count: u64 = crate::common::histograms(&records)
+            .iter()
+            .filter_map(|h| h["count"].as_u64())
+            .sum();
+        let end = records.last().cloned().unwrap_or_default();
+        ensure(count == expected && end["stats"]["unpaired"] == 0, || {
+            format!("open of {path}: {count} timed calls, expected {expected}: {end}")
+        })?;
+    }
+    assert_nothing_loaded("probes_")
+}
+
+/// A string filter on a tracepoint's `__data_loc char[]` field, compared in the kernel:
+/// sched_process_exec's `filename` equal to /usr/bin/true counts exactly the N runs of it and
+/// none of /usr/bin/truncate (same first 12 bytes); the prefix form `/usr/bin/tru*` counts both.
+fn tracepoint_string_filter() -> Result<(), Failed> {
+    const N: u64 = 6;
+    const DECOYS: u64 = 4;
+    let execs = || -> Result<(), Failed> {
+        for _ in 0..N {
+            Command::new("/usr/bin/true")
+                .status()
+                .map_err(|e| fail(format!("/usr/bin/true: {e}")))?;
+        }
+        for _ in 0..DECOYS {
+            Command::new("/usr/bin/truncate")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| fail(format!("/usr/bin/truncate: {e}")))?;
+        }
+        Ok(())
+    };
+    for (filter, expected) in [
+        (r#"filename == "/usr/bin/true""#, N),
+        (r#"filename == "/usr/bin/tru*""#, N + DECOYS),
+    ] {
+        let tool = start(&[
+            "funccount",
+            "--json",
+            "t:sched:sched_process_exec",
+            "--filter",
+            filter,
+        ])?;
+        execs()?;
+        let done = tool.stop(libc::SIGINT)?.ok()?;
+        let records = done.json()?;
+        let counts = first_of_type(&records, "counts")?;
+        let count = counts["probes"][0]["count"].as_u64().unwrap_or(0);
+        ensure(count == expected, || {
+            format!("--filter '{filter}': counted {count} execs, expected {expected}: {counts}")
+        })?;
+    }
     assert_nothing_loaded("probes_")
 }
 
@@ -561,9 +655,10 @@ fn kprobe_multi_glob_latency() -> Result<(), Failed> {
         })?;
     }
     let records = done.json()?;
-    let hist = records
+    let hists = crate::common::histograms(&records);
+    let hist = hists
         .iter()
-        .find(|r| r["type"] == "histogram" && r["function"] == "vfs_write")
+        .find(|r| r["function"] == "vfs_write")
         .ok_or_else(|| fail(format!("no histogram for vfs_write: {records:?}")))?;
     ensure(hist["count"] == N, || {
         format!(

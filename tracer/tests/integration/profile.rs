@@ -28,6 +28,16 @@ pub fn tests() -> Vec<Trial> {
         ),
         trial("profile::folded_output_parses", ROOT, folded_output_parses),
         trial(
+            "profile::a_process_that_exits_keeps_its_symbols",
+            ROOT,
+            exited_process_keeps_symbols,
+        ),
+        trial(
+            "profile::a_process_that_execs_shows_both_binaries",
+            ROOT,
+            exec_shows_both_binaries,
+        ),
+        trial(
             "profile::svg_is_valid_and_names_the_symbol",
             ROOT,
             svg_is_valid,
@@ -183,7 +193,7 @@ fn one_thread_fits(
     tool_ran: Duration,
 ) -> Result<(), Failed> {
     let samples = profile["samples"].as_u64().unwrap_or(0);
-    let seconds = profile["seconds"].as_f64().unwrap_or(0.0);
+    let seconds = profile["interval_ns"].as_f64().unwrap_or(0.0) / 1e9;
     ensure(
         seconds >= duration * 0.99 && seconds <= tool_ran.as_secs_f64(),
         || format!("sampled {seconds} s for -d {duration}, in a process that ran {tool_ran:?}"),
@@ -228,7 +238,7 @@ fn hot_function_on_top() -> Result<(), Failed> {
     )?;
     let records = done.json()?;
     let profile = record(&records, "profile")?;
-    ensure(profile["schema"] == "tracer.profile.v1", || {
+    ensure(profile["schema"] == "tracer.profile.v2", || {
         format!("schema: {profile}")
     })?;
     let stacks = profile["stacks"]
@@ -264,6 +274,85 @@ fn hot_function_on_top() -> Result<(), Failed> {
     })?;
     one_thread_fits(profile, 99, 3.0, tool_ran)?;
     assert_nothing_loaded("profile_")
+}
+
+/// Folded lines' sample counts: (those whose frames hold each of `names`, all).
+fn folded_counts(lines: &[String], names: &[&str]) -> Result<(Vec<u64>, u64), Failed> {
+    let mut found = vec![0; names.len()];
+    let mut total = 0;
+    for line in lines {
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| fail(format!("no count: {line}")))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| fail(format!("count not a number: {line}")))?;
+        total += count;
+        let frames: Vec<&str> = stack.split(';').collect();
+        for (i, name) in names.iter().enumerate() {
+            if frames.contains(name) {
+                found[i] += count;
+            }
+        }
+    }
+    Ok((found, total))
+}
+
+/// A process that exits during the run keeps its symbols: `profile -p` of a workload that
+/// spins one second in its hot function and exits names that function in its samples (it
+/// printed `hot;[unknown];[unknown]` while symbolization needed the live process). The run
+/// ends when the target exits, exit status 0.
+fn exited_process_keeps_symbols() -> Result<(), Failed> {
+    let Around { done, .. } = around_workload(
+        &["hot", "1"],
+        &["profile", "-F", "199", "-d", "10", "--folded"],
+        true,
+    )?;
+    let (found, total) = folded_counts(&done.stdout, &[HOT])?;
+    ensure(total >= 20 && found[0] * 10 >= total * 8, || {
+        format!(
+            "{HOT} in {} of {total} samples of a process that exited:\n{}",
+            found[0],
+            done.stdout.join("\n")
+        )
+    })?;
+    ensure(
+        done.stderr
+            .iter()
+            .any(|l| l.contains("exited; ending the run")),
+        || format!("the run did not end with its target: {:?}", done.stderr),
+    )
+}
+
+/// A process that execs another binary mid-run shows both binaries' functions: the workload
+/// spins in its hot function, then execs a copy of itself (another file) that spins in its
+/// other hot function and exits; the samples of each image are named from that image.
+fn exec_shows_both_binaries() -> Result<(), Failed> {
+    const OTHER: &str = "tracer_workload_other_hot_function";
+    let dir = std::env::temp_dir().join(format!("tracer-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let copy = dir.join("tracer-workload-2");
+    std::fs::copy(crate::common::WORKLOAD, &copy).map_err(|e| fail(e.to_string()))?;
+    let copy_text = copy.display().to_string();
+    let around = around_workload(
+        &["hot", "1", "exec", &copy_text, "hot2", "1"],
+        &["profile", "-F", "199", "-d", "10", "--folded"],
+        true,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let Around { done, .. } = around?;
+    let (found, total) = folded_counts(&done.stdout, &[HOT, OTHER])?;
+    ensure(
+        total >= 40 && found[0] * 10 >= total * 3 && found[1] * 10 >= total * 3,
+        || {
+            format!(
+                "{HOT} in {}, {OTHER} in {} of {total} samples:\n{}",
+                found[0],
+                found[1],
+                done.stdout.join("\n")
+            )
+        },
+    )
 }
 
 fn folded_output_parses() -> Result<(), Failed> {
@@ -607,7 +696,7 @@ fn kstacks_only_kernel_threads() -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&dir);
     let records = done.json()?;
     let kstacks = record(&records, "kstacks")?;
-    ensure(kstacks["schema"] == "tracer.kstacks.v1", || {
+    ensure(kstacks["schema"] == "tracer.kstacks.v2", || {
         format!("schema: {kstacks}")
     })?;
     let threads = kstacks["threads"]

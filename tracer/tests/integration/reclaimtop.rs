@@ -305,7 +305,7 @@ fn sum(records: &[Value], field: &str) -> u64 {
 fn intervals(finished: &Finished) -> Result<Vec<Value>, Failed> {
     let json = finished.json()?;
     for r in &json {
-        ensure(r["schema"] == "tracer.reclaimtop.v1", || {
+        ensure(r["schema"] == "tracer.reclaimtop.v2", || {
             format!("no schema: {r}")
         })?;
     }

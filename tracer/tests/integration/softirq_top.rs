@@ -542,7 +542,7 @@ fn sampled_times_match_exact() -> Result<(), Failed> {
     let busiest = intervals(&sampled)
         .iter()
         .flat_map(|i| {
-            let seconds = i["interval_s"].as_f64().unwrap_or(1.0).max(0.01);
+            let seconds = (i["interval_ns"].as_f64().unwrap_or(1e9) / 1e9).max(0.01);
             i["total"]["per_cpu"]
                 .as_array()
                 .cloned()

@@ -32,6 +32,16 @@ pub fn tests() -> Vec<Trial> {
             pid_filter_and_histograms,
         ),
         trial("wqtop::text_names_queuer", ROOT, text_names_queuer),
+        trial(
+            "wqtop::cgroup_of_a_queuer_that_exited",
+            ROOT,
+            cgroup_of_exited_queuer,
+        ),
+        trial(
+            "wqtop::worker_filter_shows_what_one_kworker_ran",
+            ROOT,
+            worker_filter,
+        ),
     ]
 }
 
@@ -232,7 +242,7 @@ fn runs_match_tracefs_each_mechanism() -> Result<(), Failed> {
             format!("{mechanism}: no end record")
         })?;
         ensure(
-            lines.iter().all(|v| v["schema"] == "tracer.wqtop.v1"),
+            lines.iter().all(|v| v["schema"] == "tracer.wqtop.v2"),
             || format!("{mechanism}: a record without the schema"),
         )?;
         let recs = records(&lines, FUNCTION);
@@ -354,6 +364,128 @@ fn pid_filter_and_histograms() -> Result<(), Failed> {
             )
         })?;
     }
+    assert_nothing_loaded("wq_")
+}
+
+/// `-G` names the cgroup of a queuer that exited before the report (the usual short-lived
+/// culprit): the kernel recorded its cgroup id when it queued, and the id names the path.
+fn cgroup_of_exited_queuer() -> Result<(), Failed> {
+    let n = reads();
+    let Traced {
+        lines, pid, cgroup, ..
+    } = traced_run(&["-p", "PID", "-G"], n, 0.0)?;
+    // The unified (v2) path once it exited; while it lived, a v1 machine's cpu hierarchy path.
+    let unified = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| fail(format!("no cgroup v2 line in {cgroup}")))?;
+    let cpu = cgroup
+        .lines()
+        .filter_map(|l| {
+            l.splitn(3, ':')
+                .collect::<Vec<_>>()
+                .get(1..3)
+                .map(|f| (f[0], f[1]))
+        })
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu"))
+        .map_or(unified, |(_, path)| path);
+    let queuers: Vec<&Value> = records(&lines, FUNCTION)
+        .into_iter()
+        .flat_map(|r| r["queuers"].as_array().into_iter().flatten())
+        .collect();
+    ensure(!queuers.is_empty(), || format!("no queuers of {FUNCTION}"))?;
+    for q in queuers {
+        ensure(
+            q["pid"] == pid && (q["cgroup"] == unified || q["cgroup"] == cpu),
+            || format!("-G: exited queuer {pid} should show cgroup {unified}: {q}"),
+        )?;
+    }
+    assert_nothing_loaded("wq_")
+}
+
+/// The TIDs of CPU 0's normal-priority kworkers (`kworker/0:N`, with or without the `-wq`
+/// suffix of the last work they ran), from /proc.
+fn cpu0_kworkers() -> Result<Vec<u32>, Failed> {
+    let mut tids = Vec::new();
+    for entry in fs::read_dir("/proc").map_err(|e| fail(format!("/proc: {e}")))? {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let worker = comm.trim().strip_prefix("kworker/0:").unwrap_or("");
+        let number = worker.split('-').next().unwrap_or("");
+        if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+            tids.push(pid);
+        }
+    }
+    Ok(tids)
+}
+
+/// `--worker TID` (what one kworker ran, after ktop names it): one unfiltered wqtop and one
+/// `--worker` wqtop per CPU 0 kworker watch the same N reads of stat_refresh. Each filtered
+/// run counts exactly the refresh_vm_stats runs the unfiltered run gives that worker, lists
+/// no other worker anywhere, and together they saw the runs on CPU 0.
+fn worker_filter() -> Result<(), Failed> {
+    let n = reads();
+    let workers = cpu0_kworkers()?;
+    ensure(!workers.is_empty(), || "no kworker/0:N threads".into())?;
+    let workload = Workload::spawn(&["stat-refresh", &n.to_string()])?;
+    let all = start(&["wqtop", "--json", "0.5"])?;
+    let mut filtered = Vec::new();
+    for tid in &workers {
+        let tid = tid.to_string();
+        filtered.push((
+            tid.clone(),
+            start(&["wqtop", "--json", "0.5", "--worker", &tid])?,
+        ));
+    }
+    workload.go_and_wait_within(scaled(Duration::from_secs(30)))?;
+    std::thread::sleep(scaled(Duration::from_millis(700)));
+    let mut seen = Vec::new();
+    for (tid, tool) in filtered {
+        seen.push((tid, tool.stop(libc::SIGINT)?.ok()?.json()?));
+    }
+    let all = all.stop(libc::SIGINT)?.ok()?.json()?;
+    let unfiltered = records(&all, FUNCTION);
+    let mut on_cpu0 = 0;
+    for (tid, lines) in &seen {
+        let by_worker: u64 = unfiltered
+            .iter()
+            .flat_map(|r| r["workers"].as_array().into_iter().flatten())
+            .filter(|w| w["tid"].as_u64() == tid.parse().ok())
+            .filter_map(|w| w["runs"].as_u64())
+            .sum();
+        let recs = records(lines, FUNCTION);
+        let runs = sum(&recs, "runs");
+        ensure(runs == by_worker, || {
+            format!(
+                "--worker {tid}: {runs} runs of {FUNCTION}, the unfiltered run gives it {by_worker}"
+            )
+        })?;
+        on_cpu0 += runs;
+        for f in lines
+            .iter()
+            .filter(|v| v["type"] == "interval")
+            .flat_map(|v| v["functions"].as_array().into_iter().flatten())
+        {
+            let others: Vec<&Value> = f["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["tid"].as_u64() != tid.parse().ok())
+                .collect();
+            ensure(others.is_empty(), || {
+                format!("--worker {tid} shows other workers: {f}")
+            })?;
+        }
+    }
+    // Every read runs it once on CPU 0, in one of these workers unless the pool made a new one.
+    ensure(on_cpu0 > 0, || {
+        format!("none of CPU 0's kworkers {workers:?} ran {FUNCTION} for {n} reads")
+    })?;
     assert_nothing_loaded("wq_")
 }
 

@@ -267,13 +267,13 @@ fn print_loop_costs(
     failed: &[Option<String>],
 ) {
     println!(
-        "{:<30} {:>12} {:>14} {:>10}",
+        "{:<42} {:>12} {:>14} {:>10}",
         "probe", "us/call", "per-hit cost", "bpf prog"
     );
     for (i, name) in names.iter().enumerate() {
         if let Some(e) = &failed[i] {
             let first = e.lines().next().unwrap_or("");
-            println!("{name:<30} failed: {first}");
+            println!("{name:<42} failed: {first}");
             continue;
         }
         let cost = if i == 0 {
@@ -282,7 +282,7 @@ fn print_loop_costs(
             format!("{:.2} us", best[i] - best[0])
         };
         println!(
-            "{name:<30} {:>12.3} {cost:>14} {:>10}",
+            "{name:<42} {:>12.3} {cost:>14} {:>10}",
             best[i],
             bpf_ns[i].map_or("-".into(), |ns| format!("{ns:.0} ns"))
         );
@@ -293,8 +293,11 @@ fn print_loop_costs(
 /// `python:function__entry` (semaphore-guarded) while a script calls one function `CALLS`
 /// times, as the interpreter's own CPU time (time.process_time) per call, with no probe,
 /// tracer's `argdist --count ... arg2` (the line number: one argument decoded from its SDT
-/// spec) and bpftrace's `@[arg2] = count()`, each attached with `-p` (semaphores are set per
-/// process). Rounds interleave the configurations; the least time of each is its cost.
+/// spec) and bpftrace's `@[arg2] = count()`, then both again with an in-kernel string filter
+/// on the function's name (`--filter 'arg1 == "known_fn"'`, bpftrace's
+/// `/str(arg1) == "known_fn"/`: every call passes, so the cost is the read and compare), each
+/// attached with `-p` (semaphores are set per process). Rounds interleave the
+/// configurations; the least time of each is its cost.
 pub fn usdt_loop() -> Result<()> {
     use std::io::{BufRead as _, BufReader, Write as _};
     const CALLS: u64 = 100_000;
@@ -337,14 +340,18 @@ pub fn usdt_loop() -> Result<()> {
             .with_context(|| format!("python3.11 said '{line}'"))
     };
     let bt_program = format!("{ENTRY} {{ @[arg2] = count(); }}");
+    let bt_filtered = format!("{ENTRY} /str(arg1) == \"known_fn\"/ {{ @[arg2] = count(); }}");
+    let filter = r#"arg1 == "known_fn""#;
     let names = [
         "none",
         "tracer argdist --count arg2",
         "bpftrace @[arg2] = count()",
+        "tracer ... --filter 'arg1 == \"known_fn\"'",
+        "bpftrace /str(arg1) == \"known_fn\"/",
     ];
-    let mut best = [f64::MAX; 3];
-    let mut bpf_ns: [Option<f64>; 3] = [None; 3];
-    let mut failed: [Option<String>; 3] = [None, None, None];
+    let mut best = [f64::MAX; 5];
+    let mut bpf_ns: [Option<f64>; 5] = [None; 5];
+    let mut failed: [Option<String>; 5] = Default::default();
     for _ in 0..LOOP_ROUNDS {
         for i in 0..names.len() {
             if failed[i].is_some() {
@@ -358,8 +365,15 @@ pub fn usdt_loop() -> Result<()> {
                     out,
                     ready,
                 )),
+                3 => Some(Attached::spawn_to(
+                    &mut tracer(&[
+                        "argdist", "-p", &pid, "--count", ENTRY, "arg2", "--filter", filter,
+                    ]),
+                    out,
+                    ready,
+                )),
                 _ => {
-                    let mut cmd = bpftrace(&bt_program);
+                    let mut cmd = bpftrace(if i == 2 { &bt_program } else { &bt_filtered });
                     cmd.args(["-p", &pid]);
                     Some(Attached::spawn_to(&mut cmd, out, ready))
                 }
@@ -371,7 +385,8 @@ pub fn usdt_loop() -> Result<()> {
                     continue;
                 }
             };
-            if i == 2 {
+            if i == 2 || i == 4 {
+                // bpftrace says "Attaching" before it attaches: give it time to finish.
                 std::thread::sleep(Duration::from_millis(500));
             }
             let secs = call(CALLS)?;
