@@ -212,31 +212,33 @@ pub fn end_record(
     read_errors: u64,
     extra: Value,
 ) -> Value {
-    let mut record = serde_json::json!({
+    let record = serde_json::json!({
         "type": "end",
         "attach": attach,
         "map_full": map_full,
         "read_errors": read_errors,
     });
-    if let (Value::Object(record), Value::Object(extra)) = (&mut record, extra) {
-        record.extend(extra);
+    with_schema(tool, with_fields(record, extra))
+}
+
+/// `base` with the fields of `extra` added (both JSON objects; a non-object `extra` adds none).
+pub fn with_fields(mut base: Value, extra: Value) -> Value {
+    if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
+        base.extend(extra);
     }
-    with_schema(tool, record)
+    base
 }
 
 /// A per-interval record (one per interval, empty ones too) of type `kind` ("interval",
 /// "histograms", "counts", ...): `time` (local `HH:MM:SS` at its end) and `interval_ns` (its
 /// length), then the tool's own fields (`extra`, an object).
 pub fn interval_record(tool: &str, kind: &str, interval_ns: u64, extra: Value) -> Value {
-    let mut record = serde_json::json!({
+    let record = serde_json::json!({
         "type": kind,
         "time": hms_now(),
         "interval_ns": interval_ns,
     });
-    if let (Value::Object(record), Value::Object(extra)) = (&mut record, extra) {
-        record.extend(extra);
-    }
-    with_schema(tool, record)
+    with_schema(tool, with_fields(record, extra))
 }
 
 /// Merges `"schema"` into a JSON object.

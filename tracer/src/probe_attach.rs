@@ -1082,10 +1082,7 @@ impl Loaded {
     /// the counters, their `stats`, and `extra`'s fields.
     pub fn end_record(&self, tool: &str, extra: serde_json::Value) -> serde_json::Value {
         let stats = self.stats();
-        let mut fields = serde_json::json!({ "stats": stats });
-        if let (Some(fields), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
-            fields.extend(extra);
-        }
+        let fields = crate::output::with_fields(serde_json::json!({ "stats": stats }), extra);
         crate::output::end_record(
             tool,
             self.attachments.iter().map(Attachment::json).collect(),

@@ -112,6 +112,11 @@ impl ProcMaps {
         self.files.retain(|_, file| Rc::strong_count(file) > 1);
     }
 
+    /// Whether `pid` has a snapshot.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
     }

@@ -311,9 +311,12 @@ impl Symbols {
 
     /// Symbolizes a user stack now, while its process exists, so that printing it later works
     /// even after the process exited (the cache is per pid and address); notes the process's
-    /// mappings too (`keep_process`), for its addresses not sampled yet.
+    /// mappings the first time it is seen (`keep_process`), for its addresses not sampled yet.
+    /// (`-p`/`-t` targets are noted again every round by `keep_targets`, which sees an exec.)
     pub fn prefetch_user(&mut self, pid: u32, frames: &Frames) {
-        self.keep_process(pid);
+        if !self.maps.knows(pid) {
+            self.keep_process(pid);
+        }
         if let Frames::Ips(ips) = frames {
             self.fill(Some(pid), lookup_addrs(ips).collect());
         }

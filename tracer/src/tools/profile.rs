@@ -328,10 +328,10 @@ impl Sampler {
             "perf_event",
         )];
         attach.extend(more);
-        let mut fields = json!({"event": self.event, "hz": self.hz, "cpus": self.cpus});
-        if let (Some(fields), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
-            fields.extend(extra);
-        }
+        let fields = output::with_fields(
+            json!({"event": self.event, "hz": self.hz, "cpus": self.cpus}),
+            extra,
+        );
         output::end_record(tool, attach, stats.map_full, stats.read_errors, fields)
     }
 
