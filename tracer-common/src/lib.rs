@@ -22,6 +22,7 @@ pub mod softirq_top;
 pub mod stacks;
 pub mod stats;
 pub mod task;
+pub mod ustack;
 pub mod wqtop;
 
 /// Length of `task_struct::comm`, NUL included.

@@ -33,7 +33,10 @@ pub struct ProfileConfig {
     pub softirq_only: u8,
     /// One of `IDLE_*`.
     pub idle: u8,
-    pub _reserved: [u8; 3],
+    /// Copy user stacks for unwinding in userspace (`--call-graph dwarf`) instead of walking
+    /// their frame pointers in the kernel.
+    pub copy_user_stacks: u8,
+    pub _reserved: [u8; 2],
     pub comm: CommFilter,
 }
 
@@ -48,7 +51,8 @@ impl ProfileConfig {
         kthreads_only: 0,
         softirq_only: 0,
         idle: IDLE_ANY,
-        _reserved: [0; 3],
+        copy_user_stacks: 0,
+        _reserved: [0; 2],
         comm: CommFilter::ANY,
     };
 }

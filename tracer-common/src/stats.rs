@@ -15,5 +15,9 @@ pub const STAT_STACK_LOST: u32 = 4;
 /// Stacks that hashed to a bucket holding a different stack (EEXIST). Counted like STAT_STACK_LOST;
 /// a bigger stack map makes them rarer.
 pub const STAT_STACK_COLLISIONS: u32 = 5;
+/// Samples whose user stack was to be copied for unwinding (`--call-graph dwarf`) but could
+/// not be (the ring buffer was full, or the user registers were not found): their user stack
+/// was walked with frame pointers instead.
+pub const STAT_USTACK_FALLBACK: u32 = 6;
 /// Number of slots in `STATS`.
-pub const STAT_SLOTS: u32 = 6;
+pub const STAT_SLOTS: u32 = 7;

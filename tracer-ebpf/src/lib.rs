@@ -8,6 +8,7 @@ pub mod ringbuf;
 pub mod stacks;
 pub mod stats;
 pub mod task;
+pub mod ustack;
 
 /// A global the loader sets before load (`EbpfLoader::override_global` on a `#[no_mangle]`
 /// static in .rodata), to be read field by field. `aya_ebpf::Global::load` reads the whole

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use tracer_common::{
@@ -16,13 +16,15 @@ use tracer_common::{
         SampleKey,
     },
     stacks::{BPF_F_USER_STACK, STACK_NONE, STACKS_ENTRIES},
-    stats::{STAT_EVENTS, STAT_MAP_FULL},
+    stats::{STAT_EVENTS, STAT_MAP_FULL, STAT_USTACK_FALLBACK},
     task::PF_KTHREAD,
+    ustack::USER_STACKS_RING_BYTES,
 };
 use tracer_ebpf::{
     stacks::stack_id,
     stats::bump,
     task::{Task, current_in_cgroup},
+    ustack::{sample_user_regs, submit_user_stack},
 };
 
 tracer_ebpf::license!();
@@ -35,6 +37,10 @@ static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
 
 #[map]
 static COUNTS: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+
+/// Samples whose user stack is unwound in userspace (`copy_user_stacks`); the loader sizes it.
+#[map]
+static USER_STACKS: RingBuf = RingBuf::with_byte_size(USER_STACKS_RING_BYTES, 0);
 
 /// Per CPU: 1 while a softirq handler runs (between softirq_entry and softirq_exit).
 #[map]
@@ -82,12 +88,6 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     } else {
         STACK_NONE
     };
-    // Kernel threads and the idle tasks have no user stack.
-    let ustack = if config.user_stacks != 0 && !kthread && !idle {
-        stack_id(&ctx, &STACKS, BPF_F_USER_STACK, &STATS)
-    } else {
-        STACK_NONE
-    };
     let mut flags = 0;
     if kthread {
         flags |= SAMPLE_KTHREAD;
@@ -95,15 +95,28 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     if softirq {
         flags |= SAMPLE_SOFTIRQ;
     }
-    let key = SampleKey {
+    let mut key = SampleKey {
         tgid,
         pid,
         kstack,
-        ustack,
+        ustack: STACK_NONE,
         flags,
         _reserved: 0,
         comm,
     };
+    // Kernel threads and the idle tasks have no user stack.
+    if config.user_stacks != 0 && !kthread && !idle {
+        if config.copy_user_stacks != 0 {
+            let regs = sample_user_regs(&ctx);
+            if let Some(regs) = regs
+                && submit_user_stack(&USER_STACKS, USER_STACKS_RING_BYTES as u64, &key, 1, &regs)
+            {
+                return 0;
+            }
+            bump(&STATS, STAT_USTACK_FALLBACK);
+        }
+        key.ustack = stack_id(&ctx, &STACKS, BPF_F_USER_STACK, &STATS);
+    }
     if let Some(count) = COUNTS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value from a successful lookup, touched only on this CPU.
         unsafe { *count += 1 };

@@ -127,6 +127,32 @@ impl KernelBtf {
         bail!("{name} is not a per-CPU variable in kernel BTF")
     }
 
+    /// Byte size of `struct strukt`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32> {
+        let btf = self.parsed()?;
+        for ty in btf.resolve_types_by_name(strukt).unwrap_or_default() {
+            if let Type::Struct(s) = ty {
+                return Ok(s.size() as u32);
+            }
+        }
+        bail!("struct {strukt} not found in kernel BTF")
+    }
+
+    /// Where a task's user registers are saved on kernel entry (`tracer_common::ustack`).
+    pub fn user_regs_offsets(&self) -> Result<tracer_common::ustack::UserRegsOffsets> {
+        let off = |m| self.member_offset("pt_regs", m);
+        Ok(tracer_common::ustack::UserRegsOffsets {
+            task_stack: self.member_offset("task_struct", "stack")?,
+            regs_size: self.struct_size("pt_regs")?,
+            ip: off("ip")?,
+            sp: off("sp")?,
+            bp: off("bp")?,
+            cs: off("cs")?,
+            ss: off("ss")?,
+            valid: 1,
+        })
+    }
+
     pub fn task_offsets(&self) -> Result<TaskOffsets> {
         let off = |m| self.member_offset("task_struct", m);
         Ok(TaskOffsets {

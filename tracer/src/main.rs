@@ -35,6 +35,7 @@ mod stack_files;
 mod stacks;
 mod tools;
 mod tracefs;
+mod unwind;
 mod uprobe_multi;
 mod usdt;
 

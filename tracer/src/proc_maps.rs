@@ -69,14 +69,8 @@ impl ProcMaps {
         {
             return;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
-        };
         let mut mappings = Vec::new();
-        for line in maps.lines() {
-            let Some(entry) = parse_line(line) else {
-                continue;
-            };
+        for entry in executable_mappings(pid) {
             if let Some(file) = self.hold(pid, &entry) {
                 mappings.push(Mapping {
                     start: entry.start,
@@ -121,15 +115,9 @@ impl ProcMaps {
         self.procs.is_empty()
     }
 
-    /// Opens the file of an executable mapping: through /proc/PID/map_files (the very file,
-    /// even deleted or in another mount namespace), else through the process's root.
+    /// Opens the file of an executable mapping, once per file (see `open_mapped`).
     fn hold(&mut self, pid: u32, entry: &Entry) -> Option<Rc<HeldFile>> {
-        let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
-        let via_root =
-            Path::new(&format!("/proc/{pid}/root")).join(entry.path.trim_start_matches('/'));
-        let fd = File::open(&by_range)
-            .or_else(|_| File::open(&via_root))
-            .ok()?;
+        let fd = open_mapped(pid, entry)?;
         let meta = fd.metadata().ok()?;
         let key = (meta.dev(), meta.ino());
         Some(
@@ -146,12 +134,29 @@ impl ProcMaps {
     }
 }
 
+/// The executable file mappings of `pid` now (none when it is gone or unreadable).
+pub fn executable_mappings(pid: u32) -> Vec<Entry> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|maps| maps.lines().filter_map(parse_line).collect())
+        .unwrap_or_default()
+}
+
+/// Opens the file of an executable mapping: through /proc/PID/map_files (the very file, even
+/// deleted or in another mount namespace), else through the process's root.
+pub fn open_mapped(pid: u32, entry: &Entry) -> Option<File> {
+    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    let via_root = Path::new(&format!("/proc/{pid}/root")).join(entry.path.trim_start_matches('/'));
+    File::open(&by_range)
+        .or_else(|_| File::open(&via_root))
+        .ok()
+}
+
 /// The fields of one /proc/PID/maps line that an executable file mapping needs.
-struct Entry {
-    start: u64,
-    end: u64,
-    offset: u64,
-    path: String,
+pub struct Entry {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
 }
 
 /// `start-end perms offset dev inode path`, for executable mappings of files only.

@@ -71,9 +71,18 @@ pub enum Frames {
     Ips(Vec<u64>),
 }
 
-/// A BPF stack-trace map (`BPF_MAP_TYPE_STACK_TRACE`).
+/// Stack ids from here up name stacks unwound in userspace (`StackMap::intern`), not
+/// entries of the kernel's stack map (whose ids are below its size).
+pub const UNWOUND_BASE: i32 = 1 << 30;
+
+/// A BPF stack-trace map (`BPF_MAP_TYPE_STACK_TRACE`), and the user stacks unwound in
+/// userspace (`--call-graph dwarf`), under ids of their own from `UNWOUND_BASE`.
 pub struct StackMap {
     map: StackTraceMap<MapData>,
+    /// Unwound stacks by id, and the id of each (one id per distinct stack).
+    unwound: HashMap<i32, Rc<[u64]>>,
+    unwound_ids: HashMap<Rc<[u64]>, i32>,
+    next_unwound: i32,
     /// Frames of ids this map deleted (`remove_unreferenced`), kept while some key still names
     /// them: a kernel program can take an id just before its delete and store a key with it
     /// just after (the stack is stored again only at its next hit).
@@ -88,16 +97,34 @@ impl StackMap {
             .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
         Ok(Self {
             map: StackTraceMap::try_from(map)?,
+            unwound: HashMap::new(),
+            unwound_ids: HashMap::new(),
+            next_unwound: UNWOUND_BASE,
             deleted: HashMap::new(),
         })
     }
 
-    /// Every stack id in the map now.
+    /// The id of an unwound user stack (frames leaf first), the same for the same frames.
+    pub fn intern(&mut self, frames: Vec<u64>) -> i32 {
+        let frames: Rc<[u64]> = frames.into();
+        if let Some(&id) = self.unwound_ids.get(&frames) {
+            return id;
+        }
+        let id = self.next_unwound;
+        // Ids of stacks removed since are not reused: 2^30 distinct stacks is far off.
+        self.next_unwound = self.next_unwound.checked_add(1).unwrap_or(UNWOUND_BASE);
+        self.unwound_ids.insert(frames.clone(), id);
+        self.unwound.insert(id, frames);
+        id
+    }
+
+    /// Every stack id in the map now, and of the unwound stacks.
     pub fn ids(&self) -> Vec<i32> {
         self.map
             .stack_ids()
             .filter_map(|id| id.ok())
             .map(|id| id as i32)
+            .chain(self.unwound.keys().copied())
             .collect()
     }
 
@@ -106,6 +133,10 @@ impl StackMap {
         match id {
             STACK_NONE => Frames::None,
             id if id < 0 => Frames::Lost(-id),
+            id if id >= UNWOUND_BASE => match self.unwound.get(&id) {
+                Some(frames) => Frames::Ips(frames.to_vec()),
+                None => Frames::Lost(libc::ENOENT),
+            },
             id => match self.map.get(&(id as u32), 0) {
                 Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
                 Err(_) => match self.deleted.get(&(id as u32)) {
@@ -136,6 +167,12 @@ impl StackMap {
             .filter(|&id| id >= 0 && !referenced.contains(&id))
             .collect();
         for id in candidates {
+            if id >= UNWOUND_BASE {
+                if let Some(frames) = self.unwound.remove(&id) {
+                    self.unwound_ids.remove(&frames);
+                }
+                continue;
+            }
             let id = id as u32;
             let Ok(trace) = self.map.get(&id, 0) else {
                 continue;
@@ -454,28 +491,27 @@ impl Symbols {
                 ..Process::new(pid.into())
             }),
         };
-        let origins = &mut self.origins;
         // A process that exited can no longer be symbolized: its frames stay `[unknown]`.
-        let names: Vec<Option<Rc<str>>> =
-            match self.symbolizer.symbolize(&source, Input::AbsAddr(&addrs)) {
-                Ok(results) => results
-                    .into_iter()
-                    .map(|r| match r {
-                        Symbolized::Sym(sym) => {
-                            let name: Rc<str> = Rc::from(sanitize(&sym.name));
-                            if let Some(origins) = origins.as_mut() {
-                                let code = sym.code_info.as_ref().and_then(|c| {
-                                    Some((Rc::from(c.to_path().to_string_lossy()), c.line?))
-                                });
-                                origins.note(&name, sym.module.as_deref(), sym.addr, code);
-                            }
-                            Some(name)
-                        }
-                        Symbolized::Unknown(_) => None,
-                    })
-                    .collect(),
-                Err(_) => vec![None; addrs.len()],
-            };
+        let mut names = self.names(&source, &addrs);
+        // Local functions of a stripped binary (libc's __libc_start_call_main, its qsort
+        // internals) are in its separate debug file when one is installed (.gnu_debuglink or
+        // /usr/lib/debug/.build-id, as perf reads them): a second pass with debug symbols, for
+        // the addresses still unknown only, so binaries whose symbol tables answer pay no
+        // DWARF parsing.
+        if let Some(pid) = pid
+            && self.origins.is_none()
+            && names.iter().any(Option::is_none)
+        {
+            let unknown: Vec<usize> = (0..addrs.len()).filter(|&i| names[i].is_none()).collect();
+            let retry: Vec<u64> = unknown.iter().map(|&i| addrs[i]).collect();
+            let source = Source::Process(Process {
+                debug_syms: true,
+                ..Process::new(pid.into())
+            });
+            for (i, name) in unknown.into_iter().zip(self.names(&source, &retry)) {
+                names[i] = name;
+            }
+        }
         let names = match pid {
             Some(pid) if names.iter().any(Option::is_none) && !self.maps.is_empty() => {
                 self.names_from_kept_maps(pid, &addrs, names)
@@ -488,6 +524,30 @@ impl Symbols {
                 None => self.kernel.insert(addr, name),
                 Some(pid) => self.user.insert((pid, addr), name),
             };
+        }
+    }
+
+    /// One symbolizer call: the name of each address (None when unknown), origins noted.
+    fn names(&mut self, source: &Source, addrs: &[u64]) -> Vec<Option<Rc<str>>> {
+        let origins = &mut self.origins;
+        match self.symbolizer.symbolize(source, Input::AbsAddr(addrs)) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| match r {
+                    Symbolized::Sym(sym) => {
+                        let name: Rc<str> = Rc::from(sanitize(&sym.name));
+                        if let Some(origins) = origins.as_mut() {
+                            let code = sym.code_info.as_ref().and_then(|c| {
+                                Some((Rc::from(c.to_path().to_string_lossy()), c.line?))
+                            });
+                            origins.note(&name, sym.module.as_deref(), sym.addr, code);
+                        }
+                        Some(name)
+                    }
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect(),
+            Err(_) => vec![None; addrs.len()],
         }
     }
 

@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "apache2-utils",
     "linux-perf",
+    // Debug symbols of libc (its local functions: __libc_start_call_main, qsort internals),
+    // read as perf reads them; the unwinding tests name libc frames.
+    "libc6-dbg",
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",

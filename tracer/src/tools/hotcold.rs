@@ -15,7 +15,7 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuHashMap}
 use serde_json::json;
 use tracer_common::{
     offcputime::{OffcpuConfig, OffcpuKey, OffcpuValue, SwitchOut},
-    profile::{IDLE_EXCLUDE, ProfileConfig, SampleKey},
+    profile::{IDLE_EXCLUDE, ProfileConfig},
 };
 
 use crate::{
@@ -126,13 +126,16 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
     let mut evict =
         tokio::time::interval_at(tokio::time::Instant::now() + EVICT_EVERY, EVICT_EVERY);
     evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain = tokio::time::interval(super::profile::USER_STACKS_DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut on_evictor = Evictor::new(true).keeping_threads();
     let mut off_evictor = Evictor::new(true).keeping_threads();
     loop {
         tokio::select! {
             reason = &mut stop => { reason?; break; }
+            _ = drain.tick(), if sampler.unwinds_user_stacks() => sampler.drain_user_stacks(),
             _ = warm.tick() => {
-                for key in sampler.counts.keys().flatten() {
+                for key in sampler.keys() {
                     if key.ustack >= 0 && warmed_on.insert((key.tgid, key.ustack)) {
                         on_symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
                     }
@@ -146,20 +149,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             }
             _ = evict.tick() => {
                 on_evictor.round(sampler.snapshot());
-                let Sampler { counts, stack_map, .. } = &mut sampler;
-                on_evictor.evict(
-                    stack_map,
-                    &mut on_symbols,
-                    &mut warmed_on,
-                    |key| {
-                        let held = loader::lookup_and_delete_per_cpu::<SampleKey, u64>(
-                            counts.map(),
-                            key,
-                        )?;
-                        Ok(held.map(|per_cpu| per_cpu.iter().sum()))
-                    },
-                    || counts.keys().flatten().collect(),
-                )?;
+                sampler.evict(&mut on_evictor, &mut on_symbols, &mut warmed_on)?;
                 baseline.settle(&blocked);
                 off_evictor.round(completed_ns(&off_counts, &baseline.completed));
                 off_evictor.evict(

@@ -28,7 +28,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tracer_common::{
     profile::{IDLE_ANY, IDLE_EXCLUDE, IDLE_ONLY, ProfileConfig, SampleKey},
-    stats::STAT_EVENTS,
+    stats::{STAT_EVENTS, STAT_USTACK_FALLBACK},
+    ustack::UserRegsOffsets,
 };
 
 use crate::{
@@ -41,9 +42,14 @@ use crate::{
     output::{self, Out, hms_now, with_schema},
     pprof::{PprofFile, PprofKind},
     session::{self, IntervalArgs},
-    stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
+    stacks::{self, Evictor, RawStack, Stack, StackLoss, StackMap, Symbols, UNWOUND_BASE, Unit},
     tools::{CommonArgs, StackKindArgs, StackOutputArgs, TaskArgs},
+    unwind::UserStacks,
 };
+
+/// How often copied user stacks are unwound (the ring holds ~500 samples: 0.25 s of 997 Hz
+/// on two CPUs; the kernel also wakes the reader once it is a quarter full).
+pub(super) const USER_STACKS_DRAIN: Duration = Duration::from_millis(100);
 
 /// Sampling frequencies above this cost more than they tell (and perf caps them anyway).
 const MAX_HZ: u64 = 10_000;
@@ -55,6 +61,18 @@ pub enum SampleEvent {
     CpuClock,
     /// Hardware CPU cycles (not counted while a CPU is halted; in VMs the rate can drift).
     Cycles,
+}
+
+/// How user stacks are walked (perf's `--call-graph`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CallGraph {
+    /// Copy 16 KiB of the user stack per sample and unwind it in userspace with the binaries'
+    /// .eh_frame/.debug_frame tables (frame pointers where a binary has none): complete
+    /// stacks for code built without frame pointers (most distributions' packages).
+    Dwarf,
+    /// Walk frame pointers in the kernel (bpf_get_stackid): cheapest, but code built without
+    /// them shows one frame and [unknown] callers.
+    Fp,
 }
 
 /// Options shared by profile and kstacks.
@@ -116,6 +134,10 @@ pub struct ProfileArgs {
     pub no_idle: bool,
     #[command(flatten)]
     pub stack_kind: StackKindArgs,
+    /// How to walk user stacks: dwarf (unwind tables, complete without frame pointers) or fp
+    /// (frame pointers only).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = CallGraph::Dwarf)]
+    pub call_graph: CallGraph,
     /// How many stacks to print (text and JSON).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
@@ -158,7 +180,9 @@ pub(super) struct Sampler {
     /// that the time reported is the time sampled (load and symbol setup take seconds under
     /// emulation).
     pub(super) started: Instant,
-    pub(super) counts: PerCpuHashMap<MapData, SampleKey, u64>,
+    counts: PerCpuHashMap<MapData, SampleKey, u64>,
+    /// User stacks copied for unwinding here (`--call-graph dwarf`), and their counts.
+    user_stacks: Option<UserStacks>,
     pub(super) stack_map: StackMap,
     pub(super) stats: StatsReader,
     pub(super) event: &'static str,
@@ -201,9 +225,21 @@ impl Sampler {
             };
             usage_bail!("--attach {m}: {tool} attaches only perf events{with_softirq}");
         }
+        // Without the pt_regs layout only samples that hit user mode are copied; the others
+        // walk frame pointers (and are counted as fallbacks).
+        let user_regs = match btf.user_regs_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                if sample.common.verbose {
+                    errln!("{tool}: user registers of kernel-mode samples unknown ({e:#})");
+                }
+                UserRegsOffsets::UNSET
+            }
+        };
         let mut ebpf = loader::load(objects::PROFILE, |l| {
             l.override_global("CONFIG", &config, true);
             l.override_global("TASK_OFFSETS", &offsets, false);
+            l.override_global("USER_REGS", &user_regs, false);
             l.map_max_entries("STACKS", sample.stacks.stack_storage_size);
         })?;
         if softirq {
@@ -266,12 +302,18 @@ impl Sampler {
                 .ok_or_else(|| anyhow!("COUNTS map missing (build bug)"))?,
         )?;
         let stack_map = StackMap::take(&mut ebpf, "STACKS")?;
+        let user_stacks = if config.copy_user_stacks != 0 && config.user_stacks != 0 {
+            Some(UserStacks::take(&mut ebpf, "USER_STACKS")?)
+        } else {
+            None
+        };
         let stats = StatsReader::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             links,
             started,
             counts,
+            user_stacks,
             stack_map,
             stats,
             event,
@@ -301,13 +343,74 @@ impl Sampler {
         Ok(())
     }
 
-    /// Totals per key so far (summed over CPUs).
-    pub(super) fn snapshot(&self) -> HashMap<SampleKey, u64> {
+    /// Totals per key so far (summed over CPUs), the user stacks waiting unwound first.
+    pub(super) fn snapshot(&mut self) -> HashMap<SampleKey, u64> {
+        self.drain_user_stacks();
         let mut totals = HashMap::new();
         for (key, per_cpu) in self.counts.iter().flatten() {
             *totals.entry(key).or_default() += per_cpu.iter().sum::<u64>();
         }
+        if let Some(user) = &self.user_stacks {
+            totals.extend(user.counts.iter().map(|(k, &v)| (*k, v)));
+        }
         totals
+    }
+
+    /// Unwinds the user stacks the kernel copied since the last call.
+    pub(super) fn drain_user_stacks(&mut self) {
+        if let Some(user) = self.user_stacks.as_mut() {
+            user.drain(&mut self.stack_map);
+        }
+    }
+
+    /// Whether user stacks are unwound here (and must be drained often).
+    pub(super) fn unwinds_user_stacks(&self) -> bool {
+        self.user_stacks.is_some()
+    }
+
+    /// Every key counted so far: in the kernel's map and unwound here.
+    pub(super) fn keys(&self) -> Vec<SampleKey> {
+        let mut keys: Vec<SampleKey> = self.counts.keys().flatten().collect();
+        if let Some(user) = &self.user_stacks {
+            keys.extend(user.counts.keys().copied());
+        }
+        keys
+    }
+
+    /// After a report in interval mode: evicts the keys due (see `Evictor::evict`) from the
+    /// kernel's map and from the unwound counts.
+    pub(super) fn evict(
+        &mut self,
+        evictor: &mut Evictor,
+        symbols: &mut Symbols,
+        warmed: &mut HashSet<(u32, i32)>,
+    ) -> Result<()> {
+        let Sampler {
+            counts,
+            stack_map,
+            user_stacks,
+            ..
+        } = self;
+        let user = std::cell::RefCell::new(user_stacks);
+        evictor.evict(
+            stack_map,
+            symbols,
+            warmed,
+            |key| {
+                if key.ustack >= UNWOUND_BASE {
+                    return Ok(user.borrow_mut().as_mut().and_then(|u| u.take_key(key)));
+                }
+                let held = loader::lookup_and_delete_per_cpu::<SampleKey, u64>(counts.map(), key)?;
+                Ok(held.map(|per_cpu| per_cpu.iter().sum()))
+            },
+            || {
+                let mut keys: Vec<SampleKey> = counts.keys().flatten().collect();
+                if let Some(u) = user.borrow().as_ref() {
+                    keys.extend(u.counts.keys().copied());
+                }
+                keys
+            },
+        )
     }
 
     fn raw(&self, key: &SampleKey, value: u64) -> RawStack {
@@ -345,8 +448,19 @@ impl Sampler {
                 stats.map_full
             );
         }
+        let fallback = self.stats.slot(STAT_USTACK_FALLBACK);
+        if fallback > 0 {
+            errln!(
+                "{tool}: {fallback} user stacks walked with frame pointers instead of unwound \
+                 (the copy ring was full, or the user registers were not found)"
+            );
+        }
+        let user_stacks = self
+            .user_stacks
+            .as_ref()
+            .map(|u| json!({"unwound": u.unwound, "no_frames": u.empty, "fallback_fp": fallback}));
         json!({"samples": self.stats.slot(STAT_EVENTS), "map_full": stats.map_full,
-               "stacks_lost": loss.json()})
+               "stacks_lost": loss.json(), "user_stacks": user_stacks})
     }
 }
 
@@ -452,15 +566,21 @@ async fn sample_loop(
     warm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warmed: HashSet<(u32, i32)> = HashSet::new();
     let mut evictor = Evictor::new(keep_totals);
+    let mut drain = tokio::time::interval(USER_STACKS_DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut printed = 0u64;
     let mut since = sampler.started;
     loop {
         let stopped = tokio::select! {
             reason = &mut stop => { reason?; true }
             _ = next_tick(&mut ticker) => false,
+            _ = drain.tick(), if sampler.unwinds_user_stacks() => {
+                sampler.drain_user_stacks();
+                continue;
+            }
             _ = warm.tick() => {
                 symbols.keep_targets();
-                for key in sampler.counts.keys().flatten() {
+                for key in sampler.keys() {
                     if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
                         symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
                     }
@@ -485,20 +605,7 @@ async fn sample_loop(
             break;
         }
         if sample.interval.interval.is_some() {
-            let Sampler {
-                counts, stack_map, ..
-            } = &mut *sampler;
-            evictor.evict(
-                stack_map,
-                symbols,
-                &mut warmed,
-                |key| {
-                    let held =
-                        loader::lookup_and_delete_per_cpu::<SampleKey, u64>(counts.map(), key)?;
-                    Ok(held.map(|per_cpu| per_cpu.iter().sum()))
-                },
-                || counts.keys().flatten().collect(),
-            )?;
+            sampler.evict(&mut evictor, symbols, &mut warmed)?;
         }
     }
     if sample.common.verbose && sample.interval.interval.is_some() {
@@ -569,7 +676,8 @@ pub async fn run(args: ProfileArgs) -> Result<()> {
             (_, true) => IDLE_EXCLUDE,
             _ => IDLE_ANY,
         },
-        _reserved: [0; 3],
+        copy_user_stacks: (args.call_graph == CallGraph::Dwarf).into(),
+        _reserved: [0; 2],
         comm: filters::comm_filter(sample.comm.as_deref())?,
     };
     if args.offcpu {

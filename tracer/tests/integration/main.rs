@@ -33,6 +33,7 @@ mod serve_pprof;
 mod signals;
 mod soak;
 mod softirq_top;
+mod unwind;
 mod usdt;
 mod wqtop;
 
@@ -68,5 +69,6 @@ fn main() {
     trials.extend(signals::tests());
     trials.extend(soak::tests());
     trials.extend(wqtop::tests());
+    trials.extend(unwind::tests());
     libtest_mimic::run(&args, trials).exit();
 }

@@ -177,6 +177,8 @@ fn take_profile(params: &Params, cancel: &AtomicBool) -> Result<Vec<u8>> {
         tgid: params.pid.unwrap_or(0),
         kthreads_only: params.kthreads.into(),
         idle: IDLE_EXCLUDE,
+        // Complete user stacks without frame pointers, as `profile --call-graph dwarf`.
+        copy_user_stacks: 1,
         ..ProfileConfig::DEFAULT
     };
     let wall_started = SystemTime::now();
@@ -196,9 +198,10 @@ fn take_profile(params: &Params, cancel: &AtomicBool) -> Result<Vec<u8>> {
             return Err(anyhow!("the request went away"));
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+        sampler.drain_user_stacks();
         if Instant::now() >= next_warm {
             next_warm += Duration::from_secs(1);
-            for key in sampler.counts.keys().flatten() {
+            for key in sampler.keys() {
                 if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
                     symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
                 }
