@@ -192,6 +192,9 @@ pub struct ProbesConfig {
     /// --weight`): 1, `values[0]`, or 2 to the power `values[0]` (pages of an allocation order).
     pub weight: u8,
     pub _weight_reserved: [u8; 3],
+    /// MODE_STACK: entries of the stack store and of the stack counts (`--stack-storage-size`;
+    /// read by the loader, not by the programs).
+    pub stack_entries: u32,
 }
 
 /// `ProbesConfig::weight`: every hit counts 1.
@@ -226,6 +229,7 @@ impl ProbesConfig {
         end_key: ValueSpec::TID,
         weight: WEIGHT_ONE,
         _weight_reserved: [0; 3],
+        stack_entries: STACKS_ENTRIES,
     };
 }
 

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, StackTrace},
+    maps::HashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -23,8 +23,7 @@ tracer_ebpf::stats_map!();
 
 tracer_ebpf::loader_config!(CONFIG: MemleakConfig = MemleakConfig::DEFAULT);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
+tracer_ebpf::stack_store!(STACKS_ENTRIES);
 
 /// Requested size by thread, from an allocator's entry to its return.
 #[map]

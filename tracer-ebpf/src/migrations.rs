@@ -11,7 +11,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_comm,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{PerCpuHashMap, StackTrace},
+    maps::PerCpuHashMap,
     programs::tracing::StackIdContext,
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
@@ -41,8 +41,7 @@ static TASKS: PerCpuHashMap<TaskKey, TaskCounts> =
 #[map]
 static STOPPER_WORK: PerCpuHashMap<i32, u64> = PerCpuHashMap::with_max_entries(STOPPER_ENTRIES, 0);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STOPPER_ENTRIES, 0);
+tracer_ebpf::stack_store!(STOPPER_ENTRIES);
 
 /// One migration as the three rungs see it.
 struct Migration {

@@ -8,7 +8,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuHashMap, StackTrace},
+    maps::{LruHashMap, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
@@ -34,8 +34,7 @@ const PF_EXITING: u32 = 0x0000_0004;
 
 tracer_ebpf::loader_config!(CONFIG: OffcpuConfig = OffcpuConfig::DEFAULT);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
+tracer_ebpf::stack_store!(STACKS_ENTRIES);
 
 /// Tasks currently switched out that passed the filters, by tid. LRU: the entry of a task that
 /// never runs again (it exited while switched out and its final switch was not seen, or it

@@ -22,7 +22,7 @@ use aya_ebpf::{
         btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint, uprobe,
         uretprobe,
     },
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
         RetProbeContext, TracePointContext, tracing::StackIdContext,
@@ -69,8 +69,7 @@ static VALUE_COUNTS: PerCpuHashMap<ValueKey, u64> =
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
+tracer_ebpf::stack_store!(STACKS_ENTRIES);
 
 #[map]
 static STACK_COUNTS: PerCpuHashMap<StackKey, u64> =

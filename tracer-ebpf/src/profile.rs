@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 use tracer_common::{
@@ -32,8 +32,7 @@ tracer_ebpf::stats_map!();
 
 tracer_ebpf::loader_config!(CONFIG: ProfileConfig = ProfileConfig::DEFAULT);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_ENTRIES, 0);
+tracer_ebpf::stack_store!(STACKS_ENTRIES);
 
 #[map]
 static COUNTS: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);

@@ -18,7 +18,7 @@ use aya_ebpf::{
         btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint,
         tracepoint,
     },
-    maps::{PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, PerfEventContext, ProbeContext,
         RawTracePointContext, RetProbeContext, TracePointContext,
@@ -60,8 +60,7 @@ static NET_RX_ACTION: PerCpuArray<NetRxAction> = PerCpuArray::with_max_entries(1
 static STACK_COUNTS: PerCpuHashMap<StackKey, u64> =
     PerCpuHashMap::with_max_entries(STACK_COUNTS_ENTRIES, 0);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACK_TRACES_ENTRIES, 0);
+tracer_ebpf::stack_store!(STACK_TRACES_ENTRIES);
 
 #[inline(always)]
 fn state() -> Option<&'static mut CpuState> {

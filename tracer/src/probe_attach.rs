@@ -141,6 +141,14 @@ fn load(config: &ProbesConfig, usdt_slots: u32) -> Result<Ebpf> {
             },
         );
         shrink(l, "STACK_COUNTS", mode == MODE_STACK);
+        if mode == MODE_STACK {
+            // One count per distinct stack (pair): as many as the store holds.
+            l.map_max_entries("STACKS", config.stack_entries);
+            l.map_max_entries(
+                "STACK_COUNTS",
+                config.stack_entries.max(STACK_COUNTS_ENTRIES),
+            );
+        }
         if mode != MODE_TRACE {
             l.map_max_entries("EVENTS", 4096);
         }

@@ -38,7 +38,7 @@ use std::{
 use anyhow::{Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{MapData, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData},
 };
 use blazesym::{
     MaybeDefault,
@@ -49,7 +49,7 @@ use blazesym::{
 };
 use serde_json::{Value, json};
 use tracer_common::{
-    stacks::{STACK_NONE, TaskStackKey},
+    stacks::{STACK_NONE, StackFrames, TaskStackKey},
     stats::{STAT_STACK_COLLISIONS, STAT_STACK_LOST},
 };
 
@@ -72,13 +72,13 @@ pub enum Frames {
 }
 
 /// Stack ids from here up name stacks unwound in userspace (`StackMap::intern`), not
-/// entries of the kernel's stack map (whose ids are below its size).
+/// entries of the kernel's stack store (whose ids are below: `STACK_ID_MASK`).
 pub const UNWOUND_BASE: i32 = 1 << 30;
 
-/// A BPF stack-trace map (`BPF_MAP_TYPE_STACK_TRACE`), and the user stacks unwound in
+/// A tool's kernel stack store (`STACKS`: frames by id, tracer-ebpf's stacks.rs), and the user stacks unwound in
 /// userspace (`--call-graph dwarf`), under ids of their own from `UNWOUND_BASE`.
 pub struct StackMap {
-    map: StackTraceMap<MapData>,
+    map: BpfHashMap<MapData, u32, StackFrames>,
     /// Unwound stacks by id, and the id of each (one id per distinct stack).
     unwound: HashMap<i32, Rc<[u64]>>,
     unwound_ids: HashMap<Rc<[u64]>, i32>,
@@ -96,7 +96,7 @@ impl StackMap {
             .take_map(name)
             .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
         Ok(Self {
-            map: StackTraceMap::try_from(map)?,
+            map: BpfHashMap::try_from(map)?,
             unwound: HashMap::new(),
             unwound_ids: HashMap::new(),
             next_unwound: UNWOUND_BASE,
@@ -121,7 +121,7 @@ impl StackMap {
     /// Every stack id in the map now, and of the unwound stacks.
     pub fn ids(&self) -> Vec<i32> {
         self.map
-            .stack_ids()
+            .keys()
             .filter_map(|id| id.ok())
             .map(|id| id as i32)
             .chain(self.unwound.keys().copied())
@@ -138,7 +138,7 @@ impl StackMap {
                 None => Frames::Lost(libc::ENOENT),
             },
             id => match self.map.get(&(id as u32), 0) {
-                Ok(trace) => Frames::Ips(trace.frames().iter().map(|f| f.ip).collect()),
+                Ok(frames) => Frames::Ips(ips_of(&frames)),
                 Err(_) => match self.deleted.get(&(id as u32)) {
                     Some(ips) => Frames::Ips(ips.clone()),
                     None => Frames::Lost(libc::ENOENT),
@@ -148,8 +148,9 @@ impl StackMap {
     }
 
     /// Deletes the stack ids among `candidates` that no key in `referenced` uses any more (the
-    /// stacks of evicted keys, and those no key ever used). A stack id is the hash bucket of the stack, so should a task hit
-    /// the same stack again, `bpf_get_stackid` stores it again under the same id.
+    /// stacks of evicted keys, and those no key ever used). A stack id derives from the
+    /// stack's hash, so should a task hit the same stack again, the kernel stores it again
+    /// under the same id (or the next free one).
     ///
     /// `referenced` must be read after the keys were deleted. A key stored between that read
     /// and the delete of one of its ids still resolves: the frames of deleted ids are kept until
@@ -174,12 +175,11 @@ impl StackMap {
                 continue;
             }
             let id = id as u32;
-            let Ok(trace) = self.map.get(&id, 0) else {
+            let Ok(frames) = self.map.get(&id, 0) else {
                 continue;
             };
             if self.map.remove(&id).is_ok() {
-                self.deleted
-                    .insert(id, trace.frames().iter().map(|f| f.ip).collect());
+                self.deleted.insert(id, ips_of(&frames));
             }
         }
     }
@@ -195,6 +195,11 @@ impl StackMap {
             value,
         }
     }
+}
+
+/// A stored stack's frames, up to the first zero.
+fn ips_of(frames: &StackFrames) -> Vec<u64> {
+    frames.iter().copied().take_while(|&ip| ip != 0).collect()
 }
 
 /// One aggregated stack as read from the kernel, before symbolization.
@@ -232,7 +237,7 @@ pub enum Unit {
 /// The pseudo-frame shown for a stack that could not be stored.
 pub fn lost_frame(errno: i32) -> &'static str {
     match errno {
-        libc::EEXIST => "[lost: stack map hash collision]",
+        libc::EEXIST => "[lost: stack store ids taken]",
         libc::ENOMEM => "[lost: stack map full]",
         libc::EFAULT => "[lost: stack not readable]",
         libc::ENOENT => "[lost: stack no longer in map]",
@@ -356,6 +361,24 @@ impl Symbols {
         }
         if let Frames::Ips(ips) = frames {
             self.fill(Some(pid), lookup_addrs(ips).collect());
+        }
+    }
+
+    /// `prefetch_user` for many stacks, one symbolizer call per process: blazesym reads
+    /// /proc/PID/maps on every call, so a round with hundreds of new stacks of one process
+    /// (unwound stacks are many) would read it hundreds of times.
+    pub fn prefetch_users(&mut self, stacks: impl IntoIterator<Item = (u32, Frames)>) {
+        let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
+        for (pid, frames) in stacks {
+            if let Frames::Ips(ips) = frames {
+                by_pid.entry(pid).or_default().extend(lookup_addrs(&ips));
+            }
+        }
+        for (pid, addrs) in by_pid {
+            if !self.maps.knows(pid) {
+                self.keep_process(pid);
+            }
+            self.fill(Some(pid), addrs);
         }
     }
 
@@ -1156,12 +1179,12 @@ pub fn stack_json(stack: &Stack, total: u64) -> Value {
 /// style of perf's `_[k]` (kernel) and `_[j]` (JIT) suffixes.
 pub const OFFCPU_SUFFIX: &str = "_[o]";
 
-/// Stacks `bpf_get_stackid` could not store (their samples are counted under `[lost: ...]`).
+/// Stacks the kernel could not store (their samples are counted under `[lost: ...]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StackLoss {
     /// Stack map full, or the stack walk failed.
     pub lost: u64,
-    /// Hash collisions in the stack map.
+    /// Stacks whose every candidate id held another stack (only in a nearly full store).
     pub collisions: u64,
 }
 
@@ -1182,8 +1205,8 @@ impl StackLoss {
     pub fn report_with_hint(&self, tool: &str, hint: &str) {
         if self.lost + self.collisions > 0 {
             errln!(
-                "{tool}: {} stacks lost ({} stack-map hash collisions, {} map full or unreadable); \
-                 their samples are counted under [lost: ...] ({hint})",
+                "{tool}: {} stacks lost ({} found every candidate id taken, {} store full or \
+                 unreadable); their samples are counted under [lost: ...] ({hint})",
                 self.lost + self.collisions,
                 self.collisions,
                 self.lost
@@ -1367,10 +1390,7 @@ mod tests {
         let (remaining, folded) = evictor.totals();
         assert!(remaining.is_empty());
         // Folded totals merge the live thread's stack with the exited ones of the same frames.
-        assert_eq!(
-            folded.get("worker;[lost: stack map hash collision]"),
-            Some(&6)
-        );
+        assert_eq!(folded.get("worker;[lost: stack store ids taken]"), Some(&6));
         assert_eq!(folded.len(), 2);
     }
 
@@ -1386,7 +1406,7 @@ mod tests {
             value: 1,
         };
         let s = symbols.resolve(&raw);
-        assert_eq!(s.kernel[0].as_ref(), "[lost: stack map hash collision]");
+        assert_eq!(s.kernel[0].as_ref(), "[lost: stack store ids taken]");
         assert!(s.user.is_empty());
     }
 }

@@ -11,7 +11,6 @@
 
 use std::{
     collections::HashMap,
-    io::Read as _,
     mem::offset_of,
     ops::Range,
     os::unix::fs::MetadataExt as _,
@@ -29,7 +28,9 @@ use framehop::{
     ExplicitModuleSectionInfo, Module, Unwinder as _,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
+use object::{
+    Object as _, ObjectSection as _, ObjectSegment as _, ReadCache, ReadRef, SegmentFlags,
+};
 
 use tracer_common::{
     stacks::TaskStackKey,
@@ -159,25 +160,23 @@ impl UserUnwinder {
     }
 
     fn file_info(&mut self, pid: u32, entry: &proc_maps::Entry) -> Option<Arc<FileUnwindInfo>> {
-        let mut file = proc_maps::open_mapped(pid, entry)?;
+        let file = proc_maps::open_mapped(pid, entry)?;
         let meta = file.metadata().ok()?;
         let key = (meta.dev(), meta.ino());
         if let Some(info) = self.files.get(&key) {
             return info.clone();
         }
-        let mut data = Vec::with_capacity(meta.len() as usize);
-        let info = file
-            .read_to_end(&mut data)
-            .ok()
-            .and_then(|_| parse_unwind_info(&data))
-            .map(Arc::new);
+        // Read through a cache of the parts parsed (headers, the unwind sections), not the
+        // whole file: a 100 MB binary costs its unwind tables only.
+        let cache = ReadCache::new(file);
+        let info = parse_unwind_info(&cache).map(Arc::new);
         self.files.insert(key, info.clone());
         info
     }
 }
 
 /// The unwind sections and loadable segments of an ELF image.
-fn parse_unwind_info(data: &[u8]) -> Option<FileUnwindInfo> {
+fn parse_unwind_info<'a, R: ReadRef<'a>>(data: R) -> Option<FileUnwindInfo> {
     let elf = object::File::parse(data).ok()?;
     let section = |name: &str| {
         let s = elf.section_by_name(name)?;

@@ -580,11 +580,13 @@ async fn sample_loop(
             }
             _ = warm.tick() => {
                 symbols.keep_targets();
-                for key in sampler.keys() {
-                    if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
-                        symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
-                    }
-                }
+                let new: Vec<(u32, stacks::Frames)> = sampler
+                    .keys()
+                    .into_iter()
+                    .filter(|key| key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)))
+                    .map(|key| (key.tgid, sampler.stack_map.frames(key.ustack)))
+                    .collect();
+                symbols.prefetch_users(new);
                 continue;
             }
         };

@@ -82,6 +82,10 @@ pub struct StackcountArgs {
     /// Print only the N most frequent stacks.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Entries of the stack store and of the stack counts: distinct stacks beyond it are
+    /// counted under [lost: stack map full] (about 1 KiB of kernel memory each).
+    #[arg(long, value_name = "N", default_value_t = tracer_common::stacks::STACKS_ENTRIES)]
+    pub stack_storage_size: u32,
     /// Count each hit as this value instead of 1: a tracepoint field (`bytes_alloc`), `argN`
     /// or `$retval`; `1<<FIELD` counts 2^FIELD (kmem:mm_page_alloc's `1<<order`: pages).
     /// Field offsets are read from the tracepoint's format when it is loaded.
@@ -100,6 +104,9 @@ pub struct StackcountArgs {
 pub async fn run(args: StackcountArgs) -> Result<()> {
     args.cgroup.install(&crate::btf::KernelBtf::new())?;
     let (specs, interval) = probe_attach::split_positionals(&args.items)?;
+    if args.stack_storage_size == 0 || args.stack_storage_size > 1 << 20 {
+        usage_bail!("--stack-storage-size must be 1 to 1048576");
+    }
     stacks::set_folded_delimiter(args.delimited);
     if let Some(pid) = args.pid {
         session::check_pid(pid)?;
@@ -132,6 +139,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
             PER_COMM
         },
         tgid: args.pid.unwrap_or(0),
+        stack_entries: args.stack_storage_size,
         ..ProbesConfig::DEFAULT
     };
     let mut loaded = probe_attach::attach_all(&Request {
@@ -231,10 +239,7 @@ pub async fn run(args: StackcountArgs) -> Result<()> {
         symbols.origins(),
     )?;
     symbols.report_unknown(TOOL);
-    loaded.stack_loss().report_with_hint(
-        TOOL,
-        "its stack map is fixed: fewer probes, -p PID or a shorter -d leave fewer distinct stacks",
-    );
+    loaded.stack_loss().report(TOOL);
     if probes.iter().any(|p| p.kind == Kind::Uprobe) && !user {
         errln!("{TOOL}: kernel stacks of uprobes end in the trap handler; -U shows the caller");
     }

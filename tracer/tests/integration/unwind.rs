@@ -51,6 +51,11 @@ pub fn tests() -> Vec<Trial> {
             libc_callback,
         ),
         trial(
+            "unwind::stack_store_loses_none_of_65536_or_more_distinct_stacks",
+            CC,
+            many_distinct_stacks,
+        ),
+        trial(
             "unwind::nginx_worker_stacks_reach_main_and_agree_with_perf",
             NGINX,
             nginx_worker_stacks,
@@ -299,6 +304,111 @@ fn libc_callback() -> Result<(), Failed> {
             show(&stacks)
         )
     })
+}
+
+/// Levels of the generated call tree: 2^LEVELS = 131072 paths to `hit`. A uprobe on `hit`'s
+/// first instruction fires before `hit` sets up its frame; kernels before 6.11 walk frame
+/// pointers from the last level's frame to its caller's, so the last level's choice is not in
+/// the stack and 65536 distinct stacks are seen, each twice; later kernels take the return
+/// address at the stack pointer for such probes and see all 131072.
+const LEVELS: u32 = 17;
+
+/// A call tree of LEVELS levels, two functions each (`tKa`, `tKb`, bodies differing so the
+/// compiler cannot fold them): main calls `hit` once through each of the 2^LEVELS paths
+/// (bit K of the counter picks level K's function), creates the file named by its argument,
+/// then waits to be killed (so its symbols stay readable).
+fn call_tree_source() -> String {
+    let mut c = String::from(
+        "#include <fcntl.h>\n#include <unistd.h>\nvolatile unsigned long sink;\n\
+         __attribute__((noinline)) void hit(void) { sink++; }\n",
+    );
+    for k in (1..=LEVELS).rev() {
+        for (name, add) in [("a", 1), ("b", 2)] {
+            let body = if k == LEVELS {
+                "hit();".to_string()
+            } else {
+                format!("if (v & 1) t{0}a(v >> 1); else t{0}b(v >> 1);", k + 1)
+            };
+            c.push_str(&format!(
+                "__attribute__((noinline)) void t{k}{name}(unsigned v) {{ {body} sink += {add}; }}\n"
+            ));
+        }
+    }
+    c.push_str(&format!(
+        "int main(int argc, char **argv) {{ for (unsigned v = 0; v < (1u << {LEVELS}); v++) \
+         {{ if (v & 1) t1a(v >> 1); else t1b(v >> 1); }} \
+         close(creat(argv[1], 0600)); pause(); return 0; }}\n"
+    ));
+    c
+}
+
+/// More than 50 000 distinct stacks at a high rate (every call of `hit` through a generated call
+/// tree, counted by stackcount on a uprobe): each stored once, none lost to a hash collision
+/// (the kernel's stack-trace maps lose stacks whose hash bucket is taken), and the counts add
+/// up to the calls made.
+fn many_distinct_stacks() -> Result<(), Failed> {
+    let paths = 1u64 << LEVELS;
+    let dir = TempDir::new("unwind-tree")?;
+    let binary = build(
+        &dir,
+        "tree",
+        &call_tree_source(),
+        &[
+            "-O1",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+    )?;
+    let probe = format!("u:{binary}:hit");
+    let size = (paths + paths / 4).to_string();
+    let tool = crate::common::start(&[
+        "stackcount",
+        "-U",
+        "--stack-storage-size",
+        &size,
+        "--folded",
+        &probe,
+    ])?;
+    let marker = format!("{}/done", dir.path().display());
+    let program = Program::spawn(&binary, &[&marker])?;
+    let deadline = std::time::Instant::now() + crate::common::scaled(Duration::from_secs(60));
+    while !std::path::Path::new(&marker).exists() {
+        ensure(std::time::Instant::now() < deadline, || {
+            "the call tree did not finish in time".to_string()
+        })?;
+        thread::sleep(Duration::from_millis(100));
+    }
+    let done = tool.stop(libc::SIGINT)?.ok()?;
+    drop(program);
+    let mut lines = 0u64;
+    let mut total = 0u64;
+    let mut lost = 0u64;
+    for line in &done.stdout {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let count: u64 = count.parse().unwrap_or(0);
+        if stack.contains("[lost") {
+            lost += count;
+        }
+        lines += 1;
+        total += count;
+    }
+    ensure(
+        lost == 0 && total == paths && (lines == paths || lines == paths / 2),
+        || {
+            format!(
+                "{lines} distinct stacks, {total} calls counted ({lost} under [lost: ...]) for \
+             {paths} calls through {paths} (or, before Linux 6.11, {}) distinct stacks; stderr: {:?}",
+                paths / 2,
+                done.stderr
+            )
+        },
+    )?;
+    ensure(
+        !done.stderr.iter().any(|l| l.contains("stacks lost")),
+        || format!("stacks were lost: {:?}", done.stderr),
+    )
 }
 
 /// Inclusive sample counts of the named user functions in `stacks` (each counted once per

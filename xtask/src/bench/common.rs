@@ -84,11 +84,27 @@ impl Attached {
     }
 
     /// SIGINT, wait, and return what it printed on stderr.
-    pub fn stop(mut self) -> Result<String> {
+    pub fn stop(self) -> Result<String> {
+        self.stop_measured().map(|(stderr, _)| stderr)
+    }
+
+    /// `stop`, also returning the process's peak RSS over its whole life (ru_maxrss, in MiB:
+    /// what it took to symbolize and write at the end included).
+    pub fn stop_measured(mut self) -> Result<(String, f64)> {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
-        let status = self.child.wait()?;
+        let pid = self.child.id() as i32;
+        let mut raw = 0;
+        // SAFETY: zeroed rusage is valid; wait4 on our own child, which Child never reaped.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::wait4(pid, &mut raw, 0, &mut usage) };
+        if rc < 0 {
+            bail!("wait4 on {pid} failed");
+        }
+        let rss_mib = usage.ru_maxrss as f64 / 1024.0;
+        let status = std::os::unix::process::ExitStatusExt::from_raw(raw);
+        let status: std::process::ExitStatus = status;
         if let Some(t) = self.stdout_thread.take() {
             let _ = t.join();
         }
@@ -97,7 +113,7 @@ impl Attached {
             // bpftrace exits 0 on SIGINT; tracer exits 0; anything else is worth showing.
             eprintln!("note: {} exited with {status}", self.child.id());
         }
-        Ok(stderr.join("\n"))
+        Ok((stderr.join("\n"), rss_mib))
     }
 }
 

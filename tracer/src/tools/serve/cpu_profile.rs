@@ -201,11 +201,13 @@ fn take_profile(params: &Params, cancel: &AtomicBool) -> Result<Vec<u8>> {
         sampler.drain_user_stacks();
         if Instant::now() >= next_warm {
             next_warm += Duration::from_secs(1);
-            for key in sampler.keys() {
-                if key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)) {
-                    symbols.prefetch_user(key.tgid, &sampler.stack_map.frames(key.ustack));
-                }
-            }
+            let new: Vec<_> = sampler
+                .keys()
+                .into_iter()
+                .filter(|key| key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)))
+                .map(|key| (key.tgid, sampler.stack_map.frames(key.ustack)))
+                .collect();
+            symbols.prefetch_users(new);
         }
     }
     sampler.stop_sampling()?;
