@@ -19,7 +19,8 @@ use tracer_common::{
     },
 };
 
-use crate::ringbuf::submit_flags;
+/// `BPF_RB_NO_WAKEUP`.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Where user registers are saved; the loader sets it from BTF (`UserRegsOffsets`).
 #[unsafe(no_mangle)]
@@ -126,6 +127,9 @@ pub fn submit_user_stack(
         }
         (*record).len = len;
     }
-    entry.submit(submit_flags(ring, ring_bytes / 4));
+    // No wakeup: tracer's unwinding thread polls the ring (a wakeup per sample would cost an
+    // irq_work and a context switch).
+    let _ = ring_bytes;
+    entry.submit(BPF_RB_NO_WAKEUP);
     true
 }

@@ -32,6 +32,7 @@ mod proc_maps;
 mod procfs;
 mod session;
 mod stack_files;
+mod stack_map;
 mod stacks;
 mod tools;
 mod tracefs;

@@ -15,7 +15,11 @@ use std::{
     ops::Range,
     os::unix::fs::MetadataExt as _,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -224,60 +228,135 @@ fn parse_unwind_info<'a, R: ReadRef<'a>>(data: R) -> Option<FileUnwindInfo> {
     })
 }
 
-/// A tool's `USER_STACKS` ring buffer (records of `tracer_common::ustack`), and what its
-/// samples added up to: counts per key, the key's `ustack` an unwound stack of the tool's
-/// `StackMap` (`StackMap::intern`). Drained on a short timer and before every snapshot.
+/// How often the unwinding thread looks at the ring when it found it empty.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// What the unwinding thread found since the last `UserStacks::drain`: values per (key,
+/// frames), and counts of records.
+#[derive(Default)]
+struct Pending {
+    stacks: HashMap<(TaskStackKey, Vec<u64>), u64>,
+    unwound: u64,
+}
+
+/// A tool's `USER_STACKS` ring buffer (records of `tracer_common::ustack`), read and unwound
+/// on a thread of its own — so a main loop busy symbolizing or printing (seconds, under
+/// emulation) never leaves the ring to fill, which would send samples to the frame-pointer
+/// fallback — and what its samples added up to: counts per key, the key's `ustack` an
+/// unwound stack of the tool's `StackMap` (`StackMap::intern`).
 pub struct UserStacks {
-    ring: RingBuf<MapData>,
-    unwinder: UserUnwinder,
-    /// Values per key of the samples unwound so far (deleted with `take` on eviction).
+    pending: Arc<Mutex<Pending>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Values per key of the samples unwound so far (deleted with `take_key` on eviction).
     pub counts: HashMap<TaskStackKey, u64>,
     /// Records unwound, and those that gave no frame at all.
     pub unwound: u64,
     pub empty: u64,
-    forgot_at: Instant,
 }
 
 impl UserStacks {
-    /// Takes the ring buffer called `name` out of the loaded object.
+    /// Takes the ring buffer called `name` out of the loaded object and starts unwinding.
     pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
         let map = ebpf
             .take_map(name)
             .ok_or_else(|| anyhow!("{name} map missing (build bug)"))?;
+        let mut ring = RingBuf::try_from(map)?;
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (pending, stop) = (pending.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("unwind".into())
+                .spawn(move || unwind_loop(&mut ring, &pending, &stop))
+                .map_err(|e| anyhow!("cannot start the unwinding thread: {e}"))?
+        };
         Ok(Self {
-            ring: RingBuf::try_from(map)?,
-            unwinder: UserUnwinder::new(),
+            pending,
+            stop,
+            thread: Some(thread),
             counts: HashMap::new(),
             unwound: 0,
             empty: 0,
-            forgot_at: Instant::now(),
         })
     }
 
-    /// Unwinds every record waiting in the ring and counts it under its key.
+    /// Counts what was unwound since the last call, each stack interned in `stack_map`.
     pub fn drain(&mut self, stack_map: &mut StackMap) {
-        while let Some(item) = self.ring.next() {
-            let Some((mut key, value, frames)) = unwind_record(&mut self.unwinder, &item) else {
-                continue;
-            };
-            self.unwound += 1;
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        self.unwound += pending.unwound;
+        for ((mut key, frames), value) in pending.stacks {
             key.ustack = if frames.is_empty() {
-                self.empty += 1;
+                self.empty += value.max(1);
                 -libc::EFAULT
             } else {
                 stack_map.intern(frames)
             };
             *self.counts.entry(key).or_default() += value;
         }
-        if self.forgot_at.elapsed() >= Duration::from_secs(10) {
-            self.unwinder.forget_exited();
-            self.forgot_at = Instant::now();
+    }
+
+    /// After the sampling stopped: lets the thread unwind what is left in the ring, waits for
+    /// it, and counts everything (every sample taken is then in `counts`).
+    pub fn finish(&mut self, stack_map: &mut StackMap) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
+        self.drain(stack_map);
     }
 
     /// Deletes `key`, returning what it held.
     pub fn take_key(&mut self, key: &TaskStackKey) -> Option<u64> {
         self.counts.remove(key)
+    }
+}
+
+impl Drop for UserStacks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The unwinding thread: every record in the ring, unwound and added to `pending`, until
+/// `stop` (then what is left, once).
+fn unwind_loop(ring: &mut RingBuf<MapData>, pending: &Mutex<Pending>, stop: &AtomicBool) {
+    let mut unwinder = UserUnwinder::new();
+    let mut forgot_at = Instant::now();
+    loop {
+        // Read before draining: a stop seen here still drains the ring once more.
+        let stopping = stop.load(Ordering::Acquire);
+        let mut batch = Pending::default();
+        while let Some(item) = ring.next() {
+            if let Some((key, value, frames)) = unwind_record(&mut unwinder, &item) {
+                batch.unwound += 1;
+                *batch.stacks.entry((key, frames)).or_default() += value;
+            }
+            if batch.unwound >= 256 {
+                break;
+            }
+        }
+        let got = batch.unwound;
+        if got > 0 {
+            let mut shared = pending.lock().unwrap_or_else(|e| e.into_inner());
+            shared.unwound += batch.unwound;
+            for (stack, value) in batch.stacks {
+                *shared.stacks.entry(stack).or_default() += value;
+            }
+        }
+        if forgot_at.elapsed() >= Duration::from_secs(10) {
+            unwinder.forget_exited();
+            forgot_at = Instant::now();
+        }
+        if got == 0 {
+            if stopping {
+                return;
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
     }
 }
 

@@ -47,8 +47,8 @@ use crate::{
     unwind::UserStacks,
 };
 
-/// How often copied user stacks are unwound (the ring holds ~500 samples: 0.25 s of 997 Hz
-/// on two CPUs; the kernel also wakes the reader once it is a quarter full).
+/// How often the stacks the unwinding thread found are counted here (the thread itself reads
+/// the ring every 20 ms: it holds ~500 samples, 0.25 s of 997 Hz on two CPUs).
 pub(super) const USER_STACKS_DRAIN: Duration = Duration::from_millis(100);
 
 /// Sampling frequencies above this cost more than they tell (and perf caps them anyway).
@@ -339,6 +339,10 @@ impl Sampler {
             program
                 .detach(link)
                 .map_err(|e| anyhow!("cannot stop sampling: {e}"))?;
+        }
+        // Every copied stack still in the ring is unwound and counted before the last report.
+        if let Some(user) = self.user_stacks.as_mut() {
+            user.finish(&mut self.stack_map);
         }
         Ok(())
     }
