@@ -108,7 +108,7 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
         if config.copy_user_stacks != 0 {
             let regs = sample_user_regs(&ctx);
             if let Some(regs) = regs
-                && submit_user_stack(&USER_STACKS, USER_STACKS_RING_BYTES as u64, &key, 1, &regs)
+                && submit_user_stack(&USER_STACKS, &key, 1, &regs)
             {
                 return 0;
             }

@@ -88,13 +88,7 @@ pub fn current_user_regs() -> Option<UserRegs> {
 /// stack at `regs` to `ring`. False when the ring is full (the caller falls back to frame
 /// pointers and counts the fallback).
 #[inline(always)]
-pub fn submit_user_stack(
-    ring: &RingBuf,
-    ring_bytes: u64,
-    key: &TaskStackKey,
-    value: u64,
-    regs: &UserRegs,
-) -> bool {
+pub fn submit_user_stack(ring: &RingBuf, key: &TaskStackKey, value: u64, regs: &UserRegs) -> bool {
     let Some(mut entry) = ring.reserve::<UserStackRecord>(0) else {
         return false;
     };
@@ -129,7 +123,6 @@ pub fn submit_user_stack(
     }
     // No wakeup: tracer's unwinding thread polls the ring (a wakeup per sample would cost an
     // irq_work and a context switch).
-    let _ = ring_bytes;
     entry.submit(BPF_RB_NO_WAKEUP);
     true
 }

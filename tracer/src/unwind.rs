@@ -237,6 +237,7 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 struct Pending {
     stacks: HashMap<(TaskStackKey, Vec<u64>), u64>,
     unwound: u64,
+    empty: u64,
 }
 
 /// A tool's `USER_STACKS` ring buffer (records of `tracer_common::ustack`), read and unwound
@@ -285,9 +286,9 @@ impl UserStacks {
     pub fn drain(&mut self, stack_map: &mut StackMap) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         self.unwound += pending.unwound;
+        self.empty += pending.empty;
         for ((mut key, frames), value) in pending.stacks {
             key.ustack = if frames.is_empty() {
-                self.empty += value.max(1);
                 -libc::EFAULT
             } else {
                 stack_map.intern(frames)
@@ -333,6 +334,7 @@ fn unwind_loop(ring: &mut RingBuf<MapData>, pending: &Mutex<Pending>, stop: &Ato
         while let Some(item) = ring.next() {
             if let Some((key, value, frames)) = unwind_record(&mut unwinder, &item) {
                 batch.unwound += 1;
+                batch.empty += u64::from(frames.is_empty());
                 *batch.stacks.entry((key, frames)).or_default() += value;
             }
             if batch.unwound >= 256 {
@@ -343,6 +345,7 @@ fn unwind_loop(ring: &mut RingBuf<MapData>, pending: &Mutex<Pending>, stop: &Ato
         if got > 0 {
             let mut shared = pending.lock().unwrap_or_else(|e| e.into_inner());
             shared.unwound += batch.unwound;
+            shared.empty += batch.empty;
             for (stack, value) in batch.stacks {
                 *shared.stacks.entry(stack).or_default() += value;
             }

@@ -24,9 +24,7 @@ use crate::{
     pprof::PprofKind,
     session,
     stack_files::StackFiles,
-    stacks::{
-        self, Evictor, Frames, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, Symbols, Unit,
-    },
+    stacks::{self, Evictor, OFFCPU_SUFFIX, RawStack, Stack, StackLoss, StackMap, Symbols, Unit},
     tools::{
         offcputime,
         profile::{ProfileArgs, Sampler},
@@ -137,13 +135,7 @@ pub(super) async fn run(args: &ProfileArgs, mut config: ProfileConfig) -> Result
             reason = &mut stop => { reason?; break; }
             _ = drain.tick(), if sampler.unwinds_user_stacks() => sampler.drain_user_stacks(),
             _ = warm.tick() => {
-                let new: Vec<(u32, Frames)> = sampler
-                    .keys()
-                    .into_iter()
-                    .filter(|key| key.ustack >= 0 && warmed_on.insert((key.tgid, key.ustack)))
-                    .map(|key| (key.tgid, sampler.stack_map.frames(key.ustack)))
-                    .collect();
-                on_symbols.prefetch_users(new);
+                sampler.prefetch_new_user_stacks(&mut on_symbols, &mut warmed_on);
                 let now_blocked = blocked.iter().flatten().map(|(_, out)| out.key);
                 for key in off_counts.keys().flatten().chain(now_blocked) {
                     if key.ustack >= 0 && warmed_off.insert((key.tgid, key.ustack)) {

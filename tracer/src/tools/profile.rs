@@ -372,6 +372,22 @@ impl Sampler {
         self.user_stacks.is_some()
     }
 
+    /// Symbolizes the user stacks of keys not seen yet (`warmed`: the (process, stack) pairs
+    /// done), while their processes still exist.
+    pub(super) fn prefetch_new_user_stacks(
+        &self,
+        symbols: &mut Symbols,
+        warmed: &mut HashSet<(u32, i32)>,
+    ) {
+        let new: Vec<_> = self
+            .keys()
+            .into_iter()
+            .filter(|key| key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)))
+            .map(|key| (key.tgid, self.stack_map.frames(key.ustack)))
+            .collect();
+        symbols.prefetch_users(new);
+    }
+
     /// Every key counted so far: in the kernel's map and unwound here.
     pub(super) fn keys(&self) -> Vec<SampleKey> {
         let mut keys: Vec<SampleKey> = self.counts.keys().flatten().collect();
@@ -584,13 +600,7 @@ async fn sample_loop(
             }
             _ = warm.tick() => {
                 symbols.keep_targets();
-                let new: Vec<(u32, stacks::Frames)> = sampler
-                    .keys()
-                    .into_iter()
-                    .filter(|key| key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)))
-                    .map(|key| (key.tgid, sampler.stack_map.frames(key.ustack)))
-                    .collect();
-                symbols.prefetch_users(new);
+                sampler.prefetch_new_user_stacks(symbols, &mut warmed);
                 continue;
             }
         };

@@ -133,16 +133,25 @@ impl Drop for Program {
     }
 }
 
-/// `profile -p PID --json` for 2 s with `extra` options: (user frames leaf first, samples) of
-/// every stack, and the stderr lines.
-fn user_stacks(pid: &str, extra: &[&str]) -> Result<Vec<(Vec<String>, u64)>, Failed> {
+/// Stacks as (user frames leaf first, samples).
+type Samples = Vec<(Vec<String>, u64)>;
+
+/// `profile -p PID -F HZ -d SECS --json` with `extra` options: (user frames leaf first,
+/// samples) of every stack, and what profile printed on stderr.
+fn profile_stacks(
+    pid: &str,
+    hz: &str,
+    seconds: &str,
+    extra: &[&str],
+) -> Result<(Samples, String), Failed> {
     let mut args = vec![
-        "profile", "-p", pid, "-F", "199", "-d", "2", "--json", "--top", "100000",
+        "profile", "-p", pid, "-F", hz, "-d", seconds, "--json", "--top", "100000",
     ];
     args.extend_from_slice(extra);
     let done = run(&args);
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
     ensure(done.status.success(), || {
-        format!("profile failed: {}", String::from_utf8_lossy(&done.stderr))
+        format!("profile failed: {stderr}")
     })?;
     let stdout = String::from_utf8_lossy(&done.stdout);
     let profile: Value = stdout
@@ -166,10 +175,19 @@ fn user_stacks(pid: &str, extra: &[&str]) -> Result<Vec<(Vec<String>, u64)>, Fai
                 .unwrap_or_default();
             (user, s["value"].as_u64().unwrap_or(0))
         })
-        .collect::<Vec<_>>();
+        .collect();
+    Ok((stacks, stderr))
+}
+
+/// `profile_stacks` for 2 s at 199 Hz of a busy process: at least 20 samples.
+fn user_stacks(pid: &str, extra: &[&str]) -> Result<Vec<(Vec<String>, u64)>, Failed> {
+    let (stacks, _) = profile_stacks(pid, "199", "2", extra)?;
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();
     ensure(total >= 20, || {
-        format!("only {total} samples of a busy process in 2 s at 199 Hz: {profile}")
+        format!(
+            "only {total} samples of a busy process in 2 s at 199 Hz: {}",
+            show(&stacks)
+        )
     })?;
     Ok(stacks)
 }
@@ -511,44 +529,8 @@ fn nginx_worker_stacks() -> Result<(), Failed> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| fail(format!("perf: {e}")))?;
-    let profile_stderr;
-    let stacks = {
-        let mut args = vec![
-            "profile", "-p", &worker, "-F", "499", "--json", "--top", "100000",
-        ];
-        let d = seconds.to_string();
-        args.extend_from_slice(&["-d", &d]);
-        let done = run(&args);
-        ensure(done.status.success(), || {
-            format!("profile failed: {}", String::from_utf8_lossy(&done.stderr))
-        })?;
-        profile_stderr = String::from_utf8_lossy(&done.stderr).into_owned();
-        let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
-        let profile: Value = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["type"] == "profile")
-            .ok_or_else(|| fail(format!("no profile record: {stdout}")))?;
-        profile["stacks"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| {
-                let user: Vec<String> = s["user"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (user, s["value"].as_u64().unwrap_or(0))
-            })
-            .filter(|(user, _)| !user.is_empty())
-            .collect::<Vec<_>>()
-    };
+    let (mut stacks, profile_stderr) = profile_stacks(&worker, "499", &seconds.to_string(), &[])?;
+    stacks.retain(|(user, _)| !user.is_empty());
     let perf_ok = perf.wait().map(|s| s.success()).unwrap_or(false);
     let _ = wrk.wait();
     let total: u64 = stacks.iter().map(|(_, n)| n).sum();

@@ -201,13 +201,7 @@ fn take_profile(params: &Params, cancel: &AtomicBool) -> Result<Vec<u8>> {
         sampler.drain_user_stacks();
         if Instant::now() >= next_warm {
             next_warm += Duration::from_secs(1);
-            let new: Vec<_> = sampler
-                .keys()
-                .into_iter()
-                .filter(|key| key.ustack >= 0 && warmed.insert((key.tgid, key.ustack)))
-                .map(|key| (key.tgid, sampler.stack_map.frames(key.ustack)))
-                .collect();
-            symbols.prefetch_users(new);
+            sampler.prefetch_new_user_stacks(&mut symbols, &mut warmed);
         }
     }
     sampler.stop_sampling()?;
