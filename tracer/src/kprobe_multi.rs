@@ -60,6 +60,9 @@ const _: () = {
 /// and fails the link if any is left over), and the cookie each one's hits carry.
 pub struct Target<'a> {
     pub functions: &'a [&'a str],
+    /// Instead of `functions` when not empty: the functions' addresses (from /proc/kallsyms),
+    /// which also tell apart static functions of the same name.
+    pub addresses: &'a [u64],
     /// One per function, for `bpf_get_attach_cookie`.
     pub cookies: &'a [u64],
     /// Fire on return (kretprobe) instead of entry.
@@ -73,7 +76,12 @@ pub struct Link {
 
 impl Link {
     pub fn attach(program: &uprobe_multi::Program, target: &Target<'_>) -> Result<Self, Error> {
-        assert_eq!(target.functions.len(), target.cookies.len());
+        let count = if target.addresses.is_empty() {
+            target.functions.len()
+        } else {
+            target.addresses.len()
+        };
+        assert_eq!(count, target.cookies.len());
         let names = target
             .functions
             .iter()
@@ -86,6 +94,11 @@ impl Link {
                 )
             })?;
         let syms: Vec<u64> = names.iter().map(|n| n.as_ptr() as u64).collect();
+        let (syms, addrs) = if target.addresses.is_empty() {
+            (syms.as_ptr() as u64, 0)
+        } else {
+            (0, target.addresses.as_ptr() as u64)
+        };
         let attr = LinkCreateAttr {
             prog_fd: program.raw_fd(),
             attach_type: BPF_TRACE_KPROBE_MULTI,
@@ -94,8 +107,9 @@ impl Link {
             } else {
                 0
             },
-            cnt: syms.len() as u32,
-            syms: syms.as_ptr() as u64,
+            cnt: count as u32,
+            syms,
+            addrs,
             cookies: target.cookies.as_ptr() as u64,
             ..Default::default()
         };
@@ -130,6 +144,7 @@ fn probe() -> Result<String, String> {
         &program,
         &Target {
             functions: &[PROBE_FUNCTION],
+            addresses: &[],
             cookies: &[0],
             on_return: false,
         },

@@ -29,6 +29,8 @@ pub mod objects {
     pub static RECLAIMTOP: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reclaimtop"));
     pub static HARDIRQS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hardirqs"));
+    pub static FUNCGRAPH: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/funcgraph"));
     pub static MEMLEAK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memleak"));
 }
 

@@ -19,6 +19,7 @@ mod filters;
 mod flame_svg;
 mod frame_origins;
 mod hist;
+mod kernel_calls;
 mod kprobe_multi;
 mod kthread_roles;
 mod loader;
@@ -83,6 +84,8 @@ enum Tool {
     Memleak(tools::memleak::MemleakArgs),
     /// Count calls to uprobes, kernel functions or tracepoints, per interval.
     Funccount(tools::funccount::FunccountArgs),
+    /// The call tree under a kernel function with each call's duration (ftrace's function_graph); --stats profiles.
+    Funcgraph(tools::funcgraph::FuncgraphArgs),
     /// Entry-to-return latency of a function as a log2 histogram.
     Funclatency(tools::funclatency::FunclatencyArgs),
     /// Histogram or frequency count of a probe argument or return value.
@@ -137,6 +140,7 @@ const TOOL_NAMES: &[&str] = &[
     "memleak",
     "funccount",
     "funclatency",
+    "funcgraph",
     "argdist",
     "trace",
     "tplist",
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Memleak(args) => runtime()?.block_on(tools::memleak::run(args)),
         Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),
         Tool::Funclatency(args) => runtime()?.block_on(tools::funclatency::run(args)),
+        Tool::Funcgraph(args) => runtime()?.block_on(tools::funcgraph::run(args)),
         Tool::Argdist(args) => runtime()?.block_on(tools::argdist::run(args)),
         Tool::Trace(args) => runtime()?.block_on(tools::trace::run(args)),
         Tool::Tplist(args) => runtime()?.block_on(tools::tplist::run(args)),

@@ -381,6 +381,7 @@ fn attach_kprobe_multi(
                 &prog,
                 &kprobe_multi::Target {
                     functions: &names,
+                    addresses: &[],
                     cookies: &cookies,
                     on_return: ret,
                 },

@@ -1074,7 +1074,7 @@ pub fn kernel_functions_and_untraceable(pattern: &str) -> Result<(Vec<String>, u
 
 /// available_filter_functions: what ftrace (and so kprobe_multi) can hook; None when
 /// unreadable or empty.
-fn traceable_function_names() -> Option<HashSet<String>> {
+pub fn traceable_function_names() -> Option<HashSet<String>> {
     let root = crate::tracefs::root().ok()?;
     let text = std::fs::read_to_string(root.join("available_filter_functions")).ok()?;
     let names: HashSet<String> = text

@@ -47,6 +47,23 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration with its unit (`200us`, `1.5ms`, `2s`; ns, us or µs, ms, s) in nanoseconds.
+pub fn parse_ns(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    };
+    let ns = number * scale;
+    (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64).then_some(ns.round() as u64)
+}
+
 fn parse_count(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(0) | Err(_) => Err(format!("'{text}' is not a positive count")),

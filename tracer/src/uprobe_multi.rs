@@ -214,6 +214,36 @@ impl Program {
     pub(crate) fn raw_fd(&self) -> u32 {
         self.fd.as_raw_fd() as u32
     }
+
+    /// Hits the kernel skipped because a BPF program was already running on that CPU
+    /// (`bpf_prog_info.recursion_misses`, Linux 5.12+); None where the kernel does not say.
+    pub fn recursion_misses(&self) -> Option<u64> {
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+        #[repr(C)]
+        struct InfoAttr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        // SAFETY: bpf_prog_info is plain integers and arrays; all zeroes is valid.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let attr = InfoAttr {
+            bpf_fd: self.raw_fd(),
+            info_len: size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+            info: (&raw mut info) as u64,
+        };
+        // SAFETY: attr points to a valid bpf_attr prefix for this command, and info to a
+        // buffer of info_len bytes that outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &raw const attr,
+                size_of::<InfoAttr>() as libc::c_uint,
+            )
+        };
+        (ret == 0).then_some(info.recursion_misses)
+    }
 }
 
 fn map_fd(map: &Map) -> i32 {

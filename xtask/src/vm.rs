@@ -206,6 +206,8 @@ const EVERY_GUEST: &[&str] = &[
     // saved on kernel entry (their place on the kernel stack differs: FRED kernels pad it).
     "unwind::chain_without_frame_pointers_is_complete",
     "unwind::chain_in_a_system_call_is_complete",
+    // funcgraph: kprobe_multi links on the root's callees found in the kernel's text.
+    "funcgraph::",
 ];
 
 /// What each guest runs: the suite less `skips` (exact names); `names` are the tests run.

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod flamegraph;
 pub mod forksnoop;
 pub mod funccount;
+pub mod funcgraph;
 pub mod funclatency;
 pub mod hardirqs;
 pub mod hotcold;

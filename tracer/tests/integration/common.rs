@@ -102,6 +102,8 @@ pub enum Need {
     Root,
     Kprobes,
     Fentry,
+    /// kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE).
+    KprobeMulti,
     Tracefs,
     Command(&'static str),
 }
@@ -115,6 +117,9 @@ impl Need {
                 .then(|| "kprobes not available on this kernel (CONFIG_KPROBES unset); runs under cargo xtask vm-test".into()),
             Need::Fentry => doctor_says_unavailable("fentry")
                 .map(|why| format!("fentry not available on this kernel ({why}); runs under cargo xtask vm-test")),
+            Need::KprobeMulti => (!kernel_has_kprobe_multi()).then(|| {
+                "kprobe_multi links not available on this kernel (Linux 5.18+ with CONFIG_FPROBE); runs under cargo xtask vm-test".into()
+            }),
             Need::Tracefs => (!Path::new("/sys/kernel/tracing").exists()).then(|| "no tracefs".into()),
             Need::Command(cmd) => which(cmd).is_none().then(|| format!("{cmd} is not installed (cargo xtask setup installs it)")),
         }

@@ -15,6 +15,7 @@ mod dist;
 mod doctor;
 mod flamegraph;
 mod forksnoop;
+mod funcgraph;
 mod hardirqs;
 mod hotcold;
 mod memory;
@@ -49,6 +50,7 @@ fn main() {
     trials.extend(dist::tests());
     trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
+    trials.extend(funcgraph::tests());
     trials.extend(softirq_top::tests());
     trials.extend(hardirqs::tests());
     trials.extend(profile::tests());

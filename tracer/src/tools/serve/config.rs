@@ -301,8 +301,8 @@ pub fn parse_buckets(text: &str) -> Result<Buckets> {
     };
     let (min, max) = text.split_once("..").ok_or_else(bad)?;
     let (min, max) = (
-        parse_ns(min).ok_or_else(bad)?,
-        parse_ns(max).ok_or_else(bad)?,
+        crate::session::parse_ns(min).ok_or_else(bad)?,
+        crate::session::parse_ns(max).ok_or_else(bad)?,
     );
     if min == 0 || min >= max {
         bail!("bad bucket spec '{text}': MIN must be above 0 and below MAX");
@@ -312,22 +312,6 @@ pub fn parse_buckets(text: &str) -> Result<Buckets> {
         bail!("bad bucket spec '{text}': MAX must be at most a day (86400s)");
     }
     Ok(Buckets::nanoseconds(min, max))
-}
-
-fn parse_ns(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        _ => return None,
-    };
-    let ns = number * scale;
-    (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64).then_some(ns.round() as u64)
 }
 
 #[cfg(test)]
@@ -445,10 +429,10 @@ mod tests {
 
     #[test]
     fn bucket_specs() {
-        assert_eq!(parse_ns("1us"), Some(1000));
-        assert_eq!(parse_ns("2.5ms"), Some(2_500_000));
-        assert_eq!(parse_ns("10"), None);
-        assert_eq!(parse_ns("s"), None);
+        assert_eq!(crate::session::parse_ns("1us"), Some(1000));
+        assert_eq!(crate::session::parse_ns("2.5ms"), Some(2_500_000));
+        assert_eq!(crate::session::parse_ns("10"), None);
+        assert_eq!(crate::session::parse_ns("s"), None);
         let b = parse_buckets("1us..10s").unwrap();
         assert_eq!((b.first, b.last), (9, 33));
         assert!(parse_buckets("1us").is_err());
