@@ -46,6 +46,9 @@ pub enum Mechanism {
     /// One perf-event uprobe per offset.
     Uprobe,
     Uretprobe,
+    /// The kernel's function_graph tracer through tracefs (funcgraph's rung without BPF).
+    #[value(name = "function_graph", alias = "function-graph")]
+    FunctionGraph,
 }
 
 impl Mechanism {
@@ -64,6 +67,7 @@ impl Mechanism {
             Self::UretprobeMulti => "uretprobe_multi",
             Self::Uprobe => "uprobe",
             Self::Uretprobe => "uretprobe",
+            Self::FunctionGraph => "function_graph",
         }
     }
 }

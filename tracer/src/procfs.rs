@@ -53,3 +53,12 @@ pub fn tasks() -> impl Iterator<Item = TaskStat> {
             parse_stat(pid, &stat)
         })
 }
+
+/// The process (thread group) a thread belongs to, from /proc/TID/status; None once gone.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -102,8 +102,9 @@ pub enum Need {
     Root,
     Kprobes,
     Fentry,
-    /// kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE).
-    KprobeMulti,
+    /// kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE) or tracefs's function_graph tracer:
+    /// funcgraph's rungs.
+    KernelFunctionGraph,
     Tracefs,
     Command(&'static str),
 }
@@ -117,8 +118,8 @@ impl Need {
                 .then(|| "kprobes not available on this kernel (CONFIG_KPROBES unset); runs under cargo xtask vm-test".into()),
             Need::Fentry => doctor_says_unavailable("fentry")
                 .map(|why| format!("fentry not available on this kernel ({why}); runs under cargo xtask vm-test")),
-            Need::KprobeMulti => (!kernel_has_kprobe_multi()).then(|| {
-                "kprobe_multi links not available on this kernel (Linux 5.18+ with CONFIG_FPROBE); runs under cargo xtask vm-test".into()
+            Need::KernelFunctionGraph => (!kernel_has_kprobe_multi() && !kernel_has_function_graph()).then(|| {
+                "neither kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE) nor a usable tracefs function_graph tracer on this kernel; runs under cargo xtask vm-test".into()
             }),
             Need::Tracefs => (!Path::new("/sys/kernel/tracing").exists()).then(|| "no tracefs".into()),
             Need::Command(cmd) => which(cmd).is_none().then(|| format!("{cmd} is not installed (cargo xtask setup installs it)")),
@@ -852,6 +853,16 @@ pub fn kernel_has_kprobe_multi() -> bool {
             .any(|l| l.split_whitespace().nth(2) == Some(symbol))
     };
     has("bpf_kprobe_multi_link_attach") && has("register_fprobe")
+}
+
+/// tracefs's function_graph tracer, usable (this host lists none, and its function tracer
+/// answers EPERM).
+pub fn kernel_has_function_graph() -> bool {
+    std::fs::read_to_string("/sys/kernel/tracing/available_tracers")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|t| t == "function_graph")
+        && std::fs::read("/sys/kernel/tracing/available_filter_functions").is_ok()
 }
 
 /// uprobe_multi links exist since Linux 6.6; older kernels must fall back to perf-event uprobes.
