@@ -58,6 +58,8 @@ pub struct FunctionGraph {
     pub unmatched: u64,
     /// Bytes the last read got.
     last_read: usize,
+    /// Levels kept (max_graph_depth): deeper lines are dropped.
+    max_depth: u32,
 }
 
 struct Open {
@@ -104,6 +106,7 @@ impl FunctionGraph {
             leaf_time_is_return: None,
             unmatched: 0,
             last_read: 0,
+            max_depth: setup.max_depth,
             lost: 0,
         };
         this.set("tracing_on", "0")?;
@@ -274,7 +277,13 @@ impl FunctionGraph {
                         }
                     }
                     keep_inside_callers(&mut done);
-                    calls.extend(done.into_iter().map(|(c, _)| c));
+                    // 5.10 shows interrupts' edges (irq_enter_rcu) past max_graph_depth.
+                    let max = self.max_depth;
+                    calls.extend(
+                        done.into_iter()
+                            .map(|(c, _)| c)
+                            .filter(|c| u32::from(c.depth) < max),
+                    );
                 }
             }
         }

@@ -73,6 +73,19 @@ const LIVE: &[(&str, &[&str], Last)] = &[
     ("cpudist", &["--json"], Last::JsonEnd),
     ("biotop", &["--json"], Last::JsonEnd),
     ("reclaimtop", &["--json"], Last::JsonEnd),
+    // Its BPF rung; kernels without kprobe_multi skip (the tracefs rung loads nothing).
+    (
+        "funcgraph",
+        &[
+            "kernel_clone",
+            "--max-depth",
+            "2",
+            "--json",
+            "--attach",
+            "kprobe_multi",
+        ],
+        Last::JsonEnd,
+    ),
     // A free port, so it cannot collide with another serve.
     (
         "serve",
@@ -170,6 +183,12 @@ fn signals_leave_nothing(tool: &str, args: &[&str], last: Last, index: usize) ->
                 if message.contains("is not implemented yet") {
                     return Ok(Completion::ignored_with(format!(
                         "{tool} is not implemented yet"
+                    )));
+                }
+                if message.contains("needs Linux 5.18+ with CONFIG_FPROBE") {
+                    return Ok(Completion::ignored_with(format!(
+                        "{tool}'s BPF rung needs kprobe_multi links (Linux 5.18+ with \
+                         CONFIG_FPROBE), which this kernel lacks"
                     )));
                 }
                 return Err(e);
