@@ -570,14 +570,6 @@ impl Drop for Workload {
     }
 }
 
-/// Names of BPF programs currently loaded in the kernel (bpftool).
-pub fn loaded_program_names() -> Vec<String> {
-    loaded_programs()
-        .into_iter()
-        .map(|(_, name)| name)
-        .collect()
-}
-
 /// Fails if any program whose name starts with `prefix` is still loaded while no process
 /// holds it (through a program or link fd): left behind by a tool that exited. Programs of
 /// the same name held by live processes — another test, a soak or a colleague's run on the
@@ -613,7 +605,7 @@ pub fn assert_nothing_loaded(prefix: &str) -> Result<(), Failed> {
 }
 
 /// (id, name) of every loaded BPF program (bpftool).
-fn loaded_programs() -> Vec<(u32, String)> {
+pub fn loaded_programs() -> Vec<(u32, String)> {
     let out = output_within(
         Command::new("bpftool").args(["prog", "show", "--json"]),
         DEADLINE,

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::common::{
     DEADLINE, Finished, Need, Running, WORKLOAD, Workload, agrees_with_schedstat,
-    assert_nothing_loaded, emulated, ensure, fail, irq_steal_us, loaded_program_names, run, scaled,
-    start, trial,
+    assert_nothing_loaded, bpf_objects_of, emulated, ensure, fail, irq_steal_us, loaded_programs,
+    run, scaled, start, trial,
 };
 
 const ROOT: &[Need] = &[Need::Root];
@@ -767,8 +767,14 @@ fn only_needed_programs_loaded() -> Result<(), Failed> {
         ("ktop", "ktop_", ["cpudist_", "runqlat_"]),
     ] {
         let running = start(&[tool, "-d", "10"])?;
-        let names = loaded_program_names();
         let pid = running.pid();
+        // Only what this tool holds: a previous tool's programs may still be being freed.
+        let held = bpf_objects_of(pid).progs;
+        let names: Vec<String> = loaded_programs()
+            .into_iter()
+            .filter(|(id, _)| held.contains(id))
+            .map(|(_, name)| name)
+            .collect();
         let done = interrupt(running)?.ok()?;
         ensure(names.iter().any(|n| n.starts_with(own)), || {
             format!("{tool} (pid {pid}): {own}* not loaded: {names:?}")
