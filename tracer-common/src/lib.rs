@@ -9,6 +9,7 @@ pub mod biotop;
 pub mod comm;
 pub mod forksnoop;
 pub mod funcgraph;
+pub mod functrace;
 pub mod hardirqs;
 pub mod hist;
 pub mod memleak;

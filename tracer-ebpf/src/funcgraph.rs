@@ -65,20 +65,37 @@ fn cookie<C: EbpfContext>(ctx: &C) -> u32 {
 
 #[kprobe]
 pub fn funcgraph_entry(ctx: ProbeContext) -> u32 {
+    let func = cookie(&ctx);
+    // Most hits are callees run by threads outside any tree: one lookup turns them away
+    // before the stack check reads the task.
+    if func != ROOT_ID && !inside_tree() {
+        return 0;
+    }
     // SAFETY: a kprobe's context is the probed task's pt_regs.
     if traced_here(unsafe { (*ctx.regs).rsp }) {
-        on_entry(cookie(&ctx));
+        on_entry(func);
     }
     0
 }
 
 #[kretprobe]
 pub fn funcgraph_return(ctx: RetProbeContext) -> u32 {
+    if !inside_tree() {
+        return 0;
+    }
     // SAFETY: as above.
     if traced_here(unsafe { (*ctx.regs).rsp }) {
         on_return(cookie(&ctx), ctx.ret::<u64>());
     }
     0
+}
+
+/// Whether the current thread is inside a root call.
+#[inline(always)]
+fn inside_tree() -> bool {
+    THREADS
+        .get_ptr(&(bpf_get_current_pid_tgid() as u32))
+        .is_some()
 }
 
 /// Whether this hit is the traced thread's own call: not made by the fork program, and `sp`

@@ -49,6 +49,8 @@ pub enum Mechanism {
     /// The kernel's function_graph tracer through tracefs (funcgraph's rung without BPF).
     #[value(name = "function_graph", alias = "function-graph")]
     FunctionGraph,
+    /// The kernel's function tracer through a tracefs instance (functrace's rung without BPF).
+    Function,
 }
 
 impl Mechanism {
@@ -68,6 +70,7 @@ impl Mechanism {
             Self::Uprobe => "uprobe",
             Self::Uretprobe => "uretprobe",
             Self::FunctionGraph => "function_graph",
+            Self::Function => "function",
         }
     }
 }

@@ -138,6 +138,27 @@ impl KernelText {
             .unwrap_or_default()
     }
 
+    /// Every text function whose name `keep` accepts, with each copy's address (static
+    /// functions may share a name), sorted by name.
+    pub fn matching(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
+        let mut found: Vec<(String, u64)> = self
+            .symbols
+            .iter()
+            .filter(|(_, name)| keep(name))
+            .map(|(address, name)| (name.clone(), *address))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The function `address` is in (the nearest text symbol at or below it).
+    pub fn name_at(&self, address: u64) -> Option<&str> {
+        let i = self.symbols.partition_point(|(a, _)| *a <= address);
+        let (start, name) = self.symbols.get(i.checked_sub(1)?)?;
+        // Past the end of the image's text: not ours to name (a module, a BPF trampoline).
+        (address - start < MAX_FUNCTION_BYTES).then_some(name.as_str())
+    }
+
     /// The body of the function at `address`: up to the next symbol.
     fn body(&self, address: u64) -> Result<Vec<u8>> {
         let i = *self

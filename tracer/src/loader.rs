@@ -31,6 +31,8 @@ pub mod objects {
     pub static HARDIRQS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hardirqs"));
     pub static FUNCGRAPH: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/funcgraph"));
+    pub static FUNCTRACE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/functrace"));
     pub static MEMLEAK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memleak"));
 }
 

@@ -20,6 +20,7 @@ mod filters;
 mod flame_svg;
 mod frame_origins;
 mod function_graph;
+mod function_tracer;
 mod hist;
 mod kernel_calls;
 mod kprobe_multi;
@@ -88,6 +89,8 @@ enum Tool {
     Funccount(tools::funccount::FunccountArgs),
     /// The call tree under a kernel function with each call's duration (ftrace's function_graph); --stats profiles.
     Funcgraph(tools::funcgraph::FuncgraphArgs),
+    /// One line per call of the kernel functions matching a glob, with the caller (ftrace's function tracer).
+    Functrace(tools::functrace::FunctraceArgs),
     /// Entry-to-return latency of a function as a log2 histogram.
     Funclatency(tools::funclatency::FunclatencyArgs),
     /// Histogram or frequency count of a probe argument or return value.
@@ -143,6 +146,7 @@ const TOOL_NAMES: &[&str] = &[
     "funccount",
     "funclatency",
     "funcgraph",
+    "functrace",
     "argdist",
     "trace",
     "tplist",
@@ -331,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
         Tool::Funccount(args) => runtime()?.block_on(tools::funccount::run(args)),
         Tool::Funclatency(args) => runtime()?.block_on(tools::funclatency::run(args)),
         Tool::Funcgraph(args) => runtime()?.block_on(tools::funcgraph::run(args)),
+        Tool::Functrace(args) => runtime()?.block_on(tools::functrace::run(args)),
         Tool::Argdist(args) => runtime()?.block_on(tools::argdist::run(args)),
         Tool::Trace(args) => runtime()?.block_on(tools::trace::run(args)),
         Tool::Tplist(args) => runtime()?.block_on(tools::tplist::run(args)),

@@ -208,6 +208,8 @@ const EVERY_GUEST: &[&str] = &[
     "unwind::chain_in_a_system_call_is_complete",
     // funcgraph: kprobe_multi links on the root's callees found in the kernel's text.
     "funcgraph::",
+    // functrace: kprobe_multi where the kernel has it, else the tracefs function tracer.
+    "functrace::",
 ];
 
 /// What each guest runs: the suite less `skips` (exact names); `names` are the tests run.

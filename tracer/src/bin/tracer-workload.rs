@@ -3,6 +3,8 @@
 //!
 //! `tracer-workload [--wait] COMMAND...` where COMMAND is one of
 //!   fork N          fork N child processes, one after another (each exits at once)
+//!   child-sleeps N  fork one child that sleeps 1 µs N times (clock_nanosleep), then exits
+//!                   (functrace's -p fork-following tests)
 //!   threads N       start N threads, one after another (each exits at once)
 //!   spin SECS [PCT] burn CPU for SECS seconds at PCT % duty cycle (default 100)
 //!   hot SECS        spin inside `tracer_workload_hot_function` (for profile tests)
@@ -52,6 +54,36 @@ fn fork_children(n: u64) {
                 // SAFETY: waiting for our own child.
                 unsafe { libc::waitpid(child, &mut status, 0) };
             }
+        }
+    }
+}
+
+/// Forks one child that sleeps 1 µs `n` times (clock_nanosleep) and exits; waits for it.
+fn child_sleeps(n: u64) {
+    // SAFETY: the child only calls nanosleep and _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1000,
+            };
+            for _ in 0..n {
+                // SAFETY: valid timespec; no remainder wanted.
+                unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+            }
+            unsafe { libc::_exit(0) }
+        }
+        -1 => {
+            eprintln!(
+                "tracer-workload: fork failed: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(1);
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
         }
     }
 }
@@ -398,6 +430,7 @@ fn run(args: &[String]) {
                 return;
             }
             "fork" => fork_children(number(args, i + 1, "fork") as u64),
+            "child-sleeps" => child_sleeps(number(args, i + 1, "child-sleeps") as u64),
             "threads" => start_threads(number(args, i + 1, "threads") as u64),
             "spin" => {
                 let pct = args.get(i + 2).and_then(|a| a.parse().ok());
@@ -433,7 +466,7 @@ fn run(args: &[String]) {
             }
             other => {
                 eprintln!(
-                    "tracer-workload: unknown command '{other}' (fork, threads, spin, hot, hot2, exec, sleep, \
+                    "tracer-workload: unknown command '{other}' (fork, child-sleeps, threads, spin, hot, hot2, exec, sleep, \
                      pingpong, open, write, read, stat-refresh, faults, huge-pages, mallocs, repeat)"
                 );
                 std::process::exit(2);

@@ -181,7 +181,7 @@ pub async fn run(args: FuncgraphArgs) -> Result<()> {
                 );
             }
             let tids = match args.pid {
-                Some(pid) => threads_of(pid),
+                Some(pid) => crate::procfs::threads_of(pid),
                 None => Vec::new(),
             };
             let fg = FunctionGraph::start(&function_graph::Setup {
@@ -194,8 +194,13 @@ pub async fn run(args: FuncgraphArgs) -> Result<()> {
             if args.common.verbose {
                 errln!(
                     "{TOOL}: tracefs function_graph (set_graph_function {name}, max_graph_depth \
-                     {}): kprobe_multi unavailable",
-                    args.max_depth
+                     {}): {}",
+                    args.max_depth,
+                    if forced.is_some() {
+                        "--attach function_graph"
+                    } else {
+                        "kprobe_multi unavailable"
+                    }
                 );
             }
             (Source::Tracefs(fg), format!("{name} (function_graph)"))
@@ -320,20 +325,6 @@ fn choose(forced: Option<Mechanism>) -> Result<Mechanism> {
              tracefs's function_graph tracer ({graph})"
         )),
     }
-}
-
-/// Every thread of process `pid` now (set_ftrace_pid takes threads).
-fn threads_of(pid: u32) -> Vec<u32> {
-    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    if tids.is_empty() {
-        tids.push(pid);
-    }
-    tids
 }
 
 /// Trees as they finish: shown (text, JSON, Perfetto) or summed (`--stats` on tracefs).

@@ -10,6 +10,7 @@ pub mod forksnoop;
 pub mod funccount;
 pub mod funcgraph;
 pub mod funclatency;
+pub mod functrace;
 pub mod hardirqs;
 pub mod hotcold;
 pub mod kthreads;

@@ -105,6 +105,8 @@ pub enum Need {
     /// kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE) or tracefs's function_graph tracer:
     /// funcgraph's rungs.
     KernelFunctionGraph,
+    /// kprobe_multi links or a usable tracefs function tracer: functrace's rungs.
+    KernelFunctionTracer,
     Tracefs,
     Command(&'static str),
 }
@@ -120,6 +122,9 @@ impl Need {
                 .map(|why| format!("fentry not available on this kernel ({why}); runs under cargo xtask vm-test")),
             Need::KernelFunctionGraph => (!kernel_has_kprobe_multi() && !kernel_has_function_graph()).then(|| {
                 "neither kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE) nor a usable tracefs function_graph tracer on this kernel; runs under cargo xtask vm-test".into()
+            }),
+            Need::KernelFunctionTracer => (!kernel_has_kprobe_multi() && !kernel_has_function_tracer()).then(|| {
+                "neither kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE) nor a usable tracefs function tracer on this kernel; runs under cargo xtask vm-test".into()
             }),
             Need::Tracefs => (!Path::new("/sys/kernel/tracing").exists()).then(|| "no tracefs".into()),
             Need::Command(cmd) => which(cmd).is_none().then(|| format!("{cmd} is not installed (cargo xtask setup installs it)")),
@@ -854,6 +859,15 @@ pub fn kernel_has_function_graph() -> bool {
         .unwrap_or_default()
         .split_whitespace()
         .any(|t| t == "function_graph")
+        && std::fs::read("/sys/kernel/tracing/available_filter_functions").is_ok()
+}
+
+/// tracefs's function tracer, usable (this host lists it but answers EPERM).
+pub fn kernel_has_function_tracer() -> bool {
+    std::fs::read_to_string("/sys/kernel/tracing/available_tracers")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|t| t == "function")
         && std::fs::read("/sys/kernel/tracing/available_filter_functions").is_ok()
 }
 

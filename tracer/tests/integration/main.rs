@@ -16,6 +16,7 @@ mod doctor;
 mod flamegraph;
 mod forksnoop;
 mod funcgraph;
+mod functrace;
 mod hardirqs;
 mod hotcold;
 mod memory;
@@ -51,6 +52,7 @@ fn main() {
     trials.extend(flamegraph::tests());
     trials.extend(forksnoop::tests());
     trials.extend(funcgraph::tests());
+    trials.extend(functrace::tests());
     trials.extend(softirq_top::tests());
     trials.extend(hardirqs::tests());
     trials.extend(profile::tests());

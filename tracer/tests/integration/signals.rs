@@ -86,6 +86,12 @@ const LIVE: &[(&str, &[&str], Last)] = &[
         ],
         Last::JsonEnd,
     ),
+    // Likewise.
+    (
+        "functrace",
+        &["do_nanosleep", "--json", "--attach", "kprobe_multi"],
+        Last::JsonEnd,
+    ),
     // A free port, so it cannot collide with another serve.
     (
         "serve",
