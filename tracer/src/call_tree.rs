@@ -95,11 +95,16 @@ fn marker(duration_ns: u64) -> char {
         .map_or(' ', |(_, m)| *m)
 }
 
-/// ftrace's duration column: `+ 12.345 us` (blank when the line has no duration).
-fn duration_column(duration_ns: Option<u64>) -> String {
+/// ftrace's duration column: `+ 12.345 us` (blank when the line has no duration), written
+/// into `line` with integer arithmetic (a tree can have thousands of lines: no float
+/// formatting, no allocation per line).
+fn duration_column(line: &mut String, duration_ns: Option<u64>) {
+    use std::fmt::Write as _;
     match duration_ns {
-        Some(ns) => format!("{} {:>9.3} us", marker(ns), ns as f64 / 1e3),
-        None => " ".repeat(14),
+        Some(ns) => {
+            let _ = write!(line, "{} {:>5}.{:03} us", marker(ns), ns / 1000, ns % 1000);
+        }
+        None => line.push_str("              "),
     }
 }
 
@@ -125,35 +130,47 @@ pub fn print_tree(tree: &Node, names: &Names, clock: &Clock, retval: bool, out: 
 }
 
 fn print_node(node: &Node, names: &Names, level: usize, retval: bool, out: &mut Out) {
+    let mut line = String::with_capacity(96);
+    print_into(node, names, level, retval, out, &mut line);
+}
+
+fn print_into(
+    node: &Node,
+    names: &Names,
+    level: usize,
+    retval: bool,
+    out: &mut Out,
+    line: &mut String,
+) {
+    use std::fmt::Write as _;
     let r = &node.record;
-    let indent = "  ".repeat(level);
     let name = names.name(r.func);
-    let ret = if retval {
-        format!(" /* = {:#x} */", r.retval)
-    } else {
-        String::new()
-    };
+    let indent = level * 2;
+    line.clear();
+    let _ = write!(line, "{:>3}) ", r.cpu);
     if node.children.is_empty() {
-        out.line(&format!(
-            "{:>3}) {} |  {indent}{name}();{ret}",
-            r.cpu,
-            duration_column(Some(r.duration_ns))
-        ));
+        duration_column(line, Some(r.duration_ns));
+        let _ = write!(line, " |  {:indent$}{name}();", "");
+        if retval {
+            let _ = write!(line, " /* = {:#x} */", r.retval);
+        }
+        out.line(line);
         return;
     }
-    out.line(&format!(
-        "{:>3}) {} |  {indent}{name}() {{",
-        r.cpu,
-        duration_column(None)
-    ));
+    duration_column(line, None);
+    let _ = write!(line, " |  {:indent$}{name}() {{", "");
+    out.line(line);
     for child in &node.children {
-        print_node(child, names, level + 1, retval, out);
+        print_into(child, names, level + 1, retval, out, line);
     }
-    out.line(&format!(
-        "{:>3}) {} |  {indent}}} /* {name} */{ret}",
-        r.cpu,
-        duration_column(Some(r.duration_ns))
-    ));
+    line.clear();
+    let _ = write!(line, "{:>3}) ", r.cpu);
+    duration_column(line, Some(r.duration_ns));
+    let _ = write!(line, " |  {:indent$}}} /* {name} */", "");
+    if retval {
+        let _ = write!(line, " /* = {:#x} */", r.retval);
+    }
+    out.line(line);
 }
 
 fn node_json(node: &Node, names: &Names, clock: &Clock, retval: bool) -> Value {

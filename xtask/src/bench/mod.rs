@@ -5,6 +5,7 @@ mod bpf_stats;
 mod common;
 mod flamegraph;
 mod forksnoop;
+mod funcgraph;
 mod lens;
 mod probes;
 mod profile;
@@ -18,7 +19,7 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, usdt, sched, serve, startup, lens, flamegraph.
+    /// Benchmarks to run (default: all): forksnoop, softirq, profile, probes, usdt, sched, serve, startup, lens, flamegraph, funcgraph.
     pub names: Vec<String>,
 }
 
@@ -35,6 +36,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("startup", startup::run),
     ("lens", lens::run),
     ("flamegraph", flamegraph::run),
+    ("funcgraph", funcgraph::run),
 ];
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
