@@ -13,9 +13,9 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_get_attach_cookie,
     },
-    macros::{kprobe, kretprobe, map, raw_tracepoint},
+    macros::{kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
     funcgraph::{
@@ -25,10 +25,7 @@ use tracer_common::{
     },
     stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL},
 };
-use tracer_ebpf::{
-    stats::bump,
-    task::{Task, current_in_cgroup},
-};
+use tracer_ebpf::{stats::bump, task::current_in_cgroup};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
@@ -42,14 +39,7 @@ static THREADS: HashMap<u32, ThreadFrames> = HashMap::with_max_entries(THREADS_E
 #[map]
 static SCRATCH: PerCpuArray<ThreadFrames> = PerCpuArray::with_max_entries(1, 0);
 
-/// Processes traced with `-p`: the target, and every process forked by a traced one.
-#[map]
-static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(TRACED_ENTRIES, 0);
-
-/// Set on a CPU while the fork program runs: the kernel functions its map update calls
-/// (spin locks, the allocator) are not the traced thread's calls.
-#[map]
-static IN_FORK_HOOK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+tracer_ebpf::follow_forks!(funcgraph_fork, TRACED_ENTRIES);
 
 #[map]
 static CALLS: RingBuf = RingBuf::with_byte_size(CALLS_RING_BYTES, 0);
@@ -122,42 +112,10 @@ fn traced_here(sp: u64) -> bool {
     sp.wrapping_sub(stack) < 64 * 1024
 }
 
-/// `-p`: a process forked by a traced one is traced too (ftrace's function-fork).
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn funcgraph_fork(ctx: RawTracePointContext) -> i32 {
-    if config().follow == 0 {
-        return 0;
-    }
-    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TRACED.get_ptr(&parent_tgid).is_none() {
-        return 0;
-    }
-    let child: *const u8 = ctx.arg(1);
-    let Some(busy) = IN_FORK_HOOK.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: a per-CPU slot; nothing else on this CPU runs until this program returns.
-    unsafe { *busy = 1 };
-    if let Some(tgid) = Task::from_ptr(child).tgid()
-        && TRACED.insert(&tgid, &1, 0).is_err()
-    {
-        bump(&STATS, STAT_MAP_FULL);
-    }
-    // SAFETY: as above.
-    unsafe { *busy = 0 };
-    0
-}
-
-/// Whether the fork program is running on this CPU (its own calls are not traced).
-#[inline(always)]
-fn in_fork_hook() -> bool {
-    IN_FORK_HOOK.get(0).is_some_and(|busy| *busy != 0)
-}
-
 #[inline(always)]
 fn admitted(pid_tgid: u64) -> bool {
     let config = config();
-    if config.follow != 0 && TRACED.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
+    if config.follow != 0 && !followed((pid_tgid >> 32) as u32) {
         return false;
     }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);

@@ -10,32 +10,22 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated::bpf_get_attach_cookie,
     },
-    macros::{kprobe, map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext},
+    macros::{kprobe, map},
+    maps::RingBuf,
+    programs::ProbeContext,
 };
 use tracer_common::{
     functrace::{CALLS_RING_BYTES, FunctraceConfig, TRACED_ENTRIES, TraceRecord},
-    stats::{STAT_EVENTS, STAT_LOST, STAT_MAP_FULL},
+    stats::{STAT_EVENTS, STAT_LOST},
 };
-use tracer_ebpf::{
-    stats::bump,
-    task::{Task, current_in_cgroup},
-};
+use tracer_ebpf::{stats::bump, task::current_in_cgroup};
 
 tracer_ebpf::license!();
 tracer_ebpf::stats_map!();
 
 tracer_ebpf::loader_config!(CONFIG: FunctraceConfig = FunctraceConfig::DEFAULT);
 
-/// Processes traced with `-p`: the target, and every process forked by a traced one.
-#[map]
-static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(TRACED_ENTRIES, 0);
-
-/// Set on a CPU while the fork program runs: the kernel functions its map update calls are
-/// not the traced process's calls.
-#[map]
-static IN_FORK_HOOK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+tracer_ebpf::follow_forks!(functrace_fork, TRACED_ENTRIES);
 
 #[map]
 static CALLS: RingBuf = RingBuf::with_byte_size(CALLS_RING_BYTES, 0);
@@ -45,10 +35,7 @@ pub fn functrace_entry(ctx: ProbeContext) -> u32 {
     let config = config();
     let pid_tgid = bpf_get_current_pid_tgid();
     if config.follow != 0 {
-        if TRACED.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
-            return 0;
-        }
-        if IN_FORK_HOOK.get(0).is_some_and(|busy| *busy != 0) {
+        if !followed((pid_tgid >> 32) as u32) || in_fork_hook() {
             return 0;
         }
     }
@@ -78,31 +65,5 @@ pub fn functrace_entry(ctx: ProbeContext) -> u32 {
     });
     entry.submit(0);
     bump(&STATS, STAT_EVENTS);
-    0
-}
-
-/// `-p`: a process forked by a traced one is traced too (ftrace's function-fork).
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn functrace_fork(ctx: RawTracePointContext) -> i32 {
-    if config().follow == 0 {
-        return 0;
-    }
-    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TRACED.get_ptr(&parent_tgid).is_none() {
-        return 0;
-    }
-    let child: *const u8 = ctx.arg(1);
-    let Some(busy) = IN_FORK_HOOK.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: a per-CPU slot; nothing else on this CPU runs until this program returns.
-    unsafe { *busy = 1 };
-    if let Some(tgid) = Task::from_ptr(child).tgid()
-        && TRACED.insert(&tgid, &1, 0).is_err()
-    {
-        bump(&STATS, STAT_MAP_FULL);
-    }
-    // SAFETY: as above.
-    unsafe { *busy = 0 };
     0
 }

@@ -3,6 +3,7 @@
 //! Each tool is a binary (`src/<tool>.rs`) that becomes its own eBPF object.
 #![no_std]
 
+pub mod follow;
 pub mod hist;
 pub mod ringbuf;
 pub mod stacks;

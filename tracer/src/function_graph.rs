@@ -6,13 +6,7 @@
 //! turns its lines back into calls: one per call that returned, callees first, as the BPF
 //! programs send them. Every setting is restored when the run ends.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{ErrorKind, Read as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::PathBuf,
-};
+use std::{collections::HashMap, fs::File, os::unix::fs::OpenOptionsExt as _, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow};
 
@@ -162,27 +156,12 @@ impl FunctionGraph {
 
     /// The calls that returned since the last call, in order.
     pub fn read(&mut self) -> Result<Vec<Call>> {
-        let mut bytes = Vec::new();
-        let mut chunk = vec![0u8; 1 << 16];
         let Some(pipe) = self.pipe.as_mut() else {
             return Ok(Vec::new());
         };
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("cannot read trace_pipe: {e}")),
-            }
-        }
-        self.last_read = bytes.len();
-        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let complete = crate::tracefs::drain_pipe(pipe, &mut self.partial)?;
+        self.last_read = complete.len();
         let mut calls = Vec::new();
-        let Some(end) = self.partial.rfind('\n') else {
-            return Ok(calls);
-        };
-        let complete: String = self.partial.drain(..=end).collect();
         for line in complete.lines() {
             self.line(line, &mut calls);
         }

@@ -6,12 +6,7 @@
 //! stamps) and `record-tgid`; `trace_pipe` is read without blocking and each line turned back
 //! into a call.
 
-use std::{
-    fs::File,
-    io::{ErrorKind, Read as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::PathBuf,
-};
+use std::{fs::File, os::unix::fs::OpenOptionsExt as _, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow};
 
@@ -140,22 +135,7 @@ impl FunctionTracer {
         let Some(pipe) = self.pipe.as_mut() else {
             return Ok(Vec::new());
         };
-        let mut bytes = Vec::new();
-        let mut chunk = vec![0u8; 1 << 16];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("cannot read trace_pipe: {e}")),
-            }
-        }
-        self.partial.push_str(&String::from_utf8_lossy(&bytes));
-        let Some(end) = self.partial.rfind('\n') else {
-            return Ok(Vec::new());
-        };
-        let complete: String = self.partial.drain(..=end).collect();
+        let complete = crate::tracefs::drain_pipe(pipe, &mut self.partial)?;
         let mut calls = Vec::new();
         for line in complete.lines() {
             if line.contains("[LOST") {
@@ -170,13 +150,17 @@ impl FunctionTracer {
         Ok(calls)
     }
 
-    /// Stops tracing and returns what is still buffered.
+    /// Stops tracing and returns what is still buffered: read until three reads 50 ms apart
+    /// found nothing (other CPUs' buffers reach the pipe page by page).
     pub fn finish(&mut self) -> Result<Vec<Call>> {
         let _ = self.set("tracing_on", "0");
-        let mut calls = self.read()?;
-        if !self.partial.ends_with('\n') && !self.partial.is_empty() {
-            self.partial.push('\n');
-            calls.extend(self.read()?);
+        let mut calls = Vec::new();
+        let mut quiet = 0;
+        while quiet < 3 {
+            let more = self.read()?;
+            quiet = if more.is_empty() { quiet + 1 } else { 0 };
+            calls.extend(more);
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(calls)
     }

@@ -461,6 +461,28 @@ fn const_unary(tokens: &[ConstToken], pos: &mut usize) -> Option<u64> {
     }
 }
 
+/// A `trace_pipe` opened without blocking (the function tracers' rungs): what is available
+/// now, whole lines only — a line split across reads waits in `partial` for its end.
+pub fn drain_pipe(pipe: &mut std::fs::File, partial: &mut String) -> Result<String> {
+    use std::io::{ErrorKind, Read as _};
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(anyhow!("cannot read trace_pipe: {e}")),
+        }
+    }
+    partial.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(match partial.rfind('\n') {
+        Some(end) => partial.drain(..=end).collect(),
+        None => String::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
