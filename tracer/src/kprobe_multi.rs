@@ -17,6 +17,7 @@ use std::{
 
 use aya_obj::generated::{bpf_attr, bpf_insn};
 
+use crate::attach::Mechanism;
 use crate::uprobe_multi::{self, BPF_LINK_CREATE, BPF_TRACE_KPROBE_MULTI, Error, MultiKind};
 
 const BPF_F_KPROBE_MULTI_RETURN: u32 = 1;
@@ -120,6 +121,32 @@ impl Link {
         )
         .map_err(|e| Error::Link(e, MultiKind::Kprobe))?;
         Ok(Self { _fd: fd })
+    }
+}
+
+/// The rung of a function tool (funcgraph, functrace): kprobe_multi where the kernel has it,
+/// else `tracefs` (a tracefs tracer, described as `what`, usable when `usable` is Ok);
+/// `--attach` (`forced`) insists on one. Neither: one error naming both reasons.
+pub fn or_tracefs(
+    tool: &str,
+    forced: Option<Mechanism>,
+    tracefs: Mechanism,
+    what: &str,
+    usable: Result<(), String>,
+) -> anyhow::Result<Mechanism> {
+    use anyhow::anyhow;
+    match (forced, supported(), usable) {
+        (Some(m), _, Err(why)) if m == tracefs => Err(anyhow!("--attach {m}: {why}")),
+        (Some(m), _, Ok(())) if m == tracefs => Ok(tracefs),
+        (Some(_), Err(why), _) => Err(anyhow!(
+            "--attach kprobe_multi: needs Linux 5.18+ with CONFIG_FPROBE: {why}"
+        )),
+        (_, Ok(_), _) => Ok(Mechanism::KprobeMulti),
+        (None, Err(_), Ok(())) => Ok(tracefs),
+        (None, Err(multi), Err(why)) => Err(anyhow!(
+            "{tool} needs kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE: {multi}) or \
+             tracefs's {what} ({why})"
+        )),
     }
 }
 

@@ -618,6 +618,16 @@ pub fn trim_heap() {
     }
 }
 
+/// One ring-buffer record as the kernel wrote it: a `T` (plain data, `aya::Pod`), read
+/// unaligned; a record shorter than `T` is an error (a build whose two sides disagree).
+pub fn ring_record<T: aya::Pod>(bytes: &[u8]) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
+        return Err(anyhow!("short ring buffer record ({} bytes)", bytes.len()));
+    }
+    // SAFETY: length checked; T is plain data (Pod), read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,40 +37,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn fork_children(n: u64) {
-    for _ in 0..n {
-        // SAFETY: the child only calls _exit.
-        match unsafe { libc::fork() } {
-            0 => unsafe { libc::_exit(0) },
-            -1 => {
-                eprintln!(
-                    "tracer-workload: fork failed: {}",
-                    std::io::Error::last_os_error()
-                );
-                std::process::exit(1);
-            }
-            child => {
-                let mut status = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(child, &mut status, 0) };
-            }
-        }
-    }
-}
-
-/// Forks one child that sleeps 1 µs `n` times (clock_nanosleep) and exits; waits for it.
-fn child_sleeps(n: u64) {
-    // SAFETY: the child only calls nanosleep and _exit.
+/// Forks a child that runs `child` and exits, and waits for it. `child` must only make
+/// async-signal-safe calls (this process may have threads).
+fn fork_and_wait(child: impl FnOnce()) {
+    // SAFETY: the child runs `child` (async-signal-safe calls only) and _exit.
     match unsafe { libc::fork() } {
         0 => {
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 1000,
-            };
-            for _ in 0..n {
-                // SAFETY: valid timespec; no remainder wanted.
-                unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
-            }
+            child();
             unsafe { libc::_exit(0) }
         }
         -1 => {
@@ -80,12 +53,32 @@ fn child_sleeps(n: u64) {
             );
             std::process::exit(1);
         }
-        child => {
+        pid => {
             let mut status = 0;
             // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            unsafe { libc::waitpid(pid, &mut status, 0) };
         }
     }
+}
+
+fn fork_children(n: u64) {
+    for _ in 0..n {
+        fork_and_wait(|| {});
+    }
+}
+
+/// Forks one child that sleeps 1 µs `n` times (clock_nanosleep) and exits; waits for it.
+fn child_sleeps(n: u64) {
+    fork_and_wait(|| {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1000,
+        };
+        for _ in 0..n {
+            // SAFETY: valid timespec; no remainder wanted.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        }
+    });
 }
 
 fn start_threads(n: u64) {

@@ -249,7 +249,7 @@ async fn stream(
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
-                    print(&read_event(&item)?, out);
+                    print(&loader::ring_record::<ForkEvent>(&item)?, out);
                 }
                 guard.clear_ready();
                 out.flush();
@@ -258,7 +258,7 @@ async fn stream(
             _ = drain.tick() => {
                 let ring = ring.get_mut();
                 while let Some(item) = ring.next() {
-                    print(&read_event(&item)?, out);
+                    print(&loader::ring_record::<ForkEvent>(&item)?, out);
                 }
                 out.flush();
                 if out.closed() { break; }
@@ -269,17 +269,9 @@ async fn stream(
     // Events already in the ring when the stop came are still printed.
     let ring = ring.get_mut();
     while let Some(item) = ring.next() {
-        print(&read_event(&item)?, out);
+        print(&loader::ring_record::<ForkEvent>(&item)?, out);
     }
     Ok(())
-}
-
-fn read_event(bytes: &[u8]) -> Result<ForkEvent> {
-    if bytes.len() < size_of::<ForkEvent>() {
-        bail!("short ring buffer record ({} bytes)", bytes.len());
-    }
-    // SAFETY: length checked; ForkEvent is plain data, read unaligned.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ForkEvent>()) })
 }
 
 fn kind(event: &ForkEvent) -> &'static str {

@@ -121,7 +121,13 @@ pub async fn run(args: FuncgraphArgs) -> Result<()> {
             "'{name}' is on funcgraph's deny list (tracing code and what BPF programs run through)"
         );
     }
-    let mechanism = choose(forced)?;
+    let mechanism = kprobe_multi::or_tracefs(
+        TOOL,
+        forced,
+        Mechanism::FunctionGraph,
+        "function_graph tracer",
+        function_graph::available(),
+    )?;
     let traceable = probe_spec::traceable_function_names().ok_or_else(|| {
         anyhow!(
             "cannot read available_filter_functions (ftrace's function tracer): funcgraph needs \
@@ -303,28 +309,6 @@ pub async fn run(args: FuncgraphArgs) -> Result<()> {
         session.detach();
     }
     Ok(())
-}
-
-/// The rung: kprobe_multi where the kernel has it, else tracefs's function_graph; `--attach`
-/// insists on one.
-fn choose(forced: Option<Mechanism>) -> Result<Mechanism> {
-    let multi = kprobe_multi::supported();
-    let graph = function_graph::available();
-    match (forced, multi, graph) {
-        (Some(Mechanism::FunctionGraph), _, Err(why)) => {
-            Err(anyhow!("--attach function_graph: {why}"))
-        }
-        (Some(Mechanism::FunctionGraph), _, Ok(())) => Ok(Mechanism::FunctionGraph),
-        (Some(_), Err(why), _) => Err(anyhow!(
-            "--attach kprobe_multi: needs Linux 5.18+ with CONFIG_FPROBE: {why}"
-        )),
-        (_, Ok(_), _) => Ok(Mechanism::KprobeMulti),
-        (None, Err(_), Ok(())) => Ok(Mechanism::FunctionGraph),
-        (None, Err(multi), Err(graph)) => Err(anyhow!(
-            "funcgraph needs kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE: {multi}) or \
-             tracefs's function_graph tracer ({graph})"
-        )),
-    }
 }
 
 /// Trees as they finish: shown (text, JSON, Perfetto) or summed (`--stats` on tracefs).

@@ -74,7 +74,13 @@ pub async fn run(args: FunctraceArgs) -> Result<()> {
         session::check_pid(pid)?;
     }
     let text = KernelText::open()?;
-    let mechanism = choose(forced)?;
+    let mechanism = kprobe_multi::or_tracefs(
+        TOOL,
+        forced,
+        Mechanism::Function,
+        "function tracer",
+        function_tracer::available(),
+    )?;
     let traceable = probe_spec::traceable_function_names().ok_or_else(|| {
         anyhow!(
             "cannot read available_filter_functions (ftrace's function tracer): functrace \
@@ -261,26 +267,6 @@ pub async fn run(args: FunctraceArgs) -> Result<()> {
     Ok(())
 }
 
-/// The rung: kprobe_multi where the kernel has it, else the function tracer in a tracefs
-/// instance; `--attach` insists on one.
-fn choose(forced: Option<Mechanism>) -> Result<Mechanism> {
-    let multi = kprobe_multi::supported();
-    let function = function_tracer::available();
-    match (forced, multi, function) {
-        (Some(Mechanism::Function), _, Err(why)) => Err(anyhow!("--attach function: {why}")),
-        (Some(Mechanism::Function), _, Ok(())) => Ok(Mechanism::Function),
-        (Some(_), Err(why), _) => Err(anyhow!(
-            "--attach kprobe_multi: needs Linux 5.18+ with CONFIG_FPROBE: {why}"
-        )),
-        (_, Ok(_), _) => Ok(Mechanism::KprobeMulti),
-        (None, Err(_), Ok(())) => Ok(Mechanism::Function),
-        (None, Err(multi), Err(function)) => Err(anyhow!(
-            "functrace needs kprobe_multi links (Linux 5.18+ with CONFIG_FPROBE: {multi}) or \
-             tracefs's function tracer ({function})"
-        )),
-    }
-}
-
 /// Prints calls from either rung the same way.
 struct Printer<'a> {
     args: &'a FunctraceArgs,
@@ -448,11 +434,7 @@ impl Session {
 
     fn read(&mut self, mut each: impl FnMut(TraceRecord)) -> Result<()> {
         while let Some(item) = self.calls.next() {
-            if item.len() < size_of::<TraceRecord>() {
-                return Err(anyhow!("short call record ({} bytes)", item.len()));
-            }
-            // SAFETY: the kernel wrote a TraceRecord (repr(C), plain integers); read unaligned.
-            each(unsafe { item.as_ptr().cast::<TraceRecord>().read_unaligned() });
+            each(loader::ring_record(&item)?);
         }
         Ok(())
     }

@@ -259,11 +259,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         };
         for ring in &mut rings {
             while let Some(item) = ring.next() {
-                if item.len() < size_of::<TraceEvent>() {
+                let Ok(event) = crate::loader::ring_record::<TraceEvent>(&item) else {
                     continue;
-                }
-                // SAFETY: length checked; TraceEvent is plain data, read unaligned.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) };
+                };
                 print_event(&args, &probes, &pieces, &exprs, &event, &clock, &mut out);
                 printed += 1;
                 if args.max_events.is_some_and(|max| printed >= max) || out.closed() {

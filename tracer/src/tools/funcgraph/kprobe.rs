@@ -178,11 +178,7 @@ impl Session {
             return Ok(());
         };
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<CallRecord>() {
-                return Err(anyhow!("short call record ({} bytes)", item.len()));
-            }
-            // SAFETY: the kernel wrote a CallRecord (repr(C), plain integers); read unaligned.
-            each(unsafe { item.as_ptr().cast::<CallRecord>().read_unaligned() });
+            each(loader::ring_record(&item)?);
         }
         Ok(())
     }
